@@ -1,0 +1,152 @@
+"""The ``gatekeeper`` command: serve, check a claim file, look up a practitioner."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from gatekeeper import __version__
+from gatekeeper.settings import Settings, listen_from, redis_url_from
+from gatekeeper.v1 import gatekeeper_pb2 as pb
+from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+from gatekeeper.validation import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gatekeeper.server import serve
+
+    settings = Settings(
+        redis_url=args.redis_url,
+        listen=args.listen,
+        policy_path=args.policy,
+        workers=args.workers,
+        max_items=args.max_items,
+        max_request_bytes=args.max_request_bytes,
+        shutdown_grace_seconds=args.shutdown_grace,
+    )
+    return serve(settings)
+
+
+def _enum_name(enum_type: object, value: int, prefix: str) -> str:
+    name: str = enum_type.Name(value)  # type: ignore[attr-defined]
+    return name.removeprefix(prefix)
+
+
+def _yuan(fen: int) -> str:
+    return f"{fen / 100:,.2f}"
+
+
+def format_claim_table(response: pb.CheckClaimResponse) -> str:
+    """A claim decision as a plain-text table for people."""
+    rows = [("feedetl_sn", "verdict", "reason", "practitioner", "window", "amount", "chg_rea")]
+    for item in response.items:
+        window = f"{item.begntime} → {item.endtime or 'open'}" if item.begntime else ""
+        rows.append(
+            (
+                item.feedetl_sn,
+                _enum_name(pb.Verdict, item.verdict, "VERDICT_"),
+                _enum_name(pb.Reason, item.reason, "REASON_"),
+                item.prac_psn_code,
+                window,
+                _yuan(item.amount_fen),
+                item.chg_rea,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    verdict = _enum_name(pb.ClaimVerdict, response.verdict, "CLAIM_VERDICT_")
+    mode = "" if response.enforced else "  (monitor mode: nothing blocked)"
+    lines.append("")
+    lines.append(
+        f"claim {verdict}: allowed {_yuan(response.allowed_amount_fen)}, blocked {_yuan(response.blocked_amount_fen)}{mode}"
+    )
+    lines.append(f"decision {response.decision_id} against registry {response.registry_version}")
+    return "\n".join(lines)
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        document = json.loads(Path(args.claim_file).read_text(encoding="utf-8"))
+        request = json_format.ParseDict(document, pb.CheckClaimRequest())
+    except (OSError, ValueError, json_format.ParseError) as error:
+        print(f"gatekeeper check: {args.claim_file}: {error}", file=sys.stderr)
+        return 2
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            response = pb_grpc.GatekeeperStub(channel).CheckClaim(request, timeout=args.timeout)
+        except grpc.RpcError as error:
+            print(f"gatekeeper check: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+    if args.json:
+        print(json_format.MessageToJson(response, ensure_ascii=False, preserving_proto_field_name=True))
+    else:
+        print(format_claim_table(response))
+    return 0
+
+
+def _practitioner(args: argparse.Namespace) -> int:
+    request = pb.GetPractitionerRequest(prac_psn_code=args.code, at_time=args.at or "", fixmedins_code=args.institution or "")
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            response = pb_grpc.GatekeeperStub(channel).GetPractitioner(request, timeout=args.timeout)
+        except grpc.RpcError as error:
+            print(f"gatekeeper practitioner: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+    print(json_format.MessageToJson(response, ensure_ascii=False, preserving_proto_field_name=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``gatekeeper``."""
+    parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC service")
+    serve.add_argument("--redis-url", default=redis_url_from(), help="eligibility cache (env REDIS_URL)")
+    serve.add_argument("--listen", default=listen_from(), help="HOST:PORT (env GATEKEEPER_LISTEN)")
+    serve.add_argument("--policy", type=Path, help="region policy file (TOML); default: DOMAIN.md defaults")
+    serve.add_argument("--workers", type=_positive, default=int(os.environ.get("GATEKEEPER_WORKERS", "1")))
+    serve.add_argument("--max-items", type=_positive, default=DEFAULT_MAX_ITEMS, help="line items per claim")
+    serve.add_argument("--max-request-bytes", type=_positive, default=DEFAULT_MAX_REQUEST_BYTES)
+    serve.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    serve.set_defaults(run=_serve)
+
+    target = {"default": listen_from(), "help": "gatekeeper HOST:PORT (env GATEKEEPER_LISTEN)"}
+    check = commands.add_parser("check", help="send a claim from a JSON file and print the decisions")
+    check.add_argument("claim_file", help="JSON with the fields of CheckClaimRequest")
+    check.add_argument("--target", **target)  # type: ignore[arg-type]
+    check.add_argument("--json", action="store_true", help="print the response as JSON")
+    check.add_argument("--timeout", type=float, default=5.0)
+    check.set_defaults(run=_check)
+
+    practitioner = commands.add_parser("practitioner", help="a practitioner's status (GetPractitioner)")
+    practitioner.add_argument("code")
+    practitioner.add_argument("--at", help="yyyy-MM-dd HH:mm:ss CST; default now")
+    practitioner.add_argument("--institution", help="fixmedins_code, for the region's policy")
+    practitioner.add_argument("--target", **target)  # type: ignore[arg-type]
+    practitioner.add_argument("--timeout", type=float, default=5.0)
+    practitioner.set_defaults(run=_practitioner)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``gatekeeper``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    sys.exit(args.run(args))

@@ -1,0 +1,49 @@
+"""Expected errors, each with the gRPC status it is reported as."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+from grpc import aio
+
+
+class GatekeeperError(Exception):
+    """Base of the errors a client may see; anything else is a bug, reported as INTERNAL."""
+
+    status_code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(GatekeeperError):
+    """A request the gatekeeper cannot decide; ``field`` names where (``items[3].fee_ocur_time``)."""
+
+    status_code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class RegistryNotLoaded(GatekeeperError):
+    """No registry snapshot is in the cache yet: nothing can be decided."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(self) -> None:
+        super().__init__("no registry snapshot is loaded in the eligibility cache")
+
+
+class CacheUnavailable(GatekeeperError):
+    """The eligibility cache (Redis) could not be read."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+
+class CacheCorrupt(GatekeeperError):
+    """The eligibility cache holds data this version cannot read: a bug, not a client error."""
+
+
+async def abort(context: aio.ServicerContext, error: GatekeeperError) -> NoReturn:  # type: ignore[type-arg]
+    """End the RPC with the error's status and message."""
+    await context.abort(error.status_code, str(error))
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

@@ -1,0 +1,60 @@
+"""Redis key names of the eligibility cache: built here and nowhere else.
+
+Layout (see docs/cache-layout.md):
+
+- ``gk:meta`` (hash): the current generation and what it was loaded from.
+- ``gk:g<generation>:b<bucket>`` (hash): practitioner code -> encoded record, for the
+  codes whose :func:`bucket_of` is ``bucket``; plus the field :data:`BUCKET_SENTINEL`,
+  present in every bucket of a complete generation.
+
+No key carries a hash tag: buckets spread over Redis Cluster slots, and the hot path
+only sends single-key commands (one HMGET per bucket).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "gk"
+META = f"{PREFIX}:meta"
+GENERATION_COUNTER = f"{PREFIX}:generation-counter"
+
+# A field present in every bucket of a complete generation: a reader that gets nil for
+# it knows the generation is gone (switched and dropped mid-read) and reads again.
+BUCKET_SENTINEL = "~"
+
+# Target practitioners per bucket: small enough for listpack encoding, large enough that
+# the per-key overhead (~90 bytes) costs about one byte per practitioner.
+PRACTITIONERS_PER_BUCKET = 100
+
+
+class MetaField:
+    """Field names of the ``gk:meta`` hash."""
+
+    GENERATION = "generation"
+    BUCKETS = "buckets"
+    SNAPSHOT_ID = "snapshot_id"
+    WATERMARK_SEQ = "watermark_seq"
+    APPLIED_SEQ = "applied_seq"
+    RECORD_COUNT = "record_count"
+    SWITCHED_AT = "switched_at"
+
+
+def bucket_key(generation: int, bucket: int) -> str:
+    """The hash holding one bucket of one generation."""
+    return f"{PREFIX}:g{generation}:b{bucket}"
+
+
+def generation_pattern(generation: int) -> str:
+    """A SCAN pattern matching every key of one generation."""
+    return f"{PREFIX}:g{generation}:*"
+
+
+def bucket_of(code: str, buckets: int) -> int:
+    """Which bucket a practitioner code lives in."""
+    return zlib.crc32(code.encode("utf-8")) % buckets
+
+
+def bucket_count_for(practitioners: int) -> int:
+    """How many buckets a generation of ``practitioners`` codes gets."""
+    return max(1, -(-practitioners // PRACTITIONERS_PER_BUCKET))

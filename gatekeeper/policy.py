@@ -1,0 +1,120 @@
+"""Region policy: enforce or monitor, the emergency exemption's reach, accepted code prefixes."""
+
+from __future__ import annotations
+
+import enum
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from gatekeeper.codes import DEFAULT_PRACTITIONER_PREFIXES, practitioner_code_pattern
+
+
+class Mode(enum.Enum):
+    """Whether a region's blocks are binding (enforce) or only recorded (monitor, 分步实施)."""
+
+    ENFORCE = "enforce"
+    MONITOR = "monitor"
+
+
+@dataclass(frozen=True)
+class RegionPolicy:
+    """The settings that decide claims for institutions of one region."""
+
+    mode: Mode = Mode.ENFORCE
+    # The national summary names the exemption for suspensions only; Beijing applies it
+    # to terminations too.
+    emergency_exempts_termination: bool = False
+    practitioner_prefixes: tuple[str, ...] = DEFAULT_PRACTITIONER_PREFIXES
+    code_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code_pattern", practitioner_code_pattern(self.practitioner_prefixes))
+
+    @property
+    def enforced(self) -> bool:
+        """False in monitor mode."""
+        return self.mode is Mode.ENFORCE
+
+    def is_practitioner_code(self, code: str) -> bool:
+        """True when ``code`` has a national practitioner format accepted in this region."""
+        return self.code_pattern.fullmatch(code) is not None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The default region policy and overrides keyed by division-code prefixes ("41", "4113")."""
+
+    default: RegionPolicy = RegionPolicy()
+    regions: Mapping[str, RegionPolicy] = field(default_factory=dict)
+
+    def for_division(self, division: str) -> RegionPolicy:
+        """The policy of the longest configured prefix of a 6-digit division code."""
+        for length in range(len(division), 0, -1):
+            region = self.regions.get(division[:length])
+            if region is not None:
+                return region
+        return self.default
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used."""
+
+
+_KNOWN_KEYS = {f.name for f in fields(RegionPolicy) if f.init}
+
+
+def _region_from_table(base: RegionPolicy, table: Mapping[str, Any], where: str) -> RegionPolicy:
+    unknown = set(table) - _KNOWN_KEYS
+    if unknown:
+        raise PolicyError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    if "mode" in table:
+        try:
+            changes["mode"] = Mode(table["mode"])
+        except ValueError:
+            raise PolicyError(f"{where}.mode: expected 'enforce' or 'monitor', got {table['mode']!r}") from None
+    if "emergency_exempts_termination" in table:
+        value = table["emergency_exempts_termination"]
+        if not isinstance(value, bool):
+            raise PolicyError(f"{where}.emergency_exempts_termination: expected true or false")
+        changes["emergency_exempts_termination"] = value
+    if "practitioner_prefixes" in table:
+        prefixes = table["practitioner_prefixes"]
+        if (
+            not isinstance(prefixes, list)
+            or not prefixes
+            or not all(isinstance(p, str) and re.fullmatch("[A-Z]{1,2}", p) for p in prefixes)
+        ):
+            raise PolicyError(f"{where}.practitioner_prefixes: expected a list of one or two capital letters")
+        changes["practitioner_prefixes"] = tuple(prefixes)
+    return replace(base, **changes)
+
+
+def parse_policy(document: Mapping[str, Any]) -> Policy:
+    """Build a policy from a parsed TOML document (see ``policy.example.toml``)."""
+    unknown = set(document) - {"default", "regions"}
+    if unknown:
+        raise PolicyError(f"unknown table(s) {', '.join(sorted(unknown))}")
+    default = _region_from_table(RegionPolicy(), document.get("default", {}), "default")
+    regions: dict[str, RegionPolicy] = {}
+    for prefix, table in document.get("regions", {}).items():
+        if not re.fullmatch("[0-9]{2,6}", prefix):
+            raise PolicyError(f"regions.{prefix}: a region is 2 to 6 digits of the division code")
+        regions[prefix] = _region_from_table(default, table, f"regions.{prefix}")
+    return Policy(default=default, regions=regions)
+
+
+def load_policy(path: Path | None) -> Policy:
+    """Read a policy file; no file means the defaults of DOMAIN.md."""
+    if path is None:
+        return Policy()
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise PolicyError(f"{path}: {error}") from error
+    return parse_policy(document)

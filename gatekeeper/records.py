@@ -1,0 +1,84 @@
+"""The eligibility record: the one schema the loader writes and the gatekeeper reads.
+
+A practitioner's record holds all of their status periods. It is stored as the value
+of a hash field in Redis, encoded as MessagePack arrays (``array_like``) with trailing
+defaults left out, so that a plain registration costs about 20 bytes. Every value is a
+non-nil integer or string: the loader's Redis Function (Lua ``cmsgpack``) decodes and
+re-encodes records when it merges changes, and Lua tables cannot carry nil holes or
+integers above 2**53.
+"""
+
+from __future__ import annotations
+
+import enum
+import zlib
+
+import msgspec
+
+OPEN_ENDED = 0  # endtime / ban_endtime value meaning "no end"
+
+
+class Status(enum.IntEnum):
+    """A status period's kind, as the registry numbers them; WITHDRAWN is ours."""
+
+    WITHDRAWN = 0  # vali_flag = 0: kept only so that an older change cannot revive it
+    REGISTERED = 1  # 正常
+    SUSPENDED = 2  # 暂停
+    TERMINATED = 3  # 终止
+
+
+class StatusPeriod(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
+    """One status window ``[begntime, endtime)`` of one practitioner, in epoch seconds."""
+
+    status: int
+    begntime: int
+    chg_key: int  # chg_key_of(chg_id): 32 bits, so a period costs 5 bytes, not the whole id
+    seq: int  # the registry's change sequence number for this period
+    endtime: int = OPEN_ENDED
+    ban_endtime: int = OPEN_ENDED
+    chg_rea: str = ""
+
+    def covers(self, moment: int) -> bool:
+        """True when ``moment`` lies in ``[begntime, endtime)``."""
+        return self.begntime <= moment and (self.endtime == OPEN_ENDED or moment < self.endtime)
+
+
+class PractitionerRecord(msgspec.Struct, array_like=True, frozen=True):
+    """Everything the gatekeeper knows about one practitioner code."""
+
+    prac_psn_type: int  # 1 doctor, 2 nurse, 3 pharmacist, 4 technician
+    periods: tuple[StatusPeriod, ...]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(PractitionerRecord)
+
+
+def encode_record(record: PractitionerRecord) -> bytes:
+    """The bytes stored in Redis for ``record``."""
+    return _encoder.encode(record)
+
+
+def decode_record(data: bytes) -> PractitionerRecord:
+    """Decode bytes written by :func:`encode_record` (or the loader's Redis Function)."""
+    return _decoder.decode(data)
+
+
+def chg_key_of(chg_id: str) -> int:
+    """A 32-bit key for a registry ``chg_id``, unique enough within one practitioner."""
+    return zlib.crc32(chg_id.encode("utf-8"))
+
+
+def merge_period(periods: tuple[StatusPeriod, ...], incoming: StatusPeriod) -> tuple[StatusPeriod, ...] | None:
+    """``periods`` with ``incoming`` replacing the period of the same ``chg_key``.
+
+    None when a period with that key already has a ``seq`` at least as high: a change
+    never overwrites a newer one, so duplicates and reordered deliveries are harmless.
+    The loader's Redis Function implements the same rule in Lua.
+    """
+    for index, period in enumerate(periods):
+        if period.chg_key == incoming.chg_key:
+            if period.seq >= incoming.seq:
+                return None
+            return periods[:index] + (incoming,) + periods[index + 1 :]
+    return (*periods, incoming)

@@ -1,0 +1,260 @@
+"""The decision core: which line items of a claim may be settled, and why.
+
+Pure functions of (claim, records, policy): no I/O, no clock. The rules are those of
+``DOMAIN.md``; each function names the rule it implements.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gatekeeper.policy import RegionPolicy
+from gatekeeper.records import PractitionerRecord, Status, StatusPeriod
+
+
+class Verdict(enum.IntEnum):
+    """An item's verdict; numbers match ``gatekeeper.v1.Verdict``."""
+
+    ALLOW = 1
+    ALLOW_EXEMPT = 2
+    BLOCK = 3
+
+
+class ClaimVerdict(enum.IntEnum):
+    """A claim's verdict; numbers match ``gatekeeper.v1.ClaimVerdict``."""
+
+    ALLOW = 1
+    PARTIAL = 2
+    BLOCK = 3
+
+
+class Reason(enum.IntEnum):
+    """Why an item got its verdict; numbers match ``gatekeeper.v1.Reason``."""
+
+    OK = 1
+    EMERGENCY_EXEMPT = 2
+    SUSPENDED = 3
+    TERMINATED = 4
+    UNREGISTERED = 5
+    MALFORMED_CODE = 6
+    MISSING_PRACTITIONER = 7
+
+
+# Rule 9: when several practitioners on an item are barred, the most severe wins.
+SEVERITY = {
+    Reason.TERMINATED: 5,
+    Reason.SUSPENDED: 4,
+    Reason.UNREGISTERED: 3,
+    Reason.MALFORMED_CODE: 2,
+    Reason.MISSING_PRACTITIONER: 1,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A validated line item: codes trimmed, service time in epoch seconds."""
+
+    feedetl_sn: str
+    service_time: int
+    amount_fen: int
+    # The ordering practitioner first (empty when missing), then the executing one if named.
+    practitioners: tuple[str, ...]
+    emergency: bool  # the item's own flag or the claim's
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A validated claim."""
+
+    claim_id: str
+    fixmedins_code: str
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """One practitioner's standing at one moment: a reason and the window behind it."""
+
+    reason: Reason
+    window: StatusPeriod | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDecision:
+    """The decision on one line item."""
+
+    feedetl_sn: str
+    verdict: Verdict
+    reason: Reason
+    prac_psn_code: str  # the practitioner the reason is about; empty for REASON_OK
+    window: StatusPeriod | None  # the window that caused a block or exemption
+    enforced: bool
+    amount_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimDecision:
+    """The decision on a whole claim; ``items`` in request order."""
+
+    verdict: ClaimVerdict
+    items: tuple[ItemDecision, ...]
+    allowed_amount_fen: int
+    blocked_amount_fen: int
+    enforced: bool
+
+
+REGISTERED = Standing(Reason.OK)
+UNREGISTERED = Standing(Reason.UNREGISTERED)
+MALFORMED = Standing(Reason.MALFORMED_CODE)
+MISSING = Standing(Reason.MISSING_PRACTITIONER)
+
+
+def standing_at(record: PractitionerRecord | None, moment: int) -> Standing:
+    """A well-formed code's standing at ``moment`` (rules 2, 3, 6, 7, 8, 10).
+
+    Terminated beats suspended beats registered; a code with no registration covering
+    the moment, or unknown to the registry, is unregistered. Withdrawn periods
+    (vali_flag = 0) never count.
+    """
+    if record is None:
+        return UNREGISTERED
+    suspension = registration = None
+    for period in record.periods:
+        if not period.covers(moment):
+            continue
+        if period.status == Status.TERMINATED:
+            return Standing(Reason.TERMINATED, period)
+        if period.status == Status.SUSPENDED:
+            suspension = period
+        elif period.status == Status.REGISTERED:
+            registration = period
+    if suspension is not None:
+        return Standing(Reason.SUSPENDED, suspension)
+    if registration is not None:
+        return REGISTERED
+    return UNREGISTERED
+
+
+def assess(
+    code: str,
+    moment: int,
+    records: Mapping[str, PractitionerRecord],
+    policy: RegionPolicy,
+) -> Standing:
+    """The standing of a code as sent on an item: missing, malformed, or per the registry."""
+    if not code:
+        return MISSING
+    if not policy.is_practitioner_code(code):
+        return MALFORMED
+    return standing_at(records.get(code), moment)
+
+
+def _exempt(standing: Standing, policy: RegionPolicy) -> bool:
+    """Rule 4: emergency and rescue care is settled during a suspension, and during a
+    termination only where the region's policy says so."""
+    if standing.reason is Reason.SUSPENDED:
+        return True
+    return standing.reason is Reason.TERMINATED and policy.emergency_exempts_termination
+
+
+def decide_item(item: Item, records: Mapping[str, PractitionerRecord], policy: RegionPolicy) -> ItemDecision:
+    """Decide one line item (rules 3, 4, 8, 9, 11).
+
+    Every practitioner on the item counts. An emergency item is exempt only when every
+    practitioner who would block it is exempt; otherwise the most severe remaining
+    block decides.
+    """
+    block: tuple[Standing, str] | None = None
+    exemption: tuple[Standing, str] | None = None
+    for code in item.practitioners:
+        standing = assess(code, item.service_time, records, policy)
+        if standing.reason is Reason.OK:
+            continue
+        if item.emergency and _exempt(standing, policy):
+            if exemption is None or SEVERITY[standing.reason] > SEVERITY[exemption[0].reason]:
+                exemption = (standing, code)
+        elif block is None or SEVERITY[standing.reason] > SEVERITY[block[0].reason]:
+            block = (standing, code)
+
+    enforced = policy.enforced
+    if block is not None:
+        standing, code = block
+        # Rule 11: in monitor mode the block is computed and recorded, not applied.
+        verdict = Verdict.BLOCK if enforced else Verdict.ALLOW
+        return ItemDecision(item.feedetl_sn, verdict, standing.reason, code, standing.window, enforced, item.amount_fen)
+    if exemption is not None:
+        standing, code = exemption
+        return ItemDecision(
+            item.feedetl_sn,
+            Verdict.ALLOW_EXEMPT,
+            Reason.EMERGENCY_EXEMPT,
+            code,
+            standing.window,
+            enforced,
+            item.amount_fen,
+        )
+    return ItemDecision(item.feedetl_sn, Verdict.ALLOW, Reason.OK, "", None, enforced, item.amount_fen)
+
+
+def decide_claim(claim: Claim, records: Mapping[str, PractitionerRecord], policy: RegionPolicy) -> ClaimDecision:
+    """Decide every item of a claim against the registry records of its practitioners.
+
+    ``records`` maps well-formed codes to their records; a code absent from it is unknown
+    to the registry.
+    """
+    items = tuple(decide_item(item, records, policy) for item in claim.items)
+    allowed = blocked = 0
+    passed = 0
+    for decision in items:
+        if decision.verdict is Verdict.BLOCK:
+            blocked += decision.amount_fen
+        else:
+            allowed += decision.amount_fen
+            passed += 1
+    if passed == len(items):
+        verdict = ClaimVerdict.ALLOW
+    elif passed == 0:
+        verdict = ClaimVerdict.BLOCK
+    else:
+        verdict = ClaimVerdict.PARTIAL
+    return ClaimDecision(verdict, items, allowed, blocked, policy.enforced)
+
+
+@dataclass(frozen=True, slots=True)
+class PractitionerView:
+    """A practitioner's standing at a moment and what is scheduled after it (事前提醒)."""
+
+    standing: Standing
+    may_bill: bool
+    may_bill_emergency: bool
+    current: StatusPeriod | None  # the window that decides the standing
+    upcoming: tuple[StatusPeriod, ...]  # valid windows starting after the moment
+
+
+def describe_practitioner(
+    code: str,
+    record: PractitionerRecord | None,
+    moment: int,
+    policy: RegionPolicy,
+) -> PractitionerView:
+    """What an HIS should know before ordering under ``code`` at ``moment``."""
+    standing = assess(code, moment, {code: record} if record is not None else {}, policy)
+    current = standing.window
+    if standing.reason is Reason.OK and record is not None:
+        current = next(
+            (p for p in record.periods if p.status == Status.REGISTERED and p.covers(moment)),
+            None,
+        )
+    upcoming: tuple[StatusPeriod, ...] = ()
+    if record is not None:
+        upcoming = tuple(
+            sorted(
+                (p for p in record.periods if p.status != Status.WITHDRAWN and p.begntime > moment),
+                key=lambda p: (p.begntime, p.status),
+            )
+        )
+    may_bill = standing.reason is Reason.OK
+    may_bill_emergency = may_bill or _exempt(standing, policy)
+    return PractitionerView(standing, may_bill, may_bill_emergency, current, upcoming)

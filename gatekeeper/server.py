@@ -1,0 +1,170 @@
+"""Build, start and stop the gRPC server; ``serve`` runs it until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gatekeeper.policy import Policy, load_policy
+from gatekeeper.settings import Settings
+from gatekeeper.store import EligibilityStore, RedisEligibilityStore
+from gatekeeper.v1 import gatekeeper_pb2, gatekeeper_pb2_grpc
+from gatekeeper.servicer import GatekeeperServicer
+from gatekeeper.validation import Limits
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = gatekeeper_pb2.DESCRIPTOR.services_by_name["Gatekeeper"].full_name
+# gRPC itself refuses messages above this (RESOURCE_EXHAUSTED); between max_request_bytes
+# and this, the servicer answers INVALID_ARGUMENT naming the size.
+TRANSPORT_SIZE_FACTOR = 4
+
+
+@dataclass
+class GatekeeperServer:
+    """A bound, not yet started, gatekeeper server."""
+
+    server: aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    store: EligibilityStore
+    settings: Settings
+    _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def start(self) -> None:
+        """Start serving; health turns SERVING once a registry snapshot is present."""
+        await self.server.start()
+        self._health_task = asyncio.create_task(self._watch_registry(), name="registry-health")
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def _watch_registry(self) -> None:
+        serving: bool | None = None
+        while True:
+            try:
+                loaded = await self.store.registry_loaded()
+            except Exception:  # a Redis blip keeps the last status rather than flapping
+                log.warning("could not check whether a registry snapshot is loaded", exc_info=True)
+            else:
+                if loaded != serving:
+                    serving = loaded
+                    await self._set_health(serving)
+                    log.info("health: %s", "SERVING" if serving else "NOT_SERVING (no registry snapshot)")
+            await asyncio.sleep(self.settings.health_poll_seconds)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Turn health NOT_SERVING, let RPCs in flight finish within ``grace``, close."""
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        await self.store.close()
+
+
+async def create_server(
+    settings: Settings,
+    store: EligibilityStore | None = None,
+    policy: Policy | None = None,
+) -> GatekeeperServer:
+    """Build the server and bind ``settings.listen`` (port 0 picks a free port)."""
+    if store is None:
+        store = RedisEligibilityStore.from_url(settings.redis_url)
+    if policy is None:
+        policy = load_policy(settings.policy_path)
+    transport_limit = settings.max_request_bytes * TRANSPORT_SIZE_FACTOR
+    server = aio.server(
+        options=[
+            ("grpc.max_receive_message_length", transport_limit),
+            ("grpc.so_reuseport", 1),
+        ]
+    )
+    limits = Limits(max_items=settings.max_items, max_request_bytes=settings.max_request_bytes)
+    gatekeeper_pb2_grpc.add_GatekeeperServicer_to_server(GatekeeperServicer(store, policy, limits), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.listen)
+    gk = GatekeeperServer(server, port, health_servicer, store, settings)
+    await gk._set_health(False)
+    return gk
+
+
+async def _serve_one(settings: Settings) -> None:
+    gk = await create_server(settings)
+    await gk.start()
+    log.info("gatekeeper pid %d listening on port %d (redis %s)", os.getpid(), gk.port, settings.redis_url)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("draining: health NOT_SERVING, up to %.0f s for RPCs in flight", settings.shutdown_grace_seconds)
+    await gk.stop()
+    log.info("stopped")
+
+
+def _run_worker(settings: Settings) -> int:
+    asyncio.run(_serve_one(settings))
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    """Run ``settings.workers`` server processes on one port until SIGTERM or SIGINT.
+
+    Workers are forked before any gRPC object exists (gRPC does not survive a fork) and
+    share the port through SO_REUSEPORT, so the kernel spreads connections over them.
+    """
+    if settings.workers <= 1:
+        return _run_worker(settings)
+    if settings.listen.endswith(":0"):
+        log.error("--workers > 1 needs a fixed port: each worker binds the same one")
+        return 2
+    children: set[int] = set()
+    for _ in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                code = _run_worker(settings)
+            finally:
+                os._exit(code)
+        children.add(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    while children:
+        pid, wait_status = os.wait()
+        children.discard(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code != 0:
+            log.error("worker %d exited with %d; stopping the others", pid, code)
+            status = 1
+            forward(signal.SIGTERM, None)
+    return status
+
+
+def main_serve(settings: Settings) -> None:
+    """Entry point used by the CLI."""
+    sys.exit(serve(settings))

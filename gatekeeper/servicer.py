@@ -1,0 +1,157 @@
+"""The gRPC servicer: a thin adapter between protobuf messages and the decision core."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from grpc import aio
+
+from gatekeeper.codes import division_of
+from gatekeeper.cst import format_cst
+from gatekeeper.errors import GatekeeperError, InvalidArgument, abort
+from gatekeeper.policy import Policy, RegionPolicy
+from gatekeeper.records import OPEN_ENDED, StatusPeriod
+from gatekeeper.rules import ClaimDecision, ItemDecision, PractitionerView, Reason, decide_claim, describe_practitioner
+from gatekeeper.store import EligibilityStore
+from gatekeeper.v1 import gatekeeper_pb2 as pb
+from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+from gatekeeper.validation import Limits, claim_from_request, institution_code, service_time
+
+log = logging.getLogger(__name__)
+
+_STATUS_OF_REASON = {
+    Reason.OK: pb.PRACTITIONER_STATUS_REGISTERED,
+    Reason.SUSPENDED: pb.PRACTITIONER_STATUS_SUSPENDED,
+    Reason.TERMINATED: pb.PRACTITIONER_STATUS_TERMINATED,
+    Reason.UNREGISTERED: pb.PRACTITIONER_STATUS_UNREGISTERED,
+    Reason.MALFORMED_CODE: pb.PRACTITIONER_STATUS_MALFORMED,
+}
+
+
+def _time_text(epoch_seconds: int) -> str:
+    return "" if epoch_seconds == OPEN_ENDED else format_cst(epoch_seconds)
+
+
+def item_message(decision: ItemDecision) -> pb.ItemDecision:
+    """The protobuf form of one item decision."""
+    message = pb.ItemDecision(
+        feedetl_sn=decision.feedetl_sn,
+        verdict=decision.verdict.value,  # type: ignore[arg-type]
+        reason=decision.reason.value,  # type: ignore[arg-type]
+        prac_psn_code=decision.prac_psn_code,
+        enforced=decision.enforced,
+        amount_fen=decision.amount_fen,
+    )
+    window = decision.window
+    if window is not None:
+        message.begntime = format_cst(window.begntime)
+        message.endtime = _time_text(window.endtime)
+        message.chg_rea = window.chg_rea
+    return message
+
+
+def claim_response(decision: ClaimDecision, decision_id: str, registry_version: str) -> pb.CheckClaimResponse:
+    """The protobuf form of a claim decision."""
+    return pb.CheckClaimResponse(
+        decision_id=decision_id,
+        registry_version=registry_version,
+        verdict=decision.verdict.value,  # type: ignore[arg-type]
+        allowed_amount_fen=decision.allowed_amount_fen,
+        blocked_amount_fen=decision.blocked_amount_fen,
+        items=[item_message(item) for item in decision.items],
+        enforced=decision.enforced,
+    )
+
+
+def window_message(period: StatusPeriod) -> pb.StatusWindow:
+    """The protobuf form of a status period."""
+    return pb.StatusWindow(
+        status=period.status,  # type: ignore[arg-type]
+        begntime=format_cst(period.begntime),
+        endtime=_time_text(period.endtime),
+        ban_endtime=_time_text(period.ban_endtime),
+        chg_rea=period.chg_rea,
+    )
+
+
+def practitioner_response(
+    code: str, prac_psn_type: int, view: PractitionerView, at_time: str, registry_version: str
+) -> pb.GetPractitionerResponse:
+    """The protobuf form of a practitioner's standing."""
+    response = pb.GetPractitionerResponse(
+        prac_psn_code=code,
+        prac_psn_type=str(prac_psn_type) if prac_psn_type else "",
+        status=_STATUS_OF_REASON[view.standing.reason],
+        may_bill=view.may_bill,
+        may_bill_emergency=view.may_bill_emergency,
+        upcoming=[window_message(p) for p in view.upcoming],
+        at_time=at_time,
+        registry_version=registry_version,
+    )
+    if view.current is not None:
+        response.current.CopyFrom(window_message(view.current))
+    return response
+
+
+class GatekeeperServicer(pb_grpc.GatekeeperServicer):
+    """Decides claims with the records of an injected store under a region policy."""
+
+    def __init__(
+        self,
+        store: EligibilityStore,
+        policy: Policy,
+        limits: Limits = Limits(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._policy = policy
+        self._limits = limits
+        self._clock = clock
+
+    def _region(self, fixmedins_code: str) -> RegionPolicy:
+        return self._policy.for_division(division_of(fixmedins_code))
+
+    async def CheckClaim(  # noqa: N802 - the gRPC method name
+        self, request: pb.CheckClaimRequest, context: aio.ServicerContext  # type: ignore[type-arg]
+    ) -> pb.CheckClaimResponse:
+        decision_id = uuid.uuid4().hex
+        try:
+            claim = claim_from_request(request, self._limits)
+            region = self._region(claim.fixmedins_code)
+            codes = {c for item in claim.items for c in item.practitioners if region.is_practitioner_code(c)}
+            lookup = await self._store.lookup(codes)
+            decision = decide_claim(claim, lookup.records, region)
+        except GatekeeperError as error:
+            await abort(context, error)
+        except Exception:
+            log.exception("CheckClaim failed", extra={"decision_id": decision_id})
+            await abort(context, GatekeeperError(f"internal error; decision id {decision_id}"))
+        return claim_response(decision, decision_id, lookup.registry_version)
+
+    async def GetPractitioner(  # noqa: N802 - the gRPC method name
+        self, request: pb.GetPractitionerRequest, context: aio.ServicerContext  # type: ignore[type-arg]
+    ) -> pb.GetPractitionerResponse:
+        try:
+            code = request.prac_psn_code.strip()
+            if not code:
+                raise InvalidArgument("prac_psn_code", "is required")
+            if request.at_time:
+                moment = service_time(request.at_time, "at_time")
+            else:
+                moment = int(self._clock())
+            region = self._policy.default
+            if request.fixmedins_code:
+                region = self._region(institution_code(request.fixmedins_code))
+            lookup = await self._store.lookup([code] if region.is_practitioner_code(code) else [])
+            record = lookup.records.get(code)
+            view = describe_practitioner(code, record, moment, region)
+        except GatekeeperError as error:
+            await abort(context, error)
+        except Exception:
+            log.exception("GetPractitioner failed")
+            await abort(context, GatekeeperError("internal error"))
+        prac_psn_type = record.prac_psn_type if record is not None else 0
+        return practitioner_response(code, prac_psn_type, view, format_cst(moment), lookup.registry_version)

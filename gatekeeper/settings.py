@@ -1,0 +1,39 @@
+"""Service settings: one frozen object, built from flags and environment at the entry point."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gatekeeper.validation import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
+DEFAULT_HEALTH_POLL_SECONDS = 1.0
+
+
+def redis_url_from(environ: Mapping[str, str] = os.environ) -> str:
+    """REDIS_URL, else a Redis on this machine: every command takes --redis-url this way."""
+    return environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def listen_from(environ: Mapping[str, str] = os.environ) -> str:
+    """GATEKEEPER_LISTEN, else loopback port 50051."""
+    return environ.get("GATEKEEPER_LISTEN") or DEFAULT_LISTEN
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``gatekeeper serve`` can be told."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    listen: str = DEFAULT_LISTEN
+    policy_path: Path | None = None
+    workers: int = 1
+    max_items: int = DEFAULT_MAX_ITEMS
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+    health_poll_seconds: float = DEFAULT_HEALTH_POLL_SECONDS

@@ -1,0 +1,86 @@
+"""Turn a CheckClaimRequest into a validated Claim, or say which field is wrong."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gatekeeper.codes import is_institution_code
+from gatekeeper.cst import TIME_FORMAT, parse_cst
+from gatekeeper.errors import InvalidArgument
+from gatekeeper.rules import Claim, Item
+from gatekeeper.v1 import gatekeeper_pb2 as pb
+
+DEFAULT_MAX_ITEMS = 5_000
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_ID_LENGTH = 64  # claim_id, feedetl_sn, mdtrt_id: national fields are 30 characters
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one request may carry."""
+
+    max_items: int = DEFAULT_MAX_ITEMS
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+
+def _require_id(value: str, field: str) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(field, f"is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def institution_code(value: str, field: str = "fixmedins_code") -> str:
+    """A trimmed designated-institution code, or InvalidArgument."""
+    value = value.strip()
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if not is_institution_code(value):
+        raise InvalidArgument(field, f"{value[:32]!r} is not an institution code (H or P + 11 digits)")
+    return value
+
+
+def service_time(value: str, field: str) -> int:
+    """Epoch seconds of a "yyyy-MM-dd HH:mm:ss" CST string, or InvalidArgument."""
+    try:
+        return parse_cst(value)
+    except ValueError:
+        raise InvalidArgument(field, f"expected {TIME_FORMAT} (China Standard Time), got {value[:32]!r}") from None
+
+
+def claim_from_request(request: pb.CheckClaimRequest, limits: Limits) -> Claim:
+    """Validate a request. A bad practitioner code is not an error here: it is decided."""
+    size = request.ByteSize()
+    if size > limits.max_request_bytes:
+        raise InvalidArgument("request", f"is {size} bytes, more than the maximum of {limits.max_request_bytes}")
+    claim_id = _require_id(request.claim_id, "claim_id")
+    fixmedins_code = institution_code(request.fixmedins_code)
+    if not request.items:
+        raise InvalidArgument("items", "a claim needs at least one line item")
+    if len(request.items) > limits.max_items:
+        raise InvalidArgument("items", f"has {len(request.items)} line items, more than the maximum of {limits.max_items}")
+
+    seen: set[str] = set()
+    items = []
+    for index, line in enumerate(request.items):
+        where = f"items[{index}]"
+        feedetl_sn = _require_id(line.feedetl_sn, f"{where}.feedetl_sn")
+        if feedetl_sn in seen:
+            raise InvalidArgument(f"{where}.feedetl_sn", f"{feedetl_sn!r} appears more than once in the claim")
+        seen.add(feedetl_sn)
+        practitioners: tuple[str, ...] = (line.bilg_dr_codg.strip(),)
+        executing = line.orders_dr_code.strip()
+        if executing and executing != practitioners[0]:
+            practitioners += (executing,)
+        items.append(
+            Item(
+                feedetl_sn=feedetl_sn,
+                service_time=service_time(line.fee_ocur_time, f"{where}.fee_ocur_time"),
+                amount_fen=line.amount_fen,
+                practitioners=practitioners,
+                emergency=request.emergency or line.emergency,
+            )
+        )
+    return Claim(claim_id=claim_id, fixmedins_code=fixmedins_code, items=tuple(items))

@@ -1,0 +1,1 @@
+"""The registry loader: keeps the eligibility cache in sync with the national registry."""
