@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from gatekeeper import __version__
 from gatekeeper.settings import Settings, listen_from, redis_url_from
@@ -41,9 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
-def _enum_name(enum_type: object, value: int, prefix: str) -> str:
-    name: str = enum_type.Name(value)  # type: ignore[attr-defined]
-    return name.removeprefix(prefix)
+def _enum_name(enum_type: EnumTypeWrapper, value: int, prefix: str) -> str:
+    return enum_type.Name(value).removeprefix(prefix)
 
 
 def _yuan(fen: int) -> str:
@@ -67,14 +67,15 @@ def format_claim_table(response: pb.CheckClaimResponse) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     verdict = _enum_name(pb.ClaimVerdict, response.verdict, "CLAIM_VERDICT_")
     mode = "" if response.enforced else "  (monitor mode: nothing blocked)"
     lines.append("")
-    lines.append(
-        f"claim {verdict}: allowed {_yuan(response.allowed_amount_fen)}, blocked {_yuan(response.blocked_amount_fen)}{mode}"
-    )
+    allowed, blocked = _yuan(response.allowed_amount_fen), _yuan(response.blocked_amount_fen)
+    lines.append(f"claim {verdict}: allowed {allowed}, blocked {blocked}{mode}")
     lines.append(f"decision {response.decision_id} against registry {response.registry_version}")
     return "\n".join(lines)
 
@@ -90,7 +91,7 @@ def _check(args: argparse.Namespace) -> int:
         try:
             response = pb_grpc.GatekeeperStub(channel).CheckClaim(request, timeout=args.timeout)
         except grpc.RpcError as error:
-            print(f"gatekeeper check: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"gatekeeper check: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
     if args.json:
         print(json_format.MessageToJson(response, ensure_ascii=False, preserving_proto_field_name=True))
@@ -100,12 +101,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _practitioner(args: argparse.Namespace) -> int:
-    request = pb.GetPractitionerRequest(prac_psn_code=args.code, at_time=args.at or "", fixmedins_code=args.institution or "")
+    request = pb.GetPractitionerRequest(
+        prac_psn_code=args.code, at_time=args.at or "", fixmedins_code=args.institution or ""
+    )
     with grpc.insecure_channel(args.target) as channel:
         try:
             response = pb_grpc.GatekeeperStub(channel).GetPractitioner(request, timeout=args.timeout)
         except grpc.RpcError as error:
-            print(f"gatekeeper practitioner: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"gatekeeper practitioner: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
     print(json_format.MessageToJson(response, ensure_ascii=False, preserving_proto_field_name=True))
     return 0

@@ -7,9 +7,10 @@ from collections.abc import Iterable
 
 # The first two digits of a 6-digit administrative division are a province code.
 PROVINCE_CODES = (
-    "11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 "
-    "61 62 63 64 65 71 81 82"
-).split()
+    *("11", "12", "13", "14", "15", "21", "22", "23"),
+    *("31", "32", "33", "34", "35", "36", "37", "41", "42", "43", "44", "45", "46"),
+    *("50", "51", "52", "53", "54", "61", "62", "63", "64", "65", "71", "81", "82"),
+)
 
 # Doctor D, nurse N, pharmacist Y, technician J (letters not verified nationally),
 # institution pharmacy and technical staff HY / HJ.

@@ -80,5 +80,5 @@ def merge_period(periods: tuple[StatusPeriod, ...], incoming: StatusPeriod) -> t
         if period.chg_key == incoming.chg_key:
             if period.seq >= incoming.seq:
                 return None
-            return periods[:index] + (incoming,) + periods[index + 1 :]
+            return (*periods[:index], incoming, *periods[index + 1 :])
     return (*periods, incoming)

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 from grpc_reflection.v1alpha import reflection
 
 from gatekeeper.policy import Policy, load_policy
+from gatekeeper.servicer import GatekeeperServicer
 from gatekeeper.settings import Settings
 from gatekeeper.store import EligibilityStore, RedisEligibilityStore
 from gatekeeper.v1 import gatekeeper_pb2, gatekeeper_pb2_grpc
-from gatekeeper.servicer import GatekeeperServicer
 from gatekeeper.validation import Limits
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class GatekeeperServer:
 
     server: aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     store: EligibilityStore
     settings: Settings
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -94,11 +95,9 @@ async def create_server(
     )
     limits = Limits(max_items=settings.max_items, max_request_bytes=settings.max_request_bytes)
     gatekeeper_pb2_grpc.add_GatekeeperServicer_to_server(GatekeeperServicer(store, policy, limits), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(settings.listen)
     gk = GatekeeperServer(server, port, health_servicer, store, settings)
     await gk._set_health(False)

@@ -21,6 +21,7 @@ from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from gatekeeper.validation import Limits, claim_from_request, institution_code, service_time
 
 log = logging.getLogger(__name__)
+DEFAULT_LIMITS = Limits()
 
 _STATUS_OF_REASON = {
     Reason.OK: pb.PRACTITIONER_STATUS_REGISTERED,
@@ -103,7 +104,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         self,
         store: EligibilityStore,
         policy: Policy,
-        limits: Limits = Limits(),
+        limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -115,7 +116,9 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         return self._policy.for_division(division_of(fixmedins_code))
 
     async def CheckClaim(  # noqa: N802 - the gRPC method name
-        self, request: pb.CheckClaimRequest, context: aio.ServicerContext  # type: ignore[type-arg]
+        self,
+        request: pb.CheckClaimRequest,
+        context: aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.CheckClaimResponse:
         decision_id = uuid.uuid4().hex
         try:
@@ -132,16 +135,15 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         return claim_response(decision, decision_id, lookup.registry_version)
 
     async def GetPractitioner(  # noqa: N802 - the gRPC method name
-        self, request: pb.GetPractitionerRequest, context: aio.ServicerContext  # type: ignore[type-arg]
+        self,
+        request: pb.GetPractitionerRequest,
+        context: aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.GetPractitionerResponse:
         try:
             code = request.prac_psn_code.strip()
             if not code:
                 raise InvalidArgument("prac_psn_code", "is required")
-            if request.at_time:
-                moment = service_time(request.at_time, "at_time")
-            else:
-                moment = int(self._clock())
+            moment = service_time(request.at_time, "at_time") if request.at_time else int(self._clock())
             region = self._policy.default
             if request.fixmedins_code:
                 region = self._region(institution_code(request.fixmedins_code))

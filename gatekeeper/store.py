@@ -97,7 +97,7 @@ class RedisEligibilityStore:
         return cls(redis.Redis.from_url(url))
 
     async def _read_meta(self) -> list[bytes | None]:
-        return await self._redis.hmget(keys.META, _META_FIELDS)  # type: ignore[no-any-return]
+        return await self._redis.hmget(keys.META, _META_FIELDS)  # type: ignore[return-value]  # bytes: no decoding
 
     @staticmethod
     def _generation_of(meta: list[bytes | None]) -> _Generation:

@@ -60,7 +60,9 @@ def claim_from_request(request: pb.CheckClaimRequest, limits: Limits) -> Claim:
     if not request.items:
         raise InvalidArgument("items", "a claim needs at least one line item")
     if len(request.items) > limits.max_items:
-        raise InvalidArgument("items", f"has {len(request.items)} line items, more than the maximum of {limits.max_items}")
+        raise InvalidArgument(
+            "items", f"has {len(request.items)} line items, more than the maximum of {limits.max_items}"
+        )
 
     seen: set[str] = set()
     items = []

@@ -33,7 +33,8 @@ class CacheState:
 
 def read_state(client: redis.Redis) -> CacheState:
     """The current generation and what it was loaded from."""
-    meta = {k.decode(): v.decode() for k, v in client.hgetall(keys.META).items()}  # type: ignore[union-attr]
+    raw: dict[bytes, bytes] = client.hgetall(keys.META)  # type: ignore[assignment]  # sync client, bytes
+    meta = {k.decode(): v.decode() for k, v in raw.items()}
     generation = meta.get(keys.MetaField.GENERATION)
     return CacheState(
         generation=int(generation) if generation else None,
@@ -49,9 +50,9 @@ def read_state(client: redis.Redis) -> CacheState:
 def ensure_listpack_settings(client: redis.Redis) -> bool:
     """Raise the listpack limits if the server allows CONFIG SET; False if it does not."""
     try:
-        current = client.config_get("hash-max-listpack-*")
+        current: dict[str, str] = client.config_get("hash-max-listpack-*")  # type: ignore[assignment]
         for name, wanted in LISTPACK_SETTINGS.items():
-            if int(current.get(name, 0)) < int(wanted):
+            if int(current.get(name, "0")) < int(wanted):
                 client.config_set(name, wanted)
     except redis.ResponseError:
         return False
@@ -64,7 +65,7 @@ class GenerationWriter:
     def __init__(self, client: redis.Redis, buckets: int) -> None:
         self._redis = client
         self.buckets = buckets
-        self.generation = int(client.incr(keys.GENERATION_COUNTER))  # type: ignore[arg-type]
+        self.generation = int(client.incr(keys.GENERATION_COUNTER))
         client.sadd(GENERATIONS, self.generation)
 
     def write(self, records: Iterable[tuple[str, PractitionerRecord]]) -> int:
@@ -105,7 +106,7 @@ class GenerationWriter:
                 keys.MetaField.SWITCHED_AT: f"{time.time():.3f}",
             },
         )
-        return int(previous) if previous is not None else None  # type: ignore[arg-type]
+        return int(previous) if previous is not None else None
 
 
 def _keys_of(client: redis.Redis, generation: int) -> Iterator[bytes]:
@@ -119,10 +120,10 @@ def drop_generation(client: redis.Redis, generation: int) -> int:
     for key in _keys_of(client, generation):
         batch.append(key)
         if len(batch) == 1000:
-            dropped += int(client.unlink(*batch))  # type: ignore[arg-type]
+            dropped += int(client.unlink(*batch))
             batch.clear()
     if batch:
-        dropped += int(client.unlink(*batch))  # type: ignore[arg-type]
+        dropped += int(client.unlink(*batch))
     client.srem(GENERATIONS, generation)
     return dropped
 
@@ -131,7 +132,7 @@ def drop_abandoned_generations(client: redis.Redis) -> list[int]:
     """Drop generations left by a loader that died before switching to them."""
     current = read_state(client).generation
     dropped = []
-    for member in client.smembers(GENERATIONS):  # type: ignore[union-attr]
+    for member in client.smembers(GENERATIONS):
         generation = int(member)
         if generation != current:
             drop_generation(client, generation)

@@ -16,15 +16,9 @@ from loader.snapshot import load_snapshot
 
 
 def _snapshot(args: argparse.Namespace) -> int:
-    path = Path(args.path)
-    manifest_path = path.with_name(path.name + ".manifest.json")
-    snapshot_id, watermark = path.name, 0
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        snapshot_id, watermark = manifest["snapshot_id"], int(manifest["watermark_seq"])
     client = redis.Redis.from_url(args.redis_url)
     started = time.monotonic()
-    result = load_snapshot(client, path, snapshot_id, watermark)
+    result = load_snapshot(client, Path(args.path))
     for bad in result.bad_rows:
         print(f"{bad.path}:{bad.line}: {bad.reason}", file=sys.stderr)
     print(

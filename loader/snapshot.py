@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ class SnapshotResult:
 
 def open_text(path: Path) -> io.TextIOWrapper:
     """Open a .csv or .csv.gz as text; a UTF-8 BOM is skipped, line ends kept for csv."""
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115 - the wrapper owns it
     return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
@@ -68,8 +69,38 @@ class _Practitioner:
     periods: tuple[StatusPeriod, ...] = ()
 
 
-def load_snapshot(client: redis.Redis, path: Path, snapshot_id: str, watermark_seq: int) -> SnapshotResult:
+@dataclass(frozen=True)
+class Manifest:
+    """``<snapshot>.manifest.json``: what the registry says the snapshot holds."""
+
+    snapshot_id: str
+    row_count: int
+    watermark_seq: int
+    sha256: str
+    generated_at: str
+
+
+def manifest_path(path: Path) -> Path:
+    """Where the manifest of a snapshot file lies."""
+    return path.with_name(path.name + ".manifest.json")
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest beside a snapshot file."""
+    document = json.loads(manifest_path(path).read_text(encoding="utf-8"))
+    return Manifest(
+        snapshot_id=str(document["snapshot_id"]),
+        row_count=int(document["row_count"]),
+        watermark_seq=int(document["watermark_seq"]),
+        sha256=str(document["sha256"]),
+        generated_at=str(document.get("generated_at", "")),
+    )
+
+
+def load_snapshot(client: redis.Redis, path: Path) -> SnapshotResult:
     """Read a whole snapshot, write it as a new generation, switch, drop the old one."""
+    manifest = read_manifest(path)
+    snapshot_id, watermark_seq = manifest.snapshot_id, manifest.watermark_seq
     people: dict[str, _Practitioner] = {}
     bad: list[BadRow] = []
     rows = 0

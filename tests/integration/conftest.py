@@ -1,0 +1,173 @@
+"""Fixtures that start real parts: a private redis-server and a gatekeeper gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from gatekeeper.policy import Policy
+from gatekeeper.server import GatekeeperServer, create_server
+from gatekeeper.settings import Settings
+from gatekeeper.store import EligibilityStore
+from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+from loader.cache import LISTPACK_SETTINGS
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process of our own on 127.0.0.1."""
+
+    process: subprocess.Popen[str]
+    port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def start_redis(directory: Path, port: int | None = None) -> RedisServer:
+    """Start redis-server and return once it says it accepts connections."""
+    port = port or free_port()
+    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--dir", str(directory), "--loglevel", "notice"]
+    for name, value in LISTPACK_SETTINGS.items():
+        args += [f"--{name}", value]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:  # the ready signal: redis logs this once it listens
+        seen.append(line)
+        if "Ready to accept connections" in line:
+            break
+    else:
+        raise RuntimeError("redis-server did not start:\n" + "".join(seen))
+    # Keep draining its log so the pipe never fills.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
+    return RedisServer(process, port, directory)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+class ServerThread:
+    """A gatekeeper server on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings, store: EligibilityStore | None, policy: Policy | None) -> None:
+        self._args = (settings, store, policy)
+        self._ready: queue.Queue[int | BaseException] = queue.Queue()
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._server: GatekeeperServer | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        try:
+            self._stop = asyncio.Event()
+            self._server = await create_server(*self._args)
+            await self._server.start()
+        except BaseException as error:
+            self._ready.put(error)
+            raise
+        self._ready.put(self._server.port)
+        await self._stop.wait()
+        await self._server.stop(grace=1)
+
+    def start(self) -> int:
+        self._thread.start()
+        ready = self._ready.get(timeout=30)
+        if isinstance(ready, BaseException):
+            raise ready
+        self.port = ready
+        return ready
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+
+@dataclass
+class RunningGatekeeper:
+    port: int
+    channel: grpc.Channel
+    stub: pb_grpc.GatekeeperStub
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+StartGatekeeper = Callable[..., RunningGatekeeper]
+
+
+@pytest.fixture
+def start_gatekeeper(redis_server: RedisServer) -> Iterator[StartGatekeeper]:
+    """Start gatekeepers (real gRPC on 127.0.0.1 port 0) against the test Redis."""
+    started: list[tuple[ServerThread, grpc.Channel]] = []
+
+    def start(
+        *, store: EligibilityStore | None = None, policy: Policy | None = None, **settings: object
+    ) -> RunningGatekeeper:
+        options = {"redis_url": redis_server.url, "listen": "127.0.0.1:0", "health_poll_seconds": 0.05}
+        options.update(settings)
+        thread = ServerThread(Settings(**options), store, policy)  # type: ignore[arg-type]
+        port = thread.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        started.append((thread, channel))
+        return RunningGatekeeper(port, channel, pb_grpc.GatekeeperStub(channel))
+
+    yield start
+    for thread, channel in started:
+        channel.close()
+        thread.stop()
+
+
+@pytest.fixture
+def gatekeeper(start_gatekeeper: StartGatekeeper, redis_client: redis.Redis) -> RunningGatekeeper:
+    """A gatekeeper with the default policy on an empty cache."""
+    return start_gatekeeper()
