@@ -19,6 +19,12 @@ def _snapshot(args: argparse.Namespace) -> int:
     client = redis.Redis.from_url(args.redis_url)
     started = time.monotonic()
     result = load_snapshot(client, Path(args.path))
+    if not result.listpack_settings_ok:
+        print(
+            "warning: could not raise hash-max-listpack-entries/value (CONFIG SET refused); "
+            "set them in redis.conf or the cache will use several times more memory (docs/cache-layout.md)",
+            file=sys.stderr,
+        )
     for bad in result.bad_rows:
         print(f"{bad.path}:{bad.line}: {bad.reason}", file=sys.stderr)
     print(

@@ -37,6 +37,7 @@ class SnapshotResult:
     rows: int
     bad_rows: list[BadRow] = field(default_factory=list)
     replaced_generation: int | None = None
+    listpack_settings_ok: bool = True
 
 
 def open_text(path: Path) -> io.TextIOWrapper:
@@ -117,11 +118,11 @@ def load_snapshot(client: redis.Redis, path: Path) -> SnapshotResult:
         (code, PractitionerRecord(p.prac_psn_type, tuple(x for x in p.periods if x.status != Status.WITHDRAWN)))
         for code, p in people.items()
     )
-    ensure_listpack_settings(client)
+    listpack_ok = ensure_listpack_settings(client)
     drop_abandoned_generations(client)
     writer = GenerationWriter(client, keys.bucket_count_for(len(people)))
     count = writer.write(records)
     previous = writer.switch(snapshot_id, watermark_seq, count)
     if previous is not None:
         drop_generation(client, previous)
-    return SnapshotResult(snapshot_id, writer.generation, count, rows, bad, previous)
+    return SnapshotResult(snapshot_id, writer.generation, count, rows, bad, previous, listpack_ok)

@@ -4,74 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import shutil
-import socket
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
 import redis
 
+from bench.harness import RedisServer, start_redis
 from gatekeeper.policy import Policy
 from gatekeeper.server import GatekeeperServer, create_server
 from gatekeeper.settings import Settings
 from gatekeeper.store import EligibilityStore
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from loader.cache import LISTPACK_SETTINGS
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class RedisServer:
-    """A redis-server process of our own on 127.0.0.1."""
-
-    process: subprocess.Popen[str]
-    port: int
-    directory: Path
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
-def start_redis(directory: Path, port: int | None = None) -> RedisServer:
-    """Start redis-server and return once it says it accepts connections."""
-    port = port or free_port()
-    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--dir", str(directory), "--loglevel", "notice"]
-    for name, value in LISTPACK_SETTINGS.items():
-        args += [f"--{name}", value]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:  # the ready signal: redis logs this once it listens
-        seen.append(line)
-        if "Ready to accept connections" in line:
-            break
-    else:
-        raise RuntimeError("redis-server did not start:\n" + "".join(seen))
-    # Keep draining its log so the pipe never fills.
-    threading.Thread(target=process.stdout.read, daemon=True).start()
-    return RedisServer(process, port, directory)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.integration.conftest import RedisServer, free_port
+from bench.harness import RedisServer, free_port
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY
 
 BIN = Path(sys.executable).parent

@@ -1,0 +1,84 @@
+"""Start and measure real parts for benchmarks and tests: redis-server, gatekeeper processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from loader.cache import LISTPACK_SETTINGS
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process of our own on 127.0.0.1."""
+
+    process: subprocess.Popen[str]
+    port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def start_redis(directory: Path, port: int | None = None) -> RedisServer:
+    """Start redis-server (no persistence, listpack limits raised) and wait until it is ready."""
+    port = port or free_port()
+    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--dir", str(directory), "--loglevel", "notice"]
+    for name, value in LISTPACK_SETTINGS.items():
+        args += [f"--{name}", value]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:  # the ready signal: redis logs this once it listens
+        seen.append(line)
+        if "Ready to accept connections" in line:
+            break
+    else:
+        raise RuntimeError("redis-server did not start:\n" + "".join(seen))
+    threading.Thread(target=process.stdout.read, daemon=True).start()  # keep draining its log
+    return RedisServer(process, port, directory)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used, from /proc (robust on a noisy machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its direct children (gatekeeper workers)."""
+    total = cpu_seconds(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                total += cpu_seconds(int(child))
+    return total
