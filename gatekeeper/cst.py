@@ -34,4 +34,9 @@ def parse_cst(text: str) -> int:
 
 def format_cst(epoch_seconds: int) -> str:
     """Format epoch seconds as "yyyy-MM-dd HH:mm:ss" in China Standard Time."""
-    return datetime.fromtimestamp(epoch_seconds, CST).strftime("%Y-%m-%d %H:%M:%S")
+    moment = datetime.fromtimestamp(epoch_seconds, CST)
+    # Not strftime("%Y"): it does not zero-pad years before 1000 on Linux.
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} "
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )

@@ -67,7 +67,9 @@ class PolicyError(ValueError):
 _KNOWN_KEYS = {f.name for f in fields(RegionPolicy) if f.init}
 
 
-def _region_from_table(base: RegionPolicy, table: Mapping[str, Any], where: str) -> RegionPolicy:
+def _region_from_table(base: RegionPolicy, table: object, where: str) -> RegionPolicy:
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"{where}: expected a table of settings")
     unknown = set(table) - _KNOWN_KEYS
     if unknown:
         raise PolicyError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -100,8 +102,11 @@ def parse_policy(document: Mapping[str, Any]) -> Policy:
     if unknown:
         raise PolicyError(f"unknown table(s) {', '.join(sorted(unknown))}")
     default = _region_from_table(RegionPolicy(), document.get("default", {}), "default")
+    region_tables = document.get("regions", {})
+    if not isinstance(region_tables, Mapping):
+        raise PolicyError("regions: expected a table of regions")
     regions: dict[str, RegionPolicy] = {}
-    for prefix, table in document.get("regions", {}).items():
+    for prefix, table in region_tables.items():
         if not re.fullmatch("[0-9]{2,6}", prefix):
             raise PolicyError(f"regions.{prefix}: a region is 2 to 6 digits of the division code")
         regions[prefix] = _region_from_table(default, table, f"regions.{prefix}")

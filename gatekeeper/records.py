@@ -27,9 +27,10 @@ class Status(enum.IntEnum):
     TERMINATED = 3  # 终止
 
 
-class StatusPeriod(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
+class StatusPeriod(msgspec.Struct, array_like=True, frozen=True):
     """One status window ``[begntime, endtime)`` of one practitioner, in epoch seconds."""
 
+    # The order is the storage order: fields that are usually at their default come last.
     status: int
     begntime: int
     chg_key: int  # chg_key_of(chg_id): 32 bits, so a period costs 5 bytes, not the whole id
@@ -53,15 +54,48 @@ class PractitionerRecord(msgspec.Struct, array_like=True, frozen=True):
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(PractitionerRecord)
 
+Period = tuple[int, int, int, int] | tuple[int, int, int, int, int, int, str]
+
+
+def period_array(
+    status: int,
+    begntime: int,
+    chg_key: int,
+    seq: int,
+    endtime: int = OPEN_ENDED,
+    ban_endtime: int = OPEN_ENDED,
+    chg_rea: str = "",
+) -> tuple[object, ...]:
+    """A period as stored: the fields in order, trailing defaults left out.
+
+    msgspec writes every field of an ``array_like`` struct, defaults included, but decodes
+    shorter arrays; leaving them out here saves 3 bytes a registration (45 MB nationally).
+    """
+    if chg_rea:
+        return (status, begntime, chg_key, seq, endtime, ban_endtime, chg_rea)
+    if ban_endtime:
+        return (status, begntime, chg_key, seq, endtime, ban_endtime)
+    if endtime:
+        return (status, begntime, chg_key, seq, endtime)
+    return (status, begntime, chg_key, seq)
+
 
 def encode_record(record: PractitionerRecord) -> bytes:
     """The bytes stored in Redis for ``record``."""
-    return _encoder.encode(record)
+    return _encoder.encode(
+        (record.prac_psn_type, tuple(period_array(*msgspec.structs.astuple(p)) for p in record.periods))
+    )
 
 
 def decode_record(data: bytes) -> PractitionerRecord:
     """Decode bytes written by :func:`encode_record` (or the loader's Redis Function)."""
     return _decoder.decode(data)
+
+
+def one_period_record(prac_psn_type: int, period: tuple[object, ...]) -> bytes:
+    """The encoded record holding just one period (from :func:`period_array`): what the
+    loader's merge functions take."""
+    return _encoder.encode((prac_psn_type, (period,)))
 
 
 def chg_key_of(chg_id: str) -> int:
