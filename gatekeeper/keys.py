@@ -3,6 +3,8 @@
 Layout (see docs/cache-layout.md):
 
 - ``gk:meta`` (hash): the current generation and what it was loaded from.
+- ``gk:loading``, ``gk:changes``, ``gk:generations``, ``gk:follow:after``: the loader's
+  bookkeeping, below.
 - ``gk:g<generation>:b<bucket>`` (hash): practitioner code -> encoded record, for the
   codes whose :func:`bucket_of` is ``bucket``; plus the field :data:`BUCKET_SENTINEL`,
   present in every bucket of a complete generation.
@@ -18,6 +20,14 @@ import zlib
 PREFIX = "gk"
 META = f"{PREFIX}:meta"
 GENERATION_COUNTER = f"{PREFIX}:generation-counter"
+GENERATIONS = f"{PREFIX}:generations"  # every generation not yet dropped
+# "<generation> <buckets> <watermark_seq> <token>" of a snapshot being loaded, with a
+# lease (PX): the snapshot lock, and where changes are written besides the current one.
+LOADING = f"{PREFIX}:loading"
+# Stream of applied changes and snapshot switches: the change notification readers
+# follow, and the log a snapshot load replays (see docs/cache-layout.md).
+CHANGES = f"{PREFIX}:changes"
+FOLLOW_CURSOR = f"{PREFIX}:follow:after"  # the last feed seq `follow` applied
 
 # A field present in every bucket of a complete generation: a reader that gets nil for
 # it knows the generation is gone (switched and dropped mid-read) and reads again.
@@ -35,7 +45,8 @@ class MetaField:
     BUCKETS = "buckets"
     SNAPSHOT_ID = "snapshot_id"
     WATERMARK_SEQ = "watermark_seq"
-    APPLIED_SEQ = "applied_seq"
+    APPLIED_SEQ = "applied_seq"  # the snapshot's watermark or the highest change applied since
+    CHANGE_SEQ = "change_seq"  # the highest seq ever applied from the change feed
     RECORD_COUNT = "record_count"
     SWITCHED_AT = "switched_at"
 

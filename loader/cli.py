@@ -1,45 +1,155 @@
-"""The ``gatekeeper-loader`` command: load snapshots into the eligibility cache."""
+"""The ``gatekeeper-loader`` command: keep the eligibility cache in sync with the registry."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import redis
 
+from gatekeeper import keys
 from gatekeeper.settings import redis_url_from
-from loader.cache import read_state
-from loader.snapshot import load_snapshot
+from loader.cache import LeaseLost, LoaderBusy, NoSnapshot, read_state
+from loader.changes import apply_change_files
+from loader.follow import FollowOptions, follow
+from loader.quarantine import Quarantine
+from loader.snapshot import DEFAULT_MAX_BAD_SHARE, DEFAULT_MAX_SHRINK, SnapshotOptions, SnapshotRefused, load_snapshot
+
+log = logging.getLogger("loader")
+
+
+def _client(args: argparse.Namespace) -> redis.Redis:
+    return redis.Redis.from_url(args.redis_url)
+
+
+def _fail(message: str) -> int:
+    print(f"gatekeeper-loader: {message}", file=sys.stderr)
+    return 1
 
 
 def _snapshot(args: argparse.Namespace) -> int:
-    client = redis.Redis.from_url(args.redis_url)
-    started = time.monotonic()
-    result = load_snapshot(client, Path(args.path))
+    path = Path(args.path)
+    options = SnapshotOptions(
+        force=args.force,
+        max_bad_share=args.max_bad_share,
+        max_shrink=args.max_shrink,
+        quarantine=Path(args.quarantine) if args.quarantine else None,
+    )
+    try:
+        result = load_snapshot(_client(args), path, options)
+    except (SnapshotRefused, LoaderBusy, LeaseLost) as error:
+        return _fail(f"{path}: refused, nothing switched: {error}")
     if not result.listpack_settings_ok:
         print(
             "warning: could not raise hash-max-listpack-entries/value (CONFIG SET refused); "
             "set them in redis.conf or the cache will use several times more memory (docs/cache-layout.md)",
             file=sys.stderr,
         )
-    for bad in result.bad_rows:
-        print(f"{bad.path}:{bad.line}: {bad.reason}", file=sys.stderr)
+    for problem in result.problems:
+        print(f"warning: forced past a failed check: {problem}", file=sys.stderr)
+    for code in result.findings:
+        print(f"integrity: {code} has a registration starting before a termination's ban ends", file=sys.stderr)
+    quarantined = f", quarantined in {result.quarantine}" if result.quarantine else ""
     print(
-        f"loaded snapshot {result.snapshot_id}: {result.practitioners} practitioners from {result.rows} rows "
-        f"({len(result.bad_rows)} bad) into generation {result.generation} in {time.monotonic() - started:.1f} s"
+        f"loaded snapshot {result.snapshot_id}: {result.practitioners:,} practitioners from {result.rows:,} rows "
+        f"({result.bad_rows:,} bad{quarantined}) into generation {result.generation} in {result.seconds:.1f} s "
+        f"({result.rows / max(result.seconds, 1e-9):,.0f} rows/s); "
+        f"replayed {result.replayed_changes} changes; switch {result.switch_seconds * 1000:.0f} ms"
+    )
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.paths]
+    quarantine = Quarantine(Path(args.quarantine))
+    started = time.monotonic()
+    try:
+        result = apply_change_files(_client(args), paths, quarantine)
+    except NoSnapshot as error:
+        return _fail(str(error))
+    finally:
+        quarantine.close()
+    stats = result.stats
+    for code in sorted(stats.findings):
+        print(f"integrity: {code} has a registration starting before a termination's ban ends", file=sys.stderr)
+    elapsed = time.monotonic() - started
+    quarantined = f", quarantined in {quarantine.path}" if result.bad_rows else ""
+    print(
+        f"applied {stats.applied:,} changes from {result.files} files ({stats.stale:,} older than what was loaded, "
+        f"{result.bad_rows:,} bad{quarantined}) in {elapsed:.1f} s "
+        f"({(stats.applied + stats.stale) / max(elapsed, 1e-9):,.0f} changes/s)"
+    )
+    return 0
+
+
+def _follow(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    quarantine = Quarantine(Path(args.quarantine))
+    options = FollowOptions(limit=args.limit, poll_seconds=args.poll)
+    try:
+        stats = follow(_client(args), args.url, stop, quarantine, options)
+    except NoSnapshot as error:
+        return _fail(str(error))
+    finally:
+        quarantine.close()
+    print(
+        f"stopped after seq {stats.after}: applied {stats.applied.applied:,} changes "
+        f"({stats.applied.stale:,} stale, {stats.bad_rows} bad) in {stats.requests} requests, {stats.errors} errors"
     )
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    state = read_state(redis.Redis.from_url(args.redis_url))
-    if state.generation is None:
-        print("no registry snapshot loaded")
-        return 1
-    print(json.dumps(state.__dict__, indent=2))
+    client = _client(args)
+    state = read_state(client)
+    loading = client.get(keys.LOADING)
+    cursor = client.get(keys.FOLLOW_CURSOR)
+    memory = client.info("memory")
+    status = {
+        "snapshot_id": state.snapshot_id or None,
+        "generation": state.generation,
+        "watermark_seq": state.watermark_seq,
+        "applied_seq": state.applied_seq,
+        "registry_version": f"{state.snapshot_id}@{state.applied_seq}" if state.generation else None,
+        "record_count": state.record_count,
+        "age_seconds": round(time.time() - state.switched_at, 1) if state.generation else None,
+        "follow_after": int(cursor) if cursor else None,
+        "loading": loading.decode().rsplit(" ", 1)[0] if loading else None,  # type: ignore[union-attr]
+        "change_log_length": client.xlen(keys.CHANGES),
+        "used_memory": memory["used_memory"],
+        "used_memory_human": memory["used_memory_human"],
+    }
+    print(json.dumps(status, indent=2))
+    return 0 if state.generation is not None else 1
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from loader.generate import generate
+
+    started = time.monotonic()
+    directory = Path(args.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    registry = generate(directory, args.people, seed=args.seed, changes=args.changes, compress=args.gzip)
+    print(
+        f"generated {registry.people:,} practitioners ({registry.rows:,} rows, watermark {registry.watermark_seq}) "
+        f"in {registry.snapshot} and {len(registry.change_files)} change files up to seq {registry.last_change_seq} "
+        f"in {time.monotonic() - started:.1f} s"
+    )
+    return 0
+
+
+def _feed_server(args: argparse.Namespace) -> int:
+    from loader.feed import serve_feed
+
+    serve_feed(Path(args.directory), host=args.host, port=args.port)
     return 0
 
 
@@ -48,15 +158,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatekeeper-loader", description=__doc__)
     parser.add_argument("--redis-url", default=redis_url_from(), help="eligibility cache (env REDIS_URL)")
     commands = parser.add_subparsers(dest="command", required=True)
-    snapshot = commands.add_parser("snapshot", help="load a full snapshot (.csv or .csv.gz)")
+
+    snapshot = commands.add_parser("snapshot", help="load a full snapshot (.csv or .csv.gz beside its manifest)")
     snapshot.add_argument("path")
+    snapshot.add_argument("--force", action="store_true", help="switch even if a check fails")
+    snapshot.add_argument("--max-bad-share", type=float, default=DEFAULT_MAX_BAD_SHARE)
+    snapshot.add_argument("--max-shrink", type=float, default=DEFAULT_MAX_SHRINK)
+    snapshot.add_argument("--quarantine", help="bad-row report (default: <snapshot>.quarantine.jsonl)")
     snapshot.set_defaults(run=_snapshot)
+
+    apply = commands.add_parser("apply", help="apply change-feed files (JSON Lines), any order, idempotently")
+    apply.add_argument("paths", nargs="+")
+    apply.add_argument("--quarantine", default="changes.quarantine.jsonl")
+    apply.set_defaults(run=_apply)
+
+    follow_command = commands.add_parser("follow", help="pull the HTTP change feed until SIGTERM")
+    follow_command.add_argument("url", help="feed base URL; GET <url>/v1/changes?after=&limit=")
+    follow_command.add_argument("--limit", type=int, default=1000)
+    follow_command.add_argument("--poll", type=float, default=1.0, help="seconds between polls when caught up")
+    follow_command.add_argument("--quarantine", default="follow.quarantine.jsonl")
+    follow_command.set_defaults(run=_follow)
+
     status = commands.add_parser("status", help="what is loaded")
     status.set_defaults(run=_status)
+
+    generate = commands.add_parser("generate", help="write a synthetic registry (snapshot, manifest, change files)")
+    generate.add_argument("directory")
+    generate.add_argument("--people", type=int, default=10_000)
+    generate.add_argument("--changes", type=int, help="change-feed records (default: people / 100)")
+    generate.add_argument("--seed", type=int, default=1)
+    generate.add_argument("--gzip", action="store_true", help="write .csv.gz")
+    generate.set_defaults(run=_generate)
+
+    feed = commands.add_parser("feed-server", help="serve change files over HTTP for demos and tests of follow")
+    feed.add_argument("directory")
+    feed.add_argument("--host", default="127.0.0.1")
+    feed.add_argument("--port", type=int, default=8808)
+    feed.set_defaults(run=_feed_server)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``gatekeeper-loader``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     sys.exit(args.run(args))

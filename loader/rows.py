@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+import msgspec
+
 from gatekeeper.codes import PROVINCE_CODES
 from gatekeeper.cst import parse_cst
-from gatekeeper.records import OPEN_ENDED, Status, StatusPeriod, chg_key_of
+from gatekeeper.records import OPEN_ENDED, Status, StatusPeriod, chg_key_of, one_period_record, period_array
 
 FIELDS = (
     "prac_psn_code",
@@ -31,7 +33,9 @@ MAX_CHG_ID_LENGTH = 128
 # The loader accepts any one- or two-letter prefix: which letters a region accepts on a
 # claim is the policy's business, and an unknown letter here is not a broken row.
 _PRACTITIONER_CODE = re.compile(r"[A-Z]{1,2}(?:" + "|".join(PROVINCE_CODES) + r")[0-9]{10}")
-_STATUSES = {"1": Status.REGISTERED, "2": Status.SUSPENDED, "3": Status.TERMINATED}
+_STATUSES = {"1": int(Status.REGISTERED), "2": int(Status.SUSPENDED), "3": int(Status.TERMINATED)}
+_TYPES = frozenset(("1", "2", "3", "4"))
+REGISTERED, WITHDRAWN = int(Status.REGISTERED), int(Status.WITHDRAWN)
 
 
 class RowError(ValueError):
@@ -47,14 +51,26 @@ class RegistryRow:
     chg_id: str
     period: StatusPeriod  # status WITHDRAWN when vali_flag = 0
 
+    def encoded(self) -> bytes:
+        """The row as a one-period record, for the loader's merge functions."""
+        return one_period_record(self.prac_psn_type, period_array(*msgspec.structs.astuple(self.period)))
+
+
+def _registry_time(text: str) -> int:
+    moment = parse_cst(text)
+    # Epoch 0 is the "open-ended" marker in a record, so no real time may be at or before it.
+    if moment <= OPEN_ENDED:
+        raise ValueError(f"{text!r} is not after 1970-01-01 08:00:00")
+    return moment
+
 
 # Registry exports repeat the same few thousand dates; parsing each once is most of the
 # speed of a snapshot load.
-_parse_time = lru_cache(maxsize=1 << 16)(parse_cst)
+_parse_time = lru_cache(maxsize=1 << 16)(_registry_time)
 
 
-def _time(fields: Mapping[str, str], name: str, *, required: bool) -> int:
-    text = (fields.get(name) or "").strip()
+def _time(name: str, text: str, *, required: bool) -> int:
+    text = text.strip()
     if not text:
         if required:
             raise RowError(f"{name} is empty")
@@ -62,47 +78,135 @@ def _time(fields: Mapping[str, str], name: str, *, required: bool) -> int:
     try:
         return _parse_time(text)
     except ValueError:
-        raise RowError(f"{name} {text[:40]!r} is not yyyy-MM-dd HH:mm:ss") from None
+        raise RowError(f"{name} {text[:40]!r} is not a time yyyy-MM-dd HH:mm:ss after 1970") from None
 
 
-def parse_row(fields: Mapping[str, str | None]) -> RegistryRow:
-    """Validate one record (a CSV row or a change-feed object with string values)."""
-    missing = [name for name in FIELDS if fields.get(name) is None]
-    if missing:
-        raise RowError(f"missing field(s) {', '.join(missing)}")
-    text: Mapping[str, str] = fields  # type: ignore[assignment]  # no None left
-    code = text["prac_psn_code"].strip()
+def _parse(
+    code: str,
+    prac_psn_type: str,
+    chg_id: str,
+    status_text: str,
+    begntime_text: str,
+    endtime_text: str,
+    ban_endtime_text: str,
+    chg_rea: str,
+    vali_flag: str,
+    seq_text: str,
+) -> RegistryRow:
+    code = code.strip()
     if not _PRACTITIONER_CODE.fullmatch(code):
         raise RowError(f"prac_psn_code {code[:40]!r} is not a national practitioner code")
-    prac_psn_type = text["prac_psn_type"].strip()
-    if prac_psn_type not in ("1", "2", "3", "4"):
+    prac_psn_type = prac_psn_type.strip()
+    if prac_psn_type not in _TYPES:
         raise RowError(f"prac_psn_type {prac_psn_type[:10]!r} is not 1-4")
-    chg_id = text["chg_id"].strip()
+    chg_id = chg_id.strip()
     if not chg_id or len(chg_id) > MAX_CHG_ID_LENGTH:
         raise RowError("chg_id is empty" if not chg_id else f"chg_id is longer than {MAX_CHG_ID_LENGTH}")
-    status = _STATUSES.get(text["status"].strip())
+    status = _STATUSES.get(status_text.strip())
     if status is None:
-        raise RowError(f"status {text['status'][:10]!r} is not 1, 2 or 3")
-    vali_flag = text["vali_flag"].strip()
+        raise RowError(f"status {status_text[:10]!r} is not 1, 2 or 3")
+    vali_flag = vali_flag.strip()
     if vali_flag not in ("0", "1"):
         raise RowError(f"vali_flag {vali_flag[:10]!r} is not 0 or 1")
-    seq_text = text["seq"].strip()
+    seq_text = seq_text.strip()
     if not seq_text.isascii() or not seq_text.isdigit() or int(seq_text) > MAX_SEQ:
         raise RowError(f"seq {seq_text[:20]!r} is not a non-negative integer below 2**53")
-    begntime = _time(text, "begntime", required=True)
-    endtime = _time(text, "endtime", required=False)
+    begntime = _time("begntime", begntime_text, required=True)
+    endtime = _time("endtime", endtime_text, required=False)
     if endtime != OPEN_ENDED and endtime <= begntime:
         raise RowError("endtime is not after begntime")
-    ban_endtime = _time(text, "ban_endtime", required=False)
     period = StatusPeriod(
-        status=int(status) if vali_flag == "1" else int(Status.WITHDRAWN),
+        status=status if vali_flag == "1" else WITHDRAWN,
         begntime=begntime,
         chg_key=chg_key_of(chg_id),
         seq=int(seq_text),
         endtime=endtime,
-        ban_endtime=ban_endtime,
+        ban_endtime=_time("ban_endtime", ban_endtime_text, required=False),
         # Only a block or an exemption is ever explained; a registration's reason would
         # cost memory for 15 million people and never be shown.
-        chg_rea=text["chg_rea"] if status != Status.REGISTERED else "",
+        chg_rea=chg_rea if status != REGISTERED else "",
     )
     return RegistryRow(code, int(prac_psn_type), chg_id, period)
+
+
+class HeaderError(ValueError):
+    """A snapshot header without the registry's fields: the file cannot be read at all."""
+
+
+_TIME = "[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"
+# A well-formed row, its fields joined by \x1f in FIELDS order: one C-level match instead
+# of a dozen Python checks. Anything else (whitespace, odd chg_ids, 16-digit seqs, bad
+# values) takes the careful path, which gives the precise reason.
+_WELL_FORMED = re.compile(
+    "\x1f".join(
+        (
+            f"({_PRACTITIONER_CODE.pattern})",
+            "([1-4])",
+            f"([!-~]{{1,{MAX_CHG_ID_LENGTH}}})",
+            "([123])",
+            f"({_TIME})",
+            f"({_TIME})?",
+            f"({_TIME})?",
+            "([^\x1f]*)",
+            "([01])",
+            "([0-9]{1,15})",
+        )
+    )
+)
+
+
+class RowParser:
+    """Parses CSV rows whose columns are in the order of a header (any order is allowed)."""
+
+    def __init__(self, header: Sequence[str]) -> None:
+        names = [name.strip() for name in header]
+        missing = [name for name in FIELDS if name not in names]
+        if missing:
+            raise HeaderError(f"the header lacks {', '.join(missing)}")
+        self.width = len(names)
+        self._positions = tuple(names.index(name) for name in FIELDS)
+
+    def parse(self, values: Sequence[str]) -> RegistryRow:
+        """Validate one CSV row."""
+        if len(values) != self.width:
+            raise RowError(f"has {len(values)} columns, the header has {self.width}")
+        return _parse(*(values[position] for position in self._positions))
+
+    def encode(self, values: Sequence[str]) -> tuple[str, bytes]:
+        """Validate one CSV row into (code, encoded one-period record) for the loader."""
+        if len(values) == self.width:
+            match = _WELL_FORMED.fullmatch("\x1f".join([values[position] for position in self._positions]))
+            if match is not None:
+                code, prac_psn_type, chg_id, status, begntime, endtime, ban_endtime, chg_rea, vali, seq = match.groups()
+                try:
+                    begins = _parse_time(begntime)
+                    ends = _parse_time(endtime) if endtime else OPEN_ENDED
+                    ban_ends = _parse_time(ban_endtime) if ban_endtime else OPEN_ENDED
+                except ValueError:  # a date like 2026-02-30: let the careful path say so
+                    pass
+                else:
+                    if ends == OPEN_ENDED or ends > begins:
+                        period = period_array(
+                            int(status) if vali == "1" else WITHDRAWN,
+                            begins,
+                            chg_key_of(chg_id),
+                            int(seq),
+                            ends,
+                            ban_ends,
+                            chg_rea if status != "1" else "",
+                        )
+                        return code, one_period_record(int(prac_psn_type), period)
+        row = self.parse(values)
+        return row.prac_psn_code, row.encoded()
+
+
+_OPTIONAL = frozenset(("endtime", "ban_endtime", "chg_rea"))
+
+
+def parse_row(fields: Mapping[str, object]) -> RegistryRow:
+    """Validate one record given by name (a change-feed JSON object; numbers allowed)."""
+    missing = [name for name in FIELDS if name not in fields or (fields[name] is None and name not in _OPTIONAL)]
+    if missing:
+        raise RowError(f"missing field(s) {', '.join(missing)}")
+    values = ["" if fields[name] is None else str(fields[name]) for name in FIELDS]
+    return _parse(*values)

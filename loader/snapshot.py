@@ -4,70 +4,37 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import redis
 
 from gatekeeper import keys
-from gatekeeper.records import PractitionerRecord, Status, StatusPeriod, merge_period
-from loader.cache import GenerationWriter, drop_abandoned_generations, drop_generation, ensure_listpack_settings
-from loader.rows import RegistryRow, RowError, parse_row
+from loader.cache import (
+    DEFAULT_LEASE_SECONDS,
+    GenerationWriter,
+    WriteStats,
+    drop_abandoned_generations,
+    drop_generation,
+    ensure_listpack_settings,
+    read_state,
+)
+from loader.progress import Progress
+from loader.quarantine import Quarantine
+from loader.rows import HeaderError, RowError, RowParser
+
+DEFAULT_MAX_BAD_SHARE = 0.01  # a snapshot with more bad rows than this is refused
+DEFAULT_MAX_SHRINK = 0.05  # a snapshot losing more practitioners than this is refused
+BATCH_ROWS = 1_000  # rows per gk_insert call: a few milliseconds of Redis time
 
 
-@dataclass(frozen=True)
-class BadRow:
-    """A row that was not applied, with where it is and why."""
-
-    path: str
-    line: int
-    reason: str
-
-
-@dataclass
-class SnapshotResult:
-    """What a snapshot load did."""
-
-    snapshot_id: str
-    generation: int
-    practitioners: int
-    rows: int
-    bad_rows: list[BadRow] = field(default_factory=list)
-    replaced_generation: int | None = None
-    listpack_settings_ok: bool = True
-
-
-def open_text(path: Path) -> io.TextIOWrapper:
-    """Open a .csv or .csv.gz as text; a UTF-8 BOM is skipped, line ends kept for csv."""
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115 - the wrapper owns it
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-
-
-def read_rows(path: Path) -> Iterator[tuple[int, RegistryRow | RowError]]:
-    """(line number, row or error) for each non-blank record of a snapshot CSV."""
-    with open_text(path) as text:
-        reader = csv.reader(text)
-        header = [name.strip() for name in next(reader, [])]
-        for record in reader:
-            line = reader.line_num
-            if not any(value.strip() for value in record):
-                continue
-            if len(record) != len(header):
-                yield line, RowError(f"has {len(record)} columns, the header has {len(header)}")
-                continue
-            try:
-                yield line, parse_row(dict(zip(header, record, strict=True)))
-            except RowError as error:
-                yield line, error
-
-
-@dataclass
-class _Practitioner:
-    prac_psn_type: int
-    periods: tuple[StatusPeriod, ...] = ()
+class SnapshotRefused(RuntimeError):
+    """A snapshot that must not replace the cache (unless forced); nothing was switched."""
 
 
 @dataclass(frozen=True)
@@ -87,42 +54,208 @@ def manifest_path(path: Path) -> Path:
 
 
 def read_manifest(path: Path) -> Manifest:
-    """The manifest beside a snapshot file."""
-    document = json.loads(manifest_path(path).read_text(encoding="utf-8"))
-    return Manifest(
-        snapshot_id=str(document["snapshot_id"]),
-        row_count=int(document["row_count"]),
-        watermark_seq=int(document["watermark_seq"]),
-        sha256=str(document["sha256"]),
-        generated_at=str(document.get("generated_at", "")),
-    )
+    """The manifest beside a snapshot file; SnapshotRefused if missing or unreadable."""
+    try:
+        document = json.loads(manifest_path(path).read_text(encoding="utf-8"))
+        return Manifest(
+            snapshot_id=str(document["snapshot_id"]),
+            row_count=int(document["row_count"]),
+            watermark_seq=int(document["watermark_seq"]),
+            sha256=str(document["sha256"]).lower(),
+            generated_at=str(document.get("generated_at", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SnapshotRefused(f"{manifest_path(path)}: unusable manifest ({error})") from error
 
 
-def load_snapshot(client: redis.Redis, path: Path) -> SnapshotResult:
-    """Read a whole snapshot, write it as a new generation, switch, drop the old one."""
+@dataclass(frozen=True)
+class SnapshotOptions:
+    """How strict a snapshot load is."""
+
+    force: bool = False  # switch even when a check fails
+    max_bad_share: float = DEFAULT_MAX_BAD_SHARE
+    max_shrink: float = DEFAULT_MAX_SHRINK
+    quarantine: Path | None = None  # default: <snapshot>.quarantine.jsonl
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+
+
+@dataclass
+class SnapshotResult:
+    """What a snapshot load did."""
+
+    snapshot_id: str
+    generation: int
+    rows: int  # data rows read, good and bad
+    practitioners: int
+    bad_rows: int
+    quarantine: Path | None
+    replayed_changes: int = 0
+    replaced_generation: int | None = None
+    findings: list[str] = field(default_factory=list)  # codes re-registered during a ban
+    problems: list[str] = field(default_factory=list)  # failed checks (forced through)
+    listpack_settings_ok: bool = True
+    seconds: float = 0.0
+    switch_seconds: float = 0.0
+
+
+class _HashingReader(io.RawIOBase):
+    """Passes bytes through while hashing them: the checksum is of the file as delivered."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self.sha256.update(buffer[:count])
+        return int(count or 0)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _records(path: Path, hasher: _HashingReader) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank CSV record, after the header."""
+    raw: BinaryIO = io.BufferedReader(hasher, buffer_size=1 << 20)
+    if path.suffix == ".gz":
+        raw = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
+    # A UTF-8 BOM is skipped; undecodable bytes become U+FFFD and fail that row only.
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+    reader = csv.reader(text)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        yield 1, header
+        for values in reader:
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue  # blank line
+            yield reader.line_num, values
+    except (csv.Error, EOFError, OSError) as error:  # e.g. a gzip stream cut short
+        yield -1, [f"unreadable: {error}"]
+    finally:
+        # Read whatever parsing left unread, so the checksum covers the whole file.
+        while hasher.read(1 << 20):
+            pass
+        text.close()
+
+
+def load_snapshot(
+    client: redis.Redis,
+    path: Path,
+    options: SnapshotOptions = SnapshotOptions(),
+    progress: Progress | None = None,
+) -> SnapshotResult:
+    """Stream a snapshot into a new generation; switch readers only if every check passes.
+
+    Raises SnapshotRefused (nothing switched, the new generation dropped) when the
+    manifest does not match, too many rows are bad, or the practitioner count shrinks too
+    much, unless ``options.force``.
+    """
     manifest = read_manifest(path)
-    snapshot_id, watermark_seq = manifest.snapshot_id, manifest.watermark_seq
-    people: dict[str, _Practitioner] = {}
-    bad: list[BadRow] = []
-    rows = 0
-    for line, row in read_rows(path):
-        if isinstance(row, RowError):
-            bad.append(BadRow(str(path), line, str(row)))
-            continue
-        rows += 1
-        person = people.setdefault(row.prac_psn_code, _Practitioner(row.prac_psn_type))
-        merged = merge_period(person.periods, row.period)
-        if merged is not None:
-            person.periods = merged
-    records = (
-        (code, PractitionerRecord(p.prac_psn_type, tuple(x for x in p.periods if x.status != Status.WITHDRAWN)))
-        for code, p in people.items()
-    )
+    previous = read_state(client)
     listpack_ok = ensure_listpack_settings(client)
     drop_abandoned_generations(client)
-    writer = GenerationWriter(client, keys.bucket_count_for(len(people)))
-    count = writer.write(records)
-    previous = writer.switch(snapshot_id, watermark_seq, count)
-    if previous is not None:
-        drop_generation(client, previous)
-    return SnapshotResult(snapshot_id, writer.generation, count, rows, bad, previous, listpack_ok)
+    quarantine = Quarantine(options.quarantine or path.with_name(path.name + ".quarantine.jsonl"))
+    progress = progress or Progress("snapshot", total=manifest.row_count)
+    writer = GenerationWriter(
+        client, keys.bucket_count_for(manifest.row_count), manifest.watermark_seq, options.lease_seconds
+    )
+    try:
+        stats, rows, bad, hasher = _write_rows(writer, path, quarantine, progress)
+        problems = _check(manifest, previous.record_count, stats.practitioners, rows, bad, hasher, options)
+        if problems and not options.force:
+            raise SnapshotRefused("; ".join(problems))
+        switch_started = progress.elapsed
+        replayed = writer.replay_changes()
+        replaced = writer.switch(manifest.snapshot_id, stats.practitioners)
+        switch_seconds = progress.elapsed - switch_started
+    except BaseException:
+        writer.abandon()
+        raise
+    finally:
+        quarantine.close()
+        progress.clear()
+    if replaced is not None:
+        drop_generation(client, replaced)
+    return SnapshotResult(
+        snapshot_id=manifest.snapshot_id,
+        generation=writer.generation,
+        rows=rows,
+        practitioners=stats.practitioners,
+        bad_rows=bad,
+        quarantine=quarantine.path if bad else None,
+        replayed_changes=replayed,
+        replaced_generation=replaced,
+        findings=sorted(stats.findings),
+        problems=problems,
+        listpack_settings_ok=listpack_ok,
+        seconds=progress.elapsed,
+        switch_seconds=switch_seconds,
+    )
+
+
+def _write_rows(
+    writer: GenerationWriter, path: Path, quarantine: Quarantine, progress: Progress
+) -> tuple[WriteStats, int, int, _HashingReader]:
+    stats = WriteStats()
+    rows = bad = 0
+    batch: list[tuple[str, bytes]] = []
+    with path.open("rb") as raw:
+        hasher = _HashingReader(raw)
+        records = _records(path, hasher)
+        first = next(records, None)
+        if first is None:
+            raise SnapshotRefused(f"{path}: the file is empty")
+        try:
+            parser = RowParser(first[1])
+        except HeaderError as error:
+            raise SnapshotRefused(f"{path}: {error}") from error
+        for line, values in records:
+            rows += 1
+            try:
+                if line < 0:
+                    raise RowError(values[0])
+                batch.append(parser.encode(values))
+            except RowError as error:
+                bad += 1
+                quarantine.add(str(path), line, str(error))
+            if len(batch) == BATCH_ROWS:
+                writer.add(batch, stats)
+                progress.advance(len(batch))
+                batch = []
+        if batch:
+            writer.add(batch, stats)
+            progress.advance(len(batch))
+    return stats, rows, bad, hasher
+
+
+def _check(
+    manifest: Manifest,
+    previous_count: int,
+    practitioners: int,
+    rows: int,
+    bad: int,
+    hasher: _HashingReader,
+    options: SnapshotOptions,
+) -> list[str]:
+    """Why this snapshot must not replace the cache; empty when it may."""
+    problems = []
+    digest = hasher.sha256.hexdigest()
+    if digest != manifest.sha256:
+        problems.append(f"checksum {digest} does not match the manifest's {manifest.sha256}")
+    if rows != manifest.row_count:
+        problems.append(f"{rows} rows read, the manifest says {manifest.row_count}")
+    if rows and bad / rows > options.max_bad_share:
+        problems.append(f"{bad} of {rows} rows are bad, more than {options.max_bad_share:.1%}")
+    if previous_count and practitioners < previous_count * (1 - options.max_shrink):
+        problems.append(
+            f"{practitioners} practitioners would replace {previous_count}, "
+            f"a drop of more than {options.max_shrink:.0%}"
+        )
+    return problems

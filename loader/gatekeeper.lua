@@ -1,0 +1,191 @@
+#!lua name=gatekeeper
+--[[
+Redis Functions of the eligibility cache. The loader is their only caller.
+
+A record is MessagePack {prac_psn_type, {period, ...}}; a period is
+{status, begntime, chg_key, seq[, endtime, ban_endtime, chg_rea]} (gatekeeper/records.py).
+Merging follows REGISTRY_FORMAT.md: a period replaces the one with the same chg_key only
+when its seq is higher, so duplicates and reordered deliveries are harmless.
+]]
+
+local STATUS_REGISTERED, STATUS_TERMINATED = 1, 3
+
+-- A status-1 period starting before a termination's ban ends (REGISTRY_FORMAT.md).
+local function reregistered_during_ban(periods)
+  for _, ban in ipairs(periods) do
+    local ban_end = ban[6] or 0
+    if ban[1] == STATUS_TERMINATED and ban_end > 0 then
+      for _, reg in ipairs(periods) do
+        if reg[1] == STATUS_REGISTERED and reg[2] >= ban[2] and reg[2] < ban_end then
+          return 1
+        end
+      end
+    end
+  end
+  return 0
+end
+
+-- Merge the single period of `incoming` (an encoded one-period record) into the record of
+-- `code` in hash `bucket`. Periods with seq <= watermark are already in the snapshot the
+-- bucket belongs to. Returns changed (0 stale, 1 inserted, 2 merged) and the integrity flag.
+local function merge(bucket, code, incoming, watermark)
+  local update = cmsgpack.unpack(incoming)
+  local period = update[2][1]
+  if period[4] <= watermark then
+    return 0, 0
+  end
+  local current = redis.call('HGET', bucket, code)
+  if not current then
+    redis.call('HSET', bucket, code, incoming)
+    return 1, 0
+  end
+  local record = cmsgpack.unpack(current)
+  local periods = record[2]
+  local replaced = false
+  for i, existing in ipairs(periods) do
+    if existing[3] == period[3] then
+      if existing[4] >= period[4] then
+        return 0, 0
+      end
+      periods[i] = period
+      replaced = true
+      break
+    end
+  end
+  if not replaced then
+    periods[#periods + 1] = period
+  end
+  record[1] = update[1]
+  redis.call('HSET', bucket, code, cmsgpack.pack(record))
+  return 2, reregistered_during_ban(periods)
+end
+
+-- KEYS: one bucket per row. ARGV: code and encoded one-period record of each row.
+-- The snapshot loader's bulk write into a generation being loaded (standalone Redis:
+-- the keys span slots). Returns {new codes, merged, stale, codes with integrity findings}.
+local function gk_insert(keys, args)
+  local inserted, merged, stale, findings = 0, 0, 0, {}
+  for i = 1, #keys do
+    local code, incoming = args[2 * i - 1], args[2 * i]
+    if redis.call('HSETNX', keys[i], code, incoming) == 1 then
+      inserted = inserted + 1
+    else
+      local changed, finding = merge(keys[i], code, incoming, -1)
+      if changed == 0 then
+        stale = stale + 1
+      else
+        merged = merged + 1
+      end
+      if finding == 1 then
+        findings[#findings + 1] = code
+      end
+    end
+  end
+  return {inserted, merged, stale, findings}
+end
+
+-- KEYS: bucket. ARGV: code, encoded one-period record, watermark.
+-- Used by the snapshot loader when a code is already in the new generation.
+local function gk_merge(keys, args)
+  local changed, finding = merge(keys[1], args[1], args[2], tonumber(args[3]))
+  return {changed, finding}
+end
+
+local function loading_generation(value)
+  if not value then
+    return nil
+  end
+  local generation, buckets, watermark, token = string.match(value, '^(%d+) (%d+) (%d+) (%S+)$')
+  return {generation = generation, buckets = buckets, watermark = tonumber(watermark), token = token}
+end
+
+-- KEYS: gk:meta, gk:loading, gk:changes, then the current generation's bucket of each
+-- change, then (when a snapshot is loading) the loading generation's bucket of each.
+-- ARGV: layout ("<current>/<loading or 0>" the caller computed keys for), the stream's
+-- maximum length, then code and encoded one-period record of each change.
+-- Applies the changes to every live generation atomically, logs them to gk:changes (the
+-- change notification, and what a snapshot load replays) and advances applied_seq.
+local function gk_apply(keys, args)
+  local meta, loading_key, log = keys[1], keys[2], keys[3]
+  local current = redis.call('HMGET', meta, 'generation', 'watermark_seq', 'applied_seq', 'change_seq')
+  if not current[1] then
+    return redis.error_reply('NOSNAPSHOT no registry snapshot is loaded')
+  end
+  local loading = loading_generation(redis.call('GET', loading_key))
+  local layout = current[1] .. '/' .. (loading and loading.generation or '0')
+  if layout ~= args[1] then
+    return {-1, layout}
+  end
+  local max_length = args[2]
+  local count = (#args - 2) / 2
+  local watermark = tonumber(current[2]) or 0
+  local applied_seq = tonumber(current[3]) or 0
+  local change_seq = tonumber(current[4]) or 0
+  local changed, stale, findings = 0, 0, {}
+  for i = 1, count do
+    local code, incoming = args[1 + 2 * i], args[2 + 2 * i]
+    local result, finding = merge(keys[3 + i], code, incoming, watermark)
+    if loading then
+      local loading_result, loading_finding = merge(keys[3 + count + i], code, incoming, loading.watermark)
+      if result == 0 then
+        result, finding = loading_result, loading_finding
+      end
+    end
+    if result == 0 then
+      stale = stale + 1
+    else
+      changed = changed + 1
+      local seq = cmsgpack.unpack(incoming)[2][1][4]
+      if seq > applied_seq then
+        applied_seq = seq
+      end
+      if seq > change_seq then
+        change_seq = seq
+      end
+      redis.call('XADD', log, 'MAXLEN', '~', max_length, '*',
+        'seq', string.format('%d', seq), 'code', code, 'record', incoming)
+      if finding == 1 then
+        findings[#findings + 1] = code
+      end
+    end
+  end
+  redis.call('HSET', meta, 'applied_seq', string.format('%d', applied_seq),
+    'change_seq', string.format('%d', change_seq))
+  return {changed, stale, findings}
+end
+
+-- KEYS: gk:meta, gk:loading, gk:changes. ARGV: token, generation, buckets, snapshot_id,
+-- watermark_seq, record_count, switched_at, stream maximum length.
+-- Points readers at the loaded generation if the caller still holds the loading lease.
+-- Its applied_seq is its watermark, or the highest change applied if later: every change
+-- newer than the watermark was replayed into it or written to it while it loaded.
+local function gk_switch(keys, args)
+  local meta, loading_key, log = keys[1], keys[2], keys[3]
+  local loading = loading_generation(redis.call('GET', loading_key))
+  if not loading or loading.token ~= args[1] or loading.generation ~= args[2] then
+    return redis.error_reply('LEASE the loading lease was lost')
+  end
+  local previous = redis.call('HMGET', meta, 'generation', 'change_seq')
+  local applied_seq = math.max(tonumber(args[5]), tonumber(previous[2]) or 0)
+  redis.call('HSET', meta,
+    'generation', args[2], 'buckets', args[3], 'snapshot_id', args[4],
+    'watermark_seq', args[5], 'applied_seq', string.format('%d', applied_seq),
+    'record_count', args[6], 'switched_at', args[7])
+  redis.call('DEL', loading_key)
+  redis.call('XADD', log, 'MAXLEN', '~', args[8], '*', 'switch', args[2])
+  return previous[1] or false
+end
+
+-- KEYS: gk:loading. ARGV: the lease value, lease milliseconds. Extends our own lease only.
+local function gk_renew(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    return redis.call('PEXPIRE', keys[1], args[2])
+  end
+  return 0
+end
+
+redis.register_function('gk_insert', gk_insert)
+redis.register_function('gk_merge', gk_merge)
+redis.register_function('gk_renew', gk_renew)
+redis.register_function('gk_apply', gk_apply)
+redis.register_function('gk_switch', gk_switch)

@@ -1,0 +1,29 @@
+"""The quarantine report: every row that was not applied, with its file, line and reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TextIO
+
+
+class Quarantine:
+    """Appends JSON Lines ``{"file", "line", "reason"}``; the file is created on the first row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self._file: TextIO | None = None
+
+    def add(self, file: str, line: int, reason: str) -> None:
+        """Record one bad row."""
+        if self._file is None:
+            self._file = self.path.open("w", encoding="utf-8")
+        self._file.write(json.dumps({"file": file, "line": line, "reason": reason}, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        """Flush and close the report."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
