@@ -35,7 +35,7 @@ BUCKET_SENTINEL = "~"
 
 # Target practitioners per bucket: small enough for listpack encoding, large enough that
 # the per-key overhead (~90 bytes) costs about one byte per practitioner.
-PRACTITIONERS_PER_BUCKET = 100
+PRACTITIONERS_PER_BUCKET = 48
 
 
 class MetaField:

@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any, cast
 
 import redis
+from redis.connection import Connection
 
 from gatekeeper import keys
 from loader.rows import RegistryRow
@@ -148,7 +149,8 @@ class GenerationWriter:
         if not self._lease.acquire():
             holder = client.get(keys.LOADING)
             raise LoaderBusy(f"another snapshot load holds {keys.LOADING}: {holder!r}")
-        self._token = token
+        self._connection: Connection | None = None
+        self._in_flight = False
         client.sadd(keys.GENERATIONS, self.generation)
         self._lease.start_renewing()
         self._write_sentinels()
@@ -166,16 +168,43 @@ class GenerationWriter:
 
     def add(self, rows: Sequence[tuple[str, bytes]], stats: WriteStats) -> None:
         """Write snapshot rows (code, one-period record): a code's first row as it is,
-        later ones merged by chg_id and seq. One gk_insert call per batch."""
+        later ones merged by chg_id and seq. One gk_insert call per batch.
+
+        The call is sent without waiting for its answer, which is read when the next
+        batch is sent (or by :meth:`flush`): Redis merges one batch while Python parses
+        the next, each on its own core.
+        """
         bucket_keys = [self._bucket_key(code) for code, _ in rows]
         arguments = [value for row in rows for value in row]
-        inserted, merged, stale, findings = cast(
-            list[Any], self._redis.fcall("gk_insert", len(bucket_keys), *bucket_keys, *arguments)
+        if self._connection is None:
+            self._connection = self._redis.connection_pool.get_connection()
+        self.flush(stats)
+        self._connection.send_command(  # type: ignore[no-untyped-call]
+            "FCALL", "gk_insert", len(bucket_keys), *bucket_keys, *arguments
         )
+        self._in_flight = True
+
+    def flush(self, stats: WriteStats) -> None:
+        """Wait for the batch in flight and count what it did."""
+        if not self._in_flight or self._connection is None:
+            return
+        self._in_flight = False
+        reply = self._connection.read_response()
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        inserted, merged, stale, findings = cast(list[Any], reply)
         stats.practitioners += inserted
         stats.merged += merged
         stats.stale += stale
         stats.findings.update(code.decode() for code in findings)
+
+    def _release_connection(self) -> None:
+        if self._connection is not None:
+            if self._in_flight:  # abandoned mid-batch: the connection's state is unknown
+                self._connection.disconnect()  # type: ignore[no-untyped-call]
+            self._redis.connection_pool.release(self._connection)
+            self._connection = None
+            self._in_flight = False
 
     def replay_changes(self) -> int:
         """Merge every logged change newer than the snapshot: those applied before this load
@@ -201,6 +230,7 @@ class GenerationWriter:
 
     def switch(self, snapshot_id: str, record_count: int) -> int | None:
         """Point readers at this generation (atomically); returns the generation replaced."""
+        self._release_connection()
         try:
             previous = self._redis.fcall(
                 "gk_switch",
@@ -227,6 +257,7 @@ class GenerationWriter:
 
     def abandon(self) -> None:
         """Give up this generation: release the lease and delete what was written."""
+        self._release_connection()
         self._lease.release()
         drop_generation(self._redis, self.generation)
 

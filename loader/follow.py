@@ -7,7 +7,6 @@ import logging
 import random
 import threading
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -15,6 +14,7 @@ import redis
 
 from gatekeeper import keys
 from loader.cache import ApplyStats, ChangeApplier, read_state
+from loader.feed import FeedPage, MalformedPage, changes_url, parse_page
 from loader.quarantine import Quarantine
 from loader.rows import RegistryRow, RowError, parse_row
 
@@ -47,32 +47,14 @@ class FollowStats:
     after: int = 0
 
 
-@dataclass(frozen=True)
-class Page:
-    """One answer of ``GET /v1/changes``."""
-
-    changes: list[object]
-    next_after: int
-    has_more: bool
-
-
-def fetch_page(base_url: str, after: int, limit: int, timeout: float) -> Page:
+def fetch_page(base_url: str, after: int, limit: int, timeout: float) -> FeedPage:
     """One page of changes after ``after``."""
-    query = urllib.parse.urlencode({"after": after, "limit": limit})
-    url = f"{base_url.rstrip('/')}/v1/changes?{query}"
+    url = changes_url(base_url, after, limit)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            document = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as error:
+            return parse_page(response.read())
+    except (urllib.error.URLError, OSError, MalformedPage) as error:
         raise FeedError(f"{url}: {error}") from error
-    if (
-        not isinstance(document, dict)
-        or not isinstance(document.get("changes"), list)
-        or not isinstance(document.get("next_after"), int)
-        or not isinstance(document.get("has_more"), bool)
-    ):
-        raise FeedError(f"{url}: not a page of changes")
-    return Page(document["changes"], document["next_after"], document["has_more"])
 
 
 def starting_seq(client: redis.Redis) -> int:

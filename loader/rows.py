@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ class RowParser:
             raise HeaderError(f"the header lacks {', '.join(missing)}")
         self.width = len(names)
         self._positions = tuple(names.index(name) for name in FIELDS)
+        self._in_field_order = operator.itemgetter(*self._positions)
 
     def parse(self, values: Sequence[str]) -> RegistryRow:
         """Validate one CSV row."""
@@ -175,7 +177,7 @@ class RowParser:
     def encode(self, values: Sequence[str]) -> tuple[str, bytes]:
         """Validate one CSV row into (code, encoded one-period record) for the loader."""
         if len(values) == self.width:
-            match = _WELL_FORMED.fullmatch("\x1f".join([values[position] for position in self._positions]))
+            match = _WELL_FORMED.fullmatch("\x1f".join(self._in_field_order(values)))
             if match is not None:
                 code, prac_psn_type, chg_id, status, begntime, endtime, ban_endtime, chg_rea, vali, seq = match.groups()
                 try:

@@ -232,6 +232,7 @@ def _write_rows(
         if batch:
             writer.add(batch, stats)
             progress.advance(len(batch))
+        writer.flush(stats)
     return stats, rows, bad, hasher
 
 
