@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
@@ -14,14 +16,14 @@ from typing import Any, cast
 import redis
 from redis.connection import Connection
 
-from gatekeeper import keys
-from loader.rows import RegistryRow
+from gatekeeper import changelog, keys
+from loader.rows import EncodedRow
 
 # Listpack hashes are what keep a practitioner under 64 bytes; a record with a long
 # reason would otherwise turn its whole bucket into a hashtable (see docs/cache-layout.md).
 LISTPACK_SETTINGS = {"hash-max-listpack-entries": "512", "hash-max-listpack-value": "1024"}
 SENTINEL_BATCH = 2_000
-APPLY_BATCH = 200  # changes per gk_apply call
+APPLY_BATCH = 200  # changes per gk_apply call; gk_apply logs them in one XADD of 6 fields each
 DEFAULT_LEASE_SECONDS = 30.0
 # gk:changes keeps about this many entries: enough for a snapshot load to replay what was
 # applied since the snapshot's watermark, and for readers to catch up after a blip.
@@ -166,15 +168,15 @@ class GenerationWriter:
                 pipe.execute()
         pipe.execute()
 
-    def add(self, rows: Sequence[tuple[str, bytes]], stats: WriteStats) -> None:
-        """Write snapshot rows (code, one-period record): a code's first row as it is,
+    def add(self, rows: Sequence[EncodedRow], stats: WriteStats) -> None:
+        """Write snapshot rows (code, one-period record, seq): a code's first row as it is,
         later ones merged by chg_id and seq. One gk_insert call per batch.
 
         The call is sent without waiting for its answer, which is read when the next
         batch is sent (or by :meth:`flush`): Redis merges one batch while Python parses
         the next, each on its own core.
         """
-        bucket_keys = [self._bucket_key(code) for code, _ in rows]
+        bucket_keys = [self._bucket_key(code) for code, _, _ in rows]
         arguments = [value for row in rows for value in row]
         if self._connection is None:
             self._connection = self._redis.connection_pool.get_connection()
@@ -210,23 +212,18 @@ class GenerationWriter:
         """Merge every logged change newer than the snapshot: those applied before this load
         began (later ones were written here by gk_apply already). Returns how many."""
         replayed = 0
-        last_id: bytes | str = "-"
-        while True:
-            page = cast(
-                list[tuple[bytes, dict[bytes, bytes]]], self._redis.xrange(keys.CHANGES, min=last_id, count=1000)
-            )
-            entries = [entry for entry in page if entry[0] != last_id]
-            if not entries:
-                return replayed
-            pipe = self._redis.pipeline(transaction=False)
-            for _, fields in entries:
-                seq = fields.get(b"seq")
-                if seq is not None and int(seq) > self.watermark_seq:
-                    code = fields[b"code"].decode()
-                    pipe.fcall("gk_merge", 1, self._bucket_key(code), code, fields[b"record"], self.watermark_seq)
-                    replayed += 1
-            pipe.execute()
-            last_id = entries[-1][0]
+        pipe = self._redis.pipeline(transaction=False)
+        for entry in read_change_log(self._redis):
+            newer = [change for change in entry.changes if change.seq > self.watermark_seq]
+            if newer:
+                bucket_keys = [self._bucket_key(change.code) for change in newer]
+                arguments = [value for c in newer for value in (c.code, c.record, c.seq)]
+                pipe.fcall("gk_merge", len(bucket_keys), *bucket_keys, self.watermark_seq, *arguments)
+                replayed += len(newer)
+            if len(pipe) >= 50:
+                pipe.execute()
+        pipe.execute()
+        return replayed
 
     def switch(self, snapshot_id: str, record_count: int) -> int | None:
         """Point readers at this generation (atomically); returns the generation replaced."""
@@ -303,14 +300,19 @@ class ApplyStats:
 
 
 class ChangeApplier:
-    """Applies change-feed rows to the current generation (and to one being loaded)."""
+    """Applies change-feed rows to the current generation (and to one being loaded).
+
+    Batches go out one ahead: Redis applies a batch while Python parses the next. Each
+    batch is one atomic gk_apply call; one sent with a stale layout (a snapshot switched
+    or began meanwhile) is sent again, which is harmless because merges are idempotent.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         load_functions(client)
-        self._layout: tuple[str, int, int | None, int] | None = None
+        self._layout: _Layout | None = None
 
-    def _read_layout(self) -> tuple[str, int, int | None, int]:
+    def _read_layout(self) -> _Layout:
         state = read_state(self._redis)
         if state.generation is None:
             raise NoSnapshot("no registry snapshot is loaded: load one before applying changes")
@@ -319,49 +321,128 @@ class ChangeApplier:
         if loading:
             generation, buckets, *_ = loading.split()
             loading_generation, loading_buckets = int(generation), int(buckets)
-        layout = f"{state.generation}/{loading_generation or 0}"
-        return layout, state.buckets, loading_generation, loading_buckets
+        return _Layout(state.generation, state.buckets, loading_generation, loading_buckets)
 
-    def apply(self, rows: Iterable[RegistryRow], stats: ApplyStats) -> None:
-        """Apply changes in batches; each batch is atomic (one gk_apply call)."""
-        batch: list[RegistryRow] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == APPLY_BATCH:
-                self._apply_batch(batch, stats)
-                batch = []
-        if batch:
-            self._apply_batch(batch, stats)
+    def _command(self, changes: Sequence[EncodedRow]) -> list[str | bytes | int]:
+        if self._layout is None:
+            self._layout = self._read_layout()
+        layout = self._layout
+        bucket_keys = [layout.current_key(code) for code, _, _ in changes]
+        if layout.loading_generation is not None:
+            bucket_keys += [layout.loading_key(code) for code, _, _ in changes]
+        command: list[str | bytes | int] = ["FCALL", "gk_apply", 3 + len(bucket_keys), keys.META, keys.LOADING]
+        command += [keys.CHANGES, *bucket_keys, layout.name, CHANGE_LOG_LENGTH]
+        command += [value for change in changes for value in change]
+        return command
 
-    def _apply_batch(self, rows: Sequence[RegistryRow], stats: ApplyStats) -> None:
-        records = [row.encoded() for row in rows]
-        for _ in range(5):
-            if self._layout is None:
-                self._layout = self._read_layout()
-            layout, buckets, loading_generation, loading_buckets = self._layout
-            current_generation = int(layout.split("/")[0])
-            bucket_keys = [keys.bucket_key(current_generation, keys.bucket_of(r.prac_psn_code, buckets)) for r in rows]
-            if loading_generation is not None:
-                bucket_keys += [
-                    keys.bucket_key(loading_generation, keys.bucket_of(r.prac_psn_code, loading_buckets)) for r in rows
-                ]
-            arguments: list[str | bytes | int] = [layout, CHANGE_LOG_LENGTH]
-            for row, record in zip(rows, records, strict=True):
-                arguments += [row.prac_psn_code, record]
-            try:
-                result = self._redis.fcall(
-                    "gk_apply", 3 + len(bucket_keys), keys.META, keys.LOADING, keys.CHANGES, *bucket_keys, *arguments
-                )
-            except redis.ResponseError as error:
-                if "NOSNAPSHOT" in str(error):
-                    raise NoSnapshot(str(error)) from error
-                raise
-            if result[0] == -1:
-                self._layout = None
-                continue
-            applied, stale, findings = result
-            stats.applied += applied
-            stats.stale += stale
-            stats.findings.update(code.decode() for code in findings)
+    def apply(self, changes: Iterable[EncodedRow], stats: ApplyStats) -> None:
+        """Apply changes, APPLY_BATCH to a gk_apply call."""
+        connection = self._redis.connection_pool.get_connection()
+        in_flight: deque[list[EncodedRow]] = deque()
+        try:
+            for batch in _batched(changes):
+                connection.send_command(*self._command(batch))  # type: ignore[no-untyped-call]
+                in_flight.append(list(batch))
+                if len(in_flight) > 1:
+                    self._receive(connection, in_flight, stats)
+            while in_flight:
+                self._receive(connection, in_flight, stats)
+        except BaseException:
+            connection.disconnect()  # type: ignore[no-untyped-call]  # replies may be unread
+            raise
+        finally:
+            self._redis.connection_pool.release(connection)
+
+    def _receive(self, connection: Connection, in_flight: deque[list[EncodedRow]], stats: ApplyStats) -> None:
+        """Read the oldest batch's answer; on a stale layout, drain and resend."""
+        reply = self._read(connection)
+        batch = in_flight.popleft()
+        if reply[0] != -1:
+            self._count(reply, stats)
             return
+        retry = [batch]
+        while in_flight:  # answers of later batches, sent with the same stale layout
+            later = in_flight.popleft()
+            later_reply = self._read(connection)
+            if later_reply[0] == -1:
+                retry.append(later)
+            else:
+                self._count(later_reply, stats)
+        for _ in range(5):
+            self._layout = None
+            still_stale = []
+            for changes in retry:
+                connection.send_command(*self._command(changes))  # type: ignore[no-untyped-call]
+                reply = self._read(connection)
+                if reply[0] == -1:
+                    still_stale.append(changes)
+                else:
+                    self._count(reply, stats)
+            if not still_stale:
+                return
+            retry = still_stale
         raise RuntimeError("the cache layout kept changing while applying changes")
+
+    @staticmethod
+    def _read(connection: Connection) -> list[Any]:
+        try:
+            reply = connection.read_response()
+        except redis.ResponseError as error:
+            if "NOSNAPSHOT" in str(error):
+                raise NoSnapshot(str(error)) from error
+            raise
+        return cast(list[Any], reply)
+
+    @staticmethod
+    def _count(reply: list[Any], stats: ApplyStats) -> None:
+        applied, stale, findings = reply
+        stats.applied += applied
+        stats.stale += stale
+        stats.findings.update(code.decode() for code in findings)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which generations changes go to, and how their buckets are counted."""
+
+    current_generation: int
+    buckets: int
+    loading_generation: int | None
+    loading_buckets: int
+
+    @property
+    def name(self) -> str:
+        """What gk_apply compares with what it finds, to refuse keys computed for another layout."""
+        return f"{self.current_generation}/{self.loading_generation or 0}"
+
+    def current_key(self, code: str) -> str:
+        return keys.bucket_key(self.current_generation, keys.bucket_of(code, self.buckets))
+
+    def loading_key(self, code: str) -> str:
+        assert self.loading_generation is not None
+        return keys.bucket_key(self.loading_generation, keys.bucket_of(code, self.loading_buckets))
+
+
+def _batched(changes: Iterable[EncodedRow]) -> Iterator[tuple[EncodedRow, ...]]:
+    """Tuples of APPLY_BATCH changes (itertools.batched arrives in Python 3.12)."""
+    iterator = iter(changes)
+    while batch := tuple(itertools.islice(iterator, APPLY_BATCH)):
+        yield batch
+
+
+def read_change_log(client: redis.Redis, after: bytes = b"-", page: int = 1000) -> Iterator[changelog.Entry]:
+    """Every entry of gk:changes after ``after`` (exclusive), oldest first, read raw."""
+    connection = client.connection_pool.get_connection()
+    try:
+        start = after
+        while True:
+            lower = start if start == b"-" else b"(" + start
+            connection.send_command("XRANGE", keys.CHANGES, lower, "+", "COUNT", page)  # type: ignore[no-untyped-call]
+            entries = cast(list[list[Any]], connection.read_response())
+            for entry_id, fields in entries:
+                yield changelog.parse_entry(entry_id, fields)
+            if len(entries) < page:
+                return
+            start = entries[-1][0]
+    finally:
+        client.connection_pool.release(connection)

@@ -2,34 +2,35 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import redis
 
 from loader.cache import ApplyStats, ChangeApplier
 from loader.progress import Progress
 from loader.quarantine import Quarantine
-from loader.rows import RegistryRow, RowError, parse_row
+from loader.rows import EncodedRow, RowError, encode_change
 
+_json = msgspec.json.Decoder()
 CHANGE_FILE = re.compile(r"changes-(\d+)-(\d+)\.jsonl")
 
 
-def parse_change(text: str) -> RegistryRow:
+def parse_change(text: str) -> EncodedRow:
     """Validate one change-feed line."""
     try:
-        document = json.loads(text)
-    except ValueError as error:
+        document = _json.decode(text)
+    except msgspec.DecodeError as error:
         raise RowError(f"not JSON: {error}") from None
     if not isinstance(document, dict):
         raise RowError("not a JSON object")
-    return parse_row(document)
+    return encode_change(document)
 
 
-def read_change_file(path: Path) -> Iterator[tuple[int, RegistryRow | RowError]]:
+def read_change_file(path: Path) -> Iterator[tuple[int, EncodedRow | RowError]]:
     """(line number, change or error) for each non-blank line of a change file."""
     with path.open(encoding="utf-8-sig", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
@@ -67,7 +68,7 @@ def apply_change_files(
     for path in sorted(paths, key=lambda p: (_first_seq(p), p.name)):
         result.files += 1
 
-        def good_rows(path: Path = path) -> Iterator[RegistryRow]:
+        def good_rows(path: Path = path) -> Iterator[EncodedRow]:
             for line, row in read_change_file(path):
                 if isinstance(row, RowError):
                     result.bad_rows += 1

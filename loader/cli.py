@@ -55,12 +55,17 @@ def _snapshot(args: argparse.Namespace) -> int:
         print(f"warning: forced past a failed check: {problem}", file=sys.stderr)
     for code in result.findings:
         print(f"integrity: {code} has a registration starting before a termination's ban ends", file=sys.stderr)
+    if args.json:
+        summary = {k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
     quarantined = f", quarantined in {result.quarantine}" if result.quarantine else ""
     print(
         f"loaded snapshot {result.snapshot_id}: {result.practitioners:,} practitioners from {result.rows:,} rows "
         f"({result.bad_rows:,} bad{quarantined}) into generation {result.generation} in {result.seconds:.1f} s "
         f"({result.rows / max(result.seconds, 1e-9):,.0f} rows/s); "
-        f"replayed {result.replayed_changes} changes; switch {result.switch_seconds * 1000:.0f} ms"
+        f"replayed {result.replayed_changes} changes in {result.replay_seconds * 1000:.0f} ms; "
+        f"switch {result.switch_seconds * 1000:.1f} ms"
     )
     return 0
 
@@ -79,6 +84,20 @@ def _apply(args: argparse.Namespace) -> int:
     for code in sorted(stats.findings):
         print(f"integrity: {code} has a registration starting before a termination's ban ends", file=sys.stderr)
     elapsed = time.monotonic() - started
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "files": result.files,
+                    "applied": stats.applied,
+                    "stale": stats.stale,
+                    "bad_rows": result.bad_rows,
+                    "findings": sorted(stats.findings),
+                    "seconds": elapsed,
+                }
+            )
+        )
+        return 0
     quarantined = f", quarantined in {quarantine.path}" if result.bad_rows else ""
     print(
         f"applied {stats.applied:,} changes from {result.files} files ({stats.stale:,} older than what was loaded, "
@@ -165,11 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot.add_argument("--max-bad-share", type=float, default=DEFAULT_MAX_BAD_SHARE)
     snapshot.add_argument("--max-shrink", type=float, default=DEFAULT_MAX_SHRINK)
     snapshot.add_argument("--quarantine", help="bad-row report (default: <snapshot>.quarantine.jsonl)")
+    snapshot.add_argument("--json", action="store_true", help="print the summary as JSON")
     snapshot.set_defaults(run=_snapshot)
 
     apply = commands.add_parser("apply", help="apply change-feed files (JSON Lines), any order, idempotently")
     apply.add_argument("paths", nargs="+")
     apply.add_argument("--quarantine", default="changes.quarantine.jsonl")
+    apply.add_argument("--json", action="store_true", help="print the summary as JSON")
     apply.set_defaults(run=_apply)
 
     follow_command = commands.add_parser("follow", help="pull the HTTP change feed until SIGTERM")

@@ -16,7 +16,7 @@ from gatekeeper import keys
 from loader.cache import ApplyStats, ChangeApplier, read_state
 from loader.feed import FeedPage, MalformedPage, changes_url, parse_page
 from loader.quarantine import Quarantine
-from loader.rows import RegistryRow, RowError, parse_row
+from loader.rows import EncodedRow, RowError, encode_change
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,12 @@ def follow(
             backoff = min(backoff * 2, options.backoff_max_seconds)
             continue
         backoff = options.backoff_initial_seconds
-        rows: list[RegistryRow] = []
+        rows: list[EncodedRow] = []
         for change in page.changes:
             try:
                 if not isinstance(change, dict):
                     raise RowError("not a JSON object")
-                rows.append(parse_row(change))
+                rows.append(encode_change(change))
             except RowError as error:
                 stats.bad_rows += 1
                 quarantine.add(base_url, stats.after, f"{error}: {json.dumps(change, ensure_ascii=False)[:200]}")

@@ -25,13 +25,13 @@ local function reregistered_during_ban(periods)
   return 0
 end
 
--- Merge the single period of `incoming` (an encoded one-period record) into the record of
--- `code` in hash `bucket`. Periods with seq <= watermark are already in the snapshot the
--- bucket belongs to. Returns changed (0 stale, 1 inserted, 2 merged) and the integrity flag.
-local function merge(bucket, code, incoming, watermark)
-  local update = cmsgpack.unpack(incoming)
-  local period = update[2][1]
-  if period[4] <= watermark then
+-- Merge the single period of `incoming` (an encoded one-period record whose period has
+-- sequence number `seq`) into the record of `code` in hash `bucket`. Periods with
+-- seq <= watermark are already in the snapshot the bucket belongs to. Returns changed
+-- (0 stale, 1 inserted, 2 merged) and the integrity flag. Records are decoded only when
+-- there is something to merge with: most writes are a code's first period.
+local function merge(bucket, code, incoming, seq, watermark)
+  if seq <= watermark then
     return 0, 0
   end
   local current = redis.call('HGET', bucket, code)
@@ -39,6 +39,8 @@ local function merge(bucket, code, incoming, watermark)
     redis.call('HSET', bucket, code, incoming)
     return 1, 0
   end
+  local update = cmsgpack.unpack(incoming)
+  local period = update[2][1]
   local record = cmsgpack.unpack(current)
   local periods = record[2]
   local replaced = false
@@ -60,17 +62,17 @@ local function merge(bucket, code, incoming, watermark)
   return 2, reregistered_during_ban(periods)
 end
 
--- KEYS: one bucket per row. ARGV: code and encoded one-period record of each row.
+-- KEYS: one bucket per row. ARGV: code, encoded one-period record and seq of each row.
 -- The snapshot loader's bulk write into a generation being loaded (standalone Redis:
 -- the keys span slots). Returns {new codes, merged, stale, codes with integrity findings}.
 local function gk_insert(keys, args)
   local inserted, merged, stale, findings = 0, 0, 0, {}
   for i = 1, #keys do
-    local code, incoming = args[2 * i - 1], args[2 * i]
+    local code, incoming, seq = args[3 * i - 2], args[3 * i - 1], tonumber(args[3 * i])
     if redis.call('HSETNX', keys[i], code, incoming) == 1 then
       inserted = inserted + 1
     else
-      local changed, finding = merge(keys[i], code, incoming, -1)
+      local changed, finding = merge(keys[i], code, incoming, seq, -1)
       if changed == 0 then
         stale = stale + 1
       else
@@ -84,11 +86,17 @@ local function gk_insert(keys, args)
   return {inserted, merged, stale, findings}
 end
 
--- KEYS: bucket. ARGV: code, encoded one-period record, watermark.
--- Used by the snapshot loader when a code is already in the new generation.
+-- KEYS: one bucket per change. ARGV: watermark, then code, encoded one-period record and
+-- seq of each change. The snapshot loader replays logged changes into the new generation
+-- with it. Returns how many changed something.
 local function gk_merge(keys, args)
-  local changed, finding = merge(keys[1], args[1], args[2], tonumber(args[3]))
-  return {changed, finding}
+  local watermark, changed = tonumber(args[1]), 0
+  for i = 1, #keys do
+    if merge(keys[i], args[3 * i - 1], args[3 * i], tonumber(args[3 * i + 1]), watermark) > 0 then
+      changed = changed + 1
+    end
+  end
+  return changed
 end
 
 local function loading_generation(value)
@@ -102,7 +110,7 @@ end
 -- KEYS: gk:meta, gk:loading, gk:changes, then the current generation's bucket of each
 -- change, then (when a snapshot is loading) the loading generation's bucket of each.
 -- ARGV: layout ("<current>/<loading or 0>" the caller computed keys for), the stream's
--- maximum length, then code and encoded one-period record of each change.
+-- maximum length, then code, encoded one-period record and seq of each change.
 -- Applies the changes to every live generation atomically, logs them to gk:changes (the
 -- change notification, and what a snapshot load replays) and advances applied_seq.
 local function gk_apply(keys, args)
@@ -117,16 +125,17 @@ local function gk_apply(keys, args)
     return {-1, layout}
   end
   local max_length = args[2]
-  local count = (#args - 2) / 2
+  local count = (#args - 2) / 3
   local watermark = tonumber(current[2]) or 0
   local applied_seq = tonumber(current[3]) or 0
   local change_seq = tonumber(current[4]) or 0
-  local changed, stale, findings = 0, 0, {}
+  local changed, stale, findings, logged = 0, 0, {}, {}
   for i = 1, count do
-    local code, incoming = args[1 + 2 * i], args[2 + 2 * i]
-    local result, finding = merge(keys[3 + i], code, incoming, watermark)
+    local code, incoming, seq_text = args[3 * i], args[3 * i + 1], args[3 * i + 2]
+    local seq = tonumber(seq_text)
+    local result, finding = merge(keys[3 + i], code, incoming, seq, watermark)
     if loading then
-      local loading_result, loading_finding = merge(keys[3 + count + i], code, incoming, loading.watermark)
+      local loading_result, loading_finding = merge(keys[3 + count + i], code, incoming, seq, loading.watermark)
       if result == 0 then
         result, finding = loading_result, loading_finding
       end
@@ -135,19 +144,24 @@ local function gk_apply(keys, args)
       stale = stale + 1
     else
       changed = changed + 1
-      local seq = cmsgpack.unpack(incoming)[2][1][4]
       if seq > applied_seq then
         applied_seq = seq
       end
       if seq > change_seq then
         change_seq = seq
       end
-      redis.call('XADD', log, 'MAXLEN', '~', max_length, '*',
-        'seq', string.format('%d', seq), 'code', code, 'record', incoming)
+      for _, value in ipairs({'seq', seq_text, 'code', code, 'record', incoming}) do
+        logged[#logged + 1] = value
+      end
       if finding == 1 then
         findings[#findings + 1] = code
       end
     end
+  end
+  if #logged > 0 then
+    -- One entry per call: fields seq, code, record repeated for each change applied
+    -- (unpack is bounded by Lua's C stack: the loader sends at most 200 changes a call).
+    redis.call('XADD', log, 'MAXLEN', '~', max_length, '*', unpack(logged))
   end
   redis.call('HSET', meta, 'applied_seq', string.format('%d', applied_seq),
     'change_seq', string.format('%d', change_seq))

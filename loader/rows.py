@@ -43,6 +43,10 @@ class RowError(ValueError):
     """A registry row that cannot be applied; the message says why."""
 
 
+# (prac_psn_code, encoded one-period record, seq): what the loader's Redis Functions take.
+EncodedRow = tuple[str, bytes, int]
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryRow:
     """One validated status period of one practitioner."""
@@ -52,9 +56,10 @@ class RegistryRow:
     chg_id: str
     period: StatusPeriod  # status WITHDRAWN when vali_flag = 0
 
-    def encoded(self) -> bytes:
-        """The row as a one-period record, for the loader's merge functions."""
-        return one_period_record(self.prac_psn_type, period_array(*msgspec.structs.astuple(self.period)))
+    def encoded_row(self) -> EncodedRow:
+        """The row as the loader writes it: (code, one-period record, seq)."""
+        record = one_period_record(self.prac_psn_type, period_array(*msgspec.structs.astuple(self.period)))
+        return self.prac_psn_code, record, self.period.seq
 
 
 def _registry_time(text: str) -> int:
@@ -174,41 +179,66 @@ class RowParser:
             raise RowError(f"has {len(values)} columns, the header has {self.width}")
         return _parse(*(values[position] for position in self._positions))
 
-    def encode(self, values: Sequence[str]) -> tuple[str, bytes]:
-        """Validate one CSV row into (code, encoded one-period record) for the loader."""
+    def encode(self, values: Sequence[str]) -> EncodedRow:
+        """Validate one CSV row into (code, one-period record, seq) for the loader."""
         if len(values) == self.width:
-            match = _WELL_FORMED.fullmatch("\x1f".join(self._in_field_order(values)))
-            if match is not None:
-                code, prac_psn_type, chg_id, status, begntime, endtime, ban_endtime, chg_rea, vali, seq = match.groups()
-                try:
-                    begins = _parse_time(begntime)
-                    ends = _parse_time(endtime) if endtime else OPEN_ENDED
-                    ban_ends = _parse_time(ban_endtime) if ban_endtime else OPEN_ENDED
-                except ValueError:  # a date like 2026-02-30: let the careful path say so
-                    pass
-                else:
-                    if ends == OPEN_ENDED or ends > begins:
-                        period = period_array(
-                            int(status) if vali == "1" else WITHDRAWN,
-                            begins,
-                            chg_key_of(chg_id),
-                            int(seq),
-                            ends,
-                            ban_ends,
-                            chg_rea if status != "1" else "",
-                        )
-                        return code, one_period_record(int(prac_psn_type), period)
-        row = self.parse(values)
-        return row.prac_psn_code, row.encoded()
+            encoded = _encode_well_formed(self._in_field_order(values))
+            if encoded is not None:
+                return encoded
+        return self.parse(values).encoded_row()
+
+
+def _encode_well_formed(fields: Sequence[str]) -> EncodedRow | None:
+    """The fast path: encode a row whose fields (in FIELDS order) are all well-formed,
+    or None to let the careful path find the problem."""
+    match = _WELL_FORMED.fullmatch("\x1f".join(fields))
+    if match is None:
+        return None
+    code, prac_psn_type, chg_id, status, begntime, endtime, ban_endtime, chg_rea, vali, seq_text = match.groups()
+    try:
+        begins = _parse_time(begntime)
+        ends = _parse_time(endtime) if endtime else OPEN_ENDED
+        ban_ends = _parse_time(ban_endtime) if ban_endtime else OPEN_ENDED
+    except ValueError:  # a date like 2026-02-30
+        return None
+    if ends != OPEN_ENDED and ends <= begins:
+        return None
+    seq = int(seq_text)
+    period = period_array(
+        int(status) if vali == "1" else WITHDRAWN,
+        begins,
+        chg_key_of(chg_id),
+        seq,
+        ends,
+        ban_ends,
+        chg_rea if status != "1" else "",
+    )
+    return code, one_period_record(int(prac_psn_type), period), seq
 
 
 _OPTIONAL = frozenset(("endtime", "ban_endtime", "chg_rea"))
 
 
 def parse_row(fields: Mapping[str, object]) -> RegistryRow:
-    """Validate one record given by name (a change-feed JSON object; numbers allowed)."""
-    missing = [name for name in FIELDS if name not in fields or (fields[name] is None and name not in _OPTIONAL)]
+    """Validate one record given by name (a change-feed JSON object; numbers allowed).
+
+    The optional fields (endtime, ban_endtime, chg_rea) may be absent or null: empty.
+    """
+    missing = [name for name in FIELDS if fields.get(name) is None and name not in _OPTIONAL]
     if missing:
         raise RowError(f"missing field(s) {', '.join(missing)}")
-    values = ["" if fields[name] is None else str(fields[name]) for name in FIELDS]
+    values = ["" if fields.get(name) is None else str(fields[name]) for name in FIELDS]
     return _parse(*values)
+
+
+def encode_change(document: Mapping[str, object]) -> EncodedRow:
+    """Validate one change-feed object into (code, one-period record, seq)."""
+    # A missing or null required field leaves an empty string, which the fast path's
+    # pattern refuses; the careful path then names it.
+    fields = [
+        value if type(value) is str else "" if value is None else str(value) for value in map(document.get, FIELDS)
+    ]
+    encoded = _encode_well_formed(fields)
+    if encoded is not None:
+        return encoded
+    return parse_row(document).encoded_row()

@@ -26,7 +26,7 @@ from loader.cache import (
 )
 from loader.progress import Progress
 from loader.quarantine import Quarantine
-from loader.rows import HeaderError, RowError, RowParser
+from loader.rows import EncodedRow, HeaderError, RowError, RowParser
 
 DEFAULT_MAX_BAD_SHARE = 0.01  # a snapshot with more bad rows than this is refused
 DEFAULT_MAX_SHRINK = 0.05  # a snapshot losing more practitioners than this is refused
@@ -95,6 +95,7 @@ class SnapshotResult:
     problems: list[str] = field(default_factory=list)  # failed checks (forced through)
     listpack_settings_ok: bool = True
     seconds: float = 0.0
+    replay_seconds: float = 0.0
     switch_seconds: float = 0.0
 
 
@@ -171,8 +172,9 @@ def load_snapshot(
         problems = _check(manifest, previous.record_count, stats.practitioners, rows, bad, hasher, options)
         if problems and not options.force:
             raise SnapshotRefused("; ".join(problems))
-        switch_started = progress.elapsed
+        replay_started = progress.elapsed
         replayed = writer.replay_changes()
+        switch_started = progress.elapsed
         replaced = writer.switch(manifest.snapshot_id, stats.practitioners)
         switch_seconds = progress.elapsed - switch_started
     except BaseException:
@@ -196,6 +198,7 @@ def load_snapshot(
         problems=problems,
         listpack_settings_ok=listpack_ok,
         seconds=progress.elapsed,
+        replay_seconds=switch_started - replay_started,
         switch_seconds=switch_seconds,
     )
 
@@ -205,7 +208,7 @@ def _write_rows(
 ) -> tuple[WriteStats, int, int, _HashingReader]:
     stats = WriteStats()
     rows = bad = 0
-    batch: list[tuple[str, bytes]] = []
+    batch: list[EncodedRow] = []
     with path.open("rb") as raw:
         hasher = _HashingReader(raw)
         records = _records(path, hasher)

@@ -1,0 +1,131 @@
+"""Registry loader at national scale: snapshot load rate, memory, switch time, change apply rate.
+
+Generates a synthetic registry, starts a private redis-server, and runs the real
+``gatekeeper-loader`` in a subprocess (so its peak RSS is its own). The baseline in the
+same run is reading and CSV-parsing the same file with nothing else: the floor any
+Python loader pays.
+
+    .venv/bin/python -m bench.loader --people 1000000 [--gzip]
+
+Writes bench/results/loader-<people>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import start_redis
+from loader.generate import generate
+
+RESULTS = Path(__file__).parent / "results"
+LOADER = str(Path(sys.executable).parent / "gatekeeper-loader")
+
+
+def run_loader(redis_url: str, *args: str) -> tuple[dict[str, Any], float, int]:
+    """Run gatekeeper-loader; (its JSON summary, wall seconds, peak RSS in bytes)."""
+    started = time.monotonic()
+    process = subprocess.Popen([LOADER, "--redis-url", redis_url, *args, "--json"], stdout=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.monotonic() - started
+    assert process.stdout is not None
+    output = process.stdout.read()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"gatekeeper-loader {' '.join(args)} failed with {process.returncode}")
+    return json.loads(output), elapsed, usage.ru_maxrss * 1024
+
+
+def csv_baseline(path: Path) -> float:
+    """Rows per second of merely reading and CSV-parsing the file."""
+    started = time.monotonic()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:  # type: ignore[operator]
+        rows = sum(1 for _ in csv.reader(text)) - 1
+    return rows / (time.monotonic() - started)
+
+
+def used_memory(client: Any) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--people", type=int, default=1_000_000)
+    parser.add_argument("--gzip", action="store_true", help="load a .csv.gz snapshot")
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="gk-bench-") as directory:
+        data = Path(directory) / "registry"
+        data.mkdir()
+        started = time.monotonic()
+        registry = generate(data, args.people, seed=args.seed, compress=args.gzip)
+        generate_seconds = time.monotonic() - started
+        baseline_rate = csv_baseline(registry.snapshot)
+
+        redis_dir = Path(directory) / "redis"
+        redis_dir.mkdir()
+        redis_server = start_redis(redis_dir)
+        try:
+            client = redis_server.client()
+            before = used_memory(client)
+            snapshot, load_seconds, load_rss = run_loader(redis_server.url, "snapshot", str(registry.snapshot))
+            after = used_memory(client)
+            changes, apply_seconds, _ = run_loader(
+                redis_server.url, "apply", *map(str, registry.change_files), "--quarantine", str(data / "q.jsonl")
+            )
+            # A second load of the same snapshot: the switch with a generation in place.
+            reload, reload_seconds, _ = run_loader(redis_server.url, "snapshot", str(registry.snapshot))
+        finally:
+            redis_server.stop()
+
+    rows = snapshot["rows"]
+    result = {
+        "benchmark": "loader",
+        "command": "python -m bench.loader " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "people": args.people,
+        "rows": rows,
+        "snapshot_file": registry.snapshot.name,
+        "snapshot_bytes": registry.snapshot.stat().st_size if registry.snapshot.exists() else None,
+        "generate_seconds": round(generate_seconds, 1),
+        "load_seconds_wall": round(load_seconds, 1),
+        "load_rows_per_s": round(rows / load_seconds),
+        "baseline_csv_rows_per_s": round(baseline_rate),
+        "ratio_load_to_baseline": round(rows / load_seconds / baseline_rate, 3),
+        "loader_peak_rss_mb": round(load_rss / 2**20, 1),
+        "redis_used_memory_before": before,
+        "redis_used_memory_after": after,
+        "redis_bytes_per_practitioner": round((after - before) / snapshot["practitioners"], 1),
+        "switch_ms": round(snapshot["switch_seconds"] * 1000, 1),
+        "reload_switch_ms": round(reload["switch_seconds"] * 1000, 1),
+        "reload_seconds_wall": round(reload_seconds, 1),
+        "changes_applied": changes["applied"],
+        "changes_per_s": round((changes["applied"] + changes["stale"]) / changes["seconds"]),
+        "apply_seconds_wall": round(apply_seconds, 1),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    stem = f"loader-{args.people}{'-gz' if args.gzip else ''}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# Loader, {args.people:,} practitioners\n", f"`{result['command']}` on {result['machine']}\n"]
+    lines += ["| measure | value |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in result.items() if key not in ("benchmark", "command", "machine")]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

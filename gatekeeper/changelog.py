@@ -1,0 +1,41 @@
+"""The ``gk:changes`` stream: its entry layout, shared by the loader (writer) and readers.
+
+Each entry is either one batch of applied changes, fields ``seq code record`` repeated
+once per change (a stream entry may repeat field names), or a snapshot switch, the single
+field ``switch`` with the new generation. Entries are read raw: redis-py's XRANGE/XREAD
+helpers fold fields into a dict and would keep only the last change of a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedChange:
+    """One change as logged: its seq, the practitioner code, the one-period record."""
+
+    seq: int
+    code: str
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry: changes applied, or a switch to a new generation."""
+
+    entry_id: bytes
+    changes: tuple[LoggedChange, ...] = ()
+    switched_to: int | None = None
+
+
+def parse_entry(entry_id: bytes, fields: Sequence[bytes]) -> Entry:
+    """Decode one raw entry (its id and flat field/value list)."""
+    if len(fields) == 2 and fields[0] == b"switch":
+        return Entry(entry_id, switched_to=int(fields[1]))
+    changes = []
+    for index in range(0, len(fields) - 5, 6):
+        seq, code, record = fields[index + 1], fields[index + 3], fields[index + 5]
+        changes.append(LoggedChange(int(seq), code.decode(), record))
+    return Entry(entry_id, changes=tuple(changes))
