@@ -65,14 +65,17 @@ def main() -> int:
     parser.add_argument("--people", type=int, default=1_000_000)
     parser.add_argument("--gzip", action="store_true", help="load a .csv.gz snapshot")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--changes", type=int, help="change-feed records (default: people / 10)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="gk-bench-") as directory:
         data = Path(directory) / "registry"
         data.mkdir()
         started = time.monotonic()
-        registry = generate(data, args.people, seed=args.seed, compress=args.gzip)
+        changes_wanted = args.changes or max(10, args.people // 10)
+        registry = generate(data, args.people, seed=args.seed, compress=args.gzip, changes=changes_wanted)
         generate_seconds = time.monotonic() - started
+        snapshot_bytes = registry.snapshot.stat().st_size
         baseline_rate = csv_baseline(registry.snapshot)
 
         redis_dir = Path(directory) / "redis"
@@ -99,7 +102,7 @@ def main() -> int:
         "people": args.people,
         "rows": rows,
         "snapshot_file": registry.snapshot.name,
-        "snapshot_bytes": registry.snapshot.stat().st_size if registry.snapshot.exists() else None,
+        "snapshot_bytes": snapshot_bytes,
         "generate_seconds": round(generate_seconds, 1),
         "load_seconds_wall": round(load_seconds, 1),
         "load_rows_per_s": round(rows / load_seconds),
@@ -110,6 +113,8 @@ def main() -> int:
         "redis_used_memory_after": after,
         "redis_bytes_per_practitioner": round((after - before) / snapshot["practitioners"], 1),
         "switch_ms": round(snapshot["switch_seconds"] * 1000, 1),
+        "reload_replayed_changes": reload["replayed_changes"],
+        "reload_replay_ms": round(reload["replay_seconds"] * 1000, 1),
         "reload_switch_ms": round(reload["switch_seconds"] * 1000, 1),
         "reload_seconds_wall": round(reload_seconds, 1),
         "changes_applied": changes["applied"],

@@ -30,6 +30,23 @@ class Entry:
     switched_to: int | None = None
 
 
+def stream_id(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id ("1700000000000-3") as a comparable pair."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    milliseconds, _, sequence = text.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def missed_entries(last_seen: bytes | str, max_deleted_entry_id: bytes | str) -> bool:
+    """True when entries after ``last_seen`` were trimmed before the reader read them.
+
+    ``max_deleted_entry_id`` is what XINFO STREAM reports (Redis 7): the newest entry id the
+    stream has ever dropped. A reader whose last id is older has a gap it cannot fill and
+    must drop everything it caches.
+    """
+    return stream_id(last_seen) < stream_id(max_deleted_entry_id)
+
+
 def parse_entry(entry_id: bytes, fields: Sequence[bytes]) -> Entry:
     """Decode one raw entry (its id and flat field/value list)."""
     if len(fields) == 2 and fields[0] == b"switch":

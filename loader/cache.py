@@ -25,6 +25,8 @@ LISTPACK_SETTINGS = {"hash-max-listpack-entries": "512", "hash-max-listpack-valu
 SENTINEL_BATCH = 2_000
 APPLY_BATCH = 200  # changes per gk_apply call; gk_apply logs them in one XADD of 6 fields each
 DEFAULT_LEASE_SECONDS = 30.0
+LEASE_WAIT_MARGIN_SECONDS = 5.0
+LEASE_POLL_SECONDS = 0.5
 # gk:changes keeps about this many entries: enough for a snapshot load to replay what was
 # applied since the snapshot's watermark, and for readers to catch up after a blip.
 CHANGE_LOG_LENGTH = 200_000
@@ -148,13 +150,19 @@ class GenerationWriter:
         self.generation = int(client.incr(keys.GENERATION_COUNTER))
         token = secrets.token_hex(8)
         self._lease = _Lease(client, f"{self.generation} {buckets} {watermark_seq} {token}", lease_seconds)
-        if not self._lease.acquire():
-            holder = client.get(keys.LOADING)
-            raise LoaderBusy(f"another snapshot load holds {keys.LOADING}: {holder!r}")
+        # A load killed mid-way leaves its lease to expire: wait that long, no longer,
+        # since a live loader keeps renewing its own.
+        deadline = time.monotonic() + lease_seconds + LEASE_WAIT_MARGIN_SECONDS
+        while not self._lease.acquire():
+            if time.monotonic() > deadline:
+                holder = client.get(keys.LOADING)
+                raise LoaderBusy(f"another snapshot load holds {keys.LOADING}: {holder!r}")
+            time.sleep(LEASE_POLL_SECONDS)
+        self._lease.start_renewing()
+        self.abandoned = drop_abandoned_generations(client)  # ours is kept: it holds the lease
         self._connection: Connection | None = None
         self._in_flight = False
         client.sadd(keys.GENERATIONS, self.generation)
-        self._lease.start_renewing()
         self._write_sentinels()
 
     def _bucket_key(self, code: str) -> str:

@@ -19,7 +19,6 @@ from loader.cache import (
     DEFAULT_LEASE_SECONDS,
     GenerationWriter,
     WriteStats,
-    drop_abandoned_generations,
     drop_generation,
     ensure_listpack_settings,
     read_state,
@@ -133,17 +132,18 @@ def _records(path: Path, hasher: _HashingReader) -> Iterator[tuple[int, list[str
         if header is None:
             return
         yield 1, header
+        end_of_previous = reader.line_num
         for values in reader:
+            # A record with a quoted newline spans lines: report the one it starts on.
+            start, end_of_previous = end_of_previous + 1, reader.line_num
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue  # blank line
-            yield reader.line_num, values
+            yield start, values
     except (csv.Error, EOFError, OSError) as error:  # e.g. a gzip stream cut short
         yield -1, [f"unreadable: {error}"]
-    finally:
-        # Read whatever parsing left unread, so the checksum covers the whole file.
-        while hasher.read(1 << 20):
-            pass
-        text.close()
+    # Read whatever parsing left unread, so the checksum covers the whole file.
+    while hasher.read(1 << 20):
+        pass
 
 
 def load_snapshot(
@@ -161,7 +161,6 @@ def load_snapshot(
     manifest = read_manifest(path)
     previous = read_state(client)
     listpack_ok = ensure_listpack_settings(client)
-    drop_abandoned_generations(client)
     quarantine = Quarantine(options.quarantine or path.with_name(path.name + ".quarantine.jsonl"))
     progress = progress or Progress("snapshot", total=manifest.row_count)
     writer = GenerationWriter(
