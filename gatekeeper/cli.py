@@ -14,7 +14,8 @@ from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from gatekeeper import __version__
-from gatekeeper.settings import Settings, listen_from, redis_url_from
+from gatekeeper.nearcache import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
+from gatekeeper.settings import DEFAULT_REDIS_TIMEOUT_SECONDS, DEFAULT_WORKERS, Settings, listen_from, redis_url_from
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from gatekeeper.validation import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
@@ -38,6 +39,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_items=args.max_items,
         max_request_bytes=args.max_request_bytes,
         shutdown_grace_seconds=args.shutdown_grace,
+        near_cache_entries=args.near_cache_entries,
+        near_cache_max_age_seconds=args.near_cache_max_age,
+        redis_timeout_seconds=args.redis_timeout,
     )
     return serve(settings)
 
@@ -124,7 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--redis-url", default=redis_url_from(), help="eligibility cache (env REDIS_URL)")
     serve.add_argument("--listen", default=listen_from(), help="HOST:PORT (env GATEKEEPER_LISTEN)")
     serve.add_argument("--policy", type=Path, help="region policy file (TOML); default: DOMAIN.md defaults")
-    serve.add_argument("--workers", type=_positive, default=int(os.environ.get("GATEKEEPER_WORKERS", "1")))
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=int(os.environ.get("GATEKEEPER_WORKERS", DEFAULT_WORKERS)),
+        help="processes sharing the port (env GATEKEEPER_WORKERS, default: the number of cores)",
+    )
+    serve.add_argument(
+        "--near-cache-entries",
+        type=int,
+        default=DEFAULT_MAX_ENTRIES,
+        help="records kept in each worker (0: read Redis for every claim)",
+    )
+    serve.add_argument(
+        "--near-cache-max-age", type=float, default=DEFAULT_MAX_AGE_SECONDS, help="seconds a cached record is trusted"
+    )
+    serve.add_argument("--redis-timeout", type=float, default=DEFAULT_REDIS_TIMEOUT_SECONDS, help="seconds")
     serve.add_argument("--max-items", type=_positive, default=DEFAULT_MAX_ITEMS, help="line items per claim")
     serve.add_argument("--max-request-bytes", type=_positive, default=DEFAULT_MAX_REQUEST_BYTES)
     serve.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")

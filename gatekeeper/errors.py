@@ -33,6 +33,18 @@ class RegistryNotLoaded(GatekeeperError):
         super().__init__("no registry snapshot is loaded in the eligibility cache")
 
 
+class RegistryBehind(GatekeeperError):
+    """The caller asked for registry data newer than the cache holds (freshness on demand)."""
+
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, wanted_seq: int, have_seq: int) -> None:
+        super().__init__(
+            f"min_registry_version: the cache holds registry data up to seq {have_seq}, "
+            f"older than the {wanted_seq} asked for; retry once the loader has applied it"
+        )
+
+
 class CacheUnavailable(GatekeeperError):
     """The eligibility cache (Redis) could not be read."""
 

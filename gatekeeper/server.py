@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 from grpc_reflection.v1alpha import reflection
 
+from gatekeeper.nearcache import CachingEligibilityStore
 from gatekeeper.policy import Policy, load_policy
 from gatekeeper.servicer import GatekeeperServicer
 from gatekeeper.settings import Settings
@@ -43,6 +44,8 @@ class GatekeeperServer:
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once a registry snapshot is present."""
+        if isinstance(self.store, CachingEligibilityStore):
+            self.store.start()
         await self.server.start()
         self._health_task = asyncio.create_task(self._watch_registry(), name="registry-health")
 
@@ -76,6 +79,18 @@ class GatekeeperServer:
         await self.store.close()
 
 
+def build_store(settings: Settings) -> EligibilityStore:
+    """Redis behind a near cache, or Redis alone when the near cache is turned off."""
+    if settings.near_cache_entries > 0:
+        return CachingEligibilityStore.from_url(
+            settings.redis_url,
+            settings.near_cache_entries,
+            settings.near_cache_max_age_seconds,
+            settings.redis_timeout_seconds,
+        )
+    return RedisEligibilityStore.from_url(settings.redis_url, settings.redis_timeout_seconds)
+
+
 async def create_server(
     settings: Settings,
     store: EligibilityStore | None = None,
@@ -83,17 +98,18 @@ async def create_server(
 ) -> GatekeeperServer:
     """Build the server and bind ``settings.listen`` (port 0 picks a free port)."""
     if store is None:
-        store = RedisEligibilityStore.from_url(settings.redis_url)
+        store = build_store(settings)
     if policy is None:
         policy = load_policy(settings.policy_path)
     transport_limit = settings.max_request_bytes * TRANSPORT_SIZE_FACTOR
     server = aio.server(
         options=[
             ("grpc.max_receive_message_length", transport_limit),
-            ("grpc.so_reuseport", 1),
+            # Workers share one port; a single server must notice a port already in use.
+            ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         ]
     )
-    limits = Limits(max_items=settings.max_items, max_request_bytes=settings.max_request_bytes)
+    limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims)
     gatekeeper_pb2_grpc.add_GatekeeperServicer_to_server(GatekeeperServicer(store, policy, limits), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -145,7 +161,11 @@ def serve(settings: Settings) -> int:
                 os._exit(code)
         children.add(pid)
 
+    stopping = False
+
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
@@ -157,10 +177,15 @@ def serve(settings: Settings) -> int:
         pid, wait_status = os.wait()
         children.discard(pid)
         code = os.waitstatus_to_exitcode(wait_status)
-        if code != 0:
+        if not stopping:
+            # A worker that ends on its own leaves the port half served: stop them all,
+            # so that the process supervisor (systemd, Kubernetes) restarts the service.
             log.error("worker %d exited with %d; stopping the others", pid, code)
             status = 1
             forward(signal.SIGTERM, None)
+        elif code != 0:
+            log.error("worker %d exited with %d while stopping", pid, code)
+            status = 1
     return status
 
 

@@ -11,11 +11,19 @@ from grpc import aio
 
 from gatekeeper.codes import division_of
 from gatekeeper.cst import format_cst
-from gatekeeper.errors import GatekeeperError, InvalidArgument, abort
+from gatekeeper.errors import GatekeeperError, InvalidArgument, RegistryBehind, abort
 from gatekeeper.policy import Policy, RegionPolicy
 from gatekeeper.records import OPEN_ENDED, StatusPeriod
-from gatekeeper.rules import ClaimDecision, ItemDecision, PractitionerView, Reason, decide_claim, describe_practitioner
-from gatekeeper.store import EligibilityStore
+from gatekeeper.rules import (
+    Claim,
+    ClaimDecision,
+    ItemDecision,
+    PractitionerView,
+    Reason,
+    decide_claim,
+    describe_practitioner,
+)
+from gatekeeper.store import EligibilityStore, version_seq
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from gatekeeper.validation import Limits, claim_from_request, institution_code, service_time
@@ -78,6 +86,11 @@ def window_message(period: StatusPeriod) -> pb.StatusWindow:
     )
 
 
+def claim_error(error: GatekeeperError) -> pb.ClaimError:
+    """A claim's error inside a batch, with the status it would have had alone."""
+    return pb.ClaimError(code=error.status_code.value[0], message=str(error))
+
+
 def practitioner_response(
     code: str, prac_psn_type: int, view: PractitionerView, at_time: str, registry_version: str
 ) -> pb.GetPractitionerResponse:
@@ -95,6 +108,16 @@ def practitioner_response(
     if view.current is not None:
         response.current.CopyFrom(window_message(view.current))
     return response
+
+
+def min_seq_of(version: str, field: str = "min_registry_version") -> int:
+    """The registry seq a request demands (0: none), or InvalidArgument."""
+    if not version:
+        return 0
+    try:
+        return version_seq(version)
+    except ValueError as error:
+        raise InvalidArgument(field, str(error)) from None
 
 
 class GatekeeperServicer(pb_grpc.GatekeeperServicer):
@@ -115,6 +138,13 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
     def _region(self, fixmedins_code: str) -> RegionPolicy:
         return self._policy.for_division(division_of(fixmedins_code))
 
+    def _prepare(self, request: pb.CheckClaimRequest) -> tuple[Claim, RegionPolicy, set[str], int]:
+        """Validate a claim: the claim, its region's policy, the codes to look up, its min seq."""
+        claim = claim_from_request(request, self._limits)
+        region = self._region(claim.fixmedins_code)
+        codes = {c for item in claim.items for c in item.practitioners if region.is_practitioner_code(c)}
+        return claim, region, codes, min_seq_of(request.min_registry_version)
+
     async def CheckClaim(  # noqa: N802 - the gRPC method name
         self,
         request: pb.CheckClaimRequest,
@@ -122,10 +152,8 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
     ) -> pb.CheckClaimResponse:
         decision_id = uuid.uuid4().hex
         try:
-            claim = claim_from_request(request, self._limits)
-            region = self._region(claim.fixmedins_code)
-            codes = {c for item in claim.items for c in item.practitioners if region.is_practitioner_code(c)}
-            lookup = await self._store.lookup(codes)
+            claim, region, codes, min_seq = self._prepare(request)
+            lookup = await self._store.lookup(codes, min_seq)
             decision = decide_claim(claim, lookup.records, region)
         except GatekeeperError as error:
             await abort(context, error)
@@ -133,6 +161,52 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
             log.exception("CheckClaim failed", extra={"decision_id": decision_id})
             await abort(context, GatekeeperError(f"internal error; decision id {decision_id}"))
         return claim_response(decision, decision_id, lookup.registry_version)
+
+    async def CheckClaims(  # noqa: N802 - the gRPC method name
+        self,
+        request: pb.CheckClaimsRequest,
+        context: aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> pb.CheckClaimsResponse:
+        """Decide each claim as CheckClaim would, with one lookup for the whole batch."""
+        try:
+            if len(request.claims) > self._limits.max_batch_claims:
+                count, most = len(request.claims), self._limits.max_batch_claims
+                raise InvalidArgument("claims", f"has {count} claims, more than the maximum of {most}")
+            batch_min_seq = min_seq_of(request.min_registry_version)
+            prepared: list[tuple[Claim, RegionPolicy, int] | GatekeeperError] = []
+            codes: set[str] = set()
+            for claim_request in request.claims:
+                try:
+                    claim, region, claim_codes, min_seq = self._prepare(claim_request)
+                except GatekeeperError as error:
+                    prepared.append(error)
+                    continue
+                prepared.append((claim, region, max(min_seq, batch_min_seq)))
+                codes |= claim_codes
+            demanded = max((p[2] for p in prepared if not isinstance(p, GatekeeperError)), default=0)
+            try:
+                lookup = await self._store.lookup(codes, demanded)
+            except RegistryBehind:
+                # Some claims demand more than the cache has: decide the others.
+                lookup = await self._store.lookup(codes, batch_min_seq)
+            results = []
+            for claim_request, item in zip(request.claims, prepared, strict=True):
+                result = pb.ClaimResult(claim_id=claim_request.claim_id)
+                if isinstance(item, GatekeeperError):
+                    result.error.CopyFrom(claim_error(item))
+                elif item[2] > lookup.applied_seq:
+                    result.error.CopyFrom(claim_error(RegistryBehind(item[2], lookup.applied_seq)))
+                else:
+                    claim, region, _ = item
+                    decision = decide_claim(claim, lookup.records, region)
+                    result.response.CopyFrom(claim_response(decision, uuid.uuid4().hex, lookup.registry_version))
+                results.append(result)
+        except GatekeeperError as error:
+            await abort(context, error)
+        except Exception:
+            log.exception("CheckClaims failed")
+            await abort(context, GatekeeperError("internal error"))
+        return pb.CheckClaimsResponse(results=results)
 
     async def GetPractitioner(  # noqa: N802 - the gRPC method name
         self,
@@ -147,7 +221,8 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
             region = self._policy.default
             if request.fixmedins_code:
                 region = self._region(institution_code(request.fixmedins_code))
-            lookup = await self._store.lookup([code] if region.is_practitioner_code(code) else [])
+            min_seq = min_seq_of(request.min_registry_version)
+            lookup = await self._store.lookup([code] if region.is_practitioner_code(code) else [], min_seq)
             record = lookup.records.get(code)
             view = describe_practitioner(code, record, moment, region)
         except GatekeeperError as error:

@@ -7,12 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gatekeeper.validation import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
+from gatekeeper.nearcache import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
+from gatekeeper.validation import DEFAULT_MAX_BATCH_CLAIMS, DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_HEALTH_POLL_SECONDS = 1.0
+DEFAULT_REDIS_TIMEOUT_SECONDS = 0.5  # a hung Redis must not hold a claim longer than this
+DEFAULT_WORKERS = os.cpu_count() or 1
 
 
 def redis_url_from(environ: Mapping[str, str] = os.environ) -> str:
@@ -35,5 +38,9 @@ class Settings:
     workers: int = 1
     max_items: int = DEFAULT_MAX_ITEMS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_batch_claims: int = DEFAULT_MAX_BATCH_CLAIMS
+    near_cache_entries: int = DEFAULT_MAX_ENTRIES  # 0: no near cache, every claim reads Redis
+    near_cache_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
+    redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     health_poll_seconds: float = DEFAULT_HEALTH_POLL_SECONDS

@@ -1,4 +1,4 @@
-"""Where the servicer reads eligibility records: Redis in production, memory in unit tests."""
+"""Where the servicer reads eligibility records: Redis, a near cache in front of it, or memory."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from gatekeeper import keys
-from gatekeeper.errors import CacheCorrupt, CacheUnavailable, RegistryNotLoaded
+from gatekeeper.errors import CacheCorrupt, CacheUnavailable, RegistryBehind, RegistryNotLoaded
 from gatekeeper.records import PractitionerRecord, decode_record
 
 # A snapshot switch between reading gk:meta and reading the buckets makes a reader read
@@ -20,20 +20,44 @@ from gatekeeper.records import PractitionerRecord, decode_record
 MAX_READ_ATTEMPTS = 3
 
 
+def registry_version(snapshot_id: str, applied_seq: int) -> str:
+    """The version string of a response: the snapshot and the last change applied."""
+    return f"{snapshot_id}@{applied_seq}"
+
+
+def version_seq(version: str) -> int:
+    """The comparable part of a registry version: the registry seq it includes.
+
+    Seqs only grow, across snapshots too, so a version is newer than another exactly
+    when its seq is higher. ValueError for text that is not a version.
+    """
+    _, separator, seq = version.rpartition("@")
+    if not separator or not seq.isascii() or not seq.isdigit():
+        raise ValueError(f"{version[:60]!r} is not a registry version (<snapshot_id>@<seq>)")
+    return int(seq)
+
+
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """Records of the codes asked for that the registry knows, and the data's version."""
 
     records: dict[str, PractitionerRecord]
-    registry_version: str
+    snapshot_id: str
+    applied_seq: int
+    generation: int = 0
+
+    @property
+    def registry_version(self) -> str:
+        """``<snapshot_id>@<applied_seq>``."""
+        return registry_version(self.snapshot_id, self.applied_seq)
 
 
 class EligibilityStore(Protocol):
     """Reads practitioner records from one consistent registry snapshot."""
 
-    async def lookup(self, codes: Collection[str]) -> Lookup:
-        """Records for ``codes`` (unknown codes are absent). Raises RegistryNotLoaded,
-        CacheUnavailable."""
+    async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
+        """Records for ``codes`` (unknown codes are absent), from data that includes registry
+        seq ``min_seq``. Raises RegistryNotLoaded, RegistryBehind, CacheUnavailable."""
         ...
 
     async def registry_loaded(self) -> bool:
@@ -41,29 +65,30 @@ class EligibilityStore(Protocol):
         ...
 
     async def close(self) -> None:
-        """Release connections."""
+        """Release connections and background tasks."""
         ...
-
-
-def registry_version(snapshot_id: str, applied_seq: int) -> str:
-    """The version string of a response: the snapshot and the last change applied."""
-    return f"{snapshot_id}@{applied_seq}"
 
 
 class MemoryEligibilityStore:
     """An in-memory store for unit tests of the servicer."""
 
-    def __init__(self, records: Mapping[str, PractitionerRecord], version: str = "memory@0") -> None:
+    def __init__(
+        self, records: Mapping[str, PractitionerRecord], snapshot_id: str = "memory", applied_seq: int = 0
+    ) -> None:
         self.records = dict(records)
-        self.version: str | None = version
+        self.snapshot_id: str | None = snapshot_id
+        self.applied_seq = applied_seq
 
-    async def lookup(self, codes: Collection[str]) -> Lookup:
-        if self.version is None:
+    async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
+        if self.snapshot_id is None:
             raise RegistryNotLoaded()
-        return Lookup({c: self.records[c] for c in codes if c in self.records}, self.version)
+        if self.applied_seq < min_seq:
+            raise RegistryBehind(min_seq, self.applied_seq)
+        found = {c: self.records[c] for c in codes if c in self.records}
+        return Lookup(found, self.snapshot_id, self.applied_seq)
 
     async def registry_loaded(self) -> bool:
-        return self.version is not None
+        return self.snapshot_id is not None
 
     async def close(self) -> None:
         pass
@@ -92,9 +117,9 @@ class RedisEligibilityStore:
         self._generation: _Generation | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> RedisEligibilityStore:
+    def from_url(cls, url: str, timeout_seconds: float | None = None) -> RedisEligibilityStore:
         """A store on a new connection pool for ``url``."""
-        return cls(redis.Redis.from_url(url))
+        return cls(redis.Redis.from_url(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds))
 
     async def _read_meta(self) -> list[bytes | None]:
         return await self._redis.hmget(keys.META, _META_FIELDS)  # type: ignore[return-value]  # bytes: no decoding
@@ -106,7 +131,7 @@ class RedisEligibilityStore:
             raise RegistryNotLoaded()
         return _Generation(int(generation), int(buckets))
 
-    async def lookup(self, codes: Collection[str]) -> Lookup:
+    async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
         try:
             for _ in range(MAX_READ_ATTEMPTS):
                 if self._generation is None:
@@ -125,13 +150,15 @@ class RedisEligibilityStore:
                     # The snapshot switched under us: read again from the new generation.
                     self._generation = current if current != generation else None
                     continue
+                applied_seq = int(meta[3] or 0)
+                if applied_seq < min_seq:
+                    raise RegistryBehind(min_seq, applied_seq)
                 records = {}
                 for bucket_codes, values in zip(by_bucket.values(), buckets, strict=True):
                     for code, value in zip(bucket_codes, values[1:], strict=True):
                         if value is not None:
                             records[code] = decode_record(value)
-                snapshot_id = (meta[2] or b"").decode()
-                return Lookup(records, registry_version(snapshot_id, int(meta[3] or 0)))
+                return Lookup(records, (meta[2] or b"").decode(), applied_seq, generation.number)
         except RedisError as error:
             raise CacheUnavailable(f"eligibility cache unavailable: {error}") from error
         except msgspec.DecodeError as error:
@@ -141,8 +168,8 @@ class RedisEligibilityStore:
     async def registry_loaded(self) -> bool:
         try:
             return await self._redis.hget(keys.META, keys.MetaField.GENERATION) is not None
-        except RedisError:
-            return False
+        except RedisError as error:
+            raise CacheUnavailable(str(error)) from error
 
     async def close(self) -> None:
         await self._redis.aclose()

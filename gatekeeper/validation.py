@@ -12,6 +12,7 @@ from gatekeeper.v1 import gatekeeper_pb2 as pb
 
 DEFAULT_MAX_ITEMS = 5_000
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BATCH_CLAIMS = 10_000
 MAX_ID_LENGTH = 64  # claim_id, feedetl_sn, mdtrt_id: national fields are 30 characters
 
 
@@ -21,6 +22,7 @@ class Limits:
 
     max_items: int = DEFAULT_MAX_ITEMS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_batch_claims: int = DEFAULT_MAX_BATCH_CLAIMS
 
 
 def _require_id(value: str, field: str) -> str:

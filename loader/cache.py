@@ -150,11 +150,14 @@ class GenerationWriter:
         self.generation = int(client.incr(keys.GENERATION_COUNTER))
         token = secrets.token_hex(8)
         self._lease = _Lease(client, f"{self.generation} {buckets} {watermark_seq} {token}", lease_seconds)
-        # A load killed mid-way leaves its lease to expire: wait that long, no longer,
-        # since a live loader keeps renewing its own.
-        deadline = time.monotonic() + lease_seconds + LEASE_WAIT_MARGIN_SECONDS
+        # A load killed mid-way leaves its lease to expire: wait as long as it has left, no
+        # longer, since a live loader keeps renewing its own.
+        deadline: float | None = None
         while not self._lease.acquire():
-            if time.monotonic() > deadline:
+            if deadline is None:
+                remaining_ms = int(cast(int, client.pttl(keys.LOADING)))
+                deadline = time.monotonic() + max(remaining_ms, 0) / 1000 + LEASE_WAIT_MARGIN_SECONDS
+            elif time.monotonic() > deadline:
                 holder = client.get(keys.LOADING)
                 raise LoaderBusy(f"another snapshot load holds {keys.LOADING}: {holder!r}")
             time.sleep(LEASE_POLL_SECONDS)

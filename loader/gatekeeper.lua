@@ -43,7 +43,7 @@ local function merge(bucket, code, incoming, seq, watermark)
   local period = update[2][1]
   local record = cmsgpack.unpack(current)
   local periods = record[2]
-  local replaced = false
+  local replaced, newest = false, 0
   for i, existing in ipairs(periods) do
     if existing[3] == period[3] then
       if existing[4] >= period[4] then
@@ -51,13 +51,16 @@ local function merge(bucket, code, incoming, seq, watermark)
       end
       periods[i] = period
       replaced = true
-      break
+    elseif existing[4] > newest then
+      newest = existing[4]
     end
   end
   if not replaced then
     periods[#periods + 1] = period
   end
-  record[1] = update[1]
+  if period[4] > newest then
+    record[1] = update[1]  -- the practitioner type of the newest period, whatever the delivery order
+  end
   redis.call('HSET', bucket, code, cmsgpack.pack(record))
   return 2, reregistered_during_ban(periods)
 end

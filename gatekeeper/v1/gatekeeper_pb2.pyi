@@ -64,20 +64,22 @@ PRACTITIONER_STATUS_UNREGISTERED: PractitionerStatus
 PRACTITIONER_STATUS_MALFORMED: PractitionerStatus
 
 class CheckClaimRequest(_message.Message):
-    __slots__ = ("claim_id", "fixmedins_code", "med_type", "emergency", "items", "mdtrt_id")
+    __slots__ = ("claim_id", "fixmedins_code", "med_type", "emergency", "items", "mdtrt_id", "min_registry_version")
     CLAIM_ID_FIELD_NUMBER: _ClassVar[int]
     FIXMEDINS_CODE_FIELD_NUMBER: _ClassVar[int]
     MED_TYPE_FIELD_NUMBER: _ClassVar[int]
     EMERGENCY_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MDTRT_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_REGISTRY_VERSION_FIELD_NUMBER: _ClassVar[int]
     claim_id: str
     fixmedins_code: str
     med_type: str
     emergency: bool
     items: _containers.RepeatedCompositeFieldContainer[LineItem]
     mdtrt_id: str
-    def __init__(self, claim_id: _Optional[str] = ..., fixmedins_code: _Optional[str] = ..., med_type: _Optional[str] = ..., emergency: _Optional[bool] = ..., items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., mdtrt_id: _Optional[str] = ...) -> None: ...
+    min_registry_version: str
+    def __init__(self, claim_id: _Optional[str] = ..., fixmedins_code: _Optional[str] = ..., med_type: _Optional[str] = ..., emergency: _Optional[bool] = ..., items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., mdtrt_id: _Optional[str] = ..., min_registry_version: _Optional[str] = ...) -> None: ...
 
 class LineItem(_message.Message):
     __slots__ = ("feedetl_sn", "fee_ocur_time", "med_list_codg", "amount_fen", "bilg_dr_codg", "orders_dr_code", "emergency")
@@ -138,14 +140,48 @@ class ItemDecision(_message.Message):
     def __init__(self, feedetl_sn: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., prac_psn_code: _Optional[str] = ..., begntime: _Optional[str] = ..., endtime: _Optional[str] = ..., chg_rea: _Optional[str] = ..., enforced: _Optional[bool] = ..., amount_fen: _Optional[int] = ...) -> None: ...
 
 class GetPractitionerRequest(_message.Message):
-    __slots__ = ("prac_psn_code", "at_time", "fixmedins_code")
+    __slots__ = ("prac_psn_code", "at_time", "fixmedins_code", "min_registry_version")
     PRAC_PSN_CODE_FIELD_NUMBER: _ClassVar[int]
     AT_TIME_FIELD_NUMBER: _ClassVar[int]
     FIXMEDINS_CODE_FIELD_NUMBER: _ClassVar[int]
+    MIN_REGISTRY_VERSION_FIELD_NUMBER: _ClassVar[int]
     prac_psn_code: str
     at_time: str
     fixmedins_code: str
-    def __init__(self, prac_psn_code: _Optional[str] = ..., at_time: _Optional[str] = ..., fixmedins_code: _Optional[str] = ...) -> None: ...
+    min_registry_version: str
+    def __init__(self, prac_psn_code: _Optional[str] = ..., at_time: _Optional[str] = ..., fixmedins_code: _Optional[str] = ..., min_registry_version: _Optional[str] = ...) -> None: ...
+
+class CheckClaimsRequest(_message.Message):
+    __slots__ = ("claims", "min_registry_version")
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    MIN_REGISTRY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    claims: _containers.RepeatedCompositeFieldContainer[CheckClaimRequest]
+    min_registry_version: str
+    def __init__(self, claims: _Optional[_Iterable[_Union[CheckClaimRequest, _Mapping]]] = ..., min_registry_version: _Optional[str] = ...) -> None: ...
+
+class ClaimError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ClaimResult(_message.Message):
+    __slots__ = ("claim_id", "response", "error")
+    CLAIM_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    claim_id: str
+    response: CheckClaimResponse
+    error: ClaimError
+    def __init__(self, claim_id: _Optional[str] = ..., response: _Optional[_Union[CheckClaimResponse, _Mapping]] = ..., error: _Optional[_Union[ClaimError, _Mapping]] = ...) -> None: ...
+
+class CheckClaimsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ClaimResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ClaimResult, _Mapping]]] = ...) -> None: ...
 
 class StatusWindow(_message.Message):
     __slots__ = ("status", "begntime", "endtime", "ban_endtime", "chg_rea")

@@ -44,6 +44,11 @@ class GatekeeperStub:
                 request_serializer=gatekeeper_dot_v1_dot_gatekeeper__pb2.GetPractitionerRequest.SerializeToString,
                 response_deserializer=gatekeeper_dot_v1_dot_gatekeeper__pb2.GetPractitionerResponse.FromString,
                 _registered_method=True)
+        self.CheckClaims = channel.unary_unary(
+                '/gatekeeper.v1.Gatekeeper/CheckClaims',
+                request_serializer=gatekeeper_dot_v1_dot_gatekeeper__pb2.CheckClaimsRequest.SerializeToString,
+                response_deserializer=gatekeeper_dot_v1_dot_gatekeeper__pb2.CheckClaimsResponse.FromString,
+                _registered_method=True)
 
 
 class GatekeeperServicer:
@@ -64,6 +69,14 @@ class GatekeeperServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckClaims(self, request, context):
+        """Many claims in one call (settlement platforms re-checking claims), each decided
+        exactly as CheckClaim would; a bad claim gets its own error, not the whole batch's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatekeeperServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_GatekeeperServicer_to_server(servicer, server):
                     servicer.GetPractitioner,
                     request_deserializer=gatekeeper_dot_v1_dot_gatekeeper__pb2.GetPractitionerRequest.FromString,
                     response_serializer=gatekeeper_dot_v1_dot_gatekeeper__pb2.GetPractitionerResponse.SerializeToString,
+            ),
+            'CheckClaims': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckClaims,
+                    request_deserializer=gatekeeper_dot_v1_dot_gatekeeper__pb2.CheckClaimsRequest.FromString,
+                    response_serializer=gatekeeper_dot_v1_dot_gatekeeper__pb2.CheckClaimsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class Gatekeeper:
             '/gatekeeper.v1.Gatekeeper/GetPractitioner',
             gatekeeper_dot_v1_dot_gatekeeper__pb2.GetPractitionerRequest.SerializeToString,
             gatekeeper_dot_v1_dot_gatekeeper__pb2.GetPractitionerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckClaims(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gatekeeper.v1.Gatekeeper/CheckClaims',
+            gatekeeper_dot_v1_dot_gatekeeper__pb2.CheckClaimsRequest.SerializeToString,
+            gatekeeper_dot_v1_dot_gatekeeper__pb2.CheckClaimsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,5 +87,5 @@ def test_two_workers_share_one_port(cli_env: dict[str, str]) -> None:
         assert len(workers.stdout.split()) == 2
     finally:
         server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=30)
-    assert server.returncode == 0
+        _, log = server.communicate(timeout=30)
+    assert server.returncode == 0, log

@@ -21,11 +21,11 @@ class BrokenOnceStore(MemoryEligibilityStore):
         super().__init__({"D110105000001": registered})
         self.failed = False
 
-    async def lookup(self, codes: Collection[str]) -> Lookup:
+    async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
         if not self.failed:
             self.failed = True
             raise KeyError("secret internal detail")
-        return await super().lookup(codes)
+        return await super().lookup(codes, min_seq)
 
 
 def test_an_unexpected_error_is_internal_without_details(start_gatekeeper: StartGatekeeper) -> None:

@@ -1,0 +1,248 @@
+"""The near cache: decoded records in process, kept coherent through ``gk:changes``.
+
+A steady-state check needs no Redis round trip. Coherence (docs/cache-layout.md):
+- each change entry drops the codes it names, and a switch entry drops everything;
+- a reader that lost its connection, or finds that entries it never read were trimmed,
+  drops everything and reads through to Redis until it has caught up again;
+- no entry is used after ``max_age_seconds``, whatever happens to notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as redis
+
+from gatekeeper import changelog, keys
+from gatekeeper.records import PractitionerRecord
+from gatekeeper.store import Lookup, RedisEligibilityStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ENTRIES = 1_000_000
+DEFAULT_MAX_AGE_SECONDS = 30.0
+BLOCK_MILLISECONDS = 1_000
+RECONNECT_BACKOFF_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+@dataclass
+class NearCacheStats:
+    """Counters for metrics and the benchmark."""
+
+    hits: int = 0
+    misses: int = 0
+    invalidations: int = 0
+    clears: int = 0
+
+
+class NearCache:
+    """A bounded map of code -> (record or None for unknown, time fetched).
+
+    Eviction is first-in first-out (dicts keep insertion order): cheaper than LRU on the
+    hot path, and practitioners who bill often are fetched again at once after eviction.
+    """
+
+    def __init__(self, max_entries: int, max_age_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.max_age_seconds = max_age_seconds
+        self._clock = clock
+        self._entries: dict[str, tuple[PractitionerRecord | None, float]] = {}
+        self.epoch = 0  # bumped by every invalidation: a fetch that began before it is not kept
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get_many(self, codes: Collection[str], found: dict[str, PractitionerRecord]) -> list[str]:
+        """Put fresh cached records of ``codes`` into ``found``; return the codes to fetch."""
+        oldest = self._clock() - self.max_age_seconds
+        missing = []
+        entries = self._entries
+        for code in codes:
+            entry = entries.get(code)
+            if entry is None or entry[1] < oldest:
+                missing.append(code)
+            elif entry[0] is not None:
+                found[code] = entry[0]
+        return missing
+
+    def put_many(self, codes: Collection[str], records: dict[str, PractitionerRecord], epoch: int) -> None:
+        """Remember fetched records (and that the other codes are unknown), unless an
+        invalidation happened since ``epoch``."""
+        if epoch != self.epoch:
+            return
+        now = self._clock()
+        entries = self._entries
+        for code in codes:
+            entries.pop(code, None)  # re-inserted at the end: the newest for FIFO eviction
+            entries[code] = (records.get(code), now)
+        overflow = len(entries) - self.max_entries
+        if overflow > 0:
+            for code in list(itertools.islice(entries, overflow)):
+                del entries[code]
+
+    def invalidate(self, codes: Collection[str]) -> None:
+        """Forget these codes."""
+        self.epoch += 1
+        for code in codes:
+            self._entries.pop(code, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.epoch += 1
+        self._entries.clear()
+
+
+class CachingEligibilityStore:
+    """An EligibilityStore that answers from the near cache and reads only misses from Redis."""
+
+    def __init__(
+        self,
+        backing: RedisEligibilityStore,
+        stream_client: redis.Redis,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._backing = backing
+        self._stream = stream_client
+        # The stream is read raw: a change entry repeats its field names (changelog.py).
+        for command in ("XREAD", "XREVRANGE", "XINFO STREAM"):
+            self._stream.response_callbacks[command] = lambda response, **_: response
+        self.cache = NearCache(max_entries, max_age_seconds, clock)
+        self.stats = NearCacheStats()
+        self.trusted = False  # following gk:changes and caught up: the cache may be used
+        self.snapshot_id = ""
+        self.generation = 0
+        self.seen_seq = 0  # every change up to this seq has been applied to the cache
+        self._last_id = b"0-0"
+        self._task: asyncio.Task[None] | None = None
+        self.caught_up = asyncio.Event()
+
+    @classmethod
+    def from_url(
+        cls, url: str, max_entries: int, max_age_seconds: float, timeout_seconds: float | None = None
+    ) -> CachingEligibilityStore:
+        """A caching store over Redis at ``url``; the stream reader has its own connection."""
+        backing = RedisEligibilityStore.from_url(url, timeout_seconds)
+        stream = redis.Redis.from_url(url, socket_connect_timeout=timeout_seconds)
+        return cls(backing, stream, max_entries, max_age_seconds)
+
+    def start(self) -> None:
+        """Start following gk:changes (needs a running event loop)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._follow(), name="near-cache-follower")
+
+    async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
+        if not self.trusted or self.seen_seq < min_seq:
+            self.stats.misses += len(codes)
+            return await self._backing.lookup(codes, min_seq)
+        found: dict[str, PractitionerRecord] = {}
+        missing = self.cache.get_many(codes, found)
+        self.stats.hits += len(codes) - len(missing)
+        if missing:
+            self.stats.misses += len(missing)
+            epoch = self.cache.epoch
+            fetched = await self._backing.lookup(missing, min_seq)
+            found.update(fetched.records)
+            if fetched.generation == self.generation and self.trusted:
+                self.cache.put_many(missing, fetched.records, epoch)
+        return Lookup(found, self.snapshot_id, self.seen_seq, self.generation)
+
+    async def registry_loaded(self) -> bool:
+        return await self._backing.registry_loaded()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._stream.aclose()
+        await self._backing.close()
+
+    def _distrust(self, why: str) -> None:
+        if self.trusted:
+            log.warning("near cache dropped: %s", why)
+        self.trusted = False
+        self.caught_up.clear()
+        self.cache.clear()
+        self.stats.clears += 1
+
+    async def _catch_up(self) -> None:
+        """(Re)start following: remember where the stream ends, then what is loaded."""
+        latest = cast(
+            list[Any],
+            await self._stream.execute_command(  # type: ignore[no-untyped-call]
+                "XREVRANGE", keys.CHANGES, "+", "-", "COUNT", 1
+            ),
+        )
+        self._last_id = latest[0][0] if latest else b"0-0"
+        meta = cast(
+            list[bytes | None],
+            await self._stream.hmget(
+                keys.META, [keys.MetaField.GENERATION, keys.MetaField.SNAPSHOT_ID, keys.MetaField.APPLIED_SEQ]
+            ),
+        )
+        self.generation = int(meta[0] or 0)
+        self.snapshot_id = (meta[1] or b"").decode()
+        self.seen_seq = int(meta[2] or 0)
+        self.cache.clear()
+        self.trusted = self.generation > 0
+        if self.trusted:
+            self.caught_up.set()
+
+    async def _missed_entries(self) -> bool:
+        info = cast(
+            dict[bytes, Any] | list[Any],
+            await self._stream.execute_command("XINFO STREAM", keys.CHANGES),  # type: ignore[no-untyped-call]
+        )
+        fields = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2], strict=True))
+        deleted = fields.get(b"max-deleted-entry-id", b"0-0")
+        return changelog.missed_entries(self._last_id, deleted)
+
+    def _apply(self, entry: changelog.Entry) -> bool:
+        """Apply one entry; False when it is a switch (the caller re-reads what is loaded)."""
+        self._last_id = entry.entry_id
+        if entry.switched_to is not None:
+            return False
+        self.cache.invalidate([change.code for change in entry.changes])
+        self.stats.invalidations += len(entry.changes)
+        for change in entry.changes:
+            if change.seq > self.seen_seq:
+                self.seen_seq = change.seq
+        return True
+
+    async def _follow(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if not self.trusted:
+                    await self._catch_up()
+                    failures = 0
+                reply = await self._stream.execute_command(  # type: ignore[no-untyped-call]
+                    "XREAD", "COUNT", 1000, "BLOCK", BLOCK_MILLISECONDS, "STREAMS", keys.CHANGES, self._last_id
+                )
+                switched = False
+                # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries].
+                streams = reply.values() if isinstance(reply, dict) else [entries for _, entries in reply or ()]
+                for entries in streams:
+                    for entry_id, fields in entries:
+                        if not self._apply(changelog.parse_entry(entry_id, fields)):
+                            switched = True
+                if switched:
+                    self._distrust("the registry snapshot switched")
+                elif reply and await self._missed_entries():
+                    self._distrust("change notifications were trimmed before they were read")
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a lost connection or anything else: trust nothing
+                self._distrust(f"change notifications unavailable ({error})")
+                delay = RECONNECT_BACKOFF_SECONDS[min(failures, len(RECONNECT_BACKOFF_SECONDS) - 1)]
+                failures += 1
+                await asyncio.sleep(delay)
