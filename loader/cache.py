@@ -155,7 +155,7 @@ class GenerationWriter:
         deadline: float | None = None
         while not self._lease.acquire():
             if deadline is None:
-                remaining_ms = int(cast(int, client.pttl(keys.LOADING)))
+                remaining_ms = int(client.pttl(keys.LOADING))
                 deadline = time.monotonic() + max(remaining_ms, 0) / 1000 + LEASE_WAIT_MARGIN_SECONDS
             elif time.monotonic() > deadline:
                 holder = client.get(keys.LOADING)

@@ -462,16 +462,17 @@ class PausingProgress(Progress):
 class LoadInThread:
     """``load_snapshot`` on its own client in a thread, its result or error kept."""
 
-    def __init__(self, port: int, path: Path, progress: Progress) -> None:
+    def __init__(self, port: int, path: Path, progress: Progress, options: SnapshotOptions | None = None) -> None:
         self.result: SnapshotResult | None = None
         self.error: BaseException | None = None
         self._client = redis.Redis(port=port)
+        self._options = options or SnapshotOptions()
         self._thread = threading.Thread(target=self._run, args=(path, progress))
         self._thread.start()
 
     def _run(self, path: Path, progress: Progress) -> None:
         try:
-            self.result = load_snapshot(self._client, path, progress=progress)
+            self.result = load_snapshot(self._client, path, self._options, progress=progress)
         except BaseException as error:
             self.error = error
 
@@ -570,14 +571,14 @@ def test_a_registration_during_a_ban_is_reported_and_still_loaded(
 def test_a_second_load_is_refused_while_one_holds_the_lease(
     redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A second loader waits for the lease as long as its own would last (plus a margin), in
-    # case the holder was killed; the holder here is alive, so keep that wait short.
+    # A second loader waits as long as the holder's lease has left (plus a margin), in case
+    # the holder was killed; the holder here is alive and renewing, so keep both short.
     monkeypatch.setattr(loader.cache, "LEASE_WAIT_MARGIN_SECONDS", 0.0)
     load_snapshot(redis_client, write_snapshot(tmp_path, people(100), snapshot_id="A", name="a.csv"))
     first = write_snapshot(tmp_path, people(3_000), snapshot_id="B", name="b.csv")
     second = write_snapshot(tmp_path, people(3_000), snapshot_id="C", name="c.csv")
     progress = PausingProgress(after_rows=1_000)
-    load = LoadInThread(redis_server.port, first, progress)
+    load = LoadInThread(redis_server.port, first, progress, SnapshotOptions(lease_seconds=1.5))
     try:
         assert progress.paused.wait(30), "the load never started"
         holder = redis_client.get(keys.LOADING)
