@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ENTRIES = 1_000_000
 DEFAULT_MAX_AGE_SECONDS = 30.0
 BLOCK_MILLISECONDS = 1_000
+STREAM_CLIENT_NAME = "gatekeeper-near-cache"  # CLIENT LIST shows which connections follow gk:changes
 RECONNECT_BACKOFF_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -131,7 +132,7 @@ class CachingEligibilityStore:
     ) -> CachingEligibilityStore:
         """A caching store over Redis at ``url``; the stream reader has its own connection."""
         backing = RedisEligibilityStore.from_url(url, timeout_seconds)
-        stream = redis.Redis.from_url(url, socket_connect_timeout=timeout_seconds)
+        stream = redis.Redis.from_url(url, socket_connect_timeout=timeout_seconds, client_name=STREAM_CLIENT_NAME)
         return cls(backing, stream, max_entries, max_age_seconds)
 
     def start(self) -> None:

@@ -1,0 +1,68 @@
+"""The near cache's bookkeeping: fresh hits, misses, invalidation, age, bounded size."""
+
+from __future__ import annotations
+
+from gatekeeper.nearcache import NearCache
+from gatekeeper.records import PractitionerRecord, StatusPeriod
+
+REGISTERED = PractitionerRecord(1, (StatusPeriod(1, 1_000, 1, 1),))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_fetched_record_is_a_hit_and_an_unknown_code_a_cached_negative() -> None:
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=Clock())
+    cache.put_many(["D110105000001", "D110105999999"], {"D110105000001": REGISTERED}, cache.epoch)
+
+    found: dict[str, PractitionerRecord] = {}
+    missing = cache.get_many(["D110105000001", "D110105999999", "D110105000002"], found)
+
+    assert found == {"D110105000001": REGISTERED}
+    assert missing == ["D110105000002"]  # the unknown code is known to be unknown
+
+
+def test_an_invalidated_code_is_fetched_again() -> None:
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=Clock())
+    cache.put_many(["D110105000001"], {"D110105000001": REGISTERED}, cache.epoch)
+    cache.invalidate(["D110105000001"])
+    assert cache.get_many(["D110105000001"], {}) == ["D110105000001"]
+
+
+def test_a_fetch_that_raced_an_invalidation_is_not_kept() -> None:
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=Clock())
+    epoch_before_fetch = cache.epoch
+    cache.invalidate(["D110105000001"])  # a change arrives while the fetch is in flight
+    cache.put_many(["D110105000001"], {"D110105000001": REGISTERED}, epoch_before_fetch)
+    assert len(cache) == 0
+
+
+def test_no_entry_is_used_after_the_maximum_age() -> None:
+    clock = Clock()
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=clock)
+    cache.put_many(["D110105000001"], {"D110105000001": REGISTERED}, cache.epoch)
+    clock.now += 29.9
+    assert cache.get_many(["D110105000001"], {}) == []
+    clock.now += 0.2
+    assert cache.get_many(["D110105000001"], {}) == ["D110105000001"]
+
+
+def test_the_cache_never_holds_more_than_its_maximum() -> None:
+    cache = NearCache(max_entries=3, max_age_seconds=30, clock=Clock())
+    codes = [f"D1101050000{n:02d}" for n in range(5)]
+    for code in codes:
+        cache.put_many([code], {code: REGISTERED}, cache.epoch)
+    assert len(cache) == 3
+    assert cache.get_many(codes, {}) == codes[:2]  # the oldest went first
+
+
+def test_clear_forgets_everything() -> None:
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=Clock())
+    cache.put_many(["D110105000001"], {"D110105000001": REGISTERED}, cache.epoch)
+    cache.clear()
+    assert cache.get_many(["D110105000001"], {}) == ["D110105000001"]
