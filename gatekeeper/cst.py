@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 CST = timezone(timedelta(hours=8), "CST")
 TIME_FORMAT = "yyyy-MM-dd HH:mm:ss"
 
-# Positions of the separators in "2024-05-01 08:30:00"; anything else is refused,
-# because datetime.fromisoformat alone also accepts "2024-05-01T08:30", offsets, etc.
-_SEPARATORS = ((4, "-"), (7, "-"), (10, " "), (13, ":"), (16, ":"))
+# Exactly "2024-05-01 08:30:00" with ASCII digits ([0-9], not \d, which also matches "２"):
+# datetime.fromisoformat alone also accepts "2024-05-01T08:30", offsets, and more.
+_TIME = re.compile("([0-9]{4}-[0-9]{2}-[0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})")
 
 
 def parse_cst(text: str) -> int:
@@ -17,19 +19,24 @@ def parse_cst(text: str) -> int:
 
     Raises ValueError for anything that is not exactly that format or not a real time.
     """
-    if len(text) != 19 or not text.isascii():
+    match = _TIME.fullmatch(text)
+    if match is None:
         raise ValueError(f"expected {TIME_FORMAT}, got {text!r}")
-    for position, separator in _SEPARATORS:
-        if text[position] != separator:
-            raise ValueError(f"expected {TIME_FORMAT}, got {text!r}")
-    digits = text[0:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19]
-    if not digits.isdigit():
-        raise ValueError(f"expected {TIME_FORMAT}, got {text!r}")
+    date, hours, minutes, seconds = match.groups()
+    hour, minute, second = int(hours), int(minutes), int(seconds)
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValueError(f"not a valid time: {text!r}")
+    return _midnight(date) + hour * 3600 + minute * 60 + second
+
+
+@lru_cache(maxsize=4096)
+def _midnight(date: str) -> int:
+    """Epoch seconds of 00:00:00 CST on a "yyyy-MM-dd" date: claims repeat a few dates,
+    so the calendar arithmetic is done once per date."""
     try:
-        moment = datetime.fromisoformat(text).replace(tzinfo=CST)
+        return int(datetime.fromisoformat(date).replace(tzinfo=CST).timestamp())
     except ValueError:
-        raise ValueError(f"not a valid time: {text!r}") from None
-    return int(moment.timestamp())
+        raise ValueError(f"not a valid date: {date!r}") from None
 
 
 def format_cst(epoch_seconds: int) -> str:

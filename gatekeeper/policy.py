@@ -12,6 +12,8 @@ from typing import Any
 
 from gatekeeper.codes import DEFAULT_PRACTITIONER_PREFIXES, practitioner_code_pattern
 
+CHECKED_CODES_KEPT = 200_000
+
 
 class Mode(enum.Enum):
     """Whether a region's blocks are binding (enforce) or only recorded (monitor, 分步实施)."""
@@ -30,6 +32,8 @@ class RegionPolicy:
     emergency_exempts_termination: bool = False
     practitioner_prefixes: tuple[str, ...] = DEFAULT_PRACTITIONER_PREFIXES
     code_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    # Codes already checked: the same practitioners bill all day.
+    _checked: dict[str, bool] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "code_pattern", practitioner_code_pattern(self.practitioner_prefixes))
@@ -41,7 +45,12 @@ class RegionPolicy:
 
     def is_practitioner_code(self, code: str) -> bool:
         """True when ``code`` has a national practitioner format accepted in this region."""
-        return self.code_pattern.fullmatch(code) is not None
+        known = self._checked.get(code)
+        if known is None:
+            if len(self._checked) >= CHECKED_CODES_KEPT:
+                self._checked.clear()
+            known = self._checked[code] = self.code_pattern.fullmatch(code) is not None
+        return known
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,10 @@ SEVERITY = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+# Item and ItemDecision are built for every line item on the hot path: plain slotted
+# classes, since a frozen dataclass's __init__ costs several times more. Treat them as
+# immutable all the same.
+@dataclass(slots=True)
 class Item:
     """A validated line item: codes trimmed, service time in epoch seconds."""
 
@@ -81,7 +84,7 @@ class Standing:
     window: StatusPeriod | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ItemDecision:
     """The decision on one line item."""
 

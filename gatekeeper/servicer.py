@@ -48,8 +48,8 @@ def item_message(decision: ItemDecision) -> pb.ItemDecision:
     """The protobuf form of one item decision."""
     message = pb.ItemDecision(
         feedetl_sn=decision.feedetl_sn,
-        verdict=decision.verdict.value,  # type: ignore[arg-type]
-        reason=decision.reason.value,  # type: ignore[arg-type]
+        verdict=decision.verdict,  # type: ignore[arg-type]  # an IntEnum with the proto's numbers
+        reason=decision.reason,  # type: ignore[arg-type]
         prac_psn_code=decision.prac_psn_code,
         enforced=decision.enforced,
         amount_fen=decision.amount_fen,
@@ -67,7 +67,7 @@ def claim_response(decision: ClaimDecision, decision_id: str, registry_version: 
     return pb.CheckClaimResponse(
         decision_id=decision_id,
         registry_version=registry_version,
-        verdict=decision.verdict.value,  # type: ignore[arg-type]
+        verdict=decision.verdict,  # type: ignore[arg-type]
         allowed_amount_fen=decision.allowed_amount_fen,
         blocked_amount_fen=decision.blocked_amount_fen,
         items=[item_message(item) for item in decision.items],
