@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import signal
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from grpc import aio
@@ -128,35 +128,58 @@ async def _serve_one(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    if isinstance(gk.store, CachingEligibilityStore):
+        # SIGUSR1: log the near cache's counters since the last SIGUSR1, and restart them.
+        loop.add_signal_handler(signal.SIGUSR1, _log_near_cache, gk.store)
     await stopping.wait()
     log.info("draining: health NOT_SERVING, up to %.0f s for RPCs in flight", settings.shutdown_grace_seconds)
     await gk.stop()
+    if isinstance(gk.store, CachingEligibilityStore):
+        _log_near_cache(gk.store)
     log.info("stopped")
 
 
-def _run_worker(settings: Settings) -> int:
-    asyncio.run(_serve_one(settings))
-    return 0
+def _log_near_cache(store: CachingEligibilityStore) -> None:
+    stats, lags = store.stats, sorted(store.notification_lags_ms)
+    log.info(
+        "near cache: hits=%d misses=%d invalidations=%d clears=%d notification_lag_ms p50=%.1f p99=%.1f max=%.1f n=%d",
+        stats.hits,
+        stats.misses,
+        stats.invalidations,
+        stats.clears,
+        lags[len(lags) // 2] if lags else 0.0,
+        lags[int(len(lags) * 0.99)] if lags else 0.0,
+        lags[-1] if lags else 0.0,
+        len(lags),
+    )
+    store.reset_stats()
 
 
 def serve(settings: Settings) -> int:
-    """Run ``settings.workers`` server processes on one port until SIGTERM or SIGINT.
+    """Run ``settings.workers`` server processes on one port until SIGTERM or SIGINT."""
+    if settings.workers > 1 and settings.listen.endswith(":0"):
+        log.error("--workers > 1 needs a fixed port: each worker binds the same one")
+        return 2
+    return run_workers(settings.workers, lambda: asyncio.run(_serve_one(settings)))
+
+
+def run_workers(workers: int, worker: Callable[[], None]) -> int:
+    """Run ``worker`` in ``workers`` processes until SIGTERM or SIGINT; 0 when all ended well.
 
     Workers are forked before any gRPC object exists (gRPC does not survive a fork) and
     share the port through SO_REUSEPORT, so the kernel spreads connections over them.
     """
-    if settings.workers <= 1:
-        return _run_worker(settings)
-    if settings.listen.endswith(":0"):
-        log.error("--workers > 1 needs a fixed port: each worker binds the same one")
-        return 2
+    if workers <= 1:
+        worker()
+        return 0
     children: set[int] = set()
-    for _ in range(settings.workers):
+    for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             code = 1
             try:
-                code = _run_worker(settings)
+                worker()
+                code = 0
             finally:
                 os._exit(code)
         children.add(pid)
@@ -170,8 +193,14 @@ def serve(settings: Settings) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
+    def forward_quietly(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGUSR1, forward_quietly)
     status = 0
     while children:
         pid, wait_status = os.wait()
@@ -187,8 +216,3 @@ def serve(settings: Settings) -> int:
             log.error("worker %d exited with %d while stopping", pid, code)
             status = 1
     return status
-
-
-def main_serve(settings: Settings) -> None:
-    """Entry point used by the CLI."""
-    sys.exit(serve(settings))
