@@ -46,13 +46,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 from grpc import aio
 
 from bench.harness import free_port, process_tree_cpu_seconds, start_redis
 from gatekeeper.cst import format_cst, parse_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+from loader.cache import ApplyStats, ChangeApplier
 from loader.generate import generate
+from loader.rows import encode_change
 
 RESULTS = Path(__file__).parent / "results"
 BIN = Path(sys.executable).parent
@@ -177,15 +180,17 @@ def h2load(
     port: int, body: Path, seconds: float, clients: int, streams: int, rps: float | None, log: Path
 ) -> LoadResult:
     """Drive CheckClaim with h2load; latency percentiles from its per-request log."""
-    command = ["h2load", "-c", str(clients), "-m", str(streams), "-D", str(seconds), "--data", str(body)]
+    # h2load takes whole seconds ("8", not "8.0").
+    command = ["h2load", "-c", str(clients), "-m", str(streams), "-D", str(round(seconds)), "--data", str(body)]
     command += ["-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log)]
     if rps is not None:
         command += ["--rps", f"{rps / clients:.2f}"]
     command.append(f"http://127.0.0.1:{port}{CHECK_CLAIM}")
-    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    output = finished.stdout
     done = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", output)
     if done is None:
-        raise RuntimeError(f"h2load output not understood:\n{output}")
+        raise RuntimeError(f"h2load output not understood:\n{output}\n{finished.stderr}")
     succeeded, failed = int(done.group(4)), int(done.group(5))
     latencies = sorted(int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line)
     log.unlink()
@@ -242,10 +247,12 @@ def measured(
 
 
 async def realistic_load(target: str, claims: list[bytes], seconds: float, rate: float) -> tuple[int, int]:
-    """Send pre-encoded realistic claims at a fixed rate; (answered OK, errors)."""
+    """Send pre-encoded realistic claims at a fixed rate over several connections (so that
+    every worker gets some: the kernel spreads connections, not calls); (OK, errors)."""
     ok = errors = 0
-    async with aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(CHECK_CLAIM)
+    channels = [aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)]
+    calls = [channel.unary_unary(CHECK_CLAIM) for channel in channels]
+    try:
         loop = asyncio.get_running_loop()
         start = loop.time()
         pending: set[asyncio.Task[Any]] = set()
@@ -257,7 +264,7 @@ async def realistic_load(target: str, claims: list[bytes], seconds: float, rate:
             if delay > 0:
                 await asyncio.sleep(delay)
 
-            async def one(body: bytes) -> None:
+            async def one(call: Any, body: bytes) -> None:
                 nonlocal ok, errors
                 try:
                     await call(body, timeout=10)
@@ -265,10 +272,13 @@ async def realistic_load(target: str, claims: list[bytes], seconds: float, rate:
                 except aio.AioRpcError:
                     errors += 1
 
-            task = asyncio.create_task(one(claims[number % len(claims)]))
+            task = asyncio.create_task(one(calls[number % len(calls)], claims[number % len(claims)]))
             pending.add(task)
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
+    finally:
+        for channel in channels:
+            await channel.close()
     return ok, errors
 
 
@@ -477,25 +487,22 @@ def realistic_phase(
     mark = len(server.log)
     server.signal_workers(signal.SIGUSR1)  # counters restart after the warm-up
     wait_for_lines(server, mark, 2)
-    changes_file = Path(tempfile.mkstemp(suffix=".jsonl")[1])
-    changes_file.write_text("".join(json.dumps(c) + "\n" for c in suspensions(people, 900_000_000, 200, rng)))
-    env = {**os.environ, "REDIS_URL": redis_url}
+    changes = list(suspensions(people, 900_000_000, 200, rng))
+    applier_client = redis.Redis.from_url(redis_url)
 
     def apply_changes_meanwhile() -> None:
-        time.sleep(2)
-        subprocess.run(
-            [str(BIN / "gatekeeper-loader"), "apply", str(changes_file), "--quarantine", os.devnull],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        # 20 publications of 10 suspensions, one every 0.4 s, while claims keep coming.
+        applier = ChangeApplier(applier_client)
+        for batch in range(20):
+            time.sleep(0.4)
+            rows = [encode_change(change) for change in changes[batch * 10 : batch * 10 + 10]]
+            applier.apply(rows, ApplyStats())
 
     applier = threading.Thread(target=apply_changes_meanwhile)
     applier.start()
     ok, errors = asyncio.run(realistic_load(target, claims, seconds=max(args.seconds, 10), rate=rate))
     applier.join()
-    changes_file.unlink()
+    applier_client.close()
     mark = len(server.log)
     server.signal_workers(signal.SIGUSR1)
     workers = wait_for_lines(server, mark, 2)
@@ -510,7 +517,7 @@ def realistic_phase(
             "near_cache_hit_ratio": round(hits / max(hits + misses, 1), 4),
             "hits": hits,
             "misses": misses,
-            "changes_applied": 200,
+            "changes_applied": len(changes),
             "change_to_enforced_ms_p99_worst_worker": max(w["lag_p99_ms"] for w in workers),
             "change_to_enforced_ms_max": max(w["lag_max_ms"] for w in workers),
             "per_worker": workers,
@@ -519,37 +526,49 @@ def realistic_phase(
 
 
 def batch_phase(target: str, people: Practitioners, rng: random.Random) -> dict[str, Any]:
-    """CheckClaims with 500 ten-item claims a call, one call after another."""
+    """CheckClaims with 500 ten-item claims a call, from 4 clients on their own connections."""
     batches = []
     for b in range(8):
         claims = []
         for n in range(500):
             practitioners = [people.draw() for _ in range(rng.randint(1, 3))]
-            claims.append(
-                pb.CheckClaimRequest(
-                    claim_id=f"b{b}-{n}",
-                    fixmedins_code=INSTITUTION,
-                    items=[line_item(i, practitioners, False, i) for i in range(10)],
-                )
-            )
-        batches.append(pb.CheckClaimsRequest(claims=claims))
-    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
-        stub = pb_grpc.GatekeeperStub(channel)
-        for batch in batches:  # warm-up
-            stub.CheckClaims(batch, timeout=60)
-        items = calls = 0
-        started = time.perf_counter()
-        while time.perf_counter() - started < 8:
-            response = stub.CheckClaims(batches[calls % len(batches)], timeout=60)
-            assert all(r.WhichOneof("result") == "response" for r in response.results)
-            items += sum(len(r.response.items) for r in response.results)
-            calls += 1
-        elapsed = time.perf_counter() - started
+            items = [line_item(i, practitioners, False, i) for i in range(10)]
+            claims.append(pb.CheckClaimRequest(claim_id=f"b{b}-{n}", fixmedins_code=INSTITUTION, items=items))
+        batches.append(pb.CheckClaimsRequest(claims=claims).SerializeToString())
+    totals = {"items": 0, "calls": 0}
+    lock = threading.Lock()
+    seconds = 8.0
+
+    def client(index: int) -> None:
+        # A connection of its own, so that the kernel may give it to either worker.
+        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(target, options=options) as channel:
+            call = channel.unary_unary("/gatekeeper.v1.Gatekeeper/CheckClaims")
+            for payload in batches:  # warm-up
+                call(payload, timeout=60)
+            started = time.perf_counter()
+            calls = 0
+            while time.perf_counter() - started < seconds:
+                answer = pb.CheckClaimsResponse.FromString(call(batches[(calls + index) % len(batches)], timeout=60))
+                assert all(r.WhichOneof("result") == "response" for r in answer.results)
+                with lock:
+                    totals["items"] += sum(len(r.response.items) for r in answer.results)
+                    totals["calls"] += 1
+                calls += 1
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    started = time.perf_counter()
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
+    elapsed = time.perf_counter() - started
     return {
         "claims_per_call": 500,
         "items_per_claim": 10,
-        "calls": calls,
-        "line_item_checks_per_s": round(items / elapsed),
+        "concurrent_clients": len(clients),
+        "calls": totals["calls"],
+        "line_item_checks_per_s": round(totals["items"] / elapsed),
         "seconds": round(elapsed, 1),
     }
 

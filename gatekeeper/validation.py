@@ -44,12 +44,25 @@ def institution_code(value: str, field: str = "fixmedins_code") -> str:
     return value
 
 
+# Parsed service times: HIS feeds post many charges at the same second. Only valid times are
+# kept; the map is emptied when full rather than evicting one by one.
+_PARSED_TIMES: dict[str, int] = {}
+PARSED_TIMES_KEPT = 65_536
+
+
 def service_time(value: str, field: str) -> int:
     """Epoch seconds of a "yyyy-MM-dd HH:mm:ss" CST string, or InvalidArgument."""
+    moment = _PARSED_TIMES.get(value)
+    if moment is not None:
+        return moment
     try:
-        return parse_cst(value)
+        moment = parse_cst(value)
     except ValueError:
         raise InvalidArgument(field, f"expected {TIME_FORMAT} (China Standard Time), got {value[:32]!r}") from None
+    if len(_PARSED_TIMES) >= PARSED_TIMES_KEPT:
+        _PARSED_TIMES.clear()
+    _PARSED_TIMES[value] = moment
+    return moment
 
 
 def claim_from_request(request: pb.CheckClaimRequest, limits: Limits) -> Claim:
