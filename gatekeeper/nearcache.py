@@ -161,8 +161,12 @@ class CachingEligibilityStore:
             self.stats.misses += len(missing)
             epoch = self.cache.epoch
             fetched = await self._backing.lookup(missing, min_seq)
+            if fetched.generation != self.generation:
+                # A switch the follower has not seen yet: answer wholly from the new snapshot,
+                # never half from the cached one.
+                return await self._backing.lookup(codes, min_seq)
             found.update(fetched.records)
-            if fetched.generation == self.generation and self.trusted:
+            if self.trusted:
                 self.cache.put_many(missing, fetched.records, epoch)
         return Lookup(found, self.snapshot_id, self.seen_seq, self.generation)
 

@@ -16,8 +16,9 @@ from gatekeeper.errors import CacheCorrupt, CacheUnavailable, RegistryBehind, Re
 from gatekeeper.records import PractitionerRecord, decode_record
 
 # A snapshot switch between reading gk:meta and reading the buckets makes a reader read
-# again; more than this many switches in a row means something is wrong.
-MAX_READ_ATTEMPTS = 3
+# again; more than this many switches in a row (snapshots load minutes apart) means
+# something is wrong.
+MAX_READ_ATTEMPTS = 10
 
 
 def registry_version(snapshot_id: str, applied_seq: int) -> str:

@@ -232,3 +232,31 @@ def test_the_batch_api_decides_each_claim_like_check_claim(
         small_batches.stub.CheckClaims(pb.CheckClaimsRequest(claims=[good] * 3), timeout=5)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details().startswith("claims:")
+
+
+def test_a_switch_not_yet_followed_never_mixes_two_snapshots(
+    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    other = "D110105000002"  # registered in A, suspended in B; CODE the other way round
+    load(redis_client, registry(tmp_path))
+
+    async def scenario() -> None:
+        store = await started(redis_server.url)
+        assert reason((await store.lookup([CODE])).records) is Reason.OK  # CODE cached from A
+        assert store._task is not None
+        store._task.cancel()  # the follower stalls: it will not see the switch
+        rows = [
+            period(CODE, "r1", 1, "2020-01-01 00:00:00", seq=1),
+            period(CODE, "t1", 3, "2026-06-01 00:00:00", seq=900, chg_rea="记满12分"),
+            period(other, "r2", 1, "2020-01-01 00:00:00", seq=2),
+            period(other, "s2", 2, "2026-06-01 00:00:00", seq=901, chg_rea="记分9分"),
+        ]
+        rows += [period(f"D1101050{n:05d}", f"x{n}", 1, "2020-01-01 00:00:00", seq=1 + n) for n in range(3, 60)]
+        await asyncio.to_thread(load, redis_client, write_snapshot(tmp_path, rows, snapshot_id="B", name="b.csv"))
+        lookup = await store.lookup([CODE, other])  # CODE is cached from A, other must be fetched
+        reasons = (reason(lookup.records), reason(lookup.records, other))
+        assert reasons == (Reason.TERMINATED, Reason.SUSPENDED)  # both from B, nothing from A
+        assert lookup.registry_version == "B@901"
+        await store.close()
+
+    asyncio.run(scenario())
