@@ -42,10 +42,10 @@ def reason(lookup_records: dict, code: str = CODE) -> Reason:  # type: ignore[ty
 
 
 async def started(
-    url: str, max_age_seconds: float = 30.0, clock: Callable[[], float] | None = None
+    url: str, max_age_seconds: float = 30.0, clock: Callable[[], float] | None = None, name: str = STREAM_CLIENT_NAME
 ) -> CachingEligibilityStore:
     backing = RedisEligibilityStore.from_url(url)
-    stream = redis.asyncio.Redis.from_url(url, client_name=STREAM_CLIENT_NAME)
+    stream = redis.asyncio.Redis.from_url(url, client_name=name)
     store = CachingEligibilityStore(backing, stream, 1000, max_age_seconds, **({"clock": clock} if clock else {}))
     store.start()
     await asyncio.wait_for(store.caught_up.wait(), POLL_SECONDS)
@@ -99,10 +99,10 @@ def test_a_dropped_notification_connection_drops_the_cache(
     load(redis_client, registry(tmp_path))
 
     async def scenario() -> None:
-        store = await started(redis_server.url)
+        store = await started(redis_server.url, name="near-cache-under-test")
         assert reason((await store.lookup([CODE])).records) is Reason.OK
         clears = store.stats.clears
-        followers = [c for c in redis_client.client_list() if c["name"] == STREAM_CLIENT_NAME]
+        followers = [c for c in redis_client.client_list() if c["name"] == "near-cache-under-test"]
         assert len(followers) == 1
         redis_client.client_kill_filter(_id=followers[0]["id"])
         await until(lambda: store.stats.clears > clears, "the follower notices the lost connection")
