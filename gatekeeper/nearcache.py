@@ -124,6 +124,7 @@ class CachingEligibilityStore:
         self.seen_seq = 0  # every change up to this seq has been applied to the cache
         self._last_id = b"0-0"
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.caught_up = asyncio.Event()
 
     @classmethod
@@ -160,6 +161,9 @@ class CachingEligibilityStore:
         return await self._backing.registry_loaded()
 
     async def close(self) -> None:
+        # The flag as well as the cancel: the Redis client can swallow a cancellation that
+        # lands mid-command, and the follower would then read on forever.
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -221,7 +225,7 @@ class CachingEligibilityStore:
 
     async def _follow(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 if not self.trusted:
                     await self._catch_up()

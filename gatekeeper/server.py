@@ -41,6 +41,7 @@ class GatekeeperServer:
     store: EligibilityStore
     settings: Settings
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once a registry snapshot is present."""
@@ -56,7 +57,7 @@ class GatekeeperServer:
 
     async def _watch_registry(self) -> None:
         serving: bool | None = None
-        while True:
+        while not self._stopping.is_set():
             try:
                 loaded = await self.store.registry_loaded()
             except Exception:  # a Redis blip keeps the last status rather than flapping
@@ -66,10 +67,14 @@ class GatekeeperServer:
                     serving = loaded
                     await self._set_health(serving)
                     log.info("health: %s", "SERVING" if serving else "NOT_SERVING (no registry snapshot)")
-            await asyncio.sleep(self.settings.health_poll_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.health_poll_seconds)
 
     async def stop(self, grace: float | None = None) -> None:
         """Turn health NOT_SERVING, let RPCs in flight finish within ``grace``, close."""
+        # The flag as well as the cancel: the Redis client can swallow a cancellation that
+        # lands mid-command, and the loop would then poll on forever.
+        self._stopping.set()
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
