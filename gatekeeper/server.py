@@ -125,14 +125,20 @@ async def create_server(
     return gk
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 async def _serve_one(settings: Settings) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stopping.set)
+    # A worker is forked with these signals blocked: one sent while it was starting is
+    # delivered now, to the handler, instead of killing it half started.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     gk = await create_server(settings)
     await gk.start()
     log.info("gatekeeper pid %d listening on port %d (redis %s)", os.getpid(), gk.port, settings.redis_url)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     log.info("draining: health NOT_SERVING, up to %.0f s for RPCs in flight", settings.shutdown_grace_seconds)
     await gk.stop()
@@ -156,6 +162,7 @@ def serve(settings: Settings) -> int:
         log.error("--workers > 1 needs a fixed port: each worker binds the same one")
         return 2
     children: set[int] = set()
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     for _ in range(settings.workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
@@ -177,6 +184,7 @@ def serve(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     status = 0
     while children:
         pid, wait_status = os.wait()
