@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import redis.asyncio as redis
 
-from gatekeeper import changelog, keys
+from gatekeeper import changelog, keys, metrics
 from gatekeeper.records import PractitionerRecord
 from gatekeeper.store import Lookup, RedisEligibilityStore
 
@@ -160,6 +160,9 @@ class CachingEligibilityStore:
     async def registry_loaded(self) -> bool:
         return await self._backing.registry_loaded()
 
+    async def registry_updated_at(self) -> float | None:
+        return await self._backing.registry_updated_at()
+
     async def close(self) -> None:
         # The flag as well as the cancel: the Redis client can swallow a cancellation that
         # lands mid-command, and the follower would then read on forever.
@@ -247,6 +250,7 @@ class CachingEligibilityStore:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a lost connection or anything else: trust nothing
+                metrics.REDIS_ERRORS.labels("changes").inc()
                 self._distrust(f"change notifications unavailable ({error})")
                 delay = RECONNECT_BACKOFF_SECONDS[min(failures, len(RECONNECT_BACKOFF_SECONDS) - 1)]
                 failures += 1
