@@ -131,3 +131,9 @@ def test_load_names_the_file(tmp_path: Path) -> None:
         load_callers(path)
     path.write_text('[callers."CN=a"]\ninstitutions = ["H41010200001"]\n', encoding="utf-8")
     assert load_callers(path).identities == {"CN=a"}
+
+
+def test_the_example_file_loads() -> None:
+    callers = load_callers(Path(__file__).resolve().parents[2] / "callers.example.toml")
+    assert callers.may_submit(PLATFORM, "P41010200001")
+    assert not callers.may_submit(Caller(("CN=gatekeeper-healthcheck",)), "H41010200001")
