@@ -134,8 +134,50 @@ def _count_response(response: object) -> None:
                 count_decisions(result.response)
 
 
+_duration_histograms: dict[tuple[str, str], Any] = {}
+
+
+def _observe_duration(method: str, code: str, seconds: float) -> None:
+    histogram = _duration_histograms.get((method, code))
+    if histogram is None:
+        histogram = _duration_histograms[method, code] = RPC_DURATION.labels(method, code)
+    histogram.observe(seconds)
+
+
+def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
+    """The handler with its unary behaviour timed and its decisions counted."""
+    behavior: Callable[[Any, Any], Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
+
+    async def timed(request: Any, context: aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+        started = time.perf_counter()
+        code = "UNKNOWN"
+        try:
+            response = await behavior(request, context)
+            status = context.code()
+            code = "OK" if status is None else status.name
+            _count_response(response)
+            return response
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except BaseException:
+            status = context.code()  # set by context.abort before it raises
+            code = "UNKNOWN" if status is None else status.name
+            raise
+        finally:
+            _observe_duration(method, code, time.perf_counter() - started)
+
+    return grpc.unary_unary_rpc_method_handler(
+        timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
 class MetricsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Times every unary RPC by method and status code, and counts the decisions it answered."""
+
+    def __init__(self) -> None:
+        # A method's handler is one object for the server's life: wrap it once, not per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}  # type: ignore[type-arg]
 
     async def intercept_service(
         self,
@@ -145,31 +187,11 @@ class MetricsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:  # health Watch, reflection: streams, not timed
             return handler
-        behavior: Callable[[Any, Any], Awaitable[Any]] = handler.unary_unary
-        method = handler_call_details.method.lstrip("/")
-
-        async def timed(request: Any, context: aio.ServicerContext) -> Any:  # type: ignore[type-arg]
-            started = time.perf_counter()
-            code = "UNKNOWN"
-            try:
-                response = await behavior(request, context)
-                status = context.code()
-                code = "OK" if status is None else status.name
-                _count_response(response)
-                return response
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except BaseException:
-                status = context.code()  # set by context.abort before it raises
-                code = "UNKNOWN" if status is None else status.name
-                raise
-            finally:
-                RPC_DURATION.labels(method, code).observe(time.perf_counter() - started)
-
-        return grpc.unary_unary_rpc_method_handler(
-            timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[method] = (handler, _timed(handler, method.lstrip("/")))
+        return known[1]
 
 
 class MetricsEndpoint:
