@@ -68,7 +68,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_workers(args.workers, lambda: asyncio.run(serve(args.listen, args.workers > 1)))
+    return run_workers(args.workers, lambda _index: asyncio.run(serve(args.listen, args.workers > 1)))
 
 
 if __name__ == "__main__":

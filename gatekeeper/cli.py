@@ -1,10 +1,9 @@
-"""The ``gatekeeper`` command: serve, check a claim file, look up a practitioner."""
+"""The ``gatekeeper`` command: serve, check a claim file, look up a practitioner, ask for health."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -12,10 +11,22 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatekeeper import __version__
+from gatekeeper.callers import CallersError, load_callers
+from gatekeeper.logs import LOG_FORMATS, setup_logging
 from gatekeeper.nearcache import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
-from gatekeeper.settings import DEFAULT_REDIS_TIMEOUT_SECONDS, DEFAULT_WORKERS, Settings, listen_from, redis_url_from
+from gatekeeper.policy import PolicyError, load_policy
+from gatekeeper.settings import (
+    DEFAULT_MAX_REGISTRY_AGE_SECONDS,
+    DEFAULT_REDIS_TIMEOUT_SECONDS,
+    DEFAULT_WORKERS,
+    Settings,
+    SettingsError,
+    listen_from,
+    redis_url_from,
+)
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from gatekeeper.validation import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
@@ -28,22 +39,58 @@ def _positive(text: str) -> int:
     return value
 
 
+def _path_from_env(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gatekeeper.server import serve
 
-    settings = Settings(
-        redis_url=args.redis_url,
-        listen=args.listen,
-        policy_path=args.policy,
-        workers=args.workers,
-        max_items=args.max_items,
-        max_request_bytes=args.max_request_bytes,
-        shutdown_grace_seconds=args.shutdown_grace,
-        near_cache_entries=args.near_cache_entries,
-        near_cache_max_age_seconds=args.near_cache_max_age,
-        redis_timeout_seconds=args.redis_timeout,
-    )
+    try:
+        settings = Settings(
+            redis_url=args.redis_url,
+            listen=args.listen,
+            policy_path=args.policy,
+            workers=args.workers,
+            max_items=args.max_items,
+            max_request_bytes=args.max_request_bytes,
+            shutdown_grace_seconds=args.shutdown_grace,
+            near_cache_entries=args.near_cache_entries,
+            near_cache_max_age_seconds=args.near_cache_max_age,
+            redis_timeout_seconds=args.redis_timeout,
+            max_registry_age_seconds=args.max_registry_age,
+            tls_cert_path=args.tls_cert,
+            tls_key_path=args.tls_key,
+            tls_client_ca_path=args.tls_client_ca,
+            callers_path=args.callers,
+            metrics_listen=args.metrics_listen,
+        )
+        # Read every file now, so that a mistake is one line here rather than a traceback per worker.
+        load_policy(settings.policy_path)
+        load_callers(settings.callers_path)
+        for path in (settings.tls_cert_path, settings.tls_key_path, settings.tls_client_ca_path):
+            if path is not None:
+                path.read_bytes()
+    except (SettingsError, PolicyError, CallersError, OSError) as error:
+        print(f"gatekeeper serve: {error}", file=sys.stderr)
+        return 2
     return serve(settings)
+
+
+def _read(path: Path | None) -> bytes | None:
+    return None if path is None else path.read_bytes()
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to ``--target``: plain text, or TLS when a CA or a client certificate is given."""
+    if args.tls_ca is None and args.tls_cert is None:
+        return grpc.insecure_channel(args.target)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(args.tls_ca), private_key=_read(args.tls_key), certificate_chain=_read(args.tls_cert)
+    )
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    return grpc.secure_channel(args.target, credentials, options)
 
 
 def _enum_name(enum_type: EnumTypeWrapper, value: int, prefix: str) -> str:
@@ -91,7 +138,7 @@ def _check(args: argparse.Namespace) -> int:
     except (OSError, ValueError, json_format.ParseError) as error:
         print(f"gatekeeper check: {args.claim_file}: {error}", file=sys.stderr)
         return 2
-    with grpc.insecure_channel(args.target) as channel:
+    with _channel(args) as channel:
         try:
             response = pb_grpc.GatekeeperStub(channel).CheckClaim(request, timeout=args.timeout)
         except grpc.RpcError as error:
@@ -108,7 +155,7 @@ def _practitioner(args: argparse.Namespace) -> int:
     request = pb.GetPractitionerRequest(
         prac_psn_code=args.code, at_time=args.at or "", fixmedins_code=args.institution or ""
     )
-    with grpc.insecure_channel(args.target) as channel:
+    with _channel(args) as channel:
         try:
             response = pb_grpc.GatekeeperStub(channel).GetPractitioner(request, timeout=args.timeout)
         except grpc.RpcError as error:
@@ -116,6 +163,31 @@ def _practitioner(args: argparse.Namespace) -> int:
             return 1
     print(json_format.MessageToJson(response, ensure_ascii=False, preserving_proto_field_name=True))
     return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    with _channel(args) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as error:
+            print(f"gatekeeper health: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _client_options() -> argparse.ArgumentParser:
+    """Options of the commands that call a running gatekeeper."""
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--target", default=listen_from(), help="gatekeeper HOST:PORT (env GATEKEEPER_LISTEN)")
+    client.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    client.add_argument("--tls-ca", type=Path, help="CA that signed the server's certificate: connect with TLS")
+    client.add_argument("--tls-cert", type=Path, help="client certificate, for a server that requires one")
+    client.add_argument("--tls-key", type=Path, help="the client certificate's private key")
+    client.add_argument("--tls-server-name", help="the name the server's certificate must carry, if not --target's")
+    return client
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,28 +219,66 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-items", type=_positive, default=DEFAULT_MAX_ITEMS, help="line items per claim")
     serve.add_argument("--max-request-bytes", type=_positive, default=DEFAULT_MAX_REQUEST_BYTES)
     serve.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    serve.add_argument(
+        "--max-registry-age",
+        type=float,
+        default=float(os.environ.get("GATEKEEPER_MAX_REGISTRY_AGE", DEFAULT_MAX_REGISTRY_AGE_SECONDS)),
+        help="seconds since the registry data was last updated before health turns NOT_SERVING; 0: no bound "
+        "(env GATEKEEPER_MAX_REGISTRY_AGE, default 2 days)",
+    )
+    tls = serve.add_argument_group("TLS (without --tls-cert: plain text, for local development only)")
+    tls.add_argument("--tls-cert", type=Path, default=_path_from_env("GATEKEEPER_TLS_CERT"), help="PEM certificate")
+    tls.add_argument("--tls-key", type=Path, default=_path_from_env("GATEKEEPER_TLS_KEY"), help="its private key")
+    tls.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=_path_from_env("GATEKEEPER_TLS_CLIENT_CA"),
+        help="mutual TLS: callers must present a certificate this CA signed",
+    )
+    tls.add_argument(
+        "--callers",
+        type=Path,
+        default=_path_from_env("GATEKEEPER_CALLERS"),
+        help="TOML binding caller identities to the institutions they may submit for (with --tls-client-ca)",
+    )
+    observe = serve.add_argument_group("observability")
+    observe.add_argument(
+        "--metrics-listen",
+        default=os.environ.get("GATEKEEPER_METRICS_LISTEN", ""),
+        help="HOST:PORT for Prometheus metrics, worker i on PORT + i (env GATEKEEPER_METRICS_LISTEN; default off)",
+    )
+    observe.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("GATEKEEPER_LOG_FORMAT", "json"),
+        help="json: one object per line (default; env GATEKEEPER_LOG_FORMAT); text: for people",
+    )
     serve.set_defaults(run=_serve)
 
-    target = {"default": listen_from(), "help": "gatekeeper HOST:PORT (env GATEKEEPER_LISTEN)"}
-    check = commands.add_parser("check", help="send a claim from a JSON file and print the decisions")
+    client = _client_options()
+    check = commands.add_parser("check", parents=[client], help="send a claim from a JSON file and print the decisions")
     check.add_argument("claim_file", help="JSON with the fields of CheckClaimRequest")
-    check.add_argument("--target", **target)  # type: ignore[arg-type]
     check.add_argument("--json", action="store_true", help="print the response as JSON")
-    check.add_argument("--timeout", type=float, default=5.0)
     check.set_defaults(run=_check)
 
-    practitioner = commands.add_parser("practitioner", help="a practitioner's status (GetPractitioner)")
+    practitioner = commands.add_parser(
+        "practitioner", parents=[client], help="a practitioner's status (GetPractitioner)"
+    )
     practitioner.add_argument("code")
     practitioner.add_argument("--at", help="yyyy-MM-dd HH:mm:ss CST; default now")
     practitioner.add_argument("--institution", help="fixmedins_code, for the region's policy")
-    practitioner.add_argument("--target", **target)  # type: ignore[arg-type]
-    practitioner.add_argument("--timeout", type=float, default=5.0)
     practitioner.set_defaults(run=_practitioner)
+
+    health = commands.add_parser(
+        "health", parents=[client], help="exit 0 when the gatekeeper reports SERVING (for container health checks)"
+    )
+    health.add_argument("--service", default="", help="service name; default: the whole server")
+    health.set_defaults(run=_health, timeout=3.0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``gatekeeper``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "log_format", "text"))
     sys.exit(args.run(args))

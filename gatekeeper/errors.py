@@ -45,6 +45,16 @@ class RegistryBehind(GatekeeperError):
         )
 
 
+class PermissionDenied(GatekeeperError):
+    """The caller's certificate does not bind it to the institution it submits for."""
+
+    status_code = grpc.StatusCode.PERMISSION_DENIED
+
+    def __init__(self, caller: str, institution: str, field: str = "fixmedins_code") -> None:
+        super().__init__(f"{field}: {caller} may not submit for institution {institution}")
+        self.institution = institution
+
+
 class CacheUnavailable(GatekeeperError):
     """The eligibility cache (Redis) could not be read."""
 

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import redis.asyncio as redis
 
-from gatekeeper import changelog, keys
+from gatekeeper import changelog, keys, metrics
 from gatekeeper.records import PractitionerRecord
 from gatekeeper.store import Lookup, RedisEligibilityStore
 
@@ -129,6 +129,7 @@ class CachingEligibilityStore:
         self._task: asyncio.Task[None] | None = None
         # Milliseconds from a change being logged (its stream id) to this worker dropping it.
         self.notification_lags_ms: deque[float] = deque(maxlen=100_000)
+        self._closing = False
         self.caught_up = asyncio.Event()
 
     @classmethod
@@ -173,7 +174,13 @@ class CachingEligibilityStore:
     async def registry_loaded(self) -> bool:
         return await self._backing.registry_loaded()
 
+    async def registry_updated_at(self) -> float | None:
+        return await self._backing.registry_updated_at()
+
     async def close(self) -> None:
+        # The flag as well as the cancel: the Redis client can swallow a cancellation that
+        # lands mid-command, and the follower would then read on forever.
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -236,7 +243,7 @@ class CachingEligibilityStore:
 
     async def _follow(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 if not self.trusted:
                     await self._catch_up()
@@ -258,6 +265,7 @@ class CachingEligibilityStore:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # a lost connection or anything else: trust nothing
+                metrics.REDIS_ERRORS.labels("changes").inc()
                 self._distrust(f"change notifications unavailable ({error})")
                 delay = RECONNECT_BACKOFF_SECONDS[min(failures, len(RECONNECT_BACKOFF_SECONDS) - 1)]
                 failures += 1

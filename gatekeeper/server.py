@@ -7,18 +7,23 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 from grpc_reflection.v1alpha import reflection
 
+from gatekeeper import metrics
+from gatekeeper.callers import load_callers
 from gatekeeper.nearcache import CachingEligibilityStore
 from gatekeeper.policy import Policy, load_policy
+from gatekeeper.readiness import readiness
 from gatekeeper.servicer import GatekeeperServicer
-from gatekeeper.settings import Settings
+from gatekeeper.settings import Settings, split_host_port
 from gatekeeper.store import EligibilityStore, RedisEligibilityStore
 from gatekeeper.v1 import gatekeeper_pb2, gatekeeper_pb2_grpc
 from gatekeeper.validation import Limits
@@ -40,12 +45,20 @@ class GatekeeperServer:
     health: health_aio.HealthServicer
     store: EligibilityStore
     settings: Settings
+    metrics_state: metrics.ServerState = field(default_factory=metrics.ServerState)
+    metrics_endpoint: metrics.MetricsEndpoint | None = field(default=None, repr=False)
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once a registry snapshot is present."""
         if isinstance(self.store, CachingEligibilityStore):
             self.store.start()
+            self.metrics_state.near_cache = self.store.stats
+        if self.settings.metrics_listen:
+            self.metrics_endpoint = metrics.MetricsEndpoint(*split_host_port(self.settings.metrics_listen))
+            log.info("metrics on port %d (GET /metrics)", self.metrics_endpoint.port)
+        metrics.SERVERS.attach(self.metrics_state)
         await self.server.start()
         self._health_task = asyncio.create_task(self._watch_registry(), name="registry-health")
 
@@ -53,29 +66,43 @@ class GatekeeperServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
+        self.metrics_state.serving = serving
 
     async def _watch_registry(self) -> None:
         serving: bool | None = None
-        while True:
+        while not self._stopping.is_set():
             try:
-                loaded = await self.store.registry_loaded()
+                updated_at = await self.store.registry_updated_at()
             except Exception:  # a Redis blip keeps the last status rather than flapping
-                log.warning("could not check whether a registry snapshot is loaded", exc_info=True)
+                metrics.REDIS_ERRORS.labels("health").inc()
+                log.warning("could not check the registry data's age", exc_info=True)
             else:
-                if loaded != serving:
-                    serving = loaded
+                self.metrics_state.registry_updated_at = updated_at
+                ready = readiness(updated_at, time.time(), self.settings.max_registry_age_seconds)
+                if ready.serving != serving:
+                    serving = ready.serving
                     await self._set_health(serving)
-                    log.info("health: %s", "SERVING" if serving else "NOT_SERVING (no registry snapshot)")
-            await asyncio.sleep(self.settings.health_poll_seconds)
+                    if serving:
+                        log.info("health: SERVING (%s)", ready.why)
+                    else:
+                        log.warning("health: NOT_SERVING (%s)", ready.why)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.health_poll_seconds)
 
     async def stop(self, grace: float | None = None) -> None:
         """Turn health NOT_SERVING, let RPCs in flight finish within ``grace``, close."""
+        # The flag as well as the cancel: the Redis client can swallow a cancellation that
+        # lands mid-command, and the loop would then poll on forever.
+        self._stopping.set()
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        metrics.SERVERS.detach(self.metrics_state)
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.close()
         await self.store.close()
 
 
@@ -91,6 +118,23 @@ def build_store(settings: Settings) -> EligibilityStore:
     return RedisEligibilityStore.from_url(settings.redis_url, settings.redis_timeout_seconds)
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' files (client certificates required with a client
+    CA); None for plain text, which is for local development only and says so loudly."""
+    if settings.tls_cert_path is None or settings.tls_key_path is None:
+        log.warning(
+            "PLAIN TEXT: no --tls-cert, so claims travel unencrypted and callers are not identified. "
+            "This mode is for local development only; never run it in production."
+        )
+        return None
+    key, cert = settings.tls_key_path.read_bytes(), settings.tls_cert_path.read_bytes()
+    if settings.tls_client_ca_path is None:
+        log.warning("TLS without --tls-client-ca: callers are not identified and may submit for any institution")
+        return grpc.ssl_server_credentials([(key, cert)])
+    client_ca = settings.tls_client_ca_path.read_bytes()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
+
+
 async def create_server(
     settings: Settings,
     store: EligibilityStore | None = None,
@@ -101,33 +145,47 @@ async def create_server(
         store = build_store(settings)
     if policy is None:
         policy = load_policy(settings.policy_path)
+    callers = load_callers(settings.callers_path)
+    credentials = server_credentials(settings)
     transport_limit = settings.max_request_bytes * TRANSPORT_SIZE_FACTOR
     server = aio.server(
+        interceptors=[metrics.MetricsInterceptor()],
         options=[
             ("grpc.max_receive_message_length", transport_limit),
             # Workers share one port; a single server must notice a port already in use.
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-        ]
+        ],
     )
     limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims)
-    gatekeeper_pb2_grpc.add_GatekeeperServicer_to_server(GatekeeperServicer(store, policy, limits), server)
+    gatekeeper_pb2_grpc.add_GatekeeperServicer_to_server(
+        GatekeeperServicer(store, policy, limits, callers=callers), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(settings.listen)
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
     gk = GatekeeperServer(server, port, health_servicer, store, settings)
     await gk._set_health(False)
     return gk
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 async def _serve_one(settings: Settings) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stopping.set)
+    # A worker is forked with these signals blocked: one sent while it was starting is
+    # delivered now, to the handler, instead of killing it half started.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     gk = await create_server(settings)
     await gk.start()
     log.info("gatekeeper pid %d listening on port %d (redis %s)", os.getpid(), gk.port, settings.redis_url)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     if isinstance(gk.store, CachingEligibilityStore):
         # SIGUSR1: log the near cache's counters since the last SIGUSR1, and restart them.
         loop.add_signal_handler(signal.SIGUSR1, _log_near_cache, gk.store)
@@ -160,25 +218,32 @@ def serve(settings: Settings) -> int:
     if settings.workers > 1 and settings.listen.endswith(":0"):
         log.error("--workers > 1 needs a fixed port: each worker binds the same one")
         return 2
-    return run_workers(settings.workers, lambda: asyncio.run(_serve_one(settings)))
+    if settings.workers > 1 and settings.metrics_listen.endswith(":0"):
+        log.error("--workers > 1 needs a fixed metrics port: worker i serves its metrics on that port + i")
+        return 2
+    return run_workers(settings.workers, lambda index: asyncio.run(_serve_one(settings.for_worker(index))))
 
 
-def run_workers(workers: int, worker: Callable[[], None]) -> int:
-    """Run ``worker`` in ``workers`` processes until SIGTERM or SIGINT; 0 when all ended well.
+def run_workers(workers: int, worker: Callable[[int], None]) -> int:
+    """Run ``worker(index)`` in ``workers`` processes until SIGTERM or SIGINT; 0 when all
+    ended well.
 
     Workers are forked before any gRPC object exists (gRPC does not survive a fork) and
-    share the port through SO_REUSEPORT, so the kernel spreads connections over them.
+    share the port through SO_REUSEPORT, so the kernel spreads connections over them. The
+    stop signals stay blocked from before the fork until each worker's handlers are in
+    place (see _serve_one), so a stop during start-up is a graceful stop.
     """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     if workers <= 1:
-        worker()
+        worker(0)
         return 0
     children: set[int] = set()
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             code = 1
             try:
-                worker()
+                worker(index)
                 code = 0
             finally:
                 os._exit(code)
@@ -189,9 +254,7 @@ def run_workers(workers: int, worker: Callable[[], None]) -> int:
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+        forward_quietly(signum, _frame)
 
     def forward_quietly(signum: int, _frame: object) -> None:
         for child in children:
@@ -201,6 +264,7 @@ def run_workers(workers: int, worker: Callable[[], None]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGUSR1, forward_quietly)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # now forwarded, not fatal
     status = 0
     while children:
         pid, wait_status = os.wait()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from grpc import aio
 
+from gatekeeper.callers import ANONYMOUS, ANYONE, Caller, Callers, caller_from_auth_context
 from gatekeeper.codes import division_of
 from gatekeeper.cst import format_cst
 from gatekeeper.errors import GatekeeperError, InvalidArgument, RegistryBehind, abort
@@ -140,18 +141,25 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         policy: Policy,
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
+        callers: Callers = ANYONE,
     ) -> None:
         self._store = store
         self._policy = policy
         self._limits = limits
         self._clock = clock
+        self._callers = callers
 
     def _region(self, fixmedins_code: str) -> RegionPolicy:
         return self._policy.for_division(division_of(fixmedins_code))
 
-    def _prepare(self, request: pb.CheckClaimRequest) -> tuple[Claim, RegionPolicy, set[str], int]:
-        """Validate a claim: the claim, its region's policy, the codes to look up, its min seq."""
+    def _caller(self, context: aio.ServicerContext) -> Caller:  # type: ignore[type-arg]
+        """Who is calling, from the client certificate; not looked at when callers are not checked."""
+        return caller_from_auth_context(context.auth_context()) if self._callers.identifies else ANONYMOUS
+
+    def _prepare(self, request: pb.CheckClaimRequest, caller: Caller) -> tuple[Claim, RegionPolicy, set[str], int]:
+        """Validate a claim and its caller: the claim, its region's policy, the codes to look up, its min seq."""
         claim = claim_from_request(request, self._limits)
+        self._callers.authorize(caller, claim.fixmedins_code)
         region = self._region(claim.fixmedins_code)
         codes = {c for item in claim.items for c in item.practitioners if region.is_practitioner_code(c)}
         return claim, region, codes, min_seq_of(request.min_registry_version)
@@ -163,7 +171,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
     ) -> pb.CheckClaimResponse:
         decision_id = new_decision_id()
         try:
-            claim, region, codes, min_seq = self._prepare(request)
+            claim, region, codes, min_seq = self._prepare(request, self._caller(context))
             lookup = await self._store.lookup(codes, min_seq)
             decision = decide_claim(claim, lookup.records, region)
         except GatekeeperError as error:
@@ -184,11 +192,12 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                 count, most = len(request.claims), self._limits.max_batch_claims
                 raise InvalidArgument("claims", f"has {count} claims, more than the maximum of {most}")
             batch_min_seq = min_seq_of(request.min_registry_version)
+            caller = self._caller(context)
             prepared: list[tuple[Claim, RegionPolicy, int] | GatekeeperError] = []
             codes: set[str] = set()
             for claim_request in request.claims:
                 try:
-                    claim, region, claim_codes, min_seq = self._prepare(claim_request)
+                    claim, region, claim_codes, min_seq = self._prepare(claim_request, caller)
                 except GatekeeperError as error:
                     prepared.append(error)
                     continue
@@ -231,7 +240,9 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
             moment = service_time(request.at_time, "at_time") if request.at_time else int(self._clock())
             region = self._policy.default
             if request.fixmedins_code:
-                region = self._region(institution_code(request.fixmedins_code))
+                institution = institution_code(request.fixmedins_code)
+                self._callers.authorize(self._caller(context), institution)
+                region = self._region(institution)
             min_seq = min_seq_of(request.min_registry_version)
             lookup = await self._store.lookup([code] if region.is_practitioner_code(code) else [], min_seq)
             record = lookup.records.get(code)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gatekeeper.nearcache import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
@@ -16,6 +16,13 @@ DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_HEALTH_POLL_SECONDS = 1.0
 DEFAULT_REDIS_TIMEOUT_SECONDS = 0.5  # a hung Redis must not hold a claim longer than this
 DEFAULT_WORKERS = os.cpu_count() or 1
+# Snapshots come daily: one missed load is an alert (gatekeeper_registry_age_seconds), two
+# take the service out of rotation rather than let it judge on data days old.
+DEFAULT_MAX_REGISTRY_AGE_SECONDS = 2 * 86_400.0
+
+
+class SettingsError(ValueError):
+    """Settings that do not fit together; the message says which."""
 
 
 def redis_url_from(environ: Mapping[str, str] = os.environ) -> str:
@@ -26,6 +33,14 @@ def redis_url_from(environ: Mapping[str, str] = os.environ) -> str:
 def listen_from(environ: Mapping[str, str] = os.environ) -> str:
     """GATEKEEPER_LISTEN, else loopback port 50051."""
     return environ.get("GATEKEEPER_LISTEN") or DEFAULT_LISTEN
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9464`` for IPv6) as host and port, or SettingsError."""
+    host, separator, port = listen.rpartition(":")
+    if not separator or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"{listen!r} is not HOST:PORT")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -44,3 +59,38 @@ class Settings:
     redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     health_poll_seconds: float = DEFAULT_HEALTH_POLL_SECONDS
+    # Health turns NOT_SERVING when the registry data was last updated longer ago (0: no bound).
+    max_registry_age_seconds: float = DEFAULT_MAX_REGISTRY_AGE_SECONDS
+    # TLS: without a certificate the service speaks plain text (local development only).
+    tls_cert_path: Path | None = None
+    tls_key_path: Path | None = None
+    tls_client_ca_path: Path | None = None  # mutual TLS: callers must present a certificate it signed
+    callers_path: Path | None = None  # which caller identity may submit for which institutions
+    metrics_listen: str = ""  # HOST:PORT of the Prometheus endpoint; "" turns it off
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            raise SettingsError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca_path is not None and self.tls_cert_path is None:
+            raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
+        if (self.callers_path is None) != (self.tls_client_ca_path is None):
+            # Callers are known only by their client certificates; a client CA without a
+            # callers file would let every certificate it signed submit for every institution.
+            raise SettingsError("--callers and --tls-client-ca go together")
+        if self.metrics_listen:
+            split_host_port(self.metrics_listen)
+
+    @property
+    def plain_text(self) -> bool:
+        """True without TLS: for local development only."""
+        return self.tls_cert_path is None
+
+    def for_worker(self, index: int) -> Settings:
+        """The settings of worker ``index`` (0-based): each serves its metrics on the next port."""
+        if not self.metrics_listen or index == 0:
+            return self
+        host, port = split_host_port(self.metrics_listen)
+        if port == 0:
+            return self
+        host = f"[{host}]" if ":" in host else host
+        return replace(self, metrics_listen=f"{host}:{port + index}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from gatekeeper import keys
+from gatekeeper import keys, metrics
 from gatekeeper.errors import CacheCorrupt, CacheUnavailable, RegistryBehind, RegistryNotLoaded
 from gatekeeper.records import PractitionerRecord, decode_record
 
@@ -65,6 +66,11 @@ class EligibilityStore(Protocol):
         """True once a registry snapshot is present."""
         ...
 
+    async def registry_updated_at(self) -> float | None:
+        """When the registry data was last updated, in epoch seconds: the snapshot switch or
+        the latest change applied since, whichever is later; None without a snapshot."""
+        ...
+
     async def close(self) -> None:
         """Release connections and background tasks."""
         ...
@@ -79,6 +85,7 @@ class MemoryEligibilityStore:
         self.records = dict(records)
         self.snapshot_id: str | None = snapshot_id
         self.applied_seq = applied_seq
+        self.updated_at = time.time()
 
     async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
         if self.snapshot_id is None:
@@ -90,6 +97,9 @@ class MemoryEligibilityStore:
 
     async def registry_loaded(self) -> bool:
         return self.snapshot_id is not None
+
+    async def registry_updated_at(self) -> float | None:
+        return self.updated_at if self.snapshot_id is not None else None
 
     async def close(self) -> None:
         pass
@@ -161,6 +171,7 @@ class RedisEligibilityStore:
                             records[code] = decode_record(value)
                 return Lookup(records, (meta[2] or b"").decode(), applied_seq, generation.number)
         except RedisError as error:
+            metrics.REDIS_ERRORS.labels("lookup").inc()
             raise CacheUnavailable(f"eligibility cache unavailable: {error}") from error
         except msgspec.DecodeError as error:
             raise CacheCorrupt(f"eligibility cache holds an undecodable record: {error}") from error
@@ -171,6 +182,20 @@ class RedisEligibilityStore:
             return await self._redis.hget(keys.META, keys.MetaField.GENERATION) is not None
         except RedisError as error:
             raise CacheUnavailable(str(error)) from error
+
+    async def registry_updated_at(self) -> float | None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hmget(keys.META, [keys.MetaField.GENERATION, keys.MetaField.SWITCHED_AT])
+        pipe.xrevrange(keys.CHANGES, count=1)
+        try:
+            (generation, switched_at), latest = await pipe.execute()
+        except RedisError as error:
+            raise CacheUnavailable(str(error)) from error
+        if generation is None:
+            return None
+        # A stream entry id starts with the Redis server's clock in milliseconds.
+        changed_at = int(latest[0][0].split(b"-")[0]) / 1000 if latest else 0.0
+        return max(float(switched_at or 0), changed_at)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -46,6 +46,7 @@ class ServerThread:
         self._server: GatekeeperServer | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.port = 0
+        self.metrics_port: int | None = None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -59,6 +60,8 @@ class ServerThread:
         except BaseException as error:
             self._ready.put(error)
             raise
+        endpoint = self._server.metrics_endpoint
+        self.metrics_port = endpoint.port if endpoint is not None else None
         self._ready.put(self._server.port)
         await self._stop.wait()
         await self._server.stop(grace=1)
@@ -82,6 +85,7 @@ class RunningGatekeeper:
     port: int
     channel: grpc.Channel
     stub: pb_grpc.GatekeeperStub
+    metrics_port: int | None = None  # with metrics_listen="127.0.0.1:0"
 
     @property
     def target(self) -> str:
@@ -105,7 +109,7 @@ def start_gatekeeper(redis_server: RedisServer) -> Iterator[StartGatekeeper]:
         port = thread.start()
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         started.append((thread, channel))
-        return RunningGatekeeper(port, channel, pb_grpc.GatekeeperStub(channel))
+        return RunningGatekeeper(port, channel, pb_grpc.GatekeeperStub(channel), thread.metrics_port)
 
     yield start
     for thread, channel in started:

@@ -30,11 +30,13 @@ def cli_env(redis_server: RedisServer) -> Iterator[dict[str, str]]:
     yield {**os.environ, "REDIS_URL": redis_server.url, "GATEKEEPER_LISTEN": listen}
 
 
-def start_serving(env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+def start_serving(env: dict[str, str], *extra: str, workers: int = 1) -> subprocess.Popen[str]:
     process = subprocess.Popen([str(BIN / "gatekeeper"), "serve", *extra], env=env, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
-    for line in process.stderr:  # the ready signal: health turns SERVING once data is there
-        if "health: SERVING" in line:
+    serving = 0
+    for line in process.stderr:  # the ready signal: each worker's health turns SERVING once data is there
+        serving += "health: SERVING" in line
+        if serving == workers:
             return process
     process.wait(timeout=10)
     raise AssertionError(f"gatekeeper serve exited with {process.returncode}")
@@ -77,7 +79,7 @@ def test_check_reports_errors_plainly(cli_env: dict[str, str], tmp_path: Path) -
 
 def test_two_workers_share_one_port(cli_env: dict[str, str]) -> None:
     assert run(str(BIN / "gatekeeper-loader"), "snapshot", str(DEMO_REGISTRY), env=cli_env).returncode == 0
-    server = start_serving(cli_env, "--workers", "2")
+    server = start_serving(cli_env, "--workers", "2", workers=2)
     try:
         with grpc.insecure_channel(cli_env["GATEKEEPER_LISTEN"]) as channel:
             health = health_pb2_grpc.HealthStub(channel)

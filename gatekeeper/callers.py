@@ -1,0 +1,165 @@
+"""Who may call: caller identities from client certificates, and the institutions each may submit for.
+
+A caller is identified by its client certificate (mutual TLS), under the names
+``CN=<subject common name>`` and ``DNS:<name>`` for each DNS name in its subjectAltName,
+the forms ``openssl x509 -noout -subject -ext subjectAltName`` shows. The callers file
+(TOML) binds identities to institution codes, exactly or by prefix::
+
+    [callers."CN=his.hospital-a.example"]
+    institutions = ["H41010200001", "H41010200002"]
+
+    [callers."DNS:settlement.zhengzhou.example"]   # a settlement platform for its region
+    institutions = ["H4101*", "P4101*"]
+
+A caller may submit for an institution when any of its identities is granted it.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gatekeeper.codes import is_institution_code
+from gatekeeper.errors import PermissionDenied
+
+COMMON_NAME = "CN="
+DNS_NAME = "DNS:"
+# "*" (every institution), "H*", "H4101*", "P330522*": a letter and up to 10 digits, then "*".
+_PREFIX_PATTERN = re.compile(r"(?:[HP][0-9]{0,10})?\*")
+
+
+class CallersError(ValueError):
+    """A callers file that cannot be used; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the identities its client certificate vouches for (none without one)."""
+
+    identities: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return self.identities[0] if self.identities else "a caller without a client certificate"
+
+
+ANONYMOUS = Caller(())
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The institutions one identity may submit for: exact codes and code prefixes."""
+
+    codes: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    def covers(self, institution: str) -> bool:
+        """True when ``institution`` is one of the codes or starts with one of the prefixes."""
+        return institution in self.codes or institution.startswith(self.prefixes)
+
+
+def _identity(text: str) -> str:
+    """An identity in its compared form: DNS names are case-insensitive, common names are not."""
+    if text.startswith(DNS_NAME):
+        return DNS_NAME + text[len(DNS_NAME) :].lower()
+    return text
+
+
+def caller_from_auth_context(auth_context: Mapping[str, Iterable[bytes]]) -> Caller:
+    """The caller of an RPC, from ``ServicerContext.auth_context()`` of a TLS connection.
+
+    gRPC puts the subject common name under ``x509_common_name`` and the subjectAltName
+    DNS names under ``peer_dns``; a plain-text connection has neither.
+    """
+    names = [COMMON_NAME + cn.decode("utf-8", "replace") for cn in auth_context.get("x509_common_name", ())]
+    names += [_identity(DNS_NAME + dns.decode("utf-8", "replace")) for dns in auth_context.get("peer_dns", ())]
+    return Caller(tuple(names))
+
+
+class Callers:
+    """The binding of caller identities to institutions; ``grants=None`` lets anyone submit for any."""
+
+    def __init__(self, grants: Mapping[str, Grant] | None) -> None:
+        self._grants = None if grants is None else {_identity(k): v for k, v in grants.items()}
+
+    @property
+    def identifies(self) -> bool:
+        """False when callers are not checked (no callers file)."""
+        return self._grants is not None
+
+    @property
+    def identities(self) -> frozenset[str]:
+        """The identities the file names."""
+        return frozenset(self._grants or ())
+
+    def may_submit(self, caller: Caller, institution: str) -> bool:
+        """True when ``caller`` may submit claims (or ask questions) for ``institution``."""
+        if self._grants is None:
+            return True
+        for identity in caller.identities:
+            grant = self._grants.get(identity)
+            if grant is not None and grant.covers(institution):
+                return True
+        return False
+
+    def authorize(self, caller: Caller, institution: str, field: str = "fixmedins_code") -> None:
+        """PermissionDenied naming the institution unless ``caller`` may submit for it."""
+        if not self.may_submit(caller, institution):
+            raise PermissionDenied(str(caller), institution, field)
+
+
+ANYONE = Callers(None)
+
+
+def _grant(identity: str, table: object) -> Grant:
+    where = f"callers.{identity!r}"
+    if not (identity.startswith(COMMON_NAME) or identity.startswith(DNS_NAME)) or identity in (COMMON_NAME, DNS_NAME):
+        raise CallersError(f"{where}: an identity is CN=<common name> or DNS:<subjectAltName DNS name>")
+    if not isinstance(table, dict):
+        raise CallersError(f"{where}: expected a table with 'institutions'")
+    unknown = set(table) - {"institutions"}
+    if unknown:
+        raise CallersError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    institutions = table.get("institutions")
+    if not isinstance(institutions, list) or not all(isinstance(i, str) for i in institutions):
+        raise CallersError(f"{where}.institutions: expected a list of institution codes")
+    codes: set[str] = set()
+    prefixes: list[str] = []
+    for entry in institutions:
+        if is_institution_code(entry):
+            codes.add(entry)
+        elif _PREFIX_PATTERN.fullmatch(entry):
+            prefixes.append(entry.removesuffix("*"))
+        else:
+            raise CallersError(
+                f"{where}.institutions: {entry!r} is neither an institution code (H or P + 11 digits) "
+                "nor a prefix ending in '*' (\"H4101*\")"
+            )
+    return Grant(frozenset(codes), tuple(prefixes))
+
+
+def parse_callers(document: Mapping[str, Any]) -> Callers:
+    """The callers of a parsed TOML document, or CallersError naming the bad entry."""
+    unknown = set(document) - {"callers"}
+    if unknown:
+        raise CallersError(f"unknown table(s) {', '.join(sorted(unknown))}")
+    table = document.get("callers", {})
+    if not isinstance(table, dict):
+        raise CallersError("callers: expected a table of caller identities")
+    grants = {identity: _grant(identity, entry) for identity, entry in table.items()}
+    if len({_identity(i) for i in grants}) != len(grants):
+        raise CallersError("callers: the same DNS name is listed twice (DNS names ignore case)")
+    return Callers(grants)
+
+
+def load_callers(path: Path | None) -> Callers:
+    """The callers file at ``path``; without one, anyone may submit for any institution."""
+    if path is None:
+        return ANYONE
+    try:
+        return parse_callers(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, CallersError) as error:
+        raise CallersError(f"{path}: {error}") from error

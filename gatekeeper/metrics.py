@@ -1,0 +1,209 @@
+"""Prometheus metrics: the named metric objects, the interceptor that times RPCs, the HTTP endpoint.
+
+Each process has its own metrics (prometheus_client's default registry): with
+``--workers N``, worker ``i`` serves them on the metrics port + ``i``. A new metric is one
+line here (e.g. ``AUDIT_SPOOL_DEPTH = Gauge("gatekeeper_audit_spool_records", "…")``) and
+one call where its value changes. Items decided ``REASON_UNVERIFIED`` are counted by
+``ITEM_DECISIONS`` like every other reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc import aio
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gatekeeper.v1 import gatekeeper_pb2 as pb
+
+if TYPE_CHECKING:
+    from gatekeeper.nearcache import NearCacheStats
+
+ITEM_DECISIONS = Counter(
+    "gatekeeper_item_decisions",
+    "Line items decided, by verdict and reason; enforced=false in monitor mode",
+    ["verdict", "reason", "enforced"],
+)
+CLAIM_DECISIONS = Counter("gatekeeper_claim_decisions", "Claims decided, by claim verdict", ["verdict"])
+RPC_DURATION = Histogram(
+    "gatekeeper_rpc_duration_seconds",
+    "Time from receiving a unary RPC to its answer, by method and gRPC status code",
+    ["method", "code"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
+REDIS_ERRORS = Counter(
+    "gatekeeper_redis_errors",
+    "Failed Redis operations: lookup (a claim), health (the registry check), changes (the near cache follower)",
+    ["operation"],
+)
+
+
+@dataclass
+class ServerState:
+    """What a running server reports at scrape time."""
+
+    near_cache: NearCacheStats | None = None
+    registry_updated_at: float | None = None  # epoch seconds; None: no snapshot loaded (or not yet known)
+    serving: bool = False
+
+
+class _ServerCollector(Collector):
+    """Reads the state of the servers running in this process (one, but for tests) at scrape time."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._servers: list[ServerState] = []
+
+    def attach(self, state: ServerState) -> None:
+        with self._lock:
+            self._servers.append(state)
+
+    def detach(self, state: ServerState) -> None:
+        with self._lock:
+            self._servers = [s for s in self._servers if s is not state]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            servers = list(self._servers)
+        lookups = CounterMetricFamily(
+            "gatekeeper_near_cache_lookups", "Practitioner codes looked up in the near cache", labels=["result"]
+        )
+        invalidations = CounterMetricFamily(
+            "gatekeeper_near_cache_invalidations", "Codes dropped from the near cache by change notifications"
+        )
+        caches = [s.near_cache for s in servers if s.near_cache is not None]
+        if caches:
+            lookups.add_metric(["hit"], sum(c.hits for c in caches))
+            lookups.add_metric(["miss"], sum(c.misses for c in caches))
+            invalidations.add_metric([], sum(c.invalidations for c in caches))
+        age = GaugeMetricFamily(
+            "gatekeeper_registry_age_seconds",
+            "Seconds since the registry data was last updated (snapshot switch or change applied)",
+        )
+        known = [s.registry_updated_at for s in servers if s.registry_updated_at is not None]
+        if known:
+            age.add_metric([], max(0.0, self._clock() - min(known)))
+        serving = GaugeMetricFamily("gatekeeper_serving", "1 while health reports SERVING")
+        if servers:
+            serving.add_metric([], float(all(s.serving for s in servers)))
+        yield from (lookups, invalidations, age, serving)
+
+
+SERVERS = _ServerCollector()
+REGISTRY.register(SERVERS)
+
+_VERDICT = {v: pb.Verdict.Name(v).removeprefix("VERDICT_") for v in pb.Verdict.values()}
+_REASON = {r: pb.Reason.Name(r).removeprefix("REASON_") for r in pb.Reason.values()}
+_CLAIM_VERDICT = {v: pb.ClaimVerdict.Name(v).removeprefix("CLAIM_VERDICT_") for v in pb.ClaimVerdict.values()}
+_item_counters: dict[tuple[int, int, bool], Any] = {}
+
+
+def count_decisions(response: pb.CheckClaimResponse) -> None:
+    """Count a claim's decision and each of its items."""
+    CLAIM_DECISIONS.labels(_CLAIM_VERDICT[response.verdict]).inc()
+    tally: dict[tuple[int, int, bool], int] = {}
+    for item in response.items:
+        key = (int(item.verdict), int(item.reason), item.enforced)
+        tally[key] = tally.get(key, 0) + 1
+    for key, count in tally.items():
+        counter = _item_counters.get(key)
+        if counter is None:
+            verdict, reason, enforced = key
+            counter = _item_counters[key] = ITEM_DECISIONS.labels(
+                _VERDICT.get(verdict, str(verdict)), _REASON.get(reason, str(reason)), str(enforced).lower()
+            )
+        counter.inc(count)
+
+
+def _count_response(response: object) -> None:
+    if isinstance(response, pb.CheckClaimResponse):
+        count_decisions(response)
+    elif isinstance(response, pb.CheckClaimsResponse):
+        for result in response.results:
+            if result.HasField("response"):
+                count_decisions(result.response)
+
+
+_duration_histograms: dict[tuple[str, str], Any] = {}
+
+
+def _observe_duration(method: str, code: str, seconds: float) -> None:
+    histogram = _duration_histograms.get((method, code))
+    if histogram is None:
+        histogram = _duration_histograms[method, code] = RPC_DURATION.labels(method, code)
+    histogram.observe(seconds)
+
+
+def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
+    """The handler with its unary behaviour timed and its decisions counted."""
+    behavior: Callable[[Any, Any], Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
+
+    async def timed(request: Any, context: aio.ServicerContext) -> Any:  # type: ignore[type-arg]
+        started = time.perf_counter()
+        code = "UNKNOWN"
+        try:
+            response = await behavior(request, context)
+            status = context.code()
+            code = "OK" if status is None else status.name
+            _count_response(response)
+            return response
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except BaseException:
+            status = context.code()  # set by context.abort before it raises
+            code = "UNKNOWN" if status is None else status.name
+            raise
+        finally:
+            _observe_duration(method, code, time.perf_counter() - started)
+
+    return grpc.unary_unary_rpc_method_handler(
+        timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+class MetricsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Times every unary RPC by method and status code, and counts the decisions it answered."""
+
+    def __init__(self) -> None:
+        # A method's handler is one object for the server's life: wrap it once, not per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}  # type: ignore[type-arg]
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],  # type: ignore[type-arg]
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:  # health Watch, reflection: streams, not timed
+            return handler
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[method] = (handler, _timed(handler, method.lstrip("/")))
+        return known[1]
+
+
+class MetricsEndpoint:
+    """The Prometheus text endpoint on its own HTTP thread."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._server: WSGIServer
+        self._server, self._thread = start_http_server(port, addr=host)
+        self.port: int = self._server.server_port
+
+    async def close(self) -> None:
+        """Stop serving and release the port."""
+        await asyncio.to_thread(self._server.shutdown)
+        self._server.server_close()
+        self._thread.join(timeout=5)

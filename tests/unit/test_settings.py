@@ -1,0 +1,54 @@
+"""Settings that do not fit together are refused; each worker gets its own metrics port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gatekeeper.settings import Settings, SettingsError, split_host_port
+
+CERT, KEY, CA, CALLERS = Path("server.crt"), Path("server.key"), Path("clients.crt"), Path("callers.toml")
+
+
+def test_plain_text_is_the_default_and_says_so() -> None:
+    assert Settings().plain_text
+    assert not Settings(tls_cert_path=CERT, tls_key_path=KEY).plain_text
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"tls_cert_path": CERT}, "--tls-cert and --tls-key go together"),
+        ({"tls_key_path": KEY}, "--tls-cert and --tls-key go together"),
+        ({"tls_client_ca_path": CA, "callers_path": CALLERS}, "mutual TLS is TLS first"),
+        ({"tls_cert_path": CERT, "tls_key_path": KEY, "tls_client_ca_path": CA}, "--callers and --tls-client-ca"),
+        ({"tls_cert_path": CERT, "tls_key_path": KEY, "callers_path": CALLERS}, "--callers and --tls-client-ca"),
+        ({"metrics_listen": "9464"}, "is not HOST:PORT"),
+        ({"metrics_listen": "127.0.0.1:http"}, "is not HOST:PORT"),
+    ],
+)
+def test_settings_that_do_not_fit_are_refused(options: dict[str, object], complaint: str) -> None:
+    with pytest.raises(SettingsError, match=complaint):
+        Settings(**options)  # type: ignore[arg-type]
+
+
+def test_mutual_tls_with_callers_fits() -> None:
+    settings = Settings(tls_cert_path=CERT, tls_key_path=KEY, tls_client_ca_path=CA, callers_path=CALLERS)
+    assert settings.callers_path == CALLERS
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [("127.0.0.1:9464", "127.0.0.1", 9464), ("0.0.0.0:0", "0.0.0.0", 0), ("[::1]:9464", "::1", 9464)],
+)
+def test_split_host_port(listen: str, host: str, port: int) -> None:
+    assert split_host_port(listen) == (host, port)
+
+
+def test_each_worker_serves_metrics_on_the_next_port() -> None:
+    settings = Settings(workers=3, metrics_listen="0.0.0.0:9464")
+    assert [settings.for_worker(i).metrics_listen for i in range(3)] == ["0.0.0.0:9464", "0.0.0.0:9465", "0.0.0.0:9466"]
+    assert Settings(metrics_listen="[::]:9464").for_worker(1).metrics_listen == "[::]:9465"
+    assert Settings().for_worker(2).metrics_listen == ""
+    assert settings.for_worker(1).listen == settings.listen
