@@ -12,6 +12,8 @@ Writes bench/results/check_claim.json and .md.
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import json
 import os
 import platform
@@ -28,15 +30,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.harness import free_port, process_tree_cpu_seconds, start_redis
-from gatekeeper import keys
 from gatekeeper.cst import format_cst, parse_cst
-from gatekeeper.records import PractitionerRecord, Status, StatusPeriod
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from loader.cache import GenerationWriter
+from loader.rows import FIELDS
+from loader.snapshot import load_snapshot, manifest_path
 
 RESULTS = Path(__file__).parent / "results"
-START = parse_cst("2020-01-01 00:00:00")
 SERVICE_DAY = parse_cst("2026-11-20 08:00:00")
 
 
@@ -44,32 +44,31 @@ def practitioner_code(n: int) -> str:
     return f"D110105{n:06d}"
 
 
-def synthetic_registry(people: int, rng: random.Random) -> list[tuple[str, PractitionerRecord]]:
-    """Mostly registered people; about 4% suspended and 1% terminated on the service day."""
-    records = []
+def write_registry(path: Path, people: int, rng: random.Random) -> None:
+    """A snapshot and manifest: everyone registered, ~4 % suspended and ~1 % terminated."""
+    rows = []
     for n in range(people):
-        periods = [StatusPeriod(Status.REGISTERED, START, n, n)]
+        code = practitioner_code(n)
+        rows.append([code, "1", f"r{n}", "1", "2020-01-01 00:00:00", "", "", "", "1", str(2 * n + 1)])
         draw = rng.random()
         if draw < 0.04:
-            periods.append(
-                StatusPeriod(
-                    Status.SUSPENDED,
-                    SERVICE_DAY - 86400 * 30,
-                    n + 1,
-                    n,
-                    SERVICE_DAY + 86400 * 60,
-                    0,
-                    "累计记分9分,暂停3个月",
-                )
-            )
+            window = [format_cst(SERVICE_DAY - 86400 * 30), format_cst(SERVICE_DAY + 86400 * 60), ""]
+            rows.append([code, "1", f"b{n}", "2", *window, "累计记分9分,暂停3个月", "1", str(2 * n + 2)])
         elif draw < 0.05:
-            periods.append(
-                StatusPeriod(
-                    Status.TERMINATED, SERVICE_DAY - 86400 * 90, n + 1, n, 0, SERVICE_DAY + 86400 * 365, "记满12分,终止"
-                )
-            )
-        records.append((practitioner_code(n), PractitionerRecord(1, tuple(periods))))
-    return records
+            window = [format_cst(SERVICE_DAY - 86400 * 90), "", format_cst(SERVICE_DAY + 86400 * 365)]
+            rows.append([code, "1", f"b{n}", "3", *window, "记满12分,终止", "1", str(2 * n + 2)])
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FIELDS)
+        writer.writerows(rows)
+    manifest = {
+        "snapshot_id": "bench",
+        "row_count": len(rows),
+        "watermark_seq": 2 * people,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "generated_at": format_cst(SERVICE_DAY),
+    }
+    manifest_path(path).write_text(json.dumps(manifest), encoding="utf-8")
 
 
 def claim(number: int, people: int, rng: random.Random, items: int = 10) -> pb.CheckClaimRequest:
@@ -132,10 +131,10 @@ def main() -> int:
         redis_server = start_redis(Path(directory))
         server = None
         try:
-            client = redis_server.client()
-            writer = GenerationWriter(client, keys.bucket_count_for(args.people))
-            count = writer.write(synthetic_registry(args.people, rng))
-            writer.switch("bench", 0, count)
+            # The loader's own path: a registry of D110105000000.. with ~5 % barred, loaded.
+            registry = Path(directory) / "registry.csv"
+            write_registry(registry, args.people, rng)
+            load_snapshot(redis_server.client(), registry)
             listen = f"127.0.0.1:{free_port()}"
             env = {**os.environ, "REDIS_URL": redis_server.url, "GATEKEEPER_LISTEN": listen}
             gatekeeper_bin = str(Path(sys.executable).parent / "gatekeeper")
