@@ -12,12 +12,11 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 
 from grpc import aio
 
-from gatekeeper.server import run_workers
+from gatekeeper.server import run_workers, stop_event
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 
@@ -50,14 +49,12 @@ class CeilingServicer(pb_grpc.GatekeeperServicer):
 
 
 async def serve(listen: str, reuse_port: bool) -> None:
+    stopping = stop_event()
     server = aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     pb_grpc.add_GatekeeperServicer_to_server(CeilingServicer(), server)
     port = server.add_insecure_port(listen)
     await server.start()
     log.info("ceiling pid %d listening on port %d", os.getpid(), port)
-    stopping = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
     await stopping.wait()
     await server.stop(1)
 

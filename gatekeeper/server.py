@@ -175,14 +175,23 @@ async def create_server(
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-async def _serve_one(settings: Settings) -> None:
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT; call it first thing in a worker (see run_workers).
+
+    A worker is forked with these signals blocked: one sent while it was starting is
+    delivered now, to the handler, instead of killing it half started.
+    """
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stopping.set)
-    # A worker is forked with these signals blocked: one sent while it was starting is
-    # delivered now, to the handler, instead of killing it half started.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    return stopping
+
+
+async def _serve_one(settings: Settings) -> None:
+    stopping = stop_event()
+    loop = asyncio.get_running_loop()
     gk = await create_server(settings)
     await gk.start()
     log.info("gatekeeper pid %d listening on port %d (redis %s)", os.getpid(), gk.port, settings.redis_url)
@@ -231,7 +240,7 @@ def run_workers(workers: int, worker: Callable[[int], None]) -> int:
     Workers are forked before any gRPC object exists (gRPC does not survive a fork) and
     share the port through SO_REUSEPORT, so the kernel spreads connections over them. The
     stop signals stay blocked from before the fork until each worker's handlers are in
-    place (see _serve_one), so a stop during start-up is a graceful stop.
+    place (``worker`` must call :func:`stop_event`), so a stop during start-up is graceful.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     if workers <= 1:
