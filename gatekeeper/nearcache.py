@@ -10,7 +10,6 @@ A steady-state check needs no Redis round trip. Coherence (docs/cache-layout.md)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -23,6 +22,7 @@ import redis.asyncio as redis
 from gatekeeper import changelog, keys
 from gatekeeper.records import PractitionerRecord
 from gatekeeper.store import Lookup, RedisEligibilityStore
+from gatekeeper.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +161,7 @@ class CachingEligibilityStore:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         await self._stream.aclose()
         await self._backing.close()
 

@@ -20,6 +20,7 @@ from gatekeeper.policy import Policy, load_policy
 from gatekeeper.servicer import GatekeeperServicer
 from gatekeeper.settings import Settings
 from gatekeeper.store import EligibilityStore, RedisEligibilityStore
+from gatekeeper.tasks import stop_task
 from gatekeeper.v1 import gatekeeper_pb2, gatekeeper_pb2_grpc
 from gatekeeper.validation import Limits
 
@@ -71,9 +72,7 @@ class GatekeeperServer:
     async def stop(self, grace: float | None = None) -> None:
         """Turn health NOT_SERVING, let RPCs in flight finish within ``grace``, close."""
         if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+            await stop_task(self._health_task)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         await self.store.close()
