@@ -14,7 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from gatekeeper import __version__
-from gatekeeper.nearcache import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
+from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
 from gatekeeper.settings import DEFAULT_REDIS_TIMEOUT_SECONDS, DEFAULT_WORKERS, Settings, listen_from, redis_url_from
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
@@ -42,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
         near_cache_entries=args.near_cache_entries,
         near_cache_max_age_seconds=args.near_cache_max_age,
         redis_timeout_seconds=args.redis_timeout,
+        degraded_max_age_seconds=args.degraded_max_age,
     )
     return serve(settings)
 
@@ -143,7 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--near-cache-max-age", type=float, default=DEFAULT_MAX_AGE_SECONDS, help="seconds a cached record is trusted"
     )
-    serve.add_argument("--redis-timeout", type=float, default=DEFAULT_REDIS_TIMEOUT_SECONDS, help="seconds")
+    serve.add_argument(
+        "--redis-timeout",
+        type=float,
+        default=DEFAULT_REDIS_TIMEOUT_SECONDS,
+        help="seconds a claim may wait for Redis (connecting included) before degraded mode answers",
+    )
+    serve.add_argument(
+        "--degraded-max-age",
+        type=float,
+        default=DEFAULT_DEGRADED_MAX_AGE_SECONDS,
+        help="seconds a held record is used while Redis is unreadable (0: no degraded mode, UNAVAILABLE)",
+    )
     serve.add_argument("--max-items", type=_positive, default=DEFAULT_MAX_ITEMS, help="line items per claim")
     serve.add_argument("--max-request-bytes", type=_positive, default=DEFAULT_MAX_REQUEST_BYTES)
     serve.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")

@@ -86,8 +86,10 @@ def build_store(settings: Settings) -> EligibilityStore:
             settings.near_cache_entries,
             settings.near_cache_max_age_seconds,
             settings.redis_timeout_seconds,
+            settings.degraded_max_age_seconds,
         )
-    return RedisEligibilityStore.from_url(settings.redis_url, settings.redis_timeout_seconds)
+    degraded = settings.degraded_max_age_seconds > 0
+    return RedisEligibilityStore.from_url(settings.redis_url, settings.redis_timeout_seconds, degraded)
 
 
 async def create_server(

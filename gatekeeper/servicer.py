@@ -11,7 +11,7 @@ from grpc import aio
 
 from gatekeeper.codes import division_of
 from gatekeeper.cst import format_cst
-from gatekeeper.errors import GatekeeperError, InvalidArgument, RegistryBehind, abort
+from gatekeeper.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind, abort
 from gatekeeper.policy import Policy, RegionPolicy
 from gatekeeper.records import OPEN_ENDED, StatusPeriod
 from gatekeeper.rules import (
@@ -23,7 +23,8 @@ from gatekeeper.rules import (
     decide_claim,
     describe_practitioner,
 )
-from gatekeeper.store import EligibilityStore, version_seq
+from gatekeeper.standin import StandInLimiter
+from gatekeeper.store import EligibilityStore, Lookup, version_seq
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from gatekeeper.validation import Limits, claim_from_request, institution_code, service_time
@@ -129,11 +130,13 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         policy: Policy,
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
+        stand_in: StandInLimiter | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
         self._limits = limits
         self._clock = clock
+        self._stand_in = stand_in or StandInLimiter()
 
     def _region(self, fixmedins_code: str) -> RegionPolicy:
         return self._policy.for_division(division_of(fixmedins_code))
@@ -145,6 +148,16 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         codes = {c for item in claim.items for c in item.practitioners if region.is_practitioner_code(c)}
         return claim, region, codes, min_seq_of(request.min_registry_version)
 
+    def _decide(self, claim: Claim, region: RegionPolicy, lookup: Lookup) -> ClaimDecision:
+        """Decide a claim; in degraded mode within the institution's stand-in limit."""
+        if not lookup.unverified:
+            return decide_claim(claim, lookup.records, region)
+        institution, limit = claim.fixmedins_code, region.stand_in_per_minute
+        allowance = self._stand_in.available(institution, limit)
+        decision = decide_claim(claim, lookup.records, region, lookup.unverified, allowance)
+        self._stand_in.take(institution, limit, decision.stood_in)
+        return decision
+
     async def CheckClaim(  # noqa: N802 - the gRPC method name
         self,
         request: pb.CheckClaimRequest,
@@ -154,7 +167,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         try:
             claim, region, codes, min_seq = self._prepare(request)
             lookup = await self._store.lookup(codes, min_seq)
-            decision = decide_claim(claim, lookup.records, region)
+            decision = self._decide(claim, region, lookup)
         except GatekeeperError as error:
             await abort(context, error)
         except Exception:
@@ -198,7 +211,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                     result.error.CopyFrom(claim_error(RegistryBehind(item[2], lookup.applied_seq)))
                 else:
                     claim, region, _ = item
-                    decision = decide_claim(claim, lookup.records, region)
+                    decision = self._decide(claim, region, lookup)
                     result.response.CopyFrom(claim_response(decision, uuid.uuid4().hex, lookup.registry_version))
                 results.append(result)
         except GatekeeperError as error:
@@ -223,6 +236,8 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                 region = self._region(institution_code(request.fixmedins_code))
             min_seq = min_seq_of(request.min_registry_version)
             lookup = await self._store.lookup([code] if region.is_practitioner_code(code) else [], min_seq)
+            if code in lookup.unverified:  # degraded mode, and no recent record of this code held
+                raise CacheUnavailable("eligibility cache unavailable: the practitioner's status cannot be checked")
             record = lookup.records.get(code)
             view = describe_practitioner(code, record, moment, region)
         except GatekeeperError as error:
