@@ -1,4 +1,4 @@
-"""The ``gatekeeper`` command: serve, check a claim file, look up a practitioner."""
+"""The ``gatekeeper`` command: serve, check a claim file, look up a practitioner, read the audit."""
 
 from __future__ import annotations
 
@@ -10,12 +10,30 @@ import sys
 from pathlib import Path
 
 import grpc
+import redis
 from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from gatekeeper import __version__
+from gatekeeper.audit_export import (
+    DEFAULT_LATE_SECONDS,
+    WRITERS,
+    Period,
+    count_by_institution_and_reason,
+    format_counts,
+    records_in,
+    records_of_claim,
+)
+from gatekeeper.cst import TIME_FORMAT, parse_cst
 from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
-from gatekeeper.settings import DEFAULT_REDIS_TIMEOUT_SECONDS, DEFAULT_WORKERS, Settings, listen_from, redis_url_from
+from gatekeeper.settings import (
+    DEFAULT_REDIS_TIMEOUT_SECONDS,
+    DEFAULT_WORKERS,
+    Settings,
+    audit_spool_dir_from,
+    listen_from,
+    redis_url_from,
+)
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from gatekeeper.validation import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
@@ -43,8 +61,52 @@ def _serve(args: argparse.Namespace) -> int:
         near_cache_max_age_seconds=args.near_cache_max_age,
         redis_timeout_seconds=args.redis_timeout,
         degraded_max_age_seconds=args.degraded_max_age,
+        audit_spool_dir=args.audit_spool_dir,
     )
     return serve(settings)
+
+
+def _cst_milliseconds(text: str) -> int:
+    try:
+        return parse_cst(text) * 1000
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {TIME_FORMAT} (China Standard Time), got {text!r}") from None
+
+
+def _audit_period(args: argparse.Namespace) -> Period:
+    if args.until <= args.since:
+        raise SystemExit("gatekeeper audit: --until must be after --since")
+    return Period(args.since, args.until, int(args.late * 1000))
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    with redis.Redis.from_url(args.redis_url) as client:
+        records = records_in(client, _audit_period(args), args.institution or ())
+        count = WRITERS[args.format](records, sys.stdout)
+    print(f"gatekeeper audit export: {count} decision(s)", file=sys.stderr)
+    return 0
+
+
+def _audit_claim(args: argparse.Namespace) -> int:
+    if (args.since is None) != (args.until is None):
+        raise SystemExit("gatekeeper audit claim: give both --since and --until, or neither")
+    period = None if args.since is None else _audit_period(args)
+    with redis.Redis.from_url(args.redis_url) as client:
+        count = WRITERS[args.format](records_of_claim(client, args.claim_id, period), sys.stdout)
+    if count == 0:
+        print(f"gatekeeper audit claim: no decision on claim {args.claim_id!r} in the audit", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _audit_counts(args: argparse.Namespace) -> int:
+    with redis.Redis.from_url(args.redis_url) as client:
+        counts = count_by_institution_and_reason(records_in(client, _audit_period(args), args.institution or ()))
+    if args.json:
+        print(json.dumps([c.as_row() for c in counts], ensure_ascii=False, indent=2))
+    else:
+        print(format_counts(counts))
+    return 0
 
 
 def _enum_name(enum_type: EnumTypeWrapper, value: int, prefix: str) -> str:
@@ -156,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DEGRADED_MAX_AGE_SECONDS,
         help="seconds a held record is used while Redis is unreadable (0: no degraded mode, UNAVAILABLE)",
     )
+    serve.add_argument(
+        "--audit-spool-dir",
+        type=Path,
+        default=audit_spool_dir_from(),
+        help="where decisions wait on disk while Redis is away (env GATEKEEPER_AUDIT_SPOOL_DIR, default ./audit-spool)",
+    )
     serve.add_argument("--max-items", type=_positive, default=DEFAULT_MAX_ITEMS, help="line items per claim")
     serve.add_argument("--max-request-bytes", type=_positive, default=DEFAULT_MAX_REQUEST_BYTES)
     serve.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
@@ -176,6 +244,46 @@ def build_parser() -> argparse.ArgumentParser:
     practitioner.add_argument("--target", **target)  # type: ignore[arg-type]
     practitioner.add_argument("--timeout", type=float, default=5.0)
     practitioner.set_defaults(run=_practitioner)
+
+    audit = commands.add_parser("audit", help="read the decision audit (Redis stream gk:{audit})")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    when = {"type": _cst_milliseconds, "metavar": '"yyyy-MM-dd HH:mm:ss"'}
+    late = {
+        "type": float,
+        "default": DEFAULT_LATE_SECONDS,
+        "help": "also read records stored up to this many seconds after --until "
+        "(decisions replayed from a spool after an outage); default a week",
+    }
+
+    def add_common(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--redis-url", default=redis_url_from(), help="(env REDIS_URL)")
+        command.add_argument("--late", **late)  # type: ignore[arg-type]
+
+    export = audit_commands.add_parser("export", help="decisions made in a period, for reviewers")
+    export.add_argument("--since", required=True, help="decided at or after (CST)", **when)  # type: ignore[arg-type]
+    export.add_argument("--until", required=True, help="decided before (CST)", **when)  # type: ignore[arg-type]
+    export.add_argument("--institution", action="append", help="fixmedins_code; repeat for several")
+    export.add_argument(
+        "--format", choices=sorted(WRITERS), default="jsonl", help="jsonl: one decision a line; csv: one item a row"
+    )
+    add_common(export)
+    export.set_defaults(run=_audit_export)
+
+    claim = audit_commands.add_parser("claim", help="every decision on one claim")
+    claim.add_argument("claim_id")
+    claim.add_argument("--since", help="only decisions at or after (CST); default: the whole audit", **when)  # type: ignore[arg-type]
+    claim.add_argument("--until", help="only decisions before (CST)", **when)  # type: ignore[arg-type]
+    claim.add_argument("--format", choices=sorted(WRITERS), default="jsonl")
+    add_common(claim)
+    claim.set_defaults(run=_audit_claim)
+
+    counts = audit_commands.add_parser("counts", help="line items per institution and reason over a period")
+    counts.add_argument("--since", required=True, help="decided at or after (CST)", **when)  # type: ignore[arg-type]
+    counts.add_argument("--until", required=True, help="decided before (CST)", **when)  # type: ignore[arg-type]
+    counts.add_argument("--institution", action="append", help="fixmedins_code; repeat for several")
+    counts.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    add_common(counts)
+    counts.set_defaults(run=_audit_counts)
     return parser
 
 

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 from grpc_reflection.v1alpha import reflection
 
+from gatekeeper.audit import AuditLog
 from gatekeeper.nearcache import CachingEligibilityStore
 from gatekeeper.policy import Policy, load_policy
 from gatekeeper.servicer import GatekeeperServicer
@@ -41,12 +42,15 @@ class GatekeeperServer:
     health: health_aio.HealthServicer
     store: EligibilityStore
     settings: Settings
+    audit: AuditLog | None = None
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once a registry snapshot is present."""
         if isinstance(self.store, CachingEligibilityStore):
             self.store.start()
+        if self.audit is not None:
+            self.audit.start()
         await self.server.start()
         self._health_task = asyncio.create_task(self._watch_registry(), name="registry-health")
 
@@ -75,6 +79,8 @@ class GatekeeperServer:
             await stop_task(self._health_task)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self.audit is not None:  # after the last RPC: every decision is written or spooled
+            await self.audit.close()
         await self.store.close()
 
 
@@ -111,12 +117,14 @@ async def create_server(
         ]
     )
     limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims)
-    gatekeeper_pb2_grpc.add_GatekeeperServicer_to_server(GatekeeperServicer(store, policy, limits), server)
+    audit = AuditLog.from_url(settings.redis_url, settings.audit_spool_dir, settings.redis_timeout_seconds)
+    servicer = GatekeeperServicer(store, policy, limits, audit=audit)
+    gatekeeper_pb2_grpc.add_GatekeeperServicer_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(settings.listen)
-    gk = GatekeeperServer(server, port, health_servicer, store, settings)
+    gk = GatekeeperServer(server, port, health_servicer, store, settings, audit)
     await gk._set_health(False)
     return gk
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from grpc import aio
 
+from gatekeeper.audit import DecisionLog, NoDecisionLog
 from gatekeeper.codes import division_of
 from gatekeeper.cst import format_cst
 from gatekeeper.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind, abort
@@ -131,12 +132,14 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
         stand_in: StandInLimiter | None = None,
+        audit: DecisionLog | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
         self._limits = limits
         self._clock = clock
         self._stand_in = stand_in or StandInLimiter()
+        self._audit = audit or NoDecisionLog()
 
     def _region(self, fixmedins_code: str) -> RegionPolicy:
         return self._policy.for_division(division_of(fixmedins_code))
@@ -168,6 +171,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
             claim, region, codes, min_seq = self._prepare(request)
             lookup = await self._store.lookup(codes, min_seq)
             decision = self._decide(claim, region, lookup)
+            self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock())
         except GatekeeperError as error:
             await abort(context, error)
         except Exception:
@@ -212,7 +216,9 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                 else:
                     claim, region, _ = item
                     decision = self._decide(claim, region, lookup)
-                    result.response.CopyFrom(claim_response(decision, uuid.uuid4().hex, lookup.registry_version))
+                    decision_id = uuid.uuid4().hex
+                    self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock())
+                    result.response.CopyFrom(claim_response(decision, decision_id, lookup.registry_version))
                 results.append(result)
         except GatekeeperError as error:
             await abort(context, error)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gatekeeper.audit import DEFAULT_SPOOL_DIR
 from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
 from gatekeeper.validation import DEFAULT_MAX_BATCH_CLAIMS, DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
 
@@ -21,6 +22,11 @@ DEFAULT_WORKERS = os.cpu_count() or 1
 def redis_url_from(environ: Mapping[str, str] = os.environ) -> str:
     """REDIS_URL, else a Redis on this machine: every command takes --redis-url this way."""
     return environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def audit_spool_dir_from(environ: Mapping[str, str] = os.environ) -> Path:
+    """GATEKEEPER_AUDIT_SPOOL_DIR, else ./audit-spool."""
+    return Path(environ.get("GATEKEEPER_AUDIT_SPOOL_DIR") or DEFAULT_SPOOL_DIR)
 
 
 def listen_from(environ: Mapping[str, str] = os.environ) -> str:
@@ -45,5 +51,7 @@ class Settings:
     # Degraded mode (Redis unreadable): records held up to this age are used, other codes
     # are unverified and the region policy decides. 0: no degraded mode, UNAVAILABLE.
     degraded_max_age_seconds: float = DEFAULT_DEGRADED_MAX_AGE_SECONDS
+    # The decision audit's spool: where decisions wait, on disk, while Redis is away.
+    audit_spool_dir: Path = DEFAULT_SPOOL_DIR
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     health_poll_seconds: float = DEFAULT_HEALTH_POLL_SECONDS
