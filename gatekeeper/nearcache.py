@@ -102,10 +102,11 @@ class NearCache:
                 del entries[code]
 
     def invalidate(self, codes: Collection[str]) -> None:
-        """Forget these codes."""
+        """Forget these codes, held entries too: a record known to be stale never answers."""
         self.epoch += 1
         for code in codes:
             self._entries.pop(code, None)
+            self._held.pop(code, None)
 
     def clear(self) -> None:
         """Forget everything, held entries too."""
@@ -114,13 +115,34 @@ class NearCache:
         self._held = {}
 
     def retire(self) -> None:
-        """Stop answering ordinary lookups from the entries, but hold them for degraded mode."""
+        """Stop answering ordinary lookups from the entries (their notifications may have
+        been missed), but hold them for degraded mode, where their age bounds their use."""
         self.epoch += 1
         if not self._held:
             self._held = self._entries
         else:
-            self._held.update(self._entries)  # the newer entries win
+            for code, entry in self._entries.items():  # the newer entries win
+                self._held.pop(code, None)
+                self._held[code] = entry
+            self._trim_held()
         self._entries = {}
+
+    def hold_many(self, codes: Collection[str], records: dict[str, PractitionerRecord]) -> None:
+        """Hold records read while the cache is not trusted (and that the other codes are
+        unknown): for degraded mode only."""
+        now = self._clock()
+        held = self._held
+        for code in codes:
+            held.pop(code, None)
+            held[code] = (records.get(code), now)
+        self._trim_held()
+
+    def _trim_held(self) -> None:
+        """Hold no more than ``max_entries``, the oldest dropped first."""
+        overflow = len(self._held) - self.max_entries
+        if overflow > 0:
+            for code in list(itertools.islice(self._held, overflow)):
+                del self._held[code]
 
     def held_many(self, codes: Collection[str], found: dict[str, PractitionerRecord], max_age: float) -> list[str]:
         """Degraded mode: put records of ``codes`` fetched within ``max_age`` into ``found``,
@@ -220,7 +242,11 @@ class CachingEligibilityStore:
     async def _lookup(self, codes: Collection[str], min_seq: int) -> Lookup:
         if not self.trusted or self.seen_seq < min_seq:
             self.stats.misses += len(codes)
-            return await self._backing.lookup(codes, min_seq)
+            trusted = self.trusted  # as when the read began: catching up may finish meanwhile
+            lookup = await self._backing.lookup(codes, min_seq)
+            if not trusted and self.degraded_max_age_seconds > 0:
+                self.cache.hold_many(codes, lookup.records)  # what it read, should Redis go away
+            return lookup
         found: dict[str, PractitionerRecord] = {}
         missing = self.cache.get_many(codes, found)
         self.stats.hits += len(codes) - len(missing)
@@ -268,7 +294,7 @@ class CachingEligibilityStore:
         self.generation = int(meta[0] or 0)
         self.snapshot_id = (meta[1] or b"").decode()
         self.seen_seq = int(meta[2] or 0)
-        self.cache.clear()
+        self.cache.retire()  # not trusted until re-read; still held, should Redis go away again
         self.trusted = self.generation > 0
         if self.trusted:
             self.caught_up.set()
@@ -313,6 +339,7 @@ class CachingEligibilityStore:
                             switched = True
                 if switched:
                     self._distrust("the registry snapshot switched")
+                    self.cache.clear()  # a new snapshot: nothing held from the old one is kept
                 elif reply and await self._missed_entries():
                     self._distrust("change notifications were trimmed before they were read")
             except asyncio.CancelledError:

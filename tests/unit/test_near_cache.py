@@ -94,12 +94,27 @@ def test_a_second_retirement_keeps_what_the_first_held() -> None:
     assert found == {"D110105000001": REGISTERED}
 
 
-def test_catching_up_again_drops_what_was_held() -> None:
+def test_a_snapshot_switch_drops_what_was_held() -> None:
     cache = NearCache(max_entries=10, max_age_seconds=30, clock=Clock())
     cache.put_many(["D110105000001"], {"D110105000001": REGISTERED}, cache.epoch)
     cache.retire()
     cache.clear()
     assert cache.held_many(["D110105000001"], {}, max_age=600) == ["D110105000001"]
+
+
+def test_a_change_notification_drops_the_held_record_too() -> None:
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=Clock())
+    cache.hold_many(["D110105000001"], {"D110105000001": REGISTERED})
+    cache.invalidate(["D110105000001"])  # known to be stale: never an answer, even degraded
+    assert cache.held_many(["D110105000001"], {}, max_age=600) == ["D110105000001"]
+
+
+def test_held_entries_stay_within_the_maximum() -> None:
+    cache = NearCache(max_entries=2, max_age_seconds=30, clock=Clock())
+    cache.hold_many(["D110105000001", "D110105000002"], {})
+    cache.put_many(["D110105000003"], {}, cache.epoch)
+    cache.retire()
+    assert cache.held_many(["D110105000001", "D110105000002", "D110105000003"], {}, max_age=600) == ["D110105000001"]
 
 
 def test_live_entries_older_than_the_ordinary_bound_still_serve_degraded_lookups() -> None:
@@ -111,3 +126,14 @@ def test_live_entries_older_than_the_ordinary_bound_still_serve_degraded_lookups
     found: dict[str, PractitionerRecord] = {}
     assert cache.held_many(["D110105000001"], found, max_age=600) == []
     assert found == {"D110105000001": REGISTERED}
+
+
+def test_records_read_while_not_trusted_are_held_for_degraded_mode_only() -> None:
+    cache = NearCache(max_entries=2, max_age_seconds=30, clock=Clock())
+    cache.hold_many(["D110105000001", "D110105999999"], {"D110105000001": REGISTERED})
+    assert cache.get_many(["D110105000001"], {}) == ["D110105000001"]  # never for ordinary lookups
+    found: dict[str, PractitionerRecord] = {}
+    assert cache.held_many(["D110105000001", "D110105999999"], found, max_age=600) == []
+    assert found == {"D110105000001": REGISTERED}
+    cache.hold_many(["D110105000002"], {})
+    assert len(cache.held_many(["D110105000001", "D110105999999", "D110105000002"], {}, max_age=600)) == 1
