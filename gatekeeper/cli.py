@@ -27,6 +27,7 @@ from gatekeeper.audit_export import (
 from gatekeeper.cst import TIME_FORMAT, parse_cst
 from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
 from gatekeeper.settings import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
     DEFAULT_REDIS_TIMEOUT_SECONDS,
     DEFAULT_WORKERS,
     Settings,
@@ -56,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_items=args.max_items,
         max_request_bytes=args.max_request_bytes,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
         shutdown_grace_seconds=args.shutdown_grace,
         near_cache_entries=args.near_cache_entries,
         near_cache_max_age_seconds=args.near_cache_max_age,
@@ -226,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-items", type=_positive, default=DEFAULT_MAX_ITEMS, help="line items per claim")
     serve.add_argument("--max-request-bytes", type=_positive, default=DEFAULT_MAX_REQUEST_BYTES)
+    serve.add_argument(
+        "--max-concurrent-rpcs",
+        type=_positive,
+        default=DEFAULT_MAX_CONCURRENT_RPCS,
+        help="RPCs each worker works on at once; more are refused with RESOURCE_EXHAUSTED",
+    )
     serve.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
     serve.set_defaults(run=_serve)
 

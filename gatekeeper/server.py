@@ -16,13 +16,14 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from gatekeeper.audit import AuditLog
+from gatekeeper.handlers import add_gatekeeper_servicer
 from gatekeeper.nearcache import CachingEligibilityStore
 from gatekeeper.policy import Policy, load_policy
 from gatekeeper.servicer import GatekeeperServicer
 from gatekeeper.settings import Settings
 from gatekeeper.store import EligibilityStore, RedisEligibilityStore
 from gatekeeper.tasks import stop_task
-from gatekeeper.v1 import gatekeeper_pb2, gatekeeper_pb2_grpc
+from gatekeeper.v1 import gatekeeper_pb2
 from gatekeeper.validation import Limits
 
 log = logging.getLogger(__name__)
@@ -110,16 +111,18 @@ async def create_server(
         policy = load_policy(settings.policy_path)
     transport_limit = settings.max_request_bytes * TRANSPORT_SIZE_FACTOR
     server = aio.server(
+        # Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", transport_limit),
             # Workers share one port; a single server must notice a port already in use.
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-        ]
+        ],
     )
     limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims)
     audit = AuditLog.from_url(settings.redis_url, settings.audit_spool_dir, settings.redis_timeout_seconds)
     servicer = GatekeeperServicer(store, policy, limits, audit=audit)
-    gatekeeper_pb2_grpc.add_GatekeeperServicer_to_server(servicer, server)
+    add_gatekeeper_servicer(servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -28,7 +28,7 @@ from gatekeeper.standin import StandInLimiter
 from gatekeeper.store import EligibilityStore, Lookup, version_seq
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from gatekeeper.validation import Limits, claim_from_request, institution_code, service_time
+from gatekeeper.validation import Limits, claim_from_request, institution_code, practitioner_code, service_time
 
 log = logging.getLogger(__name__)
 DEFAULT_LIMITS = Limits()
@@ -233,9 +233,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         context: aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.GetPractitionerResponse:
         try:
-            code = request.prac_psn_code.strip()
-            if not code:
-                raise InvalidArgument("prac_psn_code", "is required")
+            code = practitioner_code(request.prac_psn_code)
             moment = service_time(request.at_time, "at_time") if request.at_time else int(self._clock())
             region = self._policy.default
             if request.fixmedins_code:

@@ -17,6 +17,9 @@ DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_HEALTH_POLL_SECONDS = 1.0
 DEFAULT_REDIS_TIMEOUT_SECONDS = 0.5  # a hung Redis must not hold a claim longer than this
 DEFAULT_WORKERS = os.cpu_count() or 1
+# RPCs one worker works on at once; more are refused with RESOURCE_EXHAUSTED. A claim takes
+# about a millisecond of CPU, so this many is a few hundred milliseconds of work queued.
+DEFAULT_MAX_CONCURRENT_RPCS = 256
 
 
 def redis_url_from(environ: Mapping[str, str] = os.environ) -> str:
@@ -45,6 +48,7 @@ class Settings:
     max_items: int = DEFAULT_MAX_ITEMS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_batch_claims: int = DEFAULT_MAX_BATCH_CLAIMS
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     near_cache_entries: int = DEFAULT_MAX_ENTRIES  # 0: no near cache, every claim reads Redis
     near_cache_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
     redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS

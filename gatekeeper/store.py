@@ -20,6 +20,7 @@ from gatekeeper.records import PractitionerRecord, decode_record
 # A snapshot switch between reading gk:meta and reading the buckets makes a reader read
 # again; more than this many switches in a row means something is wrong.
 MAX_READ_ATTEMPTS = 3
+MAX_VERSION_LENGTH = 128
 
 
 def redis_client(
@@ -52,7 +53,7 @@ def version_seq(version: str) -> int:
     when its seq is higher. ValueError for text that is not a version.
     """
     _, separator, seq = version.rpartition("@")
-    if not separator or not seq.isascii() or not seq.isdigit():
+    if len(version) > MAX_VERSION_LENGTH or not separator or not seq.isascii() or not seq.isdigit():
         raise ValueError(f"{version[:60]!r} is not a registry version (<snapshot_id>@<seq>)")
     return int(seq)
 
