@@ -43,11 +43,14 @@ from gatekeeper.store import redis_client
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 500
-DEFAULT_LINGER_SECONDS = 0.05  # how long a batch waits for more decisions: fewer, fuller batches
+# How long a batch waits for more decisions: fewer, fuller batches, so at most 10 a second
+# per worker, each costing its id in the dedup set for the window below.
+DEFAULT_LINGER_SECONDS = 0.1
 DEFAULT_RETRY_SECONDS = 1.0  # how often a spool is offered to Redis again
-# How long a batch id is remembered: a spooled batch replayed later than this after Redis
-# took it (its write timed out, yet it had arrived) would be appended a second time.
-DEFAULT_DEDUP_SECONDS = 7 * 24 * 3600.0
+# How long a batch id is remembered (about 100 bytes each in Redis): a spooled batch
+# replayed later than this after Redis took it (its write timed out, yet it had arrived)
+# would be appended a second time.
+DEFAULT_DEDUP_SECONDS = 24 * 3600.0
 DEFAULT_SPOOL_DIR = Path("audit-spool")
 SPOOL_PATTERN = "audit-*.spool"
 
