@@ -342,7 +342,8 @@ class AuditLog:
         self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._orphans_pending = True  # spools of processes gone: looked for at start
-        self._last_replay = -float("inf")
+        self._last_attempt = -float("inf")  # of a replay, or of a spool write that failed
+        self._closing = False
         self._redis_failing = False
         self._unsaved: list[Batch] = []  # formed, neither appended nor spooled yet
         self.stats = AuditStats()
@@ -372,6 +373,7 @@ class AuditLog:
     async def close(self) -> None:
         """Write or spool every decision taken so far, then stop. Call once no more come."""
         if self._task is not None:
+            self._closing = True  # a replay in progress stops at its next batch; the next start resumes it
             self._queue.put_nowait(_STOP)
             await self._task
             self._task = None
@@ -411,6 +413,7 @@ class AuditLog:
                     log.exception(
                         "audit: cannot write the spool %s; holding %d batch(es)", self.spool.path, len(self._unsaved)
                     )
+                    self._last_attempt = self._clock()  # try again after the retry interval, not at once
                     return
                 self.stats.spooled += 1
             self._unsaved.pop(0)
@@ -420,14 +423,14 @@ class AuditLog:
         return self._orphans_pending or self.spool.depth > 0 or bool(self._unsaved)
 
     def _replay_due(self) -> bool:
-        return (self._orphans_pending or self.spool.depth > 0) and self._clock() - self._last_replay >= self._retry
+        return (self._orphans_pending or self.spool.depth > 0) and self._clock() - self._last_attempt >= self._retry
 
     async def _collect(self) -> tuple[list[_Pending], bool]:
         """Up to a batch of decisions: wait for the first (only so long when a replay is
         due), then linger a little for more. True when the stop marker was reached."""
         waiting = None
         if self._waiting():  # until the next replay is due (at once, the first time)
-            waiting = max(0.0, self._retry - (self._clock() - self._last_replay))
+            waiting = max(0.0, self._retry - (self._clock() - self._last_attempt))
         try:
             first = await asyncio.wait_for(self._queue.get(), waiting)
         except TimeoutError:
@@ -482,7 +485,7 @@ class AuditLog:
 
     async def _replay(self) -> None:
         """Offer spooled batches to Redis: orphans' first, then this process's own."""
-        self._last_replay = self._clock()
+        self._last_attempt = self._clock()
         orphans = await asyncio.to_thread(lambda: list(self.spool.orphans()))
         complete = True
         for orphan in orphans:
@@ -503,7 +506,7 @@ class AuditLog:
 
     async def _append_all(self, batches: list[Batch]) -> bool:
         for batch in batches:
-            if not await self._append(batch):
+            if self._closing or not await self._append(batch):
                 return False
             self.stats.replayed += 1
         return True
