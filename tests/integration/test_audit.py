@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import DEMO_REGISTRY, load
 from tests.integration.test_check_claim import demo_claim
 
-BIN = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[2] / ".venv")) / "bin"
+BIN = Path(sys.executable).parent
 WAIT_SECONDS = 10.0
 
 
