@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +48,15 @@ class RedisServer:
             self.process.wait(timeout=10)
 
 
-def start_redis(directory: Path, port: int | None = None) -> RedisServer:
-    """Start redis-server (no persistence, listpack limits raised) and wait until it is ready."""
+def start_redis(directory: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> RedisServer:
+    """Start redis-server (no persistence unless ``extra_args`` turn it on, listpack limits
+    raised) and wait until it is ready."""
     port = port or free_port()
     args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     args += ["--dir", str(directory), "--loglevel", "notice"]
     for name, value in LISTPACK_SETTINGS.items():
         args += [f"--{name}", value]
+    args += extra_args  # later options win
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     seen = []

@@ -1,4 +1,4 @@
-"""The ``gatekeeper`` command: serve, check a claim file, look up a practitioner, ask for health."""
+"""The ``gatekeeper`` command: serve, check claims, look up practitioners, ask for health, read the audit."""
 
 from __future__ import annotations
 
@@ -9,21 +9,34 @@ import sys
 from pathlib import Path
 
 import grpc
+import redis
 from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatekeeper import __version__
+from gatekeeper.audit_export import (
+    DEFAULT_LATE_SECONDS,
+    WRITERS,
+    Period,
+    count_by_institution_and_reason,
+    format_counts,
+    records_in,
+    records_of_claim,
+)
 from gatekeeper.callers import CallersError, load_callers
+from gatekeeper.cst import TIME_FORMAT, parse_cst
 from gatekeeper.logs import LOG_FORMATS, setup_logging
-from gatekeeper.nearcache import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
+from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
 from gatekeeper.policy import PolicyError, load_policy
 from gatekeeper.settings import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
     DEFAULT_MAX_REGISTRY_AGE_SECONDS,
     DEFAULT_REDIS_TIMEOUT_SECONDS,
     DEFAULT_WORKERS,
     Settings,
     SettingsError,
+    audit_spool_dir_from,
     listen_from,
     redis_url_from,
 )
@@ -65,6 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
             tls_client_ca_path=args.tls_client_ca,
             callers_path=args.callers,
             metrics_listen=args.metrics_listen,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            degraded_max_age_seconds=args.degraded_max_age,
+            audit_spool_dir=args.audit_spool_dir,
         )
         # Read every file now, so that a mistake is one line here rather than a traceback per worker.
         load_policy(settings.policy_path)
@@ -91,6 +107,49 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     )
     options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
     return grpc.secure_channel(args.target, credentials, options)
+
+
+def _cst_milliseconds(text: str) -> int:
+    try:
+        return parse_cst(text) * 1000
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {TIME_FORMAT} (China Standard Time), got {text!r}") from None
+
+
+def _audit_period(args: argparse.Namespace) -> Period:
+    if args.until <= args.since:
+        raise SystemExit("gatekeeper audit: --until must be after --since")
+    return Period(args.since, args.until, int(args.late * 1000))
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    with redis.Redis.from_url(args.redis_url) as client:
+        records = records_in(client, _audit_period(args), args.institution or ())
+        count = WRITERS[args.format](records, sys.stdout)
+    print(f"gatekeeper audit export: {count} decision(s)", file=sys.stderr)
+    return 0
+
+
+def _audit_claim(args: argparse.Namespace) -> int:
+    if (args.since is None) != (args.until is None):
+        raise SystemExit("gatekeeper audit claim: give both --since and --until, or neither")
+    period = None if args.since is None else _audit_period(args)
+    with redis.Redis.from_url(args.redis_url) as client:
+        count = WRITERS[args.format](records_of_claim(client, args.claim_id, period), sys.stdout)
+    if count == 0:
+        print(f"gatekeeper audit claim: no decision on claim {args.claim_id!r} in the audit", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _audit_counts(args: argparse.Namespace) -> int:
+    with redis.Redis.from_url(args.redis_url) as client:
+        counts = count_by_institution_and_reason(records_in(client, _audit_period(args), args.institution or ()))
+    if args.json:
+        print(json.dumps([c.as_row() for c in counts], ensure_ascii=False, indent=2))
+    else:
+        print(format_counts(counts))
+    return 0
 
 
 def _enum_name(enum_type: EnumTypeWrapper, value: int, prefix: str) -> str:
@@ -215,9 +274,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--near-cache-max-age", type=float, default=DEFAULT_MAX_AGE_SECONDS, help="seconds a cached record is trusted"
     )
-    serve.add_argument("--redis-timeout", type=float, default=DEFAULT_REDIS_TIMEOUT_SECONDS, help="seconds")
+    serve.add_argument(
+        "--redis-timeout",
+        type=float,
+        default=DEFAULT_REDIS_TIMEOUT_SECONDS,
+        help="seconds a claim may wait for Redis (connecting included) before degraded mode answers",
+    )
+    serve.add_argument(
+        "--degraded-max-age",
+        type=float,
+        default=DEFAULT_DEGRADED_MAX_AGE_SECONDS,
+        help="seconds a held record is used while Redis is unreadable (0: no degraded mode, UNAVAILABLE)",
+    )
+    serve.add_argument(
+        "--audit-spool-dir",
+        type=Path,
+        default=audit_spool_dir_from(),
+        help="where decisions wait on disk while Redis is away (env GATEKEEPER_AUDIT_SPOOL_DIR, default ./audit-spool)",
+    )
     serve.add_argument("--max-items", type=_positive, default=DEFAULT_MAX_ITEMS, help="line items per claim")
     serve.add_argument("--max-request-bytes", type=_positive, default=DEFAULT_MAX_REQUEST_BYTES)
+    serve.add_argument(
+        "--max-concurrent-rpcs",
+        type=_positive,
+        default=DEFAULT_MAX_CONCURRENT_RPCS,
+        help="RPCs each worker works on at once; more are refused with RESOURCE_EXHAUSTED",
+    )
     serve.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
     serve.add_argument(
         "--max-registry-age",
@@ -274,6 +356,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--service", default="", help="service name; default: the whole server")
     health.set_defaults(run=_health, timeout=3.0)
+    audit = commands.add_parser("audit", help="read the decision audit (Redis stream gk:{audit})")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    when = {"type": _cst_milliseconds, "metavar": '"yyyy-MM-dd HH:mm:ss"'}
+    late = {
+        "type": float,
+        "default": DEFAULT_LATE_SECONDS,
+        "help": "also read records stored up to this many seconds after --until "
+        "(decisions replayed from a spool after an outage); default a week",
+    }
+
+    def add_common(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--redis-url", default=redis_url_from(), help="(env REDIS_URL)")
+        command.add_argument("--late", **late)  # type: ignore[arg-type]
+
+    export = audit_commands.add_parser("export", help="decisions made in a period, for reviewers")
+    export.add_argument("--since", required=True, help="decided at or after (CST)", **when)  # type: ignore[arg-type]
+    export.add_argument("--until", required=True, help="decided before (CST)", **when)  # type: ignore[arg-type]
+    export.add_argument("--institution", action="append", help="fixmedins_code; repeat for several")
+    export.add_argument(
+        "--format", choices=sorted(WRITERS), default="jsonl", help="jsonl: one decision a line; csv: one item a row"
+    )
+    add_common(export)
+    export.set_defaults(run=_audit_export)
+
+    claim = audit_commands.add_parser("claim", help="every decision on one claim")
+    claim.add_argument("claim_id")
+    claim.add_argument("--since", help="only decisions at or after (CST); default: the whole audit", **when)  # type: ignore[arg-type]
+    claim.add_argument("--until", help="only decisions before (CST)", **when)  # type: ignore[arg-type]
+    claim.add_argument("--format", choices=sorted(WRITERS), default="jsonl")
+    add_common(claim)
+    claim.set_defaults(run=_audit_claim)
+
+    counts = audit_commands.add_parser("counts", help="line items per institution and reason over a period")
+    counts.add_argument("--since", required=True, help="decided at or after (CST)", **when)  # type: ignore[arg-type]
+    counts.add_argument("--until", required=True, help="decided before (CST)", **when)  # type: ignore[arg-type]
+    counts.add_argument("--institution", action="append", help="fixmedins_code; repeat for several")
+    counts.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    add_common(counts)
+    counts.set_defaults(run=_audit_counts)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Region policy: enforce or monitor, the emergency exemption's reach, accepted code prefixes."""
+"""Region policy: enforce or monitor, the emergency exemption's reach, accepted code prefixes, degraded mode."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ class Mode(enum.Enum):
     MONITOR = "monitor"
 
 
+class Unverified(enum.Enum):
+    """What degraded mode does with an item whose practitioner's record could not be read."""
+
+    ALLOW = "allow"  # settle it, marked REASON_UNVERIFIED with enforced = false, audited for review
+    BLOCK = "block"  # block it with REASON_UNVERIFIED
+
+
 @dataclass(frozen=True)
 class RegionPolicy:
     """The settings that decide claims for institutions of one region."""
@@ -31,6 +38,15 @@ class RegionPolicy:
     # to terminations too.
     emergency_exempts_termination: bool = False
     practitioner_prefixes: tuple[str, ...] = DEFAULT_PRACTITIONER_PREFIXES
+    # Degraded mode (the eligibility cache unreachable): settle unverified items by default.
+    # A gatekeeper that blocks on its own outage stops every patient's settlement, while
+    # barred practitioners are a few percent of the registry; each unverified item is
+    # marked and audited, so a payment made in error can be recovered afterwards.
+    unverified: Unverified = Unverified.ALLOW
+    # Stand-in limit (like card networks' stand-in processing): at most this many
+    # unverified items per institution per minute are settled, the rest are blocked.
+    # 0: no limit. Counted per worker process.
+    stand_in_per_minute: int = 0
     code_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
     # Codes already checked: the same practitioners bill all day.
     _checked: dict[str, bool] = field(init=False, repr=False, compare=False, default_factory=dict)
@@ -102,6 +118,16 @@ def _region_from_table(base: RegionPolicy, table: object, where: str) -> RegionP
         ):
             raise PolicyError(f"{where}.practitioner_prefixes: expected a list of one or two capital letters")
         changes["practitioner_prefixes"] = tuple(prefixes)
+    if "unverified" in table:
+        try:
+            changes["unverified"] = Unverified(table["unverified"])
+        except ValueError:
+            raise PolicyError(f"{where}.unverified: expected 'allow' or 'block', got {table['unverified']!r}") from None
+    if "stand_in_per_minute" in table:
+        limit = table["stand_in_per_minute"]
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise PolicyError(f"{where}.stand_in_per_minute: expected a whole number, 0 for no limit")
+        changes["stand_in_per_minute"] = limit
     return replace(base, **changes)
 
 

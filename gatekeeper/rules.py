@@ -7,10 +7,10 @@ Pure functions of (claim, records, policy): no I/O, no clock. The rules are thos
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from gatekeeper.policy import RegionPolicy
+from gatekeeper.policy import RegionPolicy, Unverified
 from gatekeeper.records import PractitionerRecord, Status, StatusPeriod
 
 
@@ -40,16 +40,21 @@ class Reason(enum.IntEnum):
     UNREGISTERED = 5
     MALFORMED_CODE = 6
     MISSING_PRACTITIONER = 7
+    UNVERIFIED = 8  # degraded mode: the practitioner's record could not be read
 
 
-# Rule 9: when several practitioners on an item are barred, the most severe wins.
+# Rule 9: when several practitioners on an item are barred, the most severe wins. A
+# status that could not be checked ranks below every known block: a practitioner known
+# to be barred decides the item whatever the others' unknown status.
 SEVERITY = {
     Reason.TERMINATED: 5,
     Reason.SUSPENDED: 4,
     Reason.UNREGISTERED: 3,
     Reason.MALFORMED_CODE: 2,
     Reason.MISSING_PRACTITIONER: 1,
+    Reason.UNVERIFIED: 0,
 }
+NOTHING_UNVERIFIED: frozenset[str] = frozenset()
 
 
 # Item and ItemDecision are built for every line item on the hot path: plain slotted
@@ -106,12 +111,14 @@ class ClaimDecision:
     allowed_amount_fen: int
     blocked_amount_fen: int
     enforced: bool
+    stood_in: int = 0  # unverified items settled in degraded mode (the stand-in count)
 
 
 REGISTERED = Standing(Reason.OK)
 UNREGISTERED = Standing(Reason.UNREGISTERED)
 MALFORMED = Standing(Reason.MALFORMED_CODE)
 MISSING = Standing(Reason.MISSING_PRACTITIONER)
+UNVERIFIED = Standing(Reason.UNVERIFIED)
 
 
 def standing_at(record: PractitionerRecord | None, moment: int) -> Standing:
@@ -145,13 +152,18 @@ def assess(
     moment: int,
     records: Mapping[str, PractitionerRecord],
     policy: RegionPolicy,
+    unverified: Collection[str] = NOTHING_UNVERIFIED,
 ) -> Standing:
-    """The standing of a code as sent on an item: missing, malformed, or per the registry."""
+    """The standing of a code as sent on an item: missing, malformed, unverified (its
+    record could not be read), or per the registry."""
     if not code:
         return MISSING
     if not policy.is_practitioner_code(code):
         return MALFORMED
-    return standing_at(records.get(code), moment)
+    record = records.get(code)
+    if record is None and code in unverified:
+        return UNVERIFIED
+    return standing_at(record, moment)
 
 
 def _exempt(standing: Standing, policy: RegionPolicy) -> bool:
@@ -162,17 +174,25 @@ def _exempt(standing: Standing, policy: RegionPolicy) -> bool:
     return standing.reason is Reason.TERMINATED and policy.emergency_exempts_termination
 
 
-def decide_item(item: Item, records: Mapping[str, PractitionerRecord], policy: RegionPolicy) -> ItemDecision:
-    """Decide one line item (rules 3, 4, 8, 9, 11).
+def decide_item(
+    item: Item,
+    records: Mapping[str, PractitionerRecord],
+    policy: RegionPolicy,
+    unverified: Collection[str] = NOTHING_UNVERIFIED,
+    may_stand_in: bool = True,
+) -> ItemDecision:
+    """Decide one line item (rules 3, 4, 8, 9, 11, and degraded mode).
 
     Every practitioner on the item counts. An emergency item is exempt only when every
     practitioner who would block it is exempt; otherwise the most severe remaining
-    block decides.
+    block decides. ``unverified`` holds codes whose records could not be read: when no
+    known block decides the item, the region policy does (settle it unverified, unless
+    it blocks unverified items or ``may_stand_in`` is False: the stand-in limit is used up).
     """
     block: tuple[Standing, str] | None = None
     exemption: tuple[Standing, str] | None = None
     for code in item.practitioners:
-        standing = assess(code, item.service_time, records, policy)
+        standing = assess(code, item.service_time, records, policy, unverified)
         if standing.reason is Reason.OK:
             continue
         if item.emergency and _exempt(standing, policy):
@@ -184,6 +204,9 @@ def decide_item(item: Item, records: Mapping[str, PractitionerRecord], policy: R
     enforced = policy.enforced
     if block is not None:
         standing, code = block
+        if standing.reason is Reason.UNVERIFIED and policy.unverified is Unverified.ALLOW and may_stand_in:
+            # Settled without a check: not enforced, and recorded for review.
+            return ItemDecision(item.feedetl_sn, Verdict.ALLOW, Reason.UNVERIFIED, code, None, False, item.amount_fen)
         # Rule 11: in monitor mode the block is computed and recorded, not applied.
         verdict = Verdict.BLOCK if enforced else Verdict.ALLOW
         return ItemDecision(item.feedetl_sn, verdict, standing.reason, code, standing.window, enforced, item.amount_fen)
@@ -201,16 +224,29 @@ def decide_item(item: Item, records: Mapping[str, PractitionerRecord], policy: R
     return ItemDecision(item.feedetl_sn, Verdict.ALLOW, Reason.OK, "", None, enforced, item.amount_fen)
 
 
-def decide_claim(claim: Claim, records: Mapping[str, PractitionerRecord], policy: RegionPolicy) -> ClaimDecision:
+def decide_claim(
+    claim: Claim,
+    records: Mapping[str, PractitionerRecord],
+    policy: RegionPolicy,
+    unverified: Collection[str] = NOTHING_UNVERIFIED,
+    stand_in: int | None = None,
+) -> ClaimDecision:
     """Decide every item of a claim against the registry records of its practitioners.
 
     ``records`` maps well-formed codes to their records; a code absent from it is unknown
-    to the registry.
+    to the registry, unless it is in ``unverified``: its record could not be read
+    (degraded mode). ``stand_in`` is how many unverified items may still be settled for
+    the institution (None: no limit); later ones are blocked.
     """
-    items = tuple(decide_item(item, records, policy) for item in claim.items)
+    if unverified:
+        items = _decide_standing_in(claim, records, policy, unverified, stand_in)
+    else:
+        items = tuple([decide_item(item, records, policy) for item in claim.items])
     allowed = blocked = 0
-    passed = 0
+    passed = stood_in = 0
     for decision in items:
+        if decision.reason is Reason.UNVERIFIED and decision.verdict is not Verdict.BLOCK:
+            stood_in += 1
         if decision.verdict is Verdict.BLOCK:
             blocked += decision.amount_fen
         else:
@@ -222,7 +258,25 @@ def decide_claim(claim: Claim, records: Mapping[str, PractitionerRecord], policy
         verdict = ClaimVerdict.BLOCK
     else:
         verdict = ClaimVerdict.PARTIAL
-    return ClaimDecision(verdict, items, allowed, blocked, policy.enforced)
+    return ClaimDecision(verdict, items, allowed, blocked, policy.enforced, stood_in)
+
+
+def _decide_standing_in(
+    claim: Claim,
+    records: Mapping[str, PractitionerRecord],
+    policy: RegionPolicy,
+    unverified: Collection[str],
+    stand_in: int | None,
+) -> tuple[ItemDecision, ...]:
+    """Decide items in order, settling unverified ones while the stand-in allowance lasts."""
+    left = stand_in
+    decisions = []
+    for item in claim.items:
+        decision = decide_item(item, records, policy, unverified, left is None or left > 0)
+        if left is not None and decision.reason is Reason.UNVERIFIED and decision.verdict is not Verdict.BLOCK:
+            left -= 1
+        decisions.append(decision)
+    return tuple(decisions)
 
 
 @dataclass(frozen=True, slots=True)

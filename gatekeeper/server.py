@@ -18,14 +18,17 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from gatekeeper import metrics
+from gatekeeper.audit import AuditLog
 from gatekeeper.callers import load_callers
+from gatekeeper.handlers import add_gatekeeper_servicer
 from gatekeeper.nearcache import CachingEligibilityStore
 from gatekeeper.policy import Policy, load_policy
 from gatekeeper.readiness import readiness
 from gatekeeper.servicer import GatekeeperServicer
 from gatekeeper.settings import Settings, split_host_port
 from gatekeeper.store import EligibilityStore, RedisEligibilityStore
-from gatekeeper.v1 import gatekeeper_pb2, gatekeeper_pb2_grpc
+from gatekeeper.tasks import stop_task
+from gatekeeper.v1 import gatekeeper_pb2
 from gatekeeper.validation import Limits
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class GatekeeperServer:
     settings: Settings
     metrics_state: metrics.ServerState = field(default_factory=metrics.ServerState)
     metrics_endpoint: metrics.MetricsEndpoint | None = field(default=None, repr=False)
+    audit: AuditLog | None = None
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -59,6 +63,8 @@ class GatekeeperServer:
             self.metrics_endpoint = metrics.MetricsEndpoint(*split_host_port(self.settings.metrics_listen))
             log.info("metrics on port %d (GET /metrics)", self.metrics_endpoint.port)
         metrics.SERVERS.attach(self.metrics_state)
+        if self.audit is not None:
+            self.audit.start()
         await self.server.start()
         self._health_task = asyncio.create_task(self._watch_registry(), name="registry-health")
 
@@ -95,14 +101,14 @@ class GatekeeperServer:
         # lands mid-command, and the loop would then poll on forever.
         self._stopping.set()
         if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+            await stop_task(self._health_task)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         metrics.SERVERS.detach(self.metrics_state)
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.close()
+        if self.audit is not None:  # after the last RPC: every decision is written or spooled
+            await self.audit.close()
         await self.store.close()
 
 
@@ -114,8 +120,10 @@ def build_store(settings: Settings) -> EligibilityStore:
             settings.near_cache_entries,
             settings.near_cache_max_age_seconds,
             settings.redis_timeout_seconds,
+            settings.degraded_max_age_seconds,
         )
-    return RedisEligibilityStore.from_url(settings.redis_url, settings.redis_timeout_seconds)
+    degraded = settings.degraded_max_age_seconds > 0
+    return RedisEligibilityStore.from_url(settings.redis_url, settings.redis_timeout_seconds, degraded)
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -150,6 +158,8 @@ async def create_server(
     transport_limit = settings.max_request_bytes * TRANSPORT_SIZE_FACTOR
     server = aio.server(
         interceptors=[metrics.MetricsInterceptor()],
+        # Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", transport_limit),
             # Workers share one port; a single server must notice a port already in use.
@@ -157,9 +167,8 @@ async def create_server(
         ],
     )
     limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims)
-    gatekeeper_pb2_grpc.add_GatekeeperServicer_to_server(
-        GatekeeperServicer(store, policy, limits, callers=callers), server
-    )
+    audit = AuditLog.from_url(settings.redis_url, settings.audit_spool_dir, settings.redis_timeout_seconds)
+    add_gatekeeper_servicer(GatekeeperServicer(store, policy, limits, callers=callers, audit=audit), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -167,7 +176,7 @@ async def create_server(
         port = server.add_insecure_port(settings.listen)
     else:
         port = server.add_secure_port(settings.listen, credentials)
-    gk = GatekeeperServer(server, port, health_servicer, store, settings)
+    gk = GatekeeperServer(server, port, health_servicer, store, settings, audit=audit)
     await gk._set_health(False)
     return gk
 

@@ -9,10 +9,11 @@ from collections.abc import Callable
 
 from grpc import aio
 
+from gatekeeper.audit import DecisionLog, NoDecisionLog
 from gatekeeper.callers import ANONYMOUS, ANYONE, Caller, Callers, caller_from_auth_context
 from gatekeeper.codes import division_of
 from gatekeeper.cst import format_cst
-from gatekeeper.errors import GatekeeperError, InvalidArgument, RegistryBehind, abort
+from gatekeeper.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind, abort
 from gatekeeper.policy import Policy, RegionPolicy
 from gatekeeper.records import OPEN_ENDED, StatusPeriod
 from gatekeeper.rules import (
@@ -24,10 +25,11 @@ from gatekeeper.rules import (
     decide_claim,
     describe_practitioner,
 )
-from gatekeeper.store import EligibilityStore, version_seq
+from gatekeeper.standin import StandInLimiter
+from gatekeeper.store import EligibilityStore, Lookup, version_seq
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from gatekeeper.validation import Limits, claim_from_request, institution_code, service_time
+from gatekeeper.validation import Limits, claim_from_request, institution_code, practitioner_code, service_time
 
 log = logging.getLogger(__name__)
 DEFAULT_LIMITS = Limits()
@@ -142,12 +144,16 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
         callers: Callers = ANYONE,
+        stand_in: StandInLimiter | None = None,
+        audit: DecisionLog | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
         self._limits = limits
         self._clock = clock
         self._callers = callers
+        self._stand_in = stand_in or StandInLimiter()
+        self._audit = audit or NoDecisionLog()
 
     def _region(self, fixmedins_code: str) -> RegionPolicy:
         return self._policy.for_division(division_of(fixmedins_code))
@@ -164,6 +170,16 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         codes = {c for item in claim.items for c in item.practitioners if region.is_practitioner_code(c)}
         return claim, region, codes, min_seq_of(request.min_registry_version)
 
+    def _decide(self, claim: Claim, region: RegionPolicy, lookup: Lookup) -> ClaimDecision:
+        """Decide a claim; in degraded mode within the institution's stand-in limit."""
+        if not lookup.unverified:
+            return decide_claim(claim, lookup.records, region)
+        institution, limit = claim.fixmedins_code, region.stand_in_per_minute
+        allowance = self._stand_in.available(institution, limit)
+        decision = decide_claim(claim, lookup.records, region, lookup.unverified, allowance)
+        self._stand_in.take(institution, limit, decision.stood_in)
+        return decision
+
     async def CheckClaim(  # noqa: N802 - the gRPC method name
         self,
         request: pb.CheckClaimRequest,
@@ -173,7 +189,8 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         try:
             claim, region, codes, min_seq = self._prepare(request, self._caller(context))
             lookup = await self._store.lookup(codes, min_seq)
-            decision = decide_claim(claim, lookup.records, region)
+            decision = self._decide(claim, region, lookup)
+            self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock())
         except GatekeeperError as error:
             await abort(context, error)
         except Exception:
@@ -218,8 +235,10 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                     result.error.CopyFrom(claim_error(RegistryBehind(item[2], lookup.applied_seq)))
                 else:
                     claim, region, _ = item
-                    decision = decide_claim(claim, lookup.records, region)
-                    fill_claim_response(result.response, decision, new_decision_id(), lookup.registry_version)
+                    decision = self._decide(claim, region, lookup)
+                    decision_id = new_decision_id()
+                    self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock())
+                    fill_claim_response(result.response, decision, decision_id, lookup.registry_version)
                 results.append(result)
         except GatekeeperError as error:
             await abort(context, error)
@@ -234,9 +253,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         context: aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.GetPractitionerResponse:
         try:
-            code = request.prac_psn_code.strip()
-            if not code:
-                raise InvalidArgument("prac_psn_code", "is required")
+            code = practitioner_code(request.prac_psn_code)
             moment = service_time(request.at_time, "at_time") if request.at_time else int(self._clock())
             region = self._policy.default
             if request.fixmedins_code:
@@ -245,6 +262,8 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                 region = self._region(institution)
             min_seq = min_seq_of(request.min_registry_version)
             lookup = await self._store.lookup([code] if region.is_practitioner_code(code) else [], min_seq)
+            if code in lookup.unverified:  # degraded mode, and no recent record of this code held
+                raise CacheUnavailable("eligibility cache unavailable: the practitioner's status cannot be checked")
             record = lookup.records.get(code)
             view = describe_practitioner(code, record, moment, region)
         except GatekeeperError as error:

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gatekeeper.nearcache import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
+from gatekeeper.audit import DEFAULT_SPOOL_DIR
+from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
 from gatekeeper.validation import DEFAULT_MAX_BATCH_CLAIMS, DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -25,9 +26,19 @@ class SettingsError(ValueError):
     """Settings that do not fit together; the message says which."""
 
 
+# RPCs one worker works on at once; more are refused with RESOURCE_EXHAUSTED. A claim takes
+# about a millisecond of CPU, so this many is a few hundred milliseconds of work queued.
+DEFAULT_MAX_CONCURRENT_RPCS = 256
+
+
 def redis_url_from(environ: Mapping[str, str] = os.environ) -> str:
     """REDIS_URL, else a Redis on this machine: every command takes --redis-url this way."""
     return environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def audit_spool_dir_from(environ: Mapping[str, str] = os.environ) -> Path:
+    """GATEKEEPER_AUDIT_SPOOL_DIR, else ./audit-spool."""
+    return Path(environ.get("GATEKEEPER_AUDIT_SPOOL_DIR") or DEFAULT_SPOOL_DIR)
 
 
 def listen_from(environ: Mapping[str, str] = os.environ) -> str:
@@ -54,9 +65,15 @@ class Settings:
     max_items: int = DEFAULT_MAX_ITEMS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_batch_claims: int = DEFAULT_MAX_BATCH_CLAIMS
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     near_cache_entries: int = DEFAULT_MAX_ENTRIES  # 0: no near cache, every claim reads Redis
     near_cache_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
     redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
+    # Degraded mode (Redis unreadable): records held up to this age are used, other codes
+    # are unverified and the region policy decides. 0: no degraded mode, UNAVAILABLE.
+    degraded_max_age_seconds: float = DEFAULT_DEGRADED_MAX_AGE_SECONDS
+    # The decision audit's spool: where decisions wait, on disk, while Redis is away.
+    audit_spool_dir: Path = DEFAULT_SPOOL_DIR
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     health_poll_seconds: float = DEFAULT_HEALTH_POLL_SECONDS
     # Health turns NOT_SERVING when the registry data was last updated longer ago (0: no bound).

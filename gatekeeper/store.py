@@ -6,10 +6,12 @@ import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gatekeeper import keys, metrics
@@ -20,6 +22,25 @@ from gatekeeper.records import PractitionerRecord, decode_record
 # again; more than this many switches in a row (snapshots load minutes apart) means
 # something is wrong.
 MAX_READ_ATTEMPTS = 10
+MAX_VERSION_LENGTH = 128
+
+
+def redis_client(
+    url: str, timeout_seconds: float | None, read_timeout_seconds: float | None = None, **options: Any
+) -> redis.Redis:
+    """A client whose every command, connecting included, gives up after ``timeout_seconds``
+    (reading after ``read_timeout_seconds`` when given: a blocking XREAD waits longer).
+
+    No retries: redis-py retries a failed command three times by default, which would
+    multiply the time a hung Redis holds a claim. The caller decides what a failure means.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_seconds if read_timeout_seconds is None else read_timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+        **options,
+    )
 
 
 def registry_version(snapshot_id: str, applied_seq: int) -> str:
@@ -34,19 +55,24 @@ def version_seq(version: str) -> int:
     when its seq is higher. ValueError for text that is not a version.
     """
     _, separator, seq = version.rpartition("@")
-    if not separator or not seq.isascii() or not seq.isdigit():
+    if len(version) > MAX_VERSION_LENGTH or not separator or not seq.isascii() or not seq.isdigit():
         raise ValueError(f"{version[:60]!r} is not a registry version (<snapshot_id>@<seq>)")
     return int(seq)
 
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """Records of the codes asked for that the registry knows, and the data's version."""
+    """Records of the codes asked for that the registry knows, and the data's version.
+
+    In degraded mode (the cache unreadable) ``unverified`` holds the codes whose records
+    could not be read: they are absent from ``records`` without being unknown.
+    """
 
     records: dict[str, PractitionerRecord]
     snapshot_id: str
     applied_seq: int
     generation: int = 0
+    unverified: frozenset[str] = frozenset()
 
     @property
     def registry_version(self) -> str:
@@ -59,7 +85,8 @@ class EligibilityStore(Protocol):
 
     async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
         """Records for ``codes`` (unknown codes are absent), from data that includes registry
-        seq ``min_seq``. Raises RegistryNotLoaded, RegistryBehind, CacheUnavailable."""
+        seq ``min_seq``. Raises RegistryNotLoaded, RegistryBehind, CacheUnavailable; a store
+        in degraded mode answers CacheUnavailable with the codes in ``Lookup.unverified``."""
         ...
 
     async def registry_loaded(self) -> bool:
@@ -121,16 +148,24 @@ _META_FIELDS = (
 
 class RedisEligibilityStore:
     """Reads records with one pipelined round trip per claim: the meta hash, then one
-    HMGET per bucket the claim's codes fall in (see docs/cache-layout.md)."""
+    HMGET per bucket the claim's codes fall in (see docs/cache-layout.md).
 
-    def __init__(self, client: redis.Redis) -> None:
+    How long a hung Redis can hold a lookup is up to the client's timeouts (see
+    :func:`redis_client`: one timeout per command, no retries). With ``degraded`` an
+    unreadable cache makes every code unverified (this store holds no records) instead of
+    raising CacheUnavailable; the near cache (nearcache.py) does better.
+    """
+
+    def __init__(self, client: redis.Redis, degraded: bool = False) -> None:
         self._redis = client
         self._generation: _Generation | None = None
+        self._degraded = degraded
+        self._last_version = ("", 0)  # of the last lookup that read Redis: what degraded answers show
 
     @classmethod
-    def from_url(cls, url: str, timeout_seconds: float | None = None) -> RedisEligibilityStore:
-        """A store on a new connection pool for ``url``."""
-        return cls(redis.Redis.from_url(url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds))
+    def from_url(cls, url: str, timeout_seconds: float | None = None, degraded: bool = False) -> RedisEligibilityStore:
+        """A store on a new connection pool for ``url``; ``timeout_seconds`` bounds each command."""
+        return cls(redis_client(url, timeout_seconds), degraded)
 
     async def _read_meta(self) -> list[bytes | None]:
         return await self._redis.hmget(keys.META, _META_FIELDS)  # type: ignore[return-value]  # bytes: no decoding
@@ -143,6 +178,17 @@ class RedisEligibilityStore:
         return _Generation(int(generation), int(buckets))
 
     async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
+        try:
+            lookup = await self._read(codes, min_seq)
+        except CacheUnavailable:
+            snapshot_id, applied_seq = self._last_version
+            if not self._degraded or min_seq > applied_seq:
+                raise
+            return Lookup({}, snapshot_id, applied_seq, unverified=frozenset(codes))
+        self._last_version = (lookup.snapshot_id, lookup.applied_seq)
+        return lookup
+
+    async def _read(self, codes: Collection[str], min_seq: int) -> Lookup:
         try:
             for _ in range(MAX_READ_ATTEMPTS):
                 if self._generation is None:

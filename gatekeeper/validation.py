@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 from gatekeeper.codes import is_institution_code
 from gatekeeper.cst import TIME_FORMAT, parse_cst
@@ -14,6 +15,13 @@ DEFAULT_MAX_ITEMS = 5_000
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BATCH_CLAIMS = 10_000
 MAX_ID_LENGTH = 64  # claim_id, feedetl_sn, mdtrt_id: national fields are 30 characters
+# Practitioner codes are 13 or 14 characters; HIS feeds also carry local ones ("DOC001"),
+# which are decided malformed. Anything longer is not a code at all.
+MAX_CODE_LENGTH = 32
+MAX_TEXT_LENGTH = 64  # med_list_codg (national codes are up to 50), med_type
+# |amount| per line: 10 billion yuan. Bounded so that the sums of a claim's items fit in
+# the response's int64 fields.
+MAX_AMOUNT_FEN = 10**12
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,21 @@ def _require_id(value: str, field: str) -> str:
         raise InvalidArgument(field, "is required")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(field, f"is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _bounded(value: str, field: str, most: int) -> str:
+    if len(value) > most:
+        raise InvalidArgument(field, f"is longer than {most} characters")
+    return value
+
+
+def practitioner_code(value: str, field: str = "prac_psn_code") -> str:
+    """A trimmed practitioner code as sent (well-formed or not), or InvalidArgument when
+    missing or too long to be a code."""
+    value = _bounded(value.strip(), field, MAX_CODE_LENGTH)
+    if not value:
+        raise InvalidArgument(field, "is required")
     return value
 
 
@@ -65,6 +88,14 @@ def service_time(value: str, field: str) -> int:
     return moment
 
 
+def _reject_line(line: pb.LineItem, where: str) -> NoReturn:
+    """Say which bounded field of a line item is out of bounds."""
+    _bounded(line.bilg_dr_codg.strip(), f"{where}.bilg_dr_codg", MAX_CODE_LENGTH)
+    _bounded(line.orders_dr_code.strip(), f"{where}.orders_dr_code", MAX_CODE_LENGTH)
+    _bounded(line.med_list_codg, f"{where}.med_list_codg", MAX_TEXT_LENGTH)
+    raise InvalidArgument(f"{where}.amount_fen", f"is beyond ±{MAX_AMOUNT_FEN} fen")
+
+
 def claim_from_request(request: pb.CheckClaimRequest, limits: Limits) -> Claim:
     """Validate a request. A bad practitioner code is not an error here: it is decided."""
     size = request.ByteSize()
@@ -72,6 +103,8 @@ def claim_from_request(request: pb.CheckClaimRequest, limits: Limits) -> Claim:
         raise InvalidArgument("request", f"is {size} bytes, more than the maximum of {limits.max_request_bytes}")
     claim_id = _require_id(request.claim_id, "claim_id")
     fixmedins_code = institution_code(request.fixmedins_code)
+    _bounded(request.mdtrt_id, "mdtrt_id", MAX_ID_LENGTH)
+    _bounded(request.med_type, "med_type", MAX_TEXT_LENGTH)
     if not request.items:
         raise InvalidArgument("items", "a claim needs at least one line item")
     if len(request.items) > limits.max_items:
@@ -87,8 +120,15 @@ def claim_from_request(request: pb.CheckClaimRequest, limits: Limits) -> Claim:
         if feedetl_sn in seen:
             raise InvalidArgument(f"{where}.feedetl_sn", f"{feedetl_sn!r} appears more than once in the claim")
         seen.add(feedetl_sn)
-        practitioners: tuple[str, ...] = (line.bilg_dr_codg.strip(),)
-        executing = line.orders_dr_code.strip()
+        ordering, executing = line.bilg_dr_codg.strip(), line.orders_dr_code.strip()
+        if (
+            len(ordering) > MAX_CODE_LENGTH
+            or len(executing) > MAX_CODE_LENGTH
+            or len(line.med_list_codg) > MAX_TEXT_LENGTH
+            or not -MAX_AMOUNT_FEN <= line.amount_fen <= MAX_AMOUNT_FEN
+        ):
+            _reject_line(line, where)
+        practitioners: tuple[str, ...] = (ordering,)
         if executing and executing != practitioners[0]:
             practitioners += (executing,)
         items.append(

@@ -31,6 +31,7 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_UNREGISTERED: _ClassVar[Reason]
     REASON_MALFORMED_CODE: _ClassVar[Reason]
     REASON_MISSING_PRACTITIONER: _ClassVar[Reason]
+    REASON_UNVERIFIED: _ClassVar[Reason]
 
 class PractitionerStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +57,7 @@ REASON_TERMINATED: Reason
 REASON_UNREGISTERED: Reason
 REASON_MALFORMED_CODE: Reason
 REASON_MISSING_PRACTITIONER: Reason
+REASON_UNVERIFIED: Reason
 PRACTITIONER_STATUS_UNSPECIFIED: PractitionerStatus
 PRACTITIONER_STATUS_REGISTERED: PractitionerStatus
 PRACTITIONER_STATUS_SUSPENDED: PractitionerStatus

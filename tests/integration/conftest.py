@@ -7,6 +7,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -96,14 +97,19 @@ StartGatekeeper = Callable[..., RunningGatekeeper]
 
 
 @pytest.fixture
-def start_gatekeeper(redis_server: RedisServer) -> Iterator[StartGatekeeper]:
+def start_gatekeeper(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartGatekeeper]:
     """Start gatekeepers (real gRPC on 127.0.0.1 port 0) against the test Redis."""
     started: list[tuple[ServerThread, grpc.Channel]] = []
 
     def start(
         *, store: EligibilityStore | None = None, policy: Policy | None = None, **settings: object
     ) -> RunningGatekeeper:
-        options = {"redis_url": redis_server.url, "listen": "127.0.0.1:0", "health_poll_seconds": 0.05}
+        options = {
+            "redis_url": redis_server.url,
+            "listen": "127.0.0.1:0",
+            "health_poll_seconds": 0.05,
+            "audit_spool_dir": tmp_path / "audit-spool",
+        }
         options.update(settings)
         thread = ServerThread(Settings(**options), store, policy)  # type: ignore[arg-type]
         port = thread.start()

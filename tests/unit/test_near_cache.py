@@ -66,3 +66,74 @@ def test_clear_forgets_everything() -> None:
     cache.put_many(["D110105000001"], {"D110105000001": REGISTERED}, cache.epoch)
     cache.clear()
     assert cache.get_many(["D110105000001"], {}) == ["D110105000001"]
+
+
+def test_retired_entries_answer_only_degraded_lookups_within_their_bound() -> None:
+    clock = Clock()
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=clock)
+    cache.put_many(["D110105000001", "D110105999999"], {"D110105000001": REGISTERED}, cache.epoch)
+    cache.retire()  # notifications broke off: not trusted for ordinary lookups any more
+
+    assert cache.get_many(["D110105000001"], {}) == ["D110105000001"]
+    found: dict[str, PractitionerRecord] = {}
+    unverified = cache.held_many(["D110105000001", "D110105999999", "D110105000002"], found, max_age=600)
+    assert found == {"D110105000001": REGISTERED}
+    assert unverified == ["D110105000002"]  # known-unknown stays unknown; never fetched is unverified
+
+    clock.now += 600.1
+    assert cache.held_many(["D110105000001"], {}, max_age=600) == ["D110105000001"]
+
+
+def test_a_second_retirement_keeps_what_the_first_held() -> None:
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=Clock())
+    cache.put_many(["D110105000001"], {"D110105000001": REGISTERED}, cache.epoch)
+    cache.retire()
+    cache.retire()  # the follower fails again while Redis stays away
+    found: dict[str, PractitionerRecord] = {}
+    assert cache.held_many(["D110105000001"], found, max_age=600) == []
+    assert found == {"D110105000001": REGISTERED}
+
+
+def test_a_snapshot_switch_drops_what_was_held() -> None:
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=Clock())
+    cache.put_many(["D110105000001"], {"D110105000001": REGISTERED}, cache.epoch)
+    cache.retire()
+    cache.clear()
+    assert cache.held_many(["D110105000001"], {}, max_age=600) == ["D110105000001"]
+
+
+def test_a_change_notification_drops_the_held_record_too() -> None:
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=Clock())
+    cache.hold_many(["D110105000001"], {"D110105000001": REGISTERED})
+    cache.invalidate(["D110105000001"])  # known to be stale: never an answer, even degraded
+    assert cache.held_many(["D110105000001"], {}, max_age=600) == ["D110105000001"]
+
+
+def test_held_entries_stay_within_the_maximum() -> None:
+    cache = NearCache(max_entries=2, max_age_seconds=30, clock=Clock())
+    cache.hold_many(["D110105000001", "D110105000002"], {})
+    cache.put_many(["D110105000003"], {}, cache.epoch)
+    cache.retire()
+    assert cache.held_many(["D110105000001", "D110105000002", "D110105000003"], {}, max_age=600) == ["D110105000001"]
+
+
+def test_live_entries_older_than_the_ordinary_bound_still_serve_degraded_lookups() -> None:
+    clock = Clock()
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=clock)
+    cache.put_many(["D110105000001"], {"D110105000001": REGISTERED}, cache.epoch)
+    clock.now += 100  # too old for an ordinary lookup, recent enough for degraded mode
+    assert cache.get_many(["D110105000001"], {}) == ["D110105000001"]
+    found: dict[str, PractitionerRecord] = {}
+    assert cache.held_many(["D110105000001"], found, max_age=600) == []
+    assert found == {"D110105000001": REGISTERED}
+
+
+def test_records_read_while_not_trusted_are_held_for_degraded_mode_only() -> None:
+    cache = NearCache(max_entries=2, max_age_seconds=30, clock=Clock())
+    cache.hold_many(["D110105000001", "D110105999999"], {"D110105000001": REGISTERED})
+    assert cache.get_many(["D110105000001"], {}) == ["D110105000001"]  # never for ordinary lookups
+    found: dict[str, PractitionerRecord] = {}
+    assert cache.held_many(["D110105000001", "D110105999999"], found, max_age=600) == []
+    assert found == {"D110105000001": REGISTERED}
+    cache.hold_many(["D110105000002"], {})
+    assert len(cache.held_many(["D110105000001", "D110105999999", "D110105000002"], {}, max_age=600)) == 1

@@ -68,6 +68,23 @@ BAD_REQUESTS = [
         request(line("1"), line(" 1 ")), Limits(), "items[1].feedetl_sn", id="duplicate_feedetl_sn_after_trim"
     ),
     pytest.param(request(line("S" * 65)), Limits(), "items[0].feedetl_sn", id="feedetl_sn_too_long"),
+    pytest.param(request(mdtrt_id="M" * 65), Limits(), "mdtrt_id", id="mdtrt_id_too_long"),
+    pytest.param(request(med_type="1" * 65), Limits(), "med_type", id="med_type_too_long"),
+    pytest.param(
+        request(line("1"), line("2", bilg_dr_codg="D" * 33)), Limits(), "items[1].bilg_dr_codg", id="code_too_long"
+    ),
+    pytest.param(
+        request(line("1", orders_dr_code="N" * 33)), Limits(), "items[0].orders_dr_code", id="executing_too_long"
+    ),
+    pytest.param(
+        request(line("1", med_list_codg="X" * 65)), Limits(), "items[0].med_list_codg", id="med_list_codg_too_long"
+    ),
+    pytest.param(
+        request(line("1", amount_fen=10**12 + 1)), Limits(), "items[0].amount_fen", id="amount_beyond_the_bound"
+    ),
+    pytest.param(
+        request(line("1", amount_fen=-(2**63))), Limits(), "items[0].amount_fen", id="reversal_beyond_the_bound"
+    ),
 ]
 
 BAD_TIMES = [
@@ -197,3 +214,19 @@ def test_malformed_practitioner_code_is_not_a_bad_request(code: str) -> None:
 
     assert claim.items[0].practitioners == (code,)
     assert claim.items[1].practitioners == (DOCTOR, code)
+
+
+def test_bounded_fields_at_their_maximum_are_accepted() -> None:
+    at_most = request(
+        line("1", bilg_dr_codg=" " + "D" * 32 + " ", med_list_codg="X" * 64, amount_fen=-(10**12)),
+        mdtrt_id="M" * 64,
+        med_type="1" * 64,
+    )
+    claim = claim_from_request(at_most, Limits())
+    assert claim.items[0].practitioners == ("D" * 32,)  # decided malformed, not refused
+
+
+def test_the_largest_claim_sums_fit_the_response() -> None:
+    biggest = request(*(line(str(n), amount_fen=10**12) for n in range(DEFAULT_MAX_ITEMS)))
+    total = sum(item.amount_fen for item in claim_from_request(biggest, Limits(max_request_bytes=10**8)).items)
+    assert pb.CheckClaimResponse(allowed_amount_fen=total).allowed_amount_fen == total

@@ -1,0 +1,512 @@
+"""The decision audit: every decision to a Redis stream, off the hot path, through a disk spool when Redis is away.
+
+- An RPC hands its decision to :meth:`AuditLog.record` (no await, no I/O) and answers.
+- A background task drains the queue in batches and appends each batch to the stream
+  ``gk:{audit}`` with one call of the Redis Function ``gk_audit_append``.
+- A batch Redis does not take goes to this process's spool file, one JSON line per batch,
+  fsynced before the next; once Redis answers again the spool is replayed and emptied.
+  Spool files of processes that are gone (a crash, or a SIGTERM while Redis was away) are
+  replayed by the next process to start with the same spool directory.
+- No duplicates: a batch keeps its id from the moment it is formed, in the spool too, and
+  the function appends a batch only if its id is not among those appended in the last
+  ``dedup_seconds`` (the sorted set ``gk:{audit}:batches``), checking and appending in one
+  atomic call. A batch whose write timed out after Redis had taken it, or that was
+  replayed just before a crash, is therefore skipped when replayed again.
+
+What a crash can lose: the records still in memory, at most one batch being formed or
+written (``batch_size`` records or ``linger_seconds`` of decisions). Everything a batch
+write or the spool acknowledged survives. SIGTERM loses nothing: ``close`` drains the queue
+to Redis or to the spool before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+import redis.asyncio as redis
+from redis.exceptions import RedisError, ResponseError
+
+from gatekeeper import keys
+from gatekeeper.rules import Claim, ClaimDecision
+from gatekeeper.store import redis_client
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 500
+# How long a batch waits for more decisions: fewer, fuller batches, so at most 10 a second
+# per worker, each costing its id in the dedup set for the window below.
+DEFAULT_LINGER_SECONDS = 0.1
+DEFAULT_RETRY_SECONDS = 1.0  # how often a spool is offered to Redis again
+# How long a batch id is remembered (about 100 bytes each in Redis): a spooled batch
+# replayed later than this after Redis took it (its write timed out, yet it had arrived)
+# would be appended a second time.
+DEFAULT_DEDUP_SECONDS = 24 * 3600.0
+DEFAULT_SPOOL_DIR = Path("audit-spool")
+SPOOL_PATTERN = "audit-*.spool"
+
+FUNCTION_NAME = "gk_audit_append"
+FUNCTIONS = f"""#!lua name=gatekeeper_audit
+-- {FUNCTION_NAME}(KEYS: stream, batches; ARGV: batch_id, dedup_ms, then for each record
+-- decision_id, claim_id, fixmedins_code, record). Appends the batch unless its id was
+-- appended within dedup_ms; returns the number of entries appended (0: a duplicate).
+local function append(keys, args)
+  local stream, batches = keys[1], keys[2]
+  local batch_id, dedup_ms = args[1], tonumber(args[2])
+  local time = redis.call('TIME')
+  local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', batches, '-inf', '(' .. string.format('%d', now_ms - dedup_ms))
+  if redis.call('ZSCORE', batches, batch_id) then
+    return 0
+  end
+  for i = 3, #args, 4 do
+    redis.call('XADD', stream, '*', 'decision_id', args[i], 'claim_id', args[i + 1],
+      'fixmedins_code', args[i + 2], 'record', args[i + 3])
+  end
+  redis.call('ZADD', batches, now_ms, batch_id)
+  return (#args - 2) / 4
+end
+redis.register_function('{FUNCTION_NAME}', append)
+"""
+
+
+class AuditItem(msgspec.Struct, frozen=True):
+    """One line item's decision as audited."""
+
+    feedetl_sn: str
+    verdict: str  # ALLOW, ALLOW_EXEMPT, BLOCK
+    reason: str  # OK, SUSPENDED, ..., UNVERIFIED
+    prac_psn_code: str
+    amount_fen: int
+    enforced: bool
+
+
+class AuditRecord(msgspec.Struct, frozen=True):
+    """One decision as audited: the stream entry's ``record`` field, and a spool line's element."""
+
+    decision_id: str
+    claim_id: str
+    fixmedins_code: str
+    decided_at_ms: int  # when it was decided (epoch milliseconds); the stream id says when it was stored
+    registry_version: str
+    verdict: str  # the claim's: ALLOW, PARTIAL, BLOCK
+    enforced: bool
+    allowed_amount_fen: int
+    blocked_amount_fen: int
+    items: tuple[AuditItem, ...]
+
+
+class Batch(msgspec.Struct, frozen=True):
+    """Records appended together; the id makes a replay idempotent."""
+
+    batch_id: str
+    records: tuple[AuditRecord, ...]
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_record = msgspec.json.Decoder(AuditRecord).decode
+_decode_batch = msgspec.json.Decoder(Batch).decode
+
+
+def encode_record(record: AuditRecord) -> bytes:
+    """The JSON of a record, as stored in the stream."""
+    return _encode(record)
+
+
+def decode_record(data: bytes) -> AuditRecord:
+    """A record from the stream's JSON; msgspec.ValidationError or DecodeError if it is not one."""
+    return _decode_record(data)
+
+
+def audit_record(
+    decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
+) -> AuditRecord:
+    """The audit record of one claim decision."""
+    items = tuple(
+        AuditItem(d.feedetl_sn, d.verdict.name, d.reason.name, d.prac_psn_code, d.amount_fen, d.enforced)
+        for d in decision.items
+    )
+    return AuditRecord(
+        decision_id=decision_id,
+        claim_id=claim.claim_id,
+        fixmedins_code=claim.fixmedins_code,
+        decided_at_ms=int(decided_at * 1000),
+        registry_version=registry_version,
+        verdict=decision.verdict.name,
+        enforced=decision.enforced,
+        allowed_amount_fen=decision.allowed_amount_fen,
+        blocked_amount_fen=decision.blocked_amount_fen,
+        items=items,
+    )
+
+
+class DecisionLog(Protocol):
+    """Where the servicer hands decisions; must not block or do I/O."""
+
+    def record(
+        self, decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
+    ) -> None:
+        """Take one decision for the audit."""
+        ...
+
+
+class NoDecisionLog:
+    """Records nothing: for servicers built without an audit (unit tests)."""
+
+    def record(
+        self, decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
+    ) -> None:
+        pass
+
+
+# --- The spool -----------------------------------------------------------------------------
+
+
+def _parse_batches(data: bytes, path: Path) -> list[Batch]:
+    """The batches of a spool file's bytes; a line that is not a whole batch (torn by a
+    crash mid-write) is skipped and reported."""
+    batches = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line:
+            continue
+        try:
+            batches.append(_decode_batch(line))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.error("audit spool %s line %d is not a whole batch (a crash mid-write?): skipped", path, number)
+    return batches
+
+
+@dataclass
+class Orphan:
+    """The spool file of a process that is gone, locked by this one while it replays it."""
+
+    path: Path
+    descriptor: int
+    batches: list[Batch]
+
+    def remove(self) -> None:
+        """Delete the file (it has been replayed) and let go of it."""
+        self.path.unlink(missing_ok=True)
+        os.close(self.descriptor)
+
+    def release(self) -> None:
+        """Let go of it without replaying: a later attempt, or another process, will."""
+        os.close(self.descriptor)
+
+
+@dataclass
+class Spool:
+    """A directory of append-only spool files, one per process; this process writes its own.
+
+    Each file is held under an exclusive ``flock`` by its writer for the writer's whole
+    life, so a file nobody can lock belongs to a live process and a file that can be
+    locked is an orphan whose process is gone.
+    """
+
+    directory: Path
+    depth: int = 0  # batches in this process's file not yet replayed
+    path: Path | None = None  # this process's file, once opened
+    _descriptor: int = field(default=-1, repr=False)
+    _size: int = field(default=0, repr=False)
+
+    def open(self) -> None:
+        """Create the directory and this process's file now, so that a directory that cannot
+        be written to stops the service at start rather than losing records later."""
+        if self._descriptor >= 0:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"audit-{os.getpid()}-{uuid.uuid4().hex[:8]}.spool"
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _fsync_directory(self.directory)
+        self._descriptor, self.path, self._size, self.depth = descriptor, path, 0, 0
+
+    def append(self, batch: Batch) -> None:
+        """Append one batch and fsync it: once this returns, the batch survives a crash.
+        On an error (a full disk) the file is cut back, so no torn line stays in it."""
+        self.open()
+        data = _encode(batch) + b"\n"
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._descriptor, view) :]
+            os.fsync(self._descriptor)
+        except OSError:
+            os.ftruncate(self._descriptor, self._size)
+            raise
+        self._size += len(data)
+        self.depth += 1
+
+    def pending(self) -> list[Batch]:
+        """The batches of this process's file."""
+        if self.path is None:
+            return []
+        return _parse_batches(os.pread(self._descriptor, self._size, 0), self.path)
+
+    def empty(self) -> None:
+        """Forget the batches of this process's file (they have been replayed)."""
+        if self._descriptor >= 0:
+            os.ftruncate(self._descriptor, 0)
+            os.fsync(self._descriptor)
+        self._size = self.depth = 0
+
+    def orphans(self) -> Iterator[Orphan]:
+        """Spool files of processes that are gone, each locked until removed or released."""
+        if not self.directory.is_dir():
+            return
+        for path in sorted(self.directory.glob(SPOOL_PATTERN)):
+            if path == self.path:
+                continue
+            try:
+                descriptor = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # another process replayed and removed it just now
+                continue
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not path.exists():  # removed between our open and our lock
+                    raise BlockingIOError
+                data = path.read_bytes()
+            except BlockingIOError:  # its process is alive, or another one is replaying it
+                os.close(descriptor)
+                continue
+            yield Orphan(path, descriptor, _parse_batches(data, path))
+
+    def close(self) -> None:
+        """Let go of this process's file; remove it when it holds nothing to replay."""
+        if self._descriptor < 0 or self.path is None:
+            return
+        if self.depth == 0:
+            self.path.unlink(missing_ok=True)
+        os.close(self._descriptor)
+        self._descriptor = -1
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a file's creation itself durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+# --- The writer ----------------------------------------------------------------------------
+
+_Pending = tuple[str, Claim, ClaimDecision, str, float]
+_STOP = object()
+
+
+@dataclass
+class AuditStats:
+    """Counters for metrics and tests."""
+
+    appended: int = 0  # records appended to the stream
+    duplicates: int = 0  # batches Redis already had (a replay of an acknowledged write)
+    spooled: int = 0  # batches written to the spool
+    replayed: int = 0  # batches replayed from a spool
+    write_failures: int = 0
+
+
+class AuditLog:
+    """Takes decisions without waiting and gets them into the stream, losing none."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        spool: Spool,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        linger_seconds: float = DEFAULT_LINGER_SECONDS,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+        dedup_seconds: float = DEFAULT_DEDUP_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = client
+        self.spool = spool
+        self._batch_size = batch_size
+        self._linger = linger_seconds
+        self._retry = retry_seconds
+        self._dedup_ms = int(dedup_seconds * 1000)
+        self._clock = clock
+        # Unbounded: a decision is never refused or dropped for want of room. The writer
+        # drains it to the spool when Redis is slow, so it stays short.
+        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._orphans_pending = True  # spools of processes gone: looked for at start
+        self._last_attempt = -float("inf")  # of a replay, or of a spool write that failed
+        self._closing = False
+        self._redis_failing = False
+        self._unsaved: list[Batch] = []  # formed, neither appended nor spooled yet
+        self.stats = AuditStats()
+
+    @classmethod
+    def from_url(cls, url: str, spool_directory: Path, timeout_seconds: float | None) -> AuditLog:
+        """An audit log writing to Redis at ``url`` (its own connections), spooling to ``spool_directory``."""
+        return cls(redis_client(url, timeout_seconds), Spool(spool_directory))
+
+    @property
+    def queued(self) -> int:
+        """Decisions taken and not yet appended or spooled."""
+        return self._queue.qsize()
+
+    def record(
+        self, decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
+    ) -> None:
+        """Take one decision; the record is built and written later, by the writer task."""
+        self._queue.put_nowait((decision_id, claim, decision, registry_version, decided_at))
+
+    def start(self) -> None:
+        """Open the spool and start the writer (needs a running event loop)."""
+        if self._task is None:
+            self.spool.open()
+            self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def close(self) -> None:
+        """Write or spool every decision taken so far, then stop. Call once no more come."""
+        if self._task is not None:
+            self._closing = True  # a replay in progress stops at its next batch; the next start resumes it
+            self._queue.put_nowait(_STOP)
+            await self._task
+            self._task = None
+        self.spool.close()
+        await self._redis.aclose()
+        if self.spool.depth:
+            log.warning(
+                "audit: %d batch(es) left in %s for the next start to replay", self.spool.depth, self.spool.path
+            )
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            pending, stopping = await self._collect()
+            try:
+                if pending:
+                    self._unsaved.append(Batch(uuid.uuid4().hex, tuple(audit_record(*p) for p in pending)))
+                if self._replay_due() and not stopping:
+                    await self._replay()
+                await self._save()
+            except Exception:  # a bug: keep the writer alive for the decisions still to come
+                log.exception("audit writer failed; carrying on")
+        if self._unsaved:
+            records = sum(len(batch.records) for batch in self._unsaved)
+            log.error("audit: %d decision(s) neither appended nor spooled (spool unwritable): lost", records)
+
+    async def _save(self) -> None:
+        """Append the batches in hand to Redis, or spool them while Redis is away (or while a
+        spool waits: one place to replay from, in order). A batch the spool cannot take
+        either (a full disk) stays in hand and is tried again."""
+        while self._unsaved:
+            batch = self._unsaved[0]
+            if self.spool.depth or not await self._append(batch):
+                try:
+                    await asyncio.to_thread(self.spool.append, batch)
+                except OSError:
+                    log.exception(
+                        "audit: cannot write the spool %s; holding %d batch(es)", self.spool.path, len(self._unsaved)
+                    )
+                    self._last_attempt = self._clock()  # try again after the retry interval, not at once
+                    return
+                self.stats.spooled += 1
+            self._unsaved.pop(0)
+
+    def _waiting(self) -> bool:
+        """Something to offer Redis (or the spool) again later."""
+        return self._orphans_pending or self.spool.depth > 0 or bool(self._unsaved)
+
+    def _replay_due(self) -> bool:
+        return (self._orphans_pending or self.spool.depth > 0) and self._clock() - self._last_attempt >= self._retry
+
+    async def _collect(self) -> tuple[list[_Pending], bool]:
+        """Up to a batch of decisions: wait for the first (only so long when a replay is
+        due), then linger a little for more. True when the stop marker was reached."""
+        waiting = None
+        if self._waiting():  # until the next replay is due (at once, the first time)
+            waiting = max(0.0, self._retry - (self._clock() - self._last_attempt))
+        try:
+            first = await asyncio.wait_for(self._queue.get(), waiting)
+        except TimeoutError:
+            return [], False
+        if first is _STOP:
+            return [], True
+        pending: list[_Pending] = [first]  # type: ignore[list-item]  # not the marker
+        deadline = asyncio.get_running_loop().time() + self._linger
+        while len(pending) < self._batch_size:
+            try:
+                entry = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if entry is _STOP:
+                return pending, True
+            pending.append(entry)  # type: ignore[arg-type]  # not the marker
+        return pending, False
+
+    async def _append(self, batch: Batch) -> bool:
+        """Append a batch to the stream; False when Redis did not take it (now)."""
+        arguments: list[str | bytes | int] = [batch.batch_id, self._dedup_ms]
+        for record in batch.records:
+            arguments += [record.decision_id, record.claim_id, record.fixmedins_code, encode_record(record)]
+        try:
+            try:
+                appended = await self._redis.fcall(FUNCTION_NAME, 2, keys.AUDIT, keys.AUDIT_BATCHES, *arguments)
+            except ResponseError as error:
+                if "function not found" not in str(error).lower():
+                    raise
+                # A Redis that restarted without persistence has lost its functions.
+                await self._redis.function_load(FUNCTIONS, replace=True)
+                appended = await self._redis.fcall(FUNCTION_NAME, 2, keys.AUDIT, keys.AUDIT_BATCHES, *arguments)
+        except (RedisError, OSError) as error:
+            self.stats.write_failures += 1
+            if not self._redis_failing:
+                self._redis_failing = True
+                log.warning("audit: Redis did not take a batch (%s); spooling to %s", error, self.spool.path)
+            return False
+        if self._redis_failing:
+            self._redis_failing = False
+            log.info("audit: Redis takes batches again")
+        if int(appended) == 0:
+            self.stats.duplicates += 1
+        self.stats.appended += int(appended)
+        return True
+
+    async def _replay(self) -> None:
+        """Offer spooled batches to Redis: orphans' first, then this process's own."""
+        self._last_attempt = self._clock()
+        orphans = await asyncio.to_thread(lambda: list(self.spool.orphans()))
+        complete = True
+        for orphan in orphans:
+            if complete and await self._append_all(orphan.batches):
+                await asyncio.to_thread(orphan.remove)
+                log.info("audit: replayed %d batch(es) from %s", len(orphan.batches), orphan.path)
+            else:
+                complete = False
+                orphan.release()
+        if not complete:
+            return
+        self._orphans_pending = False
+        if self.spool.depth:
+            batches = await asyncio.to_thread(self.spool.pending)
+            if await self._append_all(batches):
+                await asyncio.to_thread(self.spool.empty)
+                log.info("audit: replayed %d spooled batch(es)", len(batches))
+
+    async def _append_all(self, batches: list[Batch]) -> bool:
+        for batch in batches:
+            if self._closing or not await self._append(batch):
+                return False
+            self.stats.replayed += 1
+        return True

@@ -1,0 +1,227 @@
+"""Degraded mode with a real Redis stopped, restarted and hung mid-traffic: no RPC fails, nothing goes unaudited."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bench.harness import RedisServer, start_redis
+from gatekeeper.audit import SPOOL_PATTERN
+from gatekeeper.policy import parse_policy
+from gatekeeper.v1 import gatekeeper_pb2 as pb
+from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+from tests.integration.conftest import StartGatekeeper
+from tests.integration.registry import load, period, write_snapshot
+from tests.integration.test_audit import audited, wait_until
+
+REGISTERED = "D110105000001"
+SUSPENDED = "D110105000002"  # suspended [2026-11-01, 2027-02-01)
+COLD = [f"D1101050{n:05d}" for n in range(100, 400)]  # registered, never looked up before the outage
+SERVICE_TIME = "2026-11-20 10:00:00"
+# Persistence: the eligibility data and the audit stream must survive the restart, so that
+# every decision of the run, before, during and after the outage, can be counted in the
+# stream exactly once; without it the test would reload the snapshot and could only count
+# what was replayed. appendfsync always: nothing acknowledged is lost by the stop.
+PERSISTENT = ("--appendonly", "yes", "--appendfsync", "always")
+REDIS_TIMEOUT = 0.2
+
+
+def registry(directory: Path) -> Path:
+    rows = [
+        period(REGISTERED, "r1", 1, "2020-01-01 00:00:00", seq=1),
+        period(SUSPENDED, "r2", 1, "2020-01-01 00:00:00", seq=2),
+        period(SUSPENDED, "s2", 2, "2026-11-01 00:00:00", "2027-02-01 00:00:00", seq=3, chg_rea="记分9分"),
+    ]
+    rows += [period(code, f"c{n}", 1, "2020-01-01 00:00:00", seq=10 + n) for n, code in enumerate(COLD)]
+    return write_snapshot(directory, rows, snapshot_id="outage", watermark_seq=500)
+
+
+def claim(claim_id: str, cold: str, fixmedins_code: str = "H41130200746") -> pb.CheckClaimRequest:
+    def line(sn: str, code: str) -> pb.LineItem:
+        return pb.LineItem(feedetl_sn=sn, fee_ocur_time=SERVICE_TIME, bilg_dr_codg=code, amount_fen=100)
+
+    items = [line("1", REGISTERED), line("2", SUSPENDED), line("3", cold)]
+    return pb.CheckClaimRequest(claim_id=claim_id, fixmedins_code=fixmedins_code, items=items)
+
+
+@pytest.fixture
+def redis_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def own_redis(redis_dir: Path, tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own (the session's is shared), loaded with the registry."""
+    server = start_redis(redis_dir, extra_args=PERSISTENT)
+    load(server.client(), registry(tmp_path))
+    yield server
+    server.stop()
+
+
+@dataclass
+class Traffic:
+    """Claims sent one after another from a thread until told to stop, every answer kept."""
+
+    stub: pb_grpc.GatekeeperStub
+    answers: list[pb.CheckClaimResponse] = field(default_factory=list)
+    failures: list[grpc.RpcError] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            try:
+                self.answers.append(self.stub.CheckClaim(claim(f"t{n}", COLD[n % len(COLD)]), timeout=5))
+            except grpc.RpcError as error:
+                self.failures.append(error)
+            n += 1
+
+    def degraded(self) -> list[pb.CheckClaimResponse]:
+        return [a for a in list(self.answers) if a.items[2].reason == pb.REASON_UNVERIFIED]
+
+
+def test_redis_stopped_and_restarted_mid_traffic(
+    start_gatekeeper: StartGatekeeper, own_redis: RedisServer, redis_dir: Path, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / "spool"
+    gatekeeper = start_gatekeeper(
+        redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, audit_spool_dir=spool_dir
+    )
+    warm = gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)  # REGISTERED and SUSPENDED now held
+    assert [i.reason for i in warm.items] == [pb.REASON_OK, pb.REASON_SUSPENDED, pb.REASON_OK]
+
+    traffic = Traffic(gatekeeper.stub)
+    sender = threading.Thread(target=traffic.run, daemon=True)
+    sender.start()
+    restarted: RedisServer | None = None
+    try:
+        wait_until(lambda: len(traffic.answers) >= 20, "traffic flows")
+        own_redis.stop()
+        wait_until(lambda: len(traffic.degraded()) >= 20, "claims are decided in degraded mode")
+        spool = next(spool_dir.glob(SPOOL_PATTERN))
+        wait_until(lambda: spool.stat().st_size > 0, "decisions made during the outage are spooled on disk")
+
+        restarted = start_redis(redis_dir, own_redis.port, extra_args=PERSISTENT)
+        recovered = len(traffic.answers)
+        wait_until(
+            lambda: any(a.items[2].reason == pb.REASON_OK for a in traffic.answers[recovered:]),
+            "claims are verified again once Redis is back",
+        )
+        after = len(traffic.answers)
+        wait_until(lambda: len(traffic.answers) >= after + 20, "traffic flows after recovery")
+    finally:
+        traffic.stopping.set()
+        sender.join(timeout=30)
+
+    assert traffic.failures == []  # no RPC failed, before, during or after the outage
+    degraded = traffic.degraded()
+    for answer in degraded:
+        registered, suspended, cold = answer.items
+        assert (cold.verdict, cold.enforced) == (pb.VERDICT_ALLOW, False)  # settled unverified
+        assert registered.reason == pb.REASON_OK  # from the record the process held
+        assert (suspended.verdict, suspended.reason) == (pb.VERDICT_BLOCK, pb.REASON_SUSPENDED)  # still barred
+        assert answer.registry_version == "outage@500"
+
+    assert restarted is not None
+    try:
+        client = restarted.client()
+        every = [warm, *traffic.answers]
+        wanted = {a.decision_id for a in every}
+        wait_until(
+            lambda: wanted <= {r.decision_id for r in audited(client)},
+            "every decision is in the audit stream",
+            seconds=30,
+        )
+        stored = audited(client)
+        assert Counter(r.decision_id for r in stored) == Counter(wanted)  # each exactly once, nothing else
+        by_id = {r.decision_id: r for r in stored}
+        for answer in degraded:
+            cold = by_id[answer.decision_id].items[2]
+            assert (cold.reason, cold.verdict, cold.enforced) == ("UNVERIFIED", "ALLOW", False)
+    finally:
+        restarted.stop()
+
+
+# Region 41 blocks what it cannot check; region 11 settles up to 2 unverified items a
+# minute per institution (stand-in), then blocks.
+POLICY = parse_policy({"regions": {"41": {"unverified": "block"}, "11": {"stand_in_per_minute": 2}}})
+
+
+def test_the_region_policy_decides_what_cannot_be_checked(
+    start_gatekeeper: StartGatekeeper, own_redis: RedisServer
+) -> None:
+    gatekeeper = start_gatekeeper(redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, policy=POLICY)
+    gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)
+    own_redis.stop()
+
+    blocking = gatekeeper.stub.CheckClaim(claim("b", COLD[1], fixmedins_code="H41130200746"), timeout=5)
+    assert (blocking.items[2].verdict, blocking.items[2].reason) == (pb.VERDICT_BLOCK, pb.REASON_UNVERIFIED)
+    assert blocking.items[2].enforced and blocking.verdict == pb.CLAIM_VERDICT_PARTIAL
+
+    standing_in = [
+        gatekeeper.stub.CheckClaim(claim(f"s{n}", COLD[10 + n], fixmedins_code="H11010500001"), timeout=5).items[2]
+        for n in range(4)
+    ]
+    assert [(i.verdict, i.reason) for i in standing_in] == [(pb.VERDICT_ALLOW, pb.REASON_UNVERIFIED)] * 2 + [
+        (pb.VERDICT_BLOCK, pb.REASON_UNVERIFIED)
+    ] * 2
+    other = gatekeeper.stub.CheckClaim(claim("o", COLD[20], fixmedins_code="H11010500002"), timeout=5)
+    assert other.items[2].verdict == pb.VERDICT_ALLOW  # the limit is per institution
+
+    # The practitioner query has no unverified answer: it says to retry.
+    with pytest.raises(grpc.RpcError) as raised:
+        gatekeeper.stub.GetPractitioner(pb.GetPractitionerRequest(prac_psn_code=COLD[9]), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_hung_redis_holds_a_claim_no_longer_than_the_redis_timeout(
+    start_gatekeeper: StartGatekeeper, own_redis: RedisServer
+) -> None:
+    gatekeeper = start_gatekeeper(redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT)
+    gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)
+    os.kill(own_redis.process.pid, signal.SIGSTOP)  # hung: connections are accepted, nothing is answered
+    try:
+        # A deadline a few Redis timeouts long: a client retrying a hung Redis would miss it.
+        hung = [gatekeeper.stub.CheckClaim(claim(f"h{n}", COLD[n + 1]), timeout=4 * REDIS_TIMEOUT) for n in range(3)]
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+    assert [a.items[2].reason for a in hung] == [pb.REASON_UNVERIFIED] * 3
+    assert [a.items[1].reason for a in hung] == [pb.REASON_SUSPENDED] * 3
+
+    def verified() -> bool:
+        return gatekeeper.stub.CheckClaim(claim("back", COLD[50]), timeout=5).items[2].reason == pb.REASON_OK
+
+    wait_until(verified, "claims are verified again once Redis answers")
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        pytest.param({"near_cache_entries": 0}, "unverified", id="without_a_near_cache_every_code_is_unverified"),
+        pytest.param({"degraded_max_age_seconds": 0}, "unavailable", id="degraded_mode_off_is_unavailable"),
+    ],
+)
+def test_degraded_mode_without_held_records_or_turned_off(
+    start_gatekeeper: StartGatekeeper, own_redis: RedisServer, settings: dict[str, float], expected: str
+) -> None:
+    gatekeeper = start_gatekeeper(redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, **settings)
+    gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)
+    own_redis.stop()
+    if expected == "unavailable":
+        with pytest.raises(grpc.RpcError) as raised:
+            gatekeeper.stub.CheckClaim(claim("down", COLD[0]), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    else:
+        answer = gatekeeper.stub.CheckClaim(claim("down", COLD[0]), timeout=5)
+        assert [i.reason for i in answer.items] == [pb.REASON_UNVERIFIED] * 3
+        assert answer.registry_version == "outage@500"  # the last version this process read
