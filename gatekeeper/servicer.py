@@ -6,7 +6,9 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
+import grpc
 from grpc import aio
 
 from gatekeeper.audit import DecisionLog, NoDecisionLog
@@ -124,6 +126,23 @@ def practitioner_response(
     return response
 
 
+async def fail(
+    context: aio.ServicerContext,  # type: ignore[type-arg]
+    method: str,
+    error: Exception,
+    decision_id: str = "",
+) -> NoReturn:
+    """End a failed RPC: an expected error with its own status; anything else (a bug, or an
+    error that is INTERNAL by nature, such as an undecodable cache record) logged with a
+    traceback and answered INTERNAL without details."""
+    if isinstance(error, GatekeeperError) and error.status_code is not grpc.StatusCode.INTERNAL:
+        await abort(context, error)
+    log.error("%s failed", method, exc_info=error, extra={"decision_id": decision_id} if decision_id else None)
+    await abort(
+        context, GatekeeperError(f"internal error; decision id {decision_id}" if decision_id else "internal error")
+    )
+
+
 def min_seq_of(version: str, field: str = "min_registry_version") -> int:
     """The registry seq a request demands (0: none), or InvalidArgument."""
     if not version:
@@ -191,12 +210,9 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
             lookup = await self._store.lookup(codes, min_seq)
             decision = self._decide(claim, region, lookup)
             self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock())
-        except GatekeeperError as error:
-            await abort(context, error)
-        except Exception:
-            log.exception("CheckClaim failed", extra={"decision_id": decision_id})
-            await abort(context, GatekeeperError(f"internal error; decision id {decision_id}"))
-        return claim_response(decision, decision_id, lookup.registry_version)
+            return claim_response(decision, decision_id, lookup.registry_version)
+        except Exception as error:
+            await fail(context, "CheckClaim", error, decision_id)
 
     async def CheckClaims(  # noqa: N802 - the gRPC method name
         self,
@@ -240,12 +256,9 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                     self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock())
                     fill_claim_response(result.response, decision, decision_id, lookup.registry_version)
                 results.append(result)
-        except GatekeeperError as error:
-            await abort(context, error)
-        except Exception:
-            log.exception("CheckClaims failed")
-            await abort(context, GatekeeperError("internal error"))
-        return pb.CheckClaimsResponse(results=results)
+            return pb.CheckClaimsResponse(results=results)
+        except Exception as error:
+            await fail(context, "CheckClaims", error)
 
     async def GetPractitioner(  # noqa: N802 - the gRPC method name
         self,
@@ -266,10 +279,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                 raise CacheUnavailable("eligibility cache unavailable: the practitioner's status cannot be checked")
             record = lookup.records.get(code)
             view = describe_practitioner(code, record, moment, region)
-        except GatekeeperError as error:
-            await abort(context, error)
-        except Exception:
-            log.exception("GetPractitioner failed")
-            await abort(context, GatekeeperError("internal error"))
-        prac_psn_type = record.prac_psn_type if record is not None else 0
-        return practitioner_response(code, prac_psn_type, view, format_cst(moment), lookup.registry_version)
+            prac_psn_type = record.prac_psn_type if record is not None else 0
+            return practitioner_response(code, prac_psn_type, view, format_cst(moment), lookup.registry_version)
+        except Exception as error:
+            await fail(context, "GetPractitioner", error)

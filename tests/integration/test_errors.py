@@ -7,6 +7,7 @@ from collections.abc import Collection
 import grpc
 import pytest
 
+from gatekeeper.errors import CacheCorrupt
 from gatekeeper.records import PractitionerRecord, StatusPeriod
 from gatekeeper.store import Lookup, MemoryEligibilityStore
 from gatekeeper.v1 import gatekeeper_pb2 as pb
@@ -42,3 +43,24 @@ def test_an_unexpected_error_is_internal_without_details(start_gatekeeper: Start
     assert "decision id" in raised.value.details()
 
     assert gatekeeper.stub.CheckClaim(request, timeout=5).verdict == pb.CLAIM_VERDICT_ALLOW
+
+
+class CorruptStore(MemoryEligibilityStore):
+    """A cache holding a record this version cannot read."""
+
+    async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
+        raise CacheCorrupt("undecodable record: secret bytes b'\\x93'")
+
+
+def test_a_corrupt_cache_is_internal_with_a_decision_id_and_no_details(start_gatekeeper: StartGatekeeper) -> None:
+    gatekeeper = start_gatekeeper(store=CorruptStore({}))
+    request = pb.CheckClaimRequest(
+        claim_id="c",
+        fixmedins_code="H11010500001",
+        items=[pb.LineItem(feedetl_sn="1", fee_ocur_time="2026-06-01 10:00:00", bilg_dr_codg="D110105000001")],
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        gatekeeper.stub.CheckClaim(request, timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert "decision id" in raised.value.details()
+    assert "secret" not in raised.value.details()
