@@ -6,12 +6,15 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import redis
 from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatekeeper import __version__
@@ -190,6 +193,19 @@ def format_claim_table(response: pb.CheckClaimResponse) -> str:
     return "\n".join(lines)
 
 
+Response = TypeVar("Response", bound=Message)
+
+
+def _call(args: argparse.Namespace, command: str, invoke: Callable[[grpc.Channel], Response]) -> Response | None:
+    """Make one call on a channel to ``--target``; None (the error printed) if it fails."""
+    with _channel(args) as channel:
+        try:
+            return invoke(channel)
+        except grpc.RpcError as error:
+            print(f"gatekeeper {command}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return None
+
+
 def _check(args: argparse.Namespace) -> int:
     try:
         document = json.loads(Path(args.claim_file).read_text(encoding="utf-8"))
@@ -197,12 +213,11 @@ def _check(args: argparse.Namespace) -> int:
     except (OSError, ValueError, json_format.ParseError) as error:
         print(f"gatekeeper check: {args.claim_file}: {error}", file=sys.stderr)
         return 2
-    with _channel(args) as channel:
-        try:
-            response = pb_grpc.GatekeeperStub(channel).CheckClaim(request, timeout=args.timeout)
-        except grpc.RpcError as error:
-            print(f"gatekeeper check: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
+    response = _call(
+        args, "check", lambda channel: pb_grpc.GatekeeperStub(channel).CheckClaim(request, timeout=args.timeout)
+    )
+    if response is None:
+        return 1
     if args.json:
         print(json_format.MessageToJson(response, ensure_ascii=False, preserving_proto_field_name=True))
     else:
@@ -214,25 +229,24 @@ def _practitioner(args: argparse.Namespace) -> int:
     request = pb.GetPractitionerRequest(
         prac_psn_code=args.code, at_time=args.at or "", fixmedins_code=args.institution or ""
     )
-    with _channel(args) as channel:
-        try:
-            response = pb_grpc.GatekeeperStub(channel).GetPractitioner(request, timeout=args.timeout)
-        except grpc.RpcError as error:
-            print(f"gatekeeper practitioner: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
+    response = _call(
+        args,
+        "practitioner",
+        lambda channel: pb_grpc.GatekeeperStub(channel).GetPractitioner(request, timeout=args.timeout),
+    )
+    if response is None:
+        return 1
     print(json_format.MessageToJson(response, ensure_ascii=False, preserving_proto_field_name=True))
     return 0
 
 
 def _health(args: argparse.Namespace) -> int:
-    with _channel(args) as channel:
-        try:
-            response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
-            )
-        except grpc.RpcError as error:
-            print(f"gatekeeper health: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
+    request = health_pb2.HealthCheckRequest(service=args.service)
+    response = _call(
+        args, "health", lambda channel: health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
+    )
+    if response is None:
+        return 1
     print(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
