@@ -8,7 +8,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gatekeeper.codes import DEFAULT_PRACTITIONER_PREFIXES, practitioner_code_pattern
 
@@ -92,6 +92,18 @@ class PolicyError(ValueError):
 _KNOWN_KEYS = {f.name for f in fields(RegionPolicy) if f.init}
 
 
+Choice = TypeVar("Choice", bound=enum.Enum)
+
+
+def _choice(kind: type[Choice], value: object, where: str) -> Choice:
+    """One of an enum's values, or a PolicyError listing them."""
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = " or ".join(repr(member.value) for member in kind)
+        raise PolicyError(f"{where}: expected {allowed}, got {value!r}") from None
+
+
 def _region_from_table(base: RegionPolicy, table: object, where: str) -> RegionPolicy:
     if not isinstance(table, Mapping):
         raise PolicyError(f"{where}: expected a table of settings")
@@ -100,10 +112,7 @@ def _region_from_table(base: RegionPolicy, table: object, where: str) -> RegionP
         raise PolicyError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
     changes: dict[str, Any] = {}
     if "mode" in table:
-        try:
-            changes["mode"] = Mode(table["mode"])
-        except ValueError:
-            raise PolicyError(f"{where}.mode: expected 'enforce' or 'monitor', got {table['mode']!r}") from None
+        changes["mode"] = _choice(Mode, table["mode"], f"{where}.mode")
     if "emergency_exempts_termination" in table:
         value = table["emergency_exempts_termination"]
         if not isinstance(value, bool):
@@ -119,10 +128,7 @@ def _region_from_table(base: RegionPolicy, table: object, where: str) -> RegionP
             raise PolicyError(f"{where}.practitioner_prefixes: expected a list of one or two capital letters")
         changes["practitioner_prefixes"] = tuple(prefixes)
     if "unverified" in table:
-        try:
-            changes["unverified"] = Unverified(table["unverified"])
-        except ValueError:
-            raise PolicyError(f"{where}.unverified: expected 'allow' or 'block', got {table['unverified']!r}") from None
+        changes["unverified"] = _choice(Unverified, table["unverified"], f"{where}.unverified")
     if "stand_in_per_minute" in table:
         limit = table["stand_in_per_minute"]
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
