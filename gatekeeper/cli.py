@@ -18,7 +18,9 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatekeeper import __version__
-from gatekeeper.audit_export import (
+from gatekeeper.api.callers import CallersError, load_callers
+from gatekeeper.api.validation import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
+from gatekeeper.audit.export import (
     DEFAULT_LATE_SECONDS,
     WRITERS,
     Period,
@@ -27,11 +29,10 @@ from gatekeeper.audit_export import (
     records_in,
     records_of_claim,
 )
-from gatekeeper.callers import CallersError, load_callers
-from gatekeeper.cst import TIME_FORMAT, parse_cst
-from gatekeeper.logs import LOG_FORMATS, setup_logging
-from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
-from gatekeeper.policy import PolicyError, load_policy
+from gatekeeper.cache.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
+from gatekeeper.core.cst import TIME_FORMAT, parse_cst
+from gatekeeper.core.policy import PolicyError, load_policy
+from gatekeeper.ops.logs import LOG_FORMATS, setup_logging
 from gatekeeper.settings import (
     DEFAULT_MAX_CONCURRENT_RPCS,
     DEFAULT_MAX_REGISTRY_AGE_SECONDS,
@@ -45,7 +46,6 @@ from gatekeeper.settings import (
 )
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from gatekeeper.validation import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
 
 
 def _positive(text: str) -> int:

@@ -17,19 +17,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 from grpc_reflection.v1alpha import reflection
 
-from gatekeeper import metrics
-from gatekeeper.audit import AuditLog
-from gatekeeper.callers import load_callers
-from gatekeeper.handlers import add_gatekeeper_servicer
-from gatekeeper.nearcache import CachingEligibilityStore
-from gatekeeper.policy import Policy, load_policy
-from gatekeeper.readiness import readiness
-from gatekeeper.servicer import GatekeeperServicer
+from gatekeeper.api.callers import load_callers
+from gatekeeper.api.handlers import add_gatekeeper_servicer
+from gatekeeper.api.servicer import GatekeeperServicer
+from gatekeeper.api.validation import Limits
+from gatekeeper.audit.writer import AuditLog
+from gatekeeper.cache.nearcache import CachingEligibilityStore
+from gatekeeper.cache.store import EligibilityStore, RedisEligibilityStore
+from gatekeeper.core.policy import Policy, load_policy
+from gatekeeper.core.readiness import readiness
+from gatekeeper.ops import metrics
+from gatekeeper.ops.tasks import stop_task
 from gatekeeper.settings import Settings, split_host_port
-from gatekeeper.store import EligibilityStore, RedisEligibilityStore
-from gatekeeper.tasks import stop_task
 from gatekeeper.v1 import gatekeeper_pb2
-from gatekeeper.validation import Limits
 
 log = logging.getLogger(__name__)
 

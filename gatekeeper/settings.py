@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gatekeeper.audit import DEFAULT_SPOOL_DIR
-from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
-from gatekeeper.validation import DEFAULT_MAX_BATCH_CLAIMS, DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
+from gatekeeper.api.validation import DEFAULT_MAX_BATCH_CLAIMS, DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
+from gatekeeper.audit.writer import DEFAULT_SPOOL_DIR
+from gatekeeper.cache.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LISTEN = "127.0.0.1:50051"

@@ -16,7 +16,7 @@ from typing import Any, cast
 import redis
 from redis.connection import Connection
 
-from gatekeeper import changelog, keys
+from gatekeeper.cache import changelog, keys
 from loader.rows import EncodedRow
 
 # Listpack hashes are what keep a practitioner under 64 bytes; a record with a long

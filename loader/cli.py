@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from gatekeeper import keys
+from gatekeeper.cache import keys
 from gatekeeper.settings import redis_url_from
 from loader.cache import LeaseLost, LoaderBusy, NoSnapshot, read_state
 from loader.changes import apply_change_files

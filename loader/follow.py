@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from gatekeeper import keys
+from gatekeeper.cache import keys
 from loader.cache import ApplyStats, ChangeApplier, read_state
 from loader.feed import FeedPage, MalformedPage, changes_url, parse_page
 from loader.quarantine import Quarantine

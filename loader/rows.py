@@ -10,9 +10,9 @@ from functools import lru_cache
 
 import msgspec
 
-from gatekeeper.codes import PROVINCE_CODES
-from gatekeeper.cst import parse_cst
-from gatekeeper.records import OPEN_ENDED, Status, StatusPeriod, chg_key_of, one_period_record, period_array
+from gatekeeper.core.codes import PROVINCE_CODES
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.records import OPEN_ENDED, Status, StatusPeriod, chg_key_of, one_period_record, period_array
 
 FIELDS = (
     "prac_psn_code",

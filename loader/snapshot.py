@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import redis
 
-from gatekeeper import keys
+from gatekeeper.cache import keys
 from loader.cache import (
     DEFAULT_LEASE_SECONDS,
     GenerationWriter,

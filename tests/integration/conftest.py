@@ -14,10 +14,10 @@ import pytest
 import redis
 
 from bench.harness import RedisServer, start_redis
-from gatekeeper.policy import Policy
+from gatekeeper.cache.store import EligibilityStore
+from gatekeeper.core.policy import Policy
 from gatekeeper.server import GatekeeperServer, create_server
 from gatekeeper.settings import Settings
-from gatekeeper.store import EligibilityStore
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 
 

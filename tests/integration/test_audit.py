@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from bench.harness import RedisServer, free_port, start_redis
-from gatekeeper import keys
-from gatekeeper.audit import SPOOL_PATTERN, AuditRecord, Batch, Spool, decode_record
+from gatekeeper.audit.writer import SPOOL_PATTERN, AuditRecord, Batch, Spool, decode_record
+from gatekeeper.cache import keys
 from gatekeeper.cli import main
-from gatekeeper.cst import format_cst
+from gatekeeper.core.cst import format_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from tests.integration.conftest import StartGatekeeper

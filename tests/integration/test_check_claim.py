@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gatekeeper.policy import parse_policy
+from gatekeeper.core.policy import parse_policy
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY, load, period, write_snapshot

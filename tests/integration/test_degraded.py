@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from bench.harness import RedisServer, start_redis
-from gatekeeper.audit import SPOOL_PATTERN
-from gatekeeper.policy import parse_policy
+from gatekeeper.audit.writer import SPOOL_PATTERN
+from gatekeeper.core.policy import parse_policy
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from tests.integration.conftest import StartGatekeeper

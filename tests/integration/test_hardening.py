@@ -10,8 +10,8 @@ from collections.abc import Collection
 import grpc
 import pytest
 
-from gatekeeper.records import PractitionerRecord, StatusPeriod
-from gatekeeper.store import Lookup, MemoryEligibilityStore
+from gatekeeper.cache.store import Lookup, MemoryEligibilityStore
+from gatekeeper.core.records import PractitionerRecord, StatusPeriod
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.integration.conftest import StartGatekeeper
 

@@ -10,10 +10,10 @@ import pytest
 import redis
 
 from bench.harness import RedisServer
-from gatekeeper import keys
-from gatekeeper.cst import parse_cst
-from gatekeeper.records import Status, chg_key_of
-from gatekeeper.rules import Reason, standing_at
+from gatekeeper.cache import keys
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.records import Status, chg_key_of
+from gatekeeper.core.rules import Reason, standing_at
 from loader.cache import NoSnapshot, read_state
 from loader.changes import ApplyResult, apply_change_files
 from loader.quarantine import Quarantine

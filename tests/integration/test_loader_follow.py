@@ -18,9 +18,9 @@ import pytest
 import redis
 
 from bench.harness import RedisServer
-from gatekeeper import keys
-from gatekeeper.cst import parse_cst
-from gatekeeper.rules import Reason, standing_at
+from gatekeeper.cache import keys
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.rules import Reason, standing_at
 from loader.cache import NoSnapshot, read_state
 from loader.feed import ChangeFeedServer
 from loader.follow import FollowOptions, FollowStats, follow

@@ -17,10 +17,10 @@ import redis
 
 import loader.cache
 from bench.harness import RedisServer
-from gatekeeper import keys
-from gatekeeper.cst import parse_cst
-from gatekeeper.records import chg_key_of
-from gatekeeper.rules import Reason, standing_at
+from gatekeeper.cache import keys
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.records import chg_key_of
+from gatekeeper.core.rules import Reason, standing_at
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.cache import LoaderBusy, read_state
 from loader.changes import apply_change_files

@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from bench.harness import RedisServer
-from gatekeeper.cst import parse_cst
-from gatekeeper.nearcache import STREAM_CLIENT_NAME, CachingEligibilityStore
-from gatekeeper.rules import Reason, standing_at
-from gatekeeper.store import RedisEligibilityStore
+from gatekeeper.cache.nearcache import STREAM_CLIENT_NAME, CachingEligibilityStore
+from gatekeeper.cache.store import RedisEligibilityStore
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.rules import Reason, standing_at
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.cache import ApplyStats, ChangeApplier
 from loader.rows import encode_change

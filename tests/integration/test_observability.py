@@ -21,9 +21,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import RedisServer, free_port, start_redis
-from gatekeeper import keys
-from gatekeeper.logs import JsonFormatter
-from gatekeeper.policy import RegionPolicy
+from gatekeeper.cache import keys
+from gatekeeper.core.policy import RegionPolicy
+from gatekeeper.ops.logs import JsonFormatter
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import DEMO_REGISTRY, load, period, write_changes
@@ -144,7 +144,11 @@ def test_json_log_lines_carry_the_decision_id_of_an_internal_error(start_gatekee
     errors = [line for line in lines if line.get("decision_id") == decision_id]
     assert len(errors) == 1, lines
     error = errors[0]
-    assert (error["level"], error["logger"], error["message"]) == ("ERROR", "gatekeeper.servicer", "CheckClaim failed")
+    assert (error["level"], error["logger"], error["message"]) == (
+        "ERROR",
+        "gatekeeper.api.servicer",
+        "CheckClaim failed",
+    )
     assert "KeyError" in error["exception"]
     assert error["time"].endswith("+00:00")
     assert any(line["level"] == "WARNING" and "PLAIN TEXT" in line["message"] for line in lines)

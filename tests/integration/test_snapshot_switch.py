@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from gatekeeper import keys
+from gatekeeper.cache import keys
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.integration.conftest import RunningGatekeeper
 from tests.integration.registry import load, period, write_snapshot

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gatekeeper.callers import (
+from gatekeeper.api.callers import (
     ANONYMOUS,
     ANYONE,
     Caller,
@@ -17,7 +17,7 @@ from gatekeeper.callers import (
     load_callers,
     parse_callers,
 )
-from gatekeeper.errors import PermissionDenied
+from gatekeeper.core.errors import PermissionDenied
 
 CALLERS = tomllib.loads(
     """

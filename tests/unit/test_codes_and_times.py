@@ -10,17 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper import rules
-from gatekeeper.codes import (
+from gatekeeper.core import rules
+from gatekeeper.core.codes import (
     DEFAULT_PRACTITIONER_PREFIXES,
     PROVINCE_CODES,
     division_of,
     is_institution_code,
     practitioner_code_pattern,
 )
-from gatekeeper.cst import format_cst, parse_cst
-from gatekeeper.policy import Mode, Policy, PolicyError, RegionPolicy, load_policy, parse_policy
-from gatekeeper.records import Status
+from gatekeeper.core.cst import format_cst, parse_cst
+from gatekeeper.core.policy import Mode, Policy, PolicyError, RegionPolicy, load_policy, parse_policy
+from gatekeeper.core.records import Status
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,9 +6,9 @@ import grpc
 import pytest
 from builders import at
 
-from gatekeeper.errors import InvalidArgument
+from gatekeeper.api.validation import DEFAULT_MAX_ITEMS, Limits, claim_from_request
+from gatekeeper.core.errors import InvalidArgument
 from gatekeeper.v1 import gatekeeper_pb2 as pb
-from gatekeeper.validation import DEFAULT_MAX_ITEMS, Limits, claim_from_request
 
 DOCTOR = "D110105000001"
 NURSE = "N330522000004"

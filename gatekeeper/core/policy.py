@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gatekeeper.codes import DEFAULT_PRACTITIONER_PREFIXES, practitioner_code_pattern
+from gatekeeper.core.codes import DEFAULT_PRACTITIONER_PREFIXES, practitioner_code_pattern
 
 CHECKED_CODES_KEPT = 200_000
 

@@ -24,11 +24,12 @@ from typing import Any, cast
 
 import redis.asyncio as redis
 
-from gatekeeper import changelog, keys, metrics
-from gatekeeper.errors import CacheUnavailable
-from gatekeeper.records import PractitionerRecord
-from gatekeeper.store import Lookup, RedisEligibilityStore, redis_client
-from gatekeeper.tasks import stop_task
+from gatekeeper.cache import changelog, keys
+from gatekeeper.cache.store import Lookup, RedisEligibilityStore, redis_client
+from gatekeeper.core.errors import CacheUnavailable
+from gatekeeper.core.records import PractitionerRecord
+from gatekeeper.ops import metrics
+from gatekeeper.ops.tasks import stop_task
 
 log = logging.getLogger(__name__)
 

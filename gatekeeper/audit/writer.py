@@ -36,9 +36,9 @@ import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
-from gatekeeper import keys
-from gatekeeper.rules import Claim, ClaimDecision
-from gatekeeper.store import redis_client
+from gatekeeper.cache import keys
+from gatekeeper.cache.store import redis_client
+from gatekeeper.core.rules import Claim, ClaimDecision
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
 if TYPE_CHECKING:
-    from gatekeeper.nearcache import NearCacheStats
+    from gatekeeper.cache.nearcache import NearCacheStats
 
 ITEM_DECISIONS = Counter(
     "gatekeeper_item_decisions",

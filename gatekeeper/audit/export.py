@@ -11,9 +11,9 @@ from typing import TextIO, cast
 import msgspec
 import redis
 
-from gatekeeper import keys
-from gatekeeper.audit import AuditRecord, decode_record
-from gatekeeper.cst import format_cst
+from gatekeeper.audit.writer import AuditRecord, decode_record
+from gatekeeper.cache import keys
+from gatekeeper.core.cst import format_cst
 
 PAGE = 1000
 # Records replayed from a spool after an outage are appended late: the stream id says when

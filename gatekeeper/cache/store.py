@@ -14,9 +14,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gatekeeper import keys, metrics
-from gatekeeper.errors import CacheCorrupt, CacheUnavailable, RegistryBehind, RegistryNotLoaded
-from gatekeeper.records import PractitionerRecord, decode_record
+from gatekeeper.cache import keys
+from gatekeeper.core.errors import CacheCorrupt, CacheUnavailable, RegistryBehind, RegistryNotLoaded
+from gatekeeper.core.records import PractitionerRecord, decode_record
+from gatekeeper.ops import metrics
 
 # A snapshot switch between reading gk:meta and reading the buckets makes a reader read
 # again; more than this many switches in a row (snapshots load minutes apart) means

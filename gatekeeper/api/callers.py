@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gatekeeper.codes import is_institution_code
-from gatekeeper.errors import PermissionDenied
+from gatekeeper.core.codes import is_institution_code
+from gatekeeper.core.errors import PermissionDenied
 
 COMMON_NAME = "CN="
 DNS_NAME = "DNS:"

@@ -10,8 +10,8 @@ import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from gatekeeper.policy import RegionPolicy, Unverified
-from gatekeeper.records import PractitionerRecord, Status, StatusPeriod
+from gatekeeper.core.policy import RegionPolicy, Unverified
+from gatekeeper.core.records import PractitionerRecord, Status, StatusPeriod
 
 
 class Verdict(enum.IntEnum):

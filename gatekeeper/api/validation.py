@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NoReturn
 
-from gatekeeper.codes import is_institution_code
-from gatekeeper.cst import TIME_FORMAT, parse_cst
-from gatekeeper.errors import InvalidArgument
-from gatekeeper.rules import Claim, Item
+from gatekeeper.core.codes import is_institution_code
+from gatekeeper.core.cst import TIME_FORMAT, parse_cst
+from gatekeeper.core.errors import InvalidArgument
+from gatekeeper.core.rules import Claim, Item
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
 DEFAULT_MAX_ITEMS = 5_000

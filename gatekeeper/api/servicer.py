@@ -11,14 +11,16 @@ from typing import NoReturn
 import grpc
 from grpc import aio
 
-from gatekeeper.audit import DecisionLog, NoDecisionLog
-from gatekeeper.callers import ANONYMOUS, ANYONE, Caller, Callers, caller_from_auth_context
-from gatekeeper.codes import division_of
-from gatekeeper.cst import format_cst
-from gatekeeper.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind, abort
-from gatekeeper.policy import Policy, RegionPolicy
-from gatekeeper.records import OPEN_ENDED, StatusPeriod
-from gatekeeper.rules import (
+from gatekeeper.api.callers import ANONYMOUS, ANYONE, Caller, Callers, caller_from_auth_context
+from gatekeeper.api.validation import Limits, claim_from_request, institution_code, practitioner_code, service_time
+from gatekeeper.audit.writer import DecisionLog, NoDecisionLog
+from gatekeeper.cache.store import EligibilityStore, Lookup, version_seq
+from gatekeeper.core.codes import division_of
+from gatekeeper.core.cst import format_cst
+from gatekeeper.core.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind, abort
+from gatekeeper.core.policy import Policy, RegionPolicy
+from gatekeeper.core.records import OPEN_ENDED, StatusPeriod
+from gatekeeper.core.rules import (
     Claim,
     ClaimDecision,
     ItemDecision,
@@ -27,11 +29,9 @@ from gatekeeper.rules import (
     decide_claim,
     describe_practitioner,
 )
-from gatekeeper.standin import StandInLimiter
-from gatekeeper.store import EligibilityStore, Lookup, version_seq
+from gatekeeper.core.standin import StandInLimiter
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from gatekeeper.validation import Limits, claim_from_request, institution_code, practitioner_code, service_time
 
 log = logging.getLogger(__name__)
 DEFAULT_LIMITS = Limits()
