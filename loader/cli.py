@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import redis
 
+from gatekeeper import defaults
 from gatekeeper.cache import keys
 from gatekeeper.settings import redis_url_from
 from loader.cache import LeaseLost, LoaderBusy, NoSnapshot, read_state
@@ -175,7 +177,7 @@ def _feed_server(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``gatekeeper-loader``."""
     parser = argparse.ArgumentParser(prog="gatekeeper-loader", description=__doc__)
-    parser.add_argument("--redis-url", default=redis_url_from(), help="eligibility cache (env REDIS_URL)")
+    parser.add_argument("--redis-url", help=f"eligibility cache (env REDIS_URL, default {defaults.REDIS_URL})")
     commands = parser.add_subparsers(dest="command", required=True)
 
     snapshot = commands.add_parser("snapshot", help="load a full snapshot (.csv or .csv.gz beside its manifest)")
@@ -223,4 +225,5 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``gatekeeper-loader``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    args.redis_url = args.redis_url or redis_url_from(os.environ)  # the one place that reads the environment
     sys.exit(args.run(args))

@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NoReturn
 
+from gatekeeper import defaults
 from gatekeeper.core.codes import is_institution_code
 from gatekeeper.core.cst import TIME_FORMAT, parse_cst
 from gatekeeper.core.errors import InvalidArgument
 from gatekeeper.core.rules import Claim, Item
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
-DEFAULT_MAX_ITEMS = 5_000
-DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
-DEFAULT_MAX_BATCH_CLAIMS = 10_000
 MAX_ID_LENGTH = 64  # claim_id, feedetl_sn, mdtrt_id: national fields are 30 characters
 # Practitioner codes are 13 or 14 characters; HIS feeds also carry local ones ("DOC001"),
 # which are decided malformed. Anything longer is not a code at all.
@@ -28,9 +26,9 @@ MAX_AMOUNT_FEN = 10**12
 class Limits:
     """Bounds on what one request may carry."""
 
-    max_items: int = DEFAULT_MAX_ITEMS
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_batch_claims: int = DEFAULT_MAX_BATCH_CLAIMS
+    max_items: int = defaults.MAX_ITEMS
+    max_request_bytes: int = defaults.MAX_REQUEST_BYTES
+    max_batch_claims: int = defaults.MAX_BATCH_CLAIMS
 
 
 def _require_id(value: str, field: str) -> str:

@@ -11,6 +11,7 @@ from typing import TextIO, cast
 import msgspec
 import redis
 
+from gatekeeper import defaults
 from gatekeeper.audit.writer import AuditRecord, decode_record
 from gatekeeper.cache import keys
 from gatekeeper.core.cst import format_cst
@@ -19,7 +20,6 @@ PAGE = 1000
 # Records replayed from a spool after an outage are appended late: the stream id says when
 # an entry was stored, decided_at_ms when it was decided. A period's export reads entries
 # stored up to this long after its end.
-DEFAULT_LATE_SECONDS = 7 * 24 * 3600
 
 CSV_COLUMNS = (
     "decision_id",
@@ -59,7 +59,7 @@ class Period:
 
     since_ms: int
     until_ms: int
-    late_ms: int = DEFAULT_LATE_SECONDS * 1000
+    late_ms: int = defaults.AUDIT_LATE_SECONDS * 1000
 
     def covers(self, record: AuditRecord) -> bool:
         """True when the record's decision was made within the period."""

@@ -51,7 +51,6 @@ DEFAULT_RETRY_SECONDS = 1.0  # how often a spool is offered to Redis again
 # replayed later than this after Redis took it (its write timed out, yet it had arrived)
 # would be appended a second time.
 DEFAULT_DEDUP_SECONDS = 24 * 3600.0
-DEFAULT_SPOOL_DIR = Path("audit-spool")
 SPOOL_PATTERN = "audit-*.spool"
 
 FUNCTION_NAME = "gk_audit_append"

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import redis.asyncio as redis
 
+from gatekeeper import defaults
 from gatekeeper.cache import changelog, keys
 from gatekeeper.cache.store import Lookup, RedisEligibilityStore, redis_client
 from gatekeeper.core.errors import CacheUnavailable
@@ -33,13 +34,6 @@ from gatekeeper.ops.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ENTRIES = 1_000_000
-# Notifications keep the cache coherent within milliseconds; the age bound is the safety
-# net for a notification path that fails silently.
-DEFAULT_MAX_AGE_SECONDS = 120.0
-# Registry changes are decided days ahead and arrive a few a minute: a record an hour old
-# is almost always still right, and far better than none while Redis is away.
-DEFAULT_DEGRADED_MAX_AGE_SECONDS = 3600.0
 BLOCK_MILLISECONDS = 1_000
 STREAM_CLIENT_NAME = "gatekeeper-near-cache"  # CLIENT LIST shows which connections follow gk:changes
 RECONNECT_BACKOFF_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -169,8 +163,8 @@ class CachingEligibilityStore:
         self,
         backing: RedisEligibilityStore,
         stream_client: redis.Redis,
-        max_entries: int = DEFAULT_MAX_ENTRIES,
-        max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+        max_entries: int = defaults.NEAR_CACHE_ENTRIES,
+        max_age_seconds: float = defaults.NEAR_CACHE_MAX_AGE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         degraded_max_age_seconds: float = 0.0,
     ) -> None:

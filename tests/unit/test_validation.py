@@ -6,7 +6,8 @@ import grpc
 import pytest
 from builders import at
 
-from gatekeeper.api.validation import DEFAULT_MAX_ITEMS, Limits, claim_from_request
+from gatekeeper import defaults
+from gatekeeper.api.validation import Limits, claim_from_request
 from gatekeeper.core.errors import InvalidArgument
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
@@ -138,7 +139,7 @@ def test_items_at_the_maximum_are_accepted() -> None:
 
 
 def test_default_maximum_is_five_thousand_items() -> None:
-    assert Limits().max_items == DEFAULT_MAX_ITEMS == 5_000
+    assert Limits().max_items == defaults.MAX_ITEMS == 5_000
 
 
 def test_request_within_size_limit_is_accepted() -> None:
@@ -227,6 +228,6 @@ def test_bounded_fields_at_their_maximum_are_accepted() -> None:
 
 
 def test_the_largest_claim_sums_fit_the_response() -> None:
-    biggest = request(*(line(str(n), amount_fen=10**12) for n in range(DEFAULT_MAX_ITEMS)))
+    biggest = request(*(line(str(n), amount_fen=10**12) for n in range(defaults.MAX_ITEMS)))
     total = sum(item.amount_fen for item in claim_from_request(biggest, Limits(max_request_bytes=10**8)).items)
     assert pb.CheckClaimResponse(allowed_amount_fen=total).allowed_amount_fen == total
