@@ -17,6 +17,7 @@ import redis
 from redis.connection import Connection
 
 from gatekeeper.cache import changelog, keys
+from gatekeeper.cache.layout import Lease, Meta
 from loader.rows import EncodedRow
 
 # Listpack hashes are what keep a practitioner under 64 bytes; a record with a long
@@ -46,33 +47,14 @@ class NoSnapshot(RuntimeError):
     """Changes cannot be applied before a first snapshot is loaded."""
 
 
-@dataclass(frozen=True)
-class CacheState:
-    """What ``gk:meta`` says is loaded."""
-
-    generation: int | None
-    buckets: int
-    snapshot_id: str
-    watermark_seq: int
-    applied_seq: int
-    record_count: int
-    switched_at: float
-
-
-def read_state(client: redis.Redis) -> CacheState:
+def read_state(client: redis.Redis) -> Meta:
     """The current generation and what it was loaded from."""
-    raw = cast(dict[bytes, bytes], client.hgetall(keys.META))
-    meta = {k.decode(): v.decode() for k, v in raw.items()}
-    generation = meta.get(keys.MetaField.GENERATION)
-    return CacheState(
-        generation=int(generation) if generation else None,
-        buckets=int(meta.get(keys.MetaField.BUCKETS, 0)),
-        snapshot_id=meta.get(keys.MetaField.SNAPSHOT_ID, ""),
-        watermark_seq=int(meta.get(keys.MetaField.WATERMARK_SEQ, 0)),
-        applied_seq=int(meta.get(keys.MetaField.APPLIED_SEQ, 0)),
-        record_count=int(meta.get(keys.MetaField.RECORD_COUNT, 0)),
-        switched_at=float(meta.get(keys.MetaField.SWITCHED_AT, 0)),
-    )
+    return Meta.from_hash(cast(dict[bytes, bytes], client.hgetall(keys.META)))
+
+
+def read_lease(client: redis.Redis) -> Lease | None:
+    """The lease of the snapshot load in progress, None when none is."""
+    return Lease.parse(cast(bytes | None, client.get(keys.LOADING)))
 
 
 def load_functions(client: redis.Redis) -> None:
@@ -148,8 +130,9 @@ class GenerationWriter:
         self.watermark_seq = watermark_seq
         load_functions(client)
         self.generation = int(client.incr(keys.GENERATION_COUNTER))
-        token = secrets.token_hex(8)
-        self._lease = _Lease(client, f"{self.generation} {buckets} {watermark_seq} {token}", lease_seconds)
+        self._token = secrets.token_hex(8)
+        lease = Lease(self.generation, buckets, watermark_seq, self._token)
+        self._lease = _Lease(client, lease.format(), lease_seconds)
         # A load killed mid-way leaves its lease to expire: wait as long as it has left, no
         # longer, since a live loader keeps renewing its own.
         deadline: float | None = None
@@ -246,7 +229,7 @@ class GenerationWriter:
                 keys.META,
                 keys.LOADING,
                 keys.CHANGES,
-                self._lease.value.rsplit(" ", 1)[1],
+                self._token,
                 self.generation,
                 self.buckets,
                 snapshot_id,
@@ -289,9 +272,9 @@ def drop_abandoned_generations(client: redis.Redis) -> list[int]:
     """Drop generations left by loaders that died before switching (not the current one,
     nor one whose load still holds the lease)."""
     keep = {read_state(client).generation}
-    loading = client.get(keys.LOADING)
-    if loading:
-        keep.add(int(loading.split()[0]))
+    lease = read_lease(client)
+    if lease is not None:
+        keep.add(lease.generation)
     dropped = []
     for member in client.smembers(keys.GENERATIONS):
         generation = int(member)
@@ -327,12 +310,10 @@ class ChangeApplier:
         state = read_state(self._redis)
         if state.generation is None:
             raise NoSnapshot("no registry snapshot is loaded: load one before applying changes")
-        loading = self._redis.get(keys.LOADING)
-        loading_generation, loading_buckets = None, 0
-        if loading:
-            generation, buckets, *_ = loading.split()
-            loading_generation, loading_buckets = int(generation), int(buckets)
-        return _Layout(state.generation, state.buckets, loading_generation, loading_buckets)
+        lease = read_lease(self._redis)
+        if lease is None:
+            return _Layout(state.generation, state.buckets, None, 0)
+        return _Layout(state.generation, state.buckets, lease.generation, lease.buckets)
 
     def _command(self, changes: Sequence[EncodedRow]) -> list[str | bytes | int]:
         if self._layout is None:

@@ -17,7 +17,7 @@ import redis
 from gatekeeper import defaults
 from gatekeeper.cache import keys
 from gatekeeper.settings import redis_url_from
-from loader.cache import LeaseLost, LoaderBusy, NoSnapshot, read_state
+from loader.cache import LeaseLost, LoaderBusy, NoSnapshot, read_lease, read_state
 from loader.changes import apply_change_files
 from loader.follow import FollowOptions, follow
 from loader.quarantine import Quarantine
@@ -131,7 +131,7 @@ def _follow(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     client = _client(args)
     state = read_state(client)
-    loading = client.get(keys.LOADING)
+    lease = read_lease(client)
     cursor = client.get(keys.FOLLOW_CURSOR)
     memory = client.info("memory")
     status = {
@@ -139,11 +139,11 @@ def _status(args: argparse.Namespace) -> int:
         "generation": state.generation,
         "watermark_seq": state.watermark_seq,
         "applied_seq": state.applied_seq,
-        "registry_version": f"{state.snapshot_id}@{state.applied_seq}" if state.generation else None,
+        "registry_version": state.registry_version if state.loaded else None,
         "record_count": state.record_count,
         "age_seconds": round(time.time() - state.switched_at, 1) if state.generation else None,
         "follow_after": int(cursor) if cursor else None,
-        "loading": loading.decode().rsplit(" ", 1)[0] if loading else None,  # type: ignore[union-attr]
+        "loading": lease.description if lease is not None else None,
         "change_log_length": client.xlen(keys.CHANGES),
         "used_memory": memory["used_memory"],
         "used_memory_human": memory["used_memory_human"],

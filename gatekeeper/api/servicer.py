@@ -8,16 +8,16 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
-import grpc
 from grpc import aio
 
 from gatekeeper.api.callers import ANONYMOUS, ANYONE, Caller, Callers, caller_from_auth_context
+from gatekeeper.api.errors import abort, status_code
 from gatekeeper.api.validation import Limits, claim_from_request, institution_code, practitioner_code, service_time
 from gatekeeper.audit.writer import DecisionLog, NoDecisionLog
-from gatekeeper.cache.store import EligibilityStore, Lookup, version_seq
 from gatekeeper.core.codes import division_of
 from gatekeeper.core.cst import format_cst
-from gatekeeper.core.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind, abort
+from gatekeeper.core.eligibility import EligibilityStore, Lookup, version_seq
+from gatekeeper.core.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind
 from gatekeeper.core.policy import Policy, RegionPolicy
 from gatekeeper.core.records import OPEN_ENDED, StatusPeriod
 from gatekeeper.core.rules import (
@@ -104,7 +104,7 @@ def window_message(period: StatusPeriod) -> pb.StatusWindow:
 
 def claim_error(error: GatekeeperError) -> pb.ClaimError:
     """A claim's error inside a batch, with the status it would have had alone."""
-    return pb.ClaimError(code=error.status_code.value[0], message=str(error))
+    return pb.ClaimError(code=status_code(error).value[0], message=str(error))
 
 
 def practitioner_response(
@@ -135,7 +135,7 @@ async def fail(
     """End a failed RPC: an expected error with its own status; anything else (a bug, or an
     error that is INTERNAL by nature, such as an undecodable cache record) logged with a
     traceback and answered INTERNAL without details."""
-    if isinstance(error, GatekeeperError) and error.status_code is not grpc.StatusCode.INTERNAL:
+    if isinstance(error, GatekeeperError) and error.status != "INTERNAL":
         await abort(context, error)
     log.error("%s failed", method, exc_info=error, extra={"decision_id": decision_id} if decision_id else None)
     await abort(

@@ -37,7 +37,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from gatekeeper.cache import keys
-from gatekeeper.cache.store import redis_client
+from gatekeeper.cache.client import redis_client
 from gatekeeper.core.rules import Claim, ClaimDecision
 
 log = logging.getLogger(__name__)

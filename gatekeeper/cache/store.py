@@ -1,150 +1,50 @@
-"""Where the servicer reads eligibility records: Redis, a near cache in front of it, or memory."""
+"""The eligibility stores: Redis read with one pipelined round trip per claim, and the
+near cache in front of it.
+
+Coherence of the near cache (docs/cache-layout.md): each change entry drops the codes it
+names, and a switch entry drops everything; a follower that lost its connection, or finds
+that entries it never read were trimmed, drops everything and lookups read through to Redis
+until it has caught up again; no entry is used after ``max_age_seconds``.
+
+Degraded mode: when Redis cannot be read, what the process holds (entries of the live
+cache, and those it stopped trusting when notifications broke off) answers for up to
+``degraded_max_age_seconds`` after each was fetched; other codes come back unverified.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import defaultdict
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Collection
 
 import msgspec
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gatekeeper import defaults
 from gatekeeper.cache import keys
+from gatekeeper.cache.client import redis_client
+from gatekeeper.cache.follower import BLOCK_MILLISECONDS, STREAM_CLIENT_NAME, ChangeFollower
+from gatekeeper.cache.layout import READ_FIELDS, Meta
+from gatekeeper.cache.nearcache import NearCache
+from gatekeeper.core.eligibility import Lookup, StoreStats
 from gatekeeper.core.errors import CacheCorrupt, CacheUnavailable, RegistryBehind, RegistryNotLoaded
 from gatekeeper.core.records import PractitionerRecord, decode_record
-from gatekeeper.ops import metrics
+
+log = logging.getLogger(__name__)
 
 # A snapshot switch between reading gk:meta and reading the buckets makes a reader read
 # again; more than this many switches in a row (snapshots load minutes apart) means
 # something is wrong.
 MAX_READ_ATTEMPTS = 10
-MAX_VERSION_LENGTH = 128
 
 
-def redis_client(
-    url: str, timeout_seconds: float | None, read_timeout_seconds: float | None = None, **options: Any
-) -> redis.Redis:
-    """A client whose every command, connecting included, gives up after ``timeout_seconds``
-    (reading after ``read_timeout_seconds`` when given: a blocking XREAD waits longer).
-
-    No retries: redis-py retries a failed command three times by default, which would
-    multiply the time a hung Redis holds a claim. The caller decides what a failure means.
-    """
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout_seconds if read_timeout_seconds is None else read_timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        retry=Retry(NoBackoff(), 0),
-        **options,
-    )
-
-
-def registry_version(snapshot_id: str, applied_seq: int) -> str:
-    """The version string of a response: the snapshot and the last change applied."""
-    return f"{snapshot_id}@{applied_seq}"
-
-
-def version_seq(version: str) -> int:
-    """The comparable part of a registry version: the registry seq it includes.
-
-    Seqs only grow, across snapshots too, so a version is newer than another exactly
-    when its seq is higher. ValueError for text that is not a version.
-    """
-    _, separator, seq = version.rpartition("@")
-    if len(version) > MAX_VERSION_LENGTH or not separator or not seq.isascii() or not seq.isdigit():
-        raise ValueError(f"{version[:60]!r} is not a registry version (<snapshot_id>@<seq>)")
-    return int(seq)
-
-
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """Records of the codes asked for that the registry knows, and the data's version.
-
-    In degraded mode (the cache unreadable) ``unverified`` holds the codes whose records
-    could not be read: they are absent from ``records`` without being unknown.
-    """
-
-    records: dict[str, PractitionerRecord]
-    snapshot_id: str
-    applied_seq: int
-    generation: int = 0
-    unverified: frozenset[str] = frozenset()
-
-    @property
-    def registry_version(self) -> str:
-        """``<snapshot_id>@<applied_seq>``."""
-        return registry_version(self.snapshot_id, self.applied_seq)
-
-
-class EligibilityStore(Protocol):
-    """Reads practitioner records from one consistent registry snapshot."""
-
-    async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
-        """Records for ``codes`` (unknown codes are absent), from data that includes registry
-        seq ``min_seq``. Raises RegistryNotLoaded, RegistryBehind, CacheUnavailable; a store
-        in degraded mode answers CacheUnavailable with the codes in ``Lookup.unverified``."""
-        ...
-
-    async def registry_loaded(self) -> bool:
-        """True once a registry snapshot is present."""
-        ...
-
-    async def registry_updated_at(self) -> float | None:
-        """When the registry data was last updated, in epoch seconds: the snapshot switch or
-        the latest change applied since, whichever is later; None without a snapshot."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections and background tasks."""
-        ...
-
-
-class MemoryEligibilityStore:
-    """An in-memory store for unit tests of the servicer."""
-
-    def __init__(
-        self, records: Mapping[str, PractitionerRecord], snapshot_id: str = "memory", applied_seq: int = 0
-    ) -> None:
-        self.records = dict(records)
-        self.snapshot_id: str | None = snapshot_id
-        self.applied_seq = applied_seq
-        self.updated_at = time.time()
-
-    async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
-        if self.snapshot_id is None:
-            raise RegistryNotLoaded()
-        if self.applied_seq < min_seq:
-            raise RegistryBehind(min_seq, self.applied_seq)
-        found = {c: self.records[c] for c in codes if c in self.records}
-        return Lookup(found, self.snapshot_id, self.applied_seq)
-
-    async def registry_loaded(self) -> bool:
-        return self.snapshot_id is not None
-
-    async def registry_updated_at(self) -> float | None:
-        return self.updated_at if self.snapshot_id is not None else None
-
-    async def close(self) -> None:
-        pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Generation:
-    number: int
-    buckets: int
-
-
-_META_FIELDS = (
-    keys.MetaField.GENERATION,
-    keys.MetaField.BUCKETS,
-    keys.MetaField.SNAPSHOT_ID,
-    keys.MetaField.APPLIED_SEQ,
-)
+def _loaded(meta: Meta) -> Meta:
+    if meta.generation is None:
+        raise RegistryNotLoaded()
+    return meta
 
 
 class RedisEligibilityStore:
@@ -157,26 +57,23 @@ class RedisEligibilityStore:
     raising CacheUnavailable; the near cache (nearcache.py) does better.
     """
 
-    def __init__(self, client: redis.Redis, degraded: bool = False) -> None:
+    def __init__(self, client: redis.Redis, degraded: bool = False, stats: StoreStats | None = None) -> None:
         self._redis = client
-        self._generation: _Generation | None = None
+        self._meta: Meta | None = None  # the generation read last
         self._degraded = degraded
         self._last_version = ("", 0)  # of the last lookup that read Redis: what degraded answers show
+        self.stats = StoreStats() if stats is None else stats
 
     @classmethod
     def from_url(cls, url: str, timeout_seconds: float | None = None, degraded: bool = False) -> RedisEligibilityStore:
         """A store on a new connection pool for ``url``; ``timeout_seconds`` bounds each command."""
         return cls(redis_client(url, timeout_seconds), degraded)
 
-    async def _read_meta(self) -> list[bytes | None]:
-        return await self._redis.hmget(keys.META, _META_FIELDS)  # type: ignore[return-value]  # bytes: no decoding
+    def start(self) -> None:
+        pass  # nothing runs in the background
 
-    @staticmethod
-    def _generation_of(meta: list[bytes | None]) -> _Generation:
-        generation, buckets = meta[0], meta[1]
-        if generation is None or buckets is None:
-            raise RegistryNotLoaded()
-        return _Generation(int(generation), int(buckets))
+    def notification_lags_ms(self) -> list[float]:
+        return []
 
     async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
         try:
@@ -185,6 +82,8 @@ class RedisEligibilityStore:
             snapshot_id, applied_seq = self._last_version
             if not self._degraded or min_seq > applied_seq:
                 raise
+            self.stats.degraded_lookups += 1
+            self.stats.unverified += len(codes)
             return Lookup({}, snapshot_id, applied_seq, unverified=frozenset(codes))
         self._last_version = (lookup.snapshot_id, lookup.applied_seq)
         return lookup
@@ -192,43 +91,41 @@ class RedisEligibilityStore:
     async def _read(self, codes: Collection[str], min_seq: int) -> Lookup:
         try:
             for _ in range(MAX_READ_ATTEMPTS):
-                if self._generation is None:
-                    self._generation = self._generation_of(await self._read_meta())
-                generation = self._generation
+                if self._meta is None:
+                    self._meta = _loaded(Meta.from_read(await self._redis.hmget(keys.META, READ_FIELDS)))  # type: ignore[arg-type]
+                expected = self._meta
+                generation, buckets = expected.generation, expected.buckets
+                assert generation is not None
                 by_bucket: dict[int, list[str]] = defaultdict(list)
                 for code in codes:
-                    by_bucket[keys.bucket_of(code, generation.buckets)].append(code)
+                    by_bucket[keys.bucket_of(code, buckets)].append(code)
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.hmget(keys.META, _META_FIELDS)
+                pipe.hmget(keys.META, READ_FIELDS)
                 for bucket, bucket_codes in by_bucket.items():
-                    pipe.hmget(keys.bucket_key(generation.number, bucket), keys.BUCKET_SENTINEL, *bucket_codes)
-                meta, *buckets = await pipe.execute()
-                current = self._generation_of(meta)
-                if current != generation or any(values[0] is None for values in buckets):
+                    pipe.hmget(keys.bucket_key(generation, bucket), keys.BUCKET_SENTINEL, *bucket_codes)
+                values, *bucket_values = await pipe.execute()
+                meta = _loaded(Meta.from_read(values))
+                if (meta.generation, meta.buckets) != (generation, buckets) or any(
+                    found[0] is None for found in bucket_values
+                ):
                     # The snapshot switched under us: read again from the new generation.
-                    self._generation = current if current != generation else None
+                    self._meta = meta if meta.generation != generation else None
                     continue
-                applied_seq = int(meta[3] or 0)
-                if applied_seq < min_seq:
-                    raise RegistryBehind(min_seq, applied_seq)
+                self._meta = meta
+                if meta.applied_seq < min_seq:
+                    raise RegistryBehind(min_seq, meta.applied_seq)
                 records = {}
-                for bucket_codes, values in zip(by_bucket.values(), buckets, strict=True):
-                    for code, value in zip(bucket_codes, values[1:], strict=True):
+                for bucket_codes, found in zip(by_bucket.values(), bucket_values, strict=True):
+                    for code, value in zip(bucket_codes, found[1:], strict=True):
                         if value is not None:
                             records[code] = decode_record(value)
-                return Lookup(records, (meta[2] or b"").decode(), applied_seq, generation.number)
+                return Lookup(records, meta.snapshot_id, meta.applied_seq, generation)
         except RedisError as error:
-            metrics.REDIS_ERRORS.labels("lookup").inc()
+            self.stats.redis_error("lookup")
             raise CacheUnavailable(f"eligibility cache unavailable: {error}") from error
         except msgspec.DecodeError as error:
             raise CacheCorrupt(f"eligibility cache holds an undecodable record: {error}") from error
         raise CacheUnavailable("the registry snapshot kept switching during the read")
-
-    async def registry_loaded(self) -> bool:
-        try:
-            return await self._redis.hget(keys.META, keys.MetaField.GENERATION) is not None
-        except RedisError as error:
-            raise CacheUnavailable(str(error)) from error
 
     async def registry_updated_at(self) -> float | None:
         pipe = self._redis.pipeline(transaction=False)
@@ -237,6 +134,7 @@ class RedisEligibilityStore:
         try:
             (generation, switched_at), latest = await pipe.execute()
         except RedisError as error:
+            self.stats.redis_error("health")
             raise CacheUnavailable(str(error)) from error
         if generation is None:
             return None
@@ -246,3 +144,109 @@ class RedisEligibilityStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class CachingEligibilityStore:
+    """An EligibilityStore that answers from the near cache and reads only misses from Redis;
+    a :class:`ChangeFollower` keeps the cache coherent."""
+
+    def __init__(
+        self,
+        backing: RedisEligibilityStore,
+        stream_client: redis.Redis,
+        max_entries: int = defaults.NEAR_CACHE_ENTRIES,
+        max_age_seconds: float = defaults.NEAR_CACHE_MAX_AGE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        degraded_max_age_seconds: float = 0.0,
+    ) -> None:
+        self._backing = backing
+        self.degraded_max_age_seconds = degraded_max_age_seconds  # 0: no degraded mode
+        self.degraded = False  # the last read of Redis failed
+        self.cache = NearCache(max_entries, max_age_seconds, clock)
+        self.stats = backing.stats  # one set of counters for the store and its backing
+        self.follower = ChangeFollower(stream_client, self.cache, self.stats)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        max_entries: int,
+        max_age_seconds: float,
+        timeout_seconds: float | None = None,
+        degraded_max_age_seconds: float = 0.0,
+    ) -> CachingEligibilityStore:
+        """A caching store over Redis at ``url``; the stream reader has its own connection,
+        whose reads wait out XREAD's BLOCK before they time out."""
+        backing = RedisEligibilityStore.from_url(url, timeout_seconds)
+        read_timeout = None if timeout_seconds is None else timeout_seconds + BLOCK_MILLISECONDS / 1000
+        stream = redis_client(url, timeout_seconds, read_timeout, client_name=STREAM_CLIENT_NAME)
+        return cls(backing, stream, max_entries, max_age_seconds, degraded_max_age_seconds=degraded_max_age_seconds)
+
+    @property
+    def caught_up(self) -> asyncio.Event:
+        """Set while the follower has caught up and the cache answers lookups."""
+        return self.follower.caught_up
+
+    def start(self) -> None:
+        self.follower.start()
+
+    def notification_lags_ms(self) -> list[float]:
+        return self.follower.take_lags_ms()
+
+    async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
+        try:
+            lookup = await self._lookup(codes, min_seq)
+        except CacheUnavailable as error:
+            if self.degraded_max_age_seconds <= 0 or min_seq > self.follower.seen_seq:
+                raise
+            return self._held_lookup(codes, error)
+        if self.degraded:
+            self.degraded = False
+            log.warning("eligibility cache readable again: degraded mode over")
+        return lookup
+
+    def _held_lookup(self, codes: Collection[str], error: CacheUnavailable) -> Lookup:
+        """Degraded mode: what the process holds, the other codes unverified."""
+        if not self.degraded:
+            self.degraded = True
+            log.warning(
+                "degraded mode: %s; answering from records held for up to %.0f s", error, self.degraded_max_age_seconds
+            )
+        found: dict[str, PractitionerRecord] = {}
+        unverified = self.cache.held_many(codes, found, self.degraded_max_age_seconds)
+        self.stats.degraded_lookups += 1
+        self.stats.unverified += len(unverified)
+        follower = self.follower
+        return Lookup(found, follower.snapshot_id, follower.seen_seq, follower.generation, frozenset(unverified))
+
+    async def _lookup(self, codes: Collection[str], min_seq: int) -> Lookup:
+        follower = self.follower
+        if not follower.trusted or follower.seen_seq < min_seq:
+            self.stats.misses += len(codes)
+            trusted = follower.trusted  # as when the read began: catching up may finish meanwhile
+            lookup = await self._backing.lookup(codes, min_seq)
+            if not trusted and self.degraded_max_age_seconds > 0:
+                self.cache.hold_many(codes, lookup.records)  # what it read, should Redis go away
+            return lookup
+        found: dict[str, PractitionerRecord] = {}
+        missing = self.cache.get_many(codes, found)
+        self.stats.hits += len(codes) - len(missing)
+        if missing:
+            self.stats.misses += len(missing)
+            epoch = self.cache.epoch
+            fetched = await self._backing.lookup(missing, min_seq)
+            if fetched.generation != follower.generation:
+                # A switch the follower has not seen yet: answer wholly from the new snapshot,
+                # never half from the cached one.
+                return await self._backing.lookup(codes, min_seq)
+            found.update(fetched.records)
+            if follower.trusted:
+                self.cache.put_many(missing, fetched.records, epoch)
+        return Lookup(found, follower.snapshot_id, follower.seen_seq, follower.generation)
+
+    async def registry_updated_at(self) -> float | None:
+        return await self._backing.registry_updated_at()
+
+    async def close(self) -> None:
+        await self.follower.close()
+        await self._backing.close()

@@ -1,9 +1,10 @@
 """Prometheus metrics: the named metric objects, the interceptor that times RPCs, the HTTP endpoint.
 
-Each process has its own metrics (prometheus_client's default registry): with
-``--workers N``, worker ``i`` serves them on the metrics port + ``i``. A new metric is one
-line here (e.g. ``AUDIT_SPOOL_DEPTH = Gauge("gatekeeper_audit_spool_records", "…")``) and
-one call where its value changes. Items decided ``REASON_UNVERIFIED`` are counted by
+A leaf: it imports nothing of the gatekeeper but the generated protobuf names. Stores and
+the audit keep their own counters (plain objects, never replaced); the server hands them to
+a :class:`ServerState`, and the collector reads them at scrape time. Each process has its
+own metrics (prometheus_client's default registry): with ``--workers N``, worker ``i``
+serves them on the metrics port + ``i``. Items decided ``REASON_UNVERIFIED`` are counted by
 ``ITEM_DECISIONS`` like every other reason.
 """
 
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -25,8 +26,27 @@ from prometheus_client.registry import Collector
 
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
-if TYPE_CHECKING:
-    from gatekeeper.cache.nearcache import NearCacheStats
+
+class CacheCounters(Protocol):
+    """What the collector reads of a store's counters (gatekeeper.core.eligibility.StoreStats)."""
+
+    hits: int
+    misses: int
+    invalidations: int
+    degraded_lookups: int
+    unverified: int
+    redis_errors: dict[str, int]
+
+
+class AuditCounters(Protocol):
+    """What the collector reads of the decision audit's counters."""
+
+    appended: int
+    duplicates: int
+    spooled: int
+    replayed: int
+    write_failures: int
+
 
 ITEM_DECISIONS = Counter(
     "gatekeeper_item_decisions",
@@ -40,18 +60,16 @@ RPC_DURATION = Histogram(
     ["method", "code"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
-REDIS_ERRORS = Counter(
-    "gatekeeper_redis_errors",
-    "Failed Redis operations: lookup (a claim), health (the registry check), changes (the near cache follower)",
-    ["operation"],
-)
 
 
 @dataclass
 class ServerState:
     """What a running server reports at scrape time."""
 
-    near_cache: NearCacheStats | None = None
+    store: CacheCounters | None = None
+    near_cache: bool = False  # the store has a near cache: its hit and miss counts mean something
+    audit: AuditCounters | None = None
+    audit_queued: Callable[[], int] | None = None  # decisions waiting to be written
     registry_updated_at: float | None = None  # epoch seconds; None: no snapshot loaded (or not yet known)
     serving: bool = False
 
@@ -75,17 +93,8 @@ class _ServerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             servers = list(self._servers)
-        lookups = CounterMetricFamily(
-            "gatekeeper_near_cache_lookups", "Practitioner codes looked up in the near cache", labels=["result"]
-        )
-        invalidations = CounterMetricFamily(
-            "gatekeeper_near_cache_invalidations", "Codes dropped from the near cache by change notifications"
-        )
-        caches = [s.near_cache for s in servers if s.near_cache is not None]
-        if caches:
-            lookups.add_metric(["hit"], sum(c.hits for c in caches))
-            lookups.add_metric(["miss"], sum(c.misses for c in caches))
-            invalidations.add_metric([], sum(c.invalidations for c in caches))
+        yield from self._cache_metrics(servers)
+        yield from self._audit_metrics(servers)
         age = GaugeMetricFamily(
             "gatekeeper_registry_age_seconds",
             "Seconds since the registry data was last updated (snapshot switch or change applied)",
@@ -96,7 +105,61 @@ class _ServerCollector(Collector):
         serving = GaugeMetricFamily("gatekeeper_serving", "1 while health reports SERVING")
         if servers:
             serving.add_metric([], float(all(s.serving for s in servers)))
-        yield from (lookups, invalidations, age, serving)
+        yield from (age, serving)
+
+    @staticmethod
+    def _cache_metrics(servers: list[ServerState]) -> Iterator[Metric]:
+        lookups = CounterMetricFamily(
+            "gatekeeper_near_cache_lookups", "Practitioner codes looked up in the near cache", labels=["result"]
+        )
+        invalidations = CounterMetricFamily(
+            "gatekeeper_near_cache_invalidations", "Codes dropped from the near cache by change notifications"
+        )
+        degraded = CounterMetricFamily("gatekeeper_degraded_lookups", "Lookups answered without Redis (degraded mode)")
+        unverified = CounterMetricFamily(
+            "gatekeeper_unverified_codes", "Practitioner codes degraded mode could not answer for"
+        )
+        errors = CounterMetricFamily(
+            "gatekeeper_redis_errors",
+            "Failed Redis operations: lookup (a claim), health (the registry check), changes (the near cache follower)",
+            labels=["operation"],
+        )
+        stores = [s.store for s in servers if s.store is not None]
+        caches = [s.store for s in servers if s.store is not None and s.near_cache]
+        if caches:
+            lookups.add_metric(["hit"], sum(c.hits for c in caches))
+            lookups.add_metric(["miss"], sum(c.misses for c in caches))
+            invalidations.add_metric([], sum(c.invalidations for c in caches))
+        if stores:
+            degraded.add_metric([], sum(c.degraded_lookups for c in stores))
+            unverified.add_metric([], sum(c.unverified for c in stores))
+            for operation in sorted({op for c in stores for op in c.redis_errors}):
+                errors.add_metric([operation], sum(c.redis_errors.get(operation, 0) for c in stores))
+        yield from (lookups, invalidations, degraded, unverified, errors)
+
+    @staticmethod
+    def _audit_metrics(servers: list[ServerState]) -> Iterator[Metric]:
+        records = CounterMetricFamily(
+            "gatekeeper_audit_records", "Decisions appended to the audit (duplicates of a replay not counted)"
+        )
+        batches = CounterMetricFamily(
+            "gatekeeper_audit_batches",
+            "Audit batches by what became of them: spooled (Redis away), replayed (from a spool), "
+            "duplicate (already stored), failed (a write that failed)",
+            labels=["outcome"],
+        )
+        queued = GaugeMetricFamily("gatekeeper_audit_queued", "Decisions waiting in memory to be written")
+        audits = [s.audit for s in servers if s.audit is not None]
+        if audits:
+            records.add_metric([], sum(a.appended for a in audits))
+            batches.add_metric(["spooled"], sum(a.spooled for a in audits))
+            batches.add_metric(["replayed"], sum(a.replayed for a in audits))
+            batches.add_metric(["duplicate"], sum(a.duplicates for a in audits))
+            batches.add_metric(["failed"], sum(a.write_failures for a in audits))
+        depths = [s.audit_queued() for s in servers if s.audit_queued is not None]
+        if depths:
+            queued.add_metric([], sum(depths))
+        yield from (records, batches, queued)
 
 
 SERVERS = _ServerCollector()

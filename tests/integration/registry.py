@@ -11,8 +11,9 @@ from pathlib import Path
 
 import redis
 
-from gatekeeper.cache.store import Lookup, RedisEligibilityStore
+from gatekeeper.cache.store import RedisEligibilityStore
 from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.eligibility import Lookup
 from gatekeeper.core.records import PractitionerRecord, StatusPeriod, chg_key_of, merge_period
 from loader.rows import FIELDS
 

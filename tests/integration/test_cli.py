@@ -13,8 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.harness import RedisServer, free_port
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY
+from tests.servers import RedisServer, free_port
 
 BIN = Path(sys.executable).parent
 

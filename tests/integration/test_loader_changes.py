@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.harness import RedisServer
 from gatekeeper.cache import keys
 from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.records import Status, chg_key_of
@@ -25,6 +24,7 @@ from tests.integration.registry import (
     write_changes,
     write_snapshot,
 )
+from tests.servers import RedisServer
 
 MAY = "2026-05-01 00:00:00"
 A1, A2, A3, A4 = (f"D1101050001{n:02d}" for n in range(1, 5))  # in the snapshot

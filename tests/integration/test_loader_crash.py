@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.harness import RedisServer
 from gatekeeper.cache import keys
 from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.rules import Reason, standing_at
@@ -25,6 +24,7 @@ from loader.cache import read_state
 from loader.generate import GeneratedRegistry, generate
 from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import REPO, lookup, period, write_snapshot
+from tests.servers import RedisServer
 
 CLI = Path(sys.executable).parent / "gatekeeper-loader"
 DECEMBER = "2026-12-01 00:00:00"

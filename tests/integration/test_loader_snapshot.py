@@ -16,7 +16,6 @@ import pytest
 import redis
 
 import loader.cache
-from bench.harness import RedisServer
 from gatekeeper.cache import keys
 from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.records import chg_key_of
@@ -41,6 +40,7 @@ from tests.integration.registry import (
     write_manifest,
     write_snapshot,
 )
+from tests.servers import RedisServer
 
 MAY = "2026-05-01 00:00:00"  # when the tests decide: inside every suspension below
 HEADER = ",".join(FIELDS)

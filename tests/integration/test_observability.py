@@ -20,7 +20,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import RedisServer, free_port, start_redis
 from gatekeeper.cache import keys
 from gatekeeper.core.policy import RegionPolicy
 from gatekeeper.ops.logs import JsonFormatter
@@ -31,6 +30,7 @@ from tests.integration.test_check_claim import demo_claim, wait_until_serving
 from tests.integration.test_cli import BIN, run
 from tests.integration.test_errors import BrokenOnceStore
 from tests.integration.test_loader_changes import apply
+from tests.servers import RedisServer, free_port, start_redis
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

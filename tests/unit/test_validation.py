@@ -7,6 +7,7 @@ import pytest
 from builders import at
 
 from gatekeeper import defaults
+from gatekeeper.api.errors import status_code
 from gatekeeper.api.validation import Limits, claim_from_request
 from gatekeeper.core.errors import InvalidArgument
 from gatekeeper.v1 import gatekeeper_pb2 as pb
@@ -129,7 +130,7 @@ def test_status_code_of_bad_input_is_invalid_argument() -> None:
     with pytest.raises(InvalidArgument) as refused:
         claim_from_request(request(claim_id=""), Limits())
 
-    assert refused.value.status_code is grpc.StatusCode.INVALID_ARGUMENT
+    assert status_code(refused.value) is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_items_at_the_maximum_are_accepted() -> None:
