@@ -12,7 +12,7 @@ import msgspec
 import redis
 
 from gatekeeper import defaults
-from gatekeeper.audit.writer import AuditRecord, decode_record
+from gatekeeper.audit.records import AuditRecord, decode_record
 from gatekeeper.cache import keys
 from gatekeeper.core.cst import format_cst
 

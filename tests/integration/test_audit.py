@@ -17,7 +17,8 @@ import msgspec
 import pytest
 import redis
 
-from gatekeeper.audit.writer import SPOOL_PATTERN, AuditRecord, Batch, Spool, decode_record
+from gatekeeper.audit.records import AuditRecord, Batch, decode_record
+from gatekeeper.audit.spool import SPOOL_PATTERN, Spool
 from gatekeeper.cache import keys
 from gatekeeper.cli import main
 from gatekeeper.core.cst import format_cst

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gatekeeper.audit.writer import SPOOL_PATTERN
+from gatekeeper.audit.spool import SPOOL_PATTERN
 from gatekeeper.core.policy import parse_policy
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc

@@ -11,7 +11,8 @@ from pathlib import Path
 from builders import claim, item, record, registered, suspended
 
 from gatekeeper.audit.export import Period, count_by_institution_and_reason, format_counts, write_csv, write_jsonl
-from gatekeeper.audit.writer import AuditRecord, Batch, Spool, audit_record, decode_record, encode_record
+from gatekeeper.audit.records import AuditRecord, Batch, audit_record, decode_record, encode_record
+from gatekeeper.audit.spool import Spool
 from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.policy import RegionPolicy
 from gatekeeper.core.rules import decide_claim
