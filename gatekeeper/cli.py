@@ -29,6 +29,7 @@ from gatekeeper.audit.export import (
 )
 from gatekeeper.core.cst import TIME_FORMAT, parse_cst
 from gatekeeper.core.policy import PolicyError, load_policy
+from gatekeeper.core.tables import format_table
 from gatekeeper.defaults import LOG_FORMATS
 from gatekeeper.ops.logs import setup_logging
 from gatekeeper.settings import Settings, SettingsError, listen_from, redis_url_from
@@ -154,7 +155,8 @@ def _yuan(fen: int) -> str:
 
 def format_claim_table(response: pb.CheckClaimResponse) -> str:
     """A claim decision as a plain-text table for people."""
-    rows = [("feedetl_sn", "verdict", "reason", "practitioner", "window", "amount", "chg_rea")]
+    header = ("feedetl_sn", "verdict", "reason", "practitioner", "window", "amount", "chg_rea")
+    rows = []
     for item in response.items:
         window = f"{item.begntime} → {item.endtime or 'open'}" if item.begntime else ""
         rows.append(
@@ -168,11 +170,7 @@ def format_claim_table(response: pb.CheckClaimResponse) -> str:
                 item.chg_rea,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = format_table(header, rows).split("\n")
     verdict = _enum_name(pb.ClaimVerdict, response.verdict, "CLAIM_VERDICT_")
     mode = "" if response.enforced else "  (monitor mode: nothing blocked)"
     lines.append("")

@@ -171,7 +171,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         self._limits = limits
         self._clock = clock
         self._callers = callers
-        self._stand_in = stand_in or StandInLimiter()
+        self._stand_in = stand_in or StandInLimiter(time.monotonic)
         self._audit = audit or NoDecisionLog()
 
     def _region(self, fixmedins_code: str) -> RegionPolicy:

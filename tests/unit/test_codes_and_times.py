@@ -305,7 +305,7 @@ def test_example_policy_file_loads() -> None:
         pytest.param({"defaults": {}}, id="unknown_table"),
         pytest.param({"default": {"mode": "enforce", "colour": "red"}}, id="unknown_key_in_default"),
         pytest.param({"regions": {"41": {"emergency_exempts_suspension": True}}}, id="unknown_key_in_region"),
-        pytest.param({"regions": {"41": {"code_pattern": "D.*"}}}, id="derived_field_not_settable"),
+        pytest.param({"regions": {"41": {"code_format": "D.*"}}}, id="derived_field_not_settable"),
         pytest.param({"default": {"mode": "block"}}, id="bad_mode"),
         pytest.param({"default": {"mode": "Monitor"}}, id="mode_is_case_sensitive"),
         pytest.param({"regions": {"11": {"mode": ""}}}, id="empty_mode_in_region"),
