@@ -60,7 +60,14 @@ def audit_record(
 ) -> AuditRecord:
     """The audit record of one claim decision."""
     items = tuple(
-        AuditItem(d.feedetl_sn, d.verdict.name, d.reason.name, d.prac_psn_code, d.amount_fen, d.enforced)
+        AuditItem(
+            feedetl_sn=d.feedetl_sn,
+            verdict=d.verdict.name,
+            reason=d.reason.name,
+            prac_psn_code=d.prac_psn_code,
+            amount_fen=d.amount_fen,
+            enforced=d.enforced,
+        )
         for d in decision.items
     )
     return AuditRecord(

@@ -9,7 +9,7 @@ Layout (see docs/cache-layout.md):
   codes whose :func:`bucket_of` is ``bucket``; plus the field :data:`BUCKET_SENTINEL`,
   present in every bucket of a complete generation.
 
-- ``gk:{audit}`` (stream): the decision audit, one entry per decision (gatekeeper/audit.py);
+- ``gk:{audit}`` (stream): the decision audit, one entry per decision (gatekeeper/audit/writer.py);
   ``gk:{audit}:batches`` (sorted set): ids of the audit batches appended lately, so that a
   batch replayed from a spool is appended once.
 
