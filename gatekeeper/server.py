@@ -169,7 +169,7 @@ async def create_server(
     )
     limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims)
     audit = AuditLog.from_url(settings.redis_url, settings.audit_spool_dir, settings.redis_timeout_seconds)
-    add_gatekeeper_servicer(GatekeeperServicer(store, policy, limits, callers=callers, audit=audit), server)
+    add_gatekeeper_servicer(GatekeeperServicer(store, policy, audit, limits, callers=callers), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -13,7 +13,7 @@ from grpc import aio
 from gatekeeper.api.callers import ANONYMOUS, ANYONE, Caller, Callers, caller_from_auth_context
 from gatekeeper.api.errors import abort, status_code
 from gatekeeper.api.validation import Limits, claim_from_request, institution_code, practitioner_code, service_time
-from gatekeeper.audit.writer import DecisionLog, NoDecisionLog
+from gatekeeper.audit.writer import DecisionLog
 from gatekeeper.core.codes import division_of
 from gatekeeper.core.cst import format_cst
 from gatekeeper.core.eligibility import EligibilityStore, Lookup, version_seq
@@ -160,11 +160,11 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         self,
         store: EligibilityStore,
         policy: Policy,
+        audit: DecisionLog,
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
         callers: Callers = ANYONE,
         stand_in: StandInLimiter | None = None,
-        audit: DecisionLog | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
@@ -172,7 +172,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         self._clock = clock
         self._callers = callers
         self._stand_in = stand_in or StandInLimiter(time.monotonic)
-        self._audit = audit or NoDecisionLog()
+        self._audit = audit  # every decision is recorded: there is no servicer without one
 
     def _region(self, fixmedins_code: str) -> RegionPolicy:
         return self._policy.for_division(division_of(fixmedins_code))

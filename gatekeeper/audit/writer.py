@@ -65,15 +65,6 @@ class DecisionLog(Protocol):
         ...
 
 
-class NoDecisionLog:
-    """Records nothing: for servicers built without an audit (unit tests)."""
-
-    def record(
-        self, decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
-    ) -> None:
-        pass
-
-
 # --- The spool -----------------------------------------------------------------------------
 
 _Pending = tuple[str, Claim, ClaimDecision, str, float]
