@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,13 @@ def parse_change(text: str) -> EncodedRow:
     try:
         document = _json.decode(text)
     except msgspec.DecodeError as error:
-        raise RowError(f"not JSON: {error}") from None
+        # msgspec refuses a lone surrogate escape (\\ud800) that Python's json accepts, as a
+        # feed page read by `follow` does: decoded that way, the row gets the same reason
+        # from the same check whichever way it arrives.
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise RowError(f"not JSON: {error}") from None
     if not isinstance(document, dict):
         raise RowError("not a JSON object")
     return encode_change(document)

@@ -43,6 +43,10 @@ def changes_url(base_url: str, after: int, limit: int = DEFAULT_LIMIT) -> str:
 
 def parse_page(body: bytes | str) -> FeedPage:
     """Check and unpack the body of a ``GET /v1/changes`` answer; MalformedPage if malformed."""
+    if isinstance(body, bytes):
+        # As change files are read: an undecodable byte becomes U+FFFD and fails that change
+        # only, not the page (which would stop `follow` at this cursor for good).
+        body = body.decode("utf-8", errors="replace")
     try:
         document = json.loads(body)
     except ValueError as error:

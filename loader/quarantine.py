@@ -18,7 +18,9 @@ class Quarantine:
     def add(self, file: str, line: int, reason: str) -> None:
         """Record one bad row."""
         if self._file is None:
-            self._file = self.path.open("w", encoding="utf-8")
+            # A lone surrogate in a bad row's excerpt is written as its JSON escape, \\udXXX,
+            # instead of failing the report (and the loader) on the row it reports.
+            self._file = self.path.open("w", encoding="utf-8", errors="backslashreplace")
         self._file.write(json.dumps({"file": file, "line": line, "reason": reason}, ensure_ascii=False) + "\n")
         self.count += 1
 

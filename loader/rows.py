@@ -87,6 +87,16 @@ def _time(name: str, text: str, *, required: bool) -> int:
         raise RowError(f"{name} {text[:40]!r} is not a time yyyy-MM-dd HH:mm:ss after 1970") from None
 
 
+def _text(name: str, text: str) -> str:
+    """``text`` if it can be stored (UTF-8); a lone surrogate, which JSON's \\u escapes can
+    carry but no store can encode, is a broken row."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise RowError(f"{name} holds {text[error.start]!r}, which is not a Unicode character") from None
+    return text
+
+
 def _parse(
     code: str,
     prac_psn_type: str,
@@ -105,7 +115,7 @@ def _parse(
     prac_psn_type = prac_psn_type.strip()
     if prac_psn_type not in _TYPES:
         raise RowError(f"prac_psn_type {prac_psn_type[:10]!r} is not 1-4")
-    chg_id = chg_id.strip()
+    chg_id = _text("chg_id", chg_id.strip())
     if not chg_id or len(chg_id) > MAX_CHG_ID_LENGTH:
         raise RowError("chg_id is empty" if not chg_id else f"chg_id is longer than {MAX_CHG_ID_LENGTH}")
     status = _STATUSES.get(status_text.strip())
@@ -130,7 +140,7 @@ def _parse(
         ban_endtime=_time("ban_endtime", ban_endtime_text, required=False),
         # Only a block or an exemption is ever explained; a registration's reason would
         # cost memory for 15 million people and never be shown.
-        chg_rea=chg_rea if status != REGISTERED else "",
+        chg_rea=_text("chg_rea", chg_rea) if status != REGISTERED else "",
     )
     return RegistryRow(code, int(prac_psn_type), chg_id, period)
 
@@ -213,7 +223,10 @@ def _encode_well_formed(fields: Sequence[str]) -> EncodedRow | None:
         ban_ends,
         chg_rea if status != "1" else "",
     )
-    return code, one_period_record(int(prac_psn_type), period), seq
+    try:
+        return code, one_period_record(int(prac_psn_type), period), seq
+    except UnicodeEncodeError:  # a lone surrogate in chg_rea: the careful path names it
+        return None
 
 
 _OPTIONAL = frozenset(("endtime", "ban_endtime", "chg_rea"))
