@@ -111,7 +111,7 @@ def _follow(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    quarantine = Quarantine(Path(args.quarantine))
+    quarantine = Quarantine(Path(args.quarantine), append=True)
     options = FollowOptions(limit=args.limit, poll_seconds=args.poll)
     try:
         stats = follow(_client(args), args.url, stop, quarantine, options)
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     follow_command.add_argument("url", help="feed base URL; GET <url>/v1/changes?after=&limit=")
     follow_command.add_argument("--limit", type=int, default=1000)
     follow_command.add_argument("--poll", type=float, default=1.0, help="seconds between polls when caught up")
-    follow_command.add_argument("--quarantine", default="follow.quarantine.jsonl")
+    follow_command.add_argument("--quarantine", default="follow.quarantine.jsonl", help="appended to, never truncated")
     follow_command.set_defaults(run=_follow)
 
     status = commands.add_parser("status", help="what is loaded")
