@@ -17,6 +17,7 @@ from gatekeeper import keys
 from gatekeeper.settings import redis_url_from
 from loader.cache import LeaseLost, LoaderBusy, NoSnapshot, read_state
 from loader.changes import apply_change_files
+from loader.feed_client import DEFAULT_MAX_PAGE_BYTES, DEFAULT_TIMEOUT_SECONDS, FeedError
 from loader.follow import FollowOptions, follow
 from loader.quarantine import Quarantine
 from loader.snapshot import DEFAULT_MAX_BAD_SHARE, DEFAULT_MAX_SHRINK, SnapshotOptions, SnapshotRefused, load_snapshot
@@ -112,16 +113,19 @@ def _follow(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     quarantine = Quarantine(Path(args.quarantine), append=True)
-    options = FollowOptions(limit=args.limit, poll_seconds=args.poll)
+    options = FollowOptions(
+        limit=args.limit, poll_seconds=args.poll, timeout_seconds=args.timeout, max_page_bytes=args.max_page_bytes
+    )
     try:
         stats = follow(_client(args), args.url, stop, quarantine, options)
-    except NoSnapshot as error:
+    except (NoSnapshot, FeedError) as error:
         return _fail(str(error))
     finally:
         quarantine.close()
     print(
         f"stopped after seq {stats.after}: applied {stats.applied.applied:,} changes "
-        f"({stats.applied.stale:,} stale, {stats.bad_rows} bad) in {stats.requests} requests, {stats.errors} errors"
+        f"({stats.applied.stale:,} stale, {stats.bad_rows} bad) in {stats.requests} requests, {stats.errors} errors "
+        f"({stats.refused_pages} pages refused)"
     )
     return 0
 
@@ -197,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     follow_command.add_argument("url", help="feed base URL; GET <url>/v1/changes?after=&limit=")
     follow_command.add_argument("--limit", type=int, default=1000)
     follow_command.add_argument("--poll", type=float, default=1.0, help="seconds between polls when caught up")
+    follow_command.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds for a whole request, body included"
+    )
+    follow_command.add_argument(
+        "--max-page-bytes", type=int, default=DEFAULT_MAX_PAGE_BYTES, help="a larger answer is refused"
+    )
     follow_command.add_argument("--quarantine", default="follow.quarantine.jsonl", help="appended to, never truncated")
     follow_command.set_defaults(run=_follow)
 

@@ -88,8 +88,8 @@ def _time(name: str, text: str, *, required: bool) -> int:
 
 
 def _text(name: str, text: str) -> str:
-    """``text`` if it can be stored (UTF-8); a lone surrogate, which JSON's \\u escapes can
-    carry but no store can encode, is a broken row."""
+    r"""``text`` if it can be stored (UTF-8); a lone surrogate, which a JSON escape such as
+    ``"\ud800"`` can carry but no store can encode, is a broken row."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:

@@ -4,6 +4,7 @@ nothing from it is stored; every request is bounded in time and size; SIGTERM st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,10 +55,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.server.requests.append((time.monotonic(), self.path))
         after = int(parse_qs(urlsplit(self.path).query).get("after", ["0"])[0])
-        try:
+        with contextlib.suppress(OSError):  # the client gave up on us: what the test wants
             self.server.respond(self, after)
-        except OSError:
-            pass  # the client gave up on us: what the test wants
 
     def send_json(self, document: object, status: int = 200, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(document).encode()
@@ -214,7 +213,9 @@ def test_a_change_with_a_lone_surrogate_is_quarantined_by_follow_and_apply_alike
 def test_a_page_with_bytes_that_are_not_utf8_is_read_like_a_change_file(
     loaded: redis.Redis, redis_server: RedisServer, hostile: Callable[[Respond], HostileFeed], tmp_path: Path
 ) -> None:
-    body = json.dumps({"changes": [change(WATERMARK + 1, chg_rea="@@")], "next_after": WATERMARK + 1, "has_more": False})
+    body = json.dumps(
+        {"changes": [change(WATERMARK + 1, chg_rea="@@")], "next_after": WATERMARK + 1, "has_more": False}
+    )
     raw = body.encode().replace(b"@@", b"\xff\xfe")
     served = threading.Event()
 
@@ -268,7 +269,9 @@ def test_a_page_whose_next_after_does_not_match_what_it_holds_is_refused_and_nev
 def test_an_empty_page_may_not_move_the_cursor(
     loaded: redis.Redis, redis_server: RedisServer, hostile: Callable[[Respond], HostileFeed], tmp_path: Path
 ) -> None:
-    feed = hostile(lambda handler, after: handler.send_json({"changes": [], "next_after": after + 10**6, "has_more": False}))
+    feed = hostile(
+        lambda handler, after: handler.send_json({"changes": [], "next_after": after + 10**6, "has_more": False})
+    )
     stats = Follower(redis_server.port, feed.url, tmp_path / "q.jsonl").run_for(0.5)
     assert cursor(loaded) in (0, WATERMARK)
     assert stats.refused_pages >= 1
@@ -277,7 +280,11 @@ def test_an_empty_page_may_not_move_the_cursor(
 def test_a_valid_page_moves_the_cursor_to_its_last_change(
     loaded: redis.Redis, redis_server: RedisServer, hostile: Callable[[Respond], HostileFeed], tmp_path: Path
 ) -> None:
-    feed = hostile(pages({"changes": [change(WATERMARK + 3), change(WATERMARK + 7)], "next_after": WATERMARK + 7, "has_more": False}))
+    feed = hostile(
+        pages(
+            {"changes": [change(WATERMARK + 3), change(WATERMARK + 7)], "next_after": WATERMARK + 7, "has_more": False}
+        )
+    )
     follower = Follower(redis_server.port, feed.url, tmp_path / "q.jsonl")
     wait_until(lambda: cursor(loaded) == WATERMARK + 7, "the cursor to move")
     stats = follower.stop()
@@ -396,7 +403,9 @@ def test_a_redirect_within_the_origin_is_followed(
 
     def respond(handler: _Handler, after: int) -> None:
         if handler.path.startswith("/moved/"):
-            handler.send_json(page if after < WATERMARK + 1 else {"changes": [], "next_after": after, "has_more": False})
+            handler.send_json(
+                page if after < WATERMARK + 1 else {"changes": [], "next_after": after, "has_more": False}
+            )
             return
         handler.send_response(307)
         handler.send_header("Location", f"/moved{handler.path}")
@@ -411,16 +420,42 @@ def test_a_redirect_within_the_origin_is_followed(
 # --- 6. the quarantine report ------------------------------------------------------------
 
 
-def test_follow_appends_to_its_quarantine_report_across_restarts(
+def run_follow_command(url: str, redis_url: str, cwd: Path, until: Callable[[], bool]) -> str:
+    """``gatekeeper-loader follow`` until ``until()``, then SIGTERM; its stdout."""
+    env = {**os.environ, "REDIS_URL": redis_url}
+    command = [str(CLI), "follow", url, "--poll", "0.05", "--quarantine", "q.jsonl"]
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: until() or process.poll() is not None, "follow to get there")
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=BOUND_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    return stdout
+
+
+def test_the_follow_command_appends_to_its_quarantine_report_across_restarts(
     loaded: redis.Redis, redis_server: RedisServer, hostile: Callable[[Respond], HostileFeed], tmp_path: Path
 ) -> None:
-    report = tmp_path / "q.jsonl"
     for seq in (WATERMARK + 1, WATERMARK + 2):
         feed = hostile(pages({"changes": [change(seq, status="9")], "next_after": seq, "has_more": False}))
-        follower = Follower(redis_server.port, feed.url, report)
-        wait_until(lambda seq=seq: cursor(loaded) == seq, "the bad change to be passed")
-        follower.stop()
+        stdout = run_follow_command(feed.url, redis_server.url, tmp_path, lambda seq=seq: cursor(loaded) == seq)
+        assert "1 bad" in stdout
         feed.stop()
-    entries = [json.loads(line) for line in report.read_text("utf-8").splitlines()]
-    assert len(entries) == 2
+    entries = [json.loads(line) for line in (tmp_path / "q.jsonl").read_text("utf-8").splitlines()]
+    assert [entry["line"] for entry in entries] == [WATERMARK, WATERMARK + 1]
     assert all("status" in entry["reason"] for entry in entries)
+
+
+def test_the_follow_command_refuses_a_url_that_is_not_http_in_one_line(
+    loaded: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = {**os.environ, "REDIS_URL": redis_server.url}
+    result = subprocess.run(
+        [str(CLI), "follow", "ftp://127.0.0.1/feed"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "is not an http:// or https:// URL" in result.stderr
