@@ -20,8 +20,8 @@ _json = msgspec.json.Decoder()
 CHANGE_FILE = re.compile(r"changes-(\d+)-(\d+)\.jsonl")
 
 
-def parse_change(text: str) -> EncodedRow:
-    """Validate one change-feed line."""
+def parse_change(text: str, notes: list[str] | None = None) -> EncodedRow:
+    """Validate one change-feed line; what was cut to fit is noted in ``notes``."""
     try:
         document = _json.decode(text)
     except msgspec.DecodeError as error:
@@ -34,20 +34,21 @@ def parse_change(text: str) -> EncodedRow:
             raise RowError(f"not JSON: {error}") from None
     if not isinstance(document, dict):
         raise RowError("not a JSON object")
-    return encode_change(document)
+    return encode_change(document, notes)
 
 
-def read_change_file(path: Path) -> Iterator[tuple[int, EncodedRow | RowError]]:
-    """(line number, change or error) for each non-blank line of a change file."""
+def read_change_file(path: Path) -> Iterator[tuple[int, EncodedRow | RowError, list[str]]]:
+    """(line number, change or error, what was cut to fit) for each non-blank line of a change file."""
     with path.open(encoding="utf-8-sig", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
             text = line.strip()
             if not text:
                 continue
+            notes: list[str] = []
             try:
-                yield number, parse_change(text)
+                yield number, parse_change(text, notes), notes
             except RowError as error:
-                yield number, error
+                yield number, error, []
 
 
 def _first_seq(path: Path) -> int:
@@ -62,6 +63,7 @@ class ApplyResult:
     files: int = 0
     stats: ApplyStats = field(default_factory=ApplyStats)
     bad_rows: int = 0
+    truncated_rows: int = 0  # applied with a field cut to its limit (and reported)
 
 
 def apply_change_files(
@@ -76,11 +78,15 @@ def apply_change_files(
         result.files += 1
 
         def good_rows(path: Path = path) -> Iterator[EncodedRow]:
-            for line, row in read_change_file(path):
+            for line, row, notes in read_change_file(path):
                 if isinstance(row, RowError):
                     result.bad_rows += 1
                     quarantine.add(str(path), line, str(row))
                 else:
+                    if notes:
+                        result.truncated_rows += 1
+                        for note in notes:
+                            quarantine.add(str(path), line, note)
                     progress.advance(1)
                     yield row
 

@@ -29,6 +29,11 @@ def _client(args: argparse.Namespace) -> redis.Redis:
     return redis.Redis.from_url(args.redis_url)
 
 
+def _cut(rows: int) -> str:
+    """The summary's note of rows loaded with a field cut to its limit, if any."""
+    return f", {rows:,} with a field cut to its limit" if rows else ""
+
+
 def _fail(message: str) -> int:
     print(f"gatekeeper-loader: {message}", file=sys.stderr)
     return 1
@@ -60,7 +65,7 @@ def _snapshot(args: argparse.Namespace) -> int:
         summary = {k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}
         print(json.dumps(summary, ensure_ascii=False))
         return 0
-    quarantined = f", quarantined in {result.quarantine}" if result.quarantine else ""
+    quarantined = _cut(result.truncated_rows) + (f", quarantined in {result.quarantine}" if result.quarantine else "")
     print(
         f"loaded snapshot {result.snapshot_id}: {result.practitioners:,} practitioners from {result.rows:,} rows "
         f"({result.bad_rows:,} bad{quarantined}) into generation {result.generation} in {result.seconds:.1f} s "
@@ -93,16 +98,17 @@ def _apply(args: argparse.Namespace) -> int:
                     "applied": stats.applied,
                     "stale": stats.stale,
                     "bad_rows": result.bad_rows,
+                    "truncated_rows": result.truncated_rows,
                     "findings": sorted(stats.findings),
                     "seconds": elapsed,
                 }
             )
         )
         return 0
-    quarantined = f", quarantined in {quarantine.path}" if result.bad_rows else ""
+    quarantined = f", quarantined in {quarantine.path}" if quarantine.count else ""
     print(
         f"applied {stats.applied:,} changes from {result.files} files ({stats.stale:,} older than what was loaded, "
-        f"{result.bad_rows:,} bad{quarantined}) in {elapsed:.1f} s "
+        f"{result.bad_rows:,} bad{_cut(result.truncated_rows)}{quarantined}) in {elapsed:.1f} s "
         f"({(stats.applied + stats.stale) / max(elapsed, 1e-9):,.0f} changes/s)"
     )
     return 0
@@ -122,9 +128,10 @@ def _follow(args: argparse.Namespace) -> int:
         return _fail(str(error))
     finally:
         quarantine.close()
+    bad = f"{stats.bad_rows} bad{_cut(stats.truncated_rows)}"
     print(
         f"stopped after seq {stats.after}: applied {stats.applied.applied:,} changes "
-        f"({stats.applied.stale:,} stale, {stats.bad_rows} bad) in {stats.requests} requests, {stats.errors} errors "
+        f"({stats.applied.stale:,} stale, {bad}) in {stats.requests} requests, {stats.errors} errors "
         f"({stats.refused_pages} pages refused)"
     )
     return 0

@@ -42,6 +42,7 @@ class FollowStats:
     errors: int = 0  # requests that brought no usable page, refused pages included
     refused_pages: int = 0  # answers that were not a valid page (format or paging)
     bad_rows: int = 0
+    truncated_rows: int = 0  # applied with a field cut to its limit (and reported)
     applied: ApplyStats = field(default_factory=ApplyStats)
     after: int = 0
 
@@ -110,11 +111,17 @@ def follow(
             continue
         failures = 0
         rows: list[EncodedRow] = []
+        notes: list[str] = []
         for change in page.changes:
             try:
                 if not isinstance(change, dict):
                     raise RowError("not a JSON object")
-                rows.append(encode_change(change))
+                rows.append(encode_change(change, notes))
+                if notes:
+                    stats.truncated_rows += 1
+                    for note in notes:
+                        quarantine.add(base_url, stats.after, note)
+                    notes.clear()
             except RowError as error:
                 stats.bad_rows += 1
                 quarantine.add(base_url, stats.after, f"{error}: {json.dumps(change, ensure_ascii=False)[:200]}")

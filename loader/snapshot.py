@@ -88,6 +88,7 @@ class SnapshotResult:
     practitioners: int
     bad_rows: int
     quarantine: Path | None
+    truncated_rows: int = 0  # loaded with a field cut to its limit (and reported)
     replayed_changes: int = 0
     replaced_generation: int | None = None
     findings: list[str] = field(default_factory=list)  # codes re-registered during a ban
@@ -167,7 +168,7 @@ def load_snapshot(
         client, keys.bucket_count_for(manifest.row_count), manifest.watermark_seq, options.lease_seconds
     )
     try:
-        stats, rows, bad, hasher = _write_rows(writer, path, quarantine, progress)
+        stats, rows, bad, truncated, hasher = _write_rows(writer, path, quarantine, progress)
         problems = _check(manifest, previous.record_count, stats.practitioners, rows, bad, hasher, options)
         if problems and not options.force:
             raise SnapshotRefused("; ".join(problems))
@@ -190,7 +191,8 @@ def load_snapshot(
         rows=rows,
         practitioners=stats.practitioners,
         bad_rows=bad,
-        quarantine=quarantine.path if bad else None,
+        quarantine=quarantine.path if quarantine.count else None,
+        truncated_rows=truncated,
         replayed_changes=replayed,
         replaced_generation=replaced,
         findings=sorted(stats.findings),
@@ -204,10 +206,11 @@ def load_snapshot(
 
 def _write_rows(
     writer: GenerationWriter, path: Path, quarantine: Quarantine, progress: Progress
-) -> tuple[WriteStats, int, int, _HashingReader]:
+) -> tuple[WriteStats, int, int, int, _HashingReader]:
     stats = WriteStats()
-    rows = bad = 0
+    rows = bad = truncated = 0
     batch: list[EncodedRow] = []
+    notes: list[str] = []
     with path.open("rb") as raw:
         hasher = _HashingReader(raw)
         records = _records(path, hasher)
@@ -223,7 +226,12 @@ def _write_rows(
             try:
                 if line < 0:
                     raise RowError(values[0])
-                batch.append(parser.encode(values))
+                batch.append(parser.encode(values, notes))
+                if notes:
+                    truncated += 1
+                    for note in notes:
+                        quarantine.add(str(path), line, note)
+                    notes.clear()
             except RowError as error:
                 bad += 1
                 quarantine.add(str(path), line, str(error))
@@ -235,7 +243,7 @@ def _write_rows(
             writer.add(batch, stats)
             progress.advance(len(batch))
         writer.flush(stats)
-    return stats, rows, bad, hasher
+    return stats, rows, bad, truncated, hasher
 
 
 def _check(
