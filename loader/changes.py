@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import msgspec
 import redis
 
-from loader.cache import ApplyStats, ChangeApplier
+from loader.cache import ApplyStats, ChangeApplier, refused_reason
 from loader.progress import Progress
 from loader.quarantine import Quarantine
 from loader.rows import EncodedRow, RowError, encode_change
@@ -77,7 +78,9 @@ def apply_change_files(
     for path in sorted(paths, key=lambda p: (_first_seq(p), p.name)):
         result.files += 1
 
-        def good_rows(path: Path = path) -> Iterator[EncodedRow]:
+        lines = array("L")  # of each row given to the applier, to report a refused one
+
+        def good_rows(path: Path = path, lines: array[int] = lines) -> Iterator[EncodedRow]:
             for line, row, notes in read_change_file(path):
                 if isinstance(row, RowError):
                     result.bad_rows += 1
@@ -88,8 +91,11 @@ def apply_change_files(
                         for note in notes:
                             quarantine.add(str(path), line, note)
                     progress.advance(1)
+                    lines.append(line)
                     yield row
 
-        applier.apply(good_rows(), result.stats)
+        for position, code in applier.apply(good_rows(), result.stats):
+            result.bad_rows += 1
+            quarantine.add(str(path), lines[position], refused_reason(code))
     progress.clear()
     return result

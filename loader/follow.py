@@ -11,7 +11,7 @@ import redis
 from redis.backoff import FullJitterBackoff
 
 from gatekeeper import keys
-from loader.cache import ApplyStats, ChangeApplier, read_state
+from loader.cache import ApplyStats, ChangeApplier, read_state, refused_reason
 from loader.feed import FeedPage, MalformedPage, changes_url, check_paging, parse_page
 from loader.feed_client import DEFAULT_MAX_PAGE_BYTES, DEFAULT_TIMEOUT_SECONDS, FeedError, get_page, origin_of
 from loader.quarantine import Quarantine
@@ -126,7 +126,9 @@ def follow(
                 stats.bad_rows += 1
                 quarantine.add(base_url, stats.after, f"{error}: {json.dumps(change, ensure_ascii=False)[:200]}")
         before = stats.applied.applied
-        applier.apply(rows, stats.applied)
+        for _, code in applier.apply(rows, stats.applied):
+            stats.bad_rows += 1
+            quarantine.add(base_url, stats.after, refused_reason(code))
         # The cursor moves only after the page is applied: a crash re-applies, harmlessly.
         client.set(keys.FOLLOW_CURSOR, page.next_after)
         if page.changes:

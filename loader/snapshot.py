@@ -22,6 +22,7 @@ from loader.cache import (
     drop_generation,
     ensure_listpack_settings,
     read_state,
+    refused_reason,
 )
 from loader.progress import Progress
 from loader.quarantine import Quarantine
@@ -210,6 +211,7 @@ def _write_rows(
     stats = WriteStats()
     rows = bad = truncated = 0
     batch: list[EncodedRow] = []
+    lines: list[int] = []  # of the rows in batch, to report a refused one
     notes: list[str] = []
     with path.open("rb") as raw:
         hasher = _HashingReader(raw)
@@ -227,6 +229,7 @@ def _write_rows(
                 if line < 0:
                     raise RowError(values[0])
                 batch.append(parser.encode(values, notes))
+                lines.append(line)
                 if notes:
                     truncated += 1
                     for note in notes:
@@ -236,14 +239,25 @@ def _write_rows(
                 bad += 1
                 quarantine.add(str(path), line, str(error))
             if len(batch) == BATCH_ROWS:
-                writer.add(batch, stats)
+                writer.add(batch, stats, lines)
                 progress.advance(len(batch))
-                batch = []
+                batch, lines = [], []
+                bad += _report_refused(stats, path, quarantine)
         if batch:
-            writer.add(batch, stats)
+            writer.add(batch, stats, lines)
             progress.advance(len(batch))
         writer.flush(stats)
+        bad += _report_refused(stats, path, quarantine)
     return stats, rows, bad, truncated, hasher
+
+
+def _report_refused(stats: WriteStats, path: Path, quarantine: Quarantine) -> int:
+    """Quarantine the rows Redis refused since the last call (a record full of periods)."""
+    for line, code in stats.refused:
+        quarantine.add(str(path), line, refused_reason(code))
+    count = len(stats.refused)
+    stats.refused.clear()
+    return count
 
 
 def _check(

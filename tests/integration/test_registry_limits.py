@@ -13,7 +13,7 @@ from bench.harness import RedisServer
 from gatekeeper import keys
 from gatekeeper.records import MAX_CHG_REA_LENGTH, PractitionerRecord, StatusPeriod, encode_record
 from gatekeeper.v1 import gatekeeper_pb2 as pb
-from loader.cache import read_state
+from loader.cache import MAX_PERIODS, read_state
 from loader.changes import apply_change_files
 from loader.quarantine import Quarantine
 from loader.snapshot import SnapshotOptions, load_snapshot
@@ -99,3 +99,74 @@ def test_a_stored_record_with_a_huge_reason_never_blows_up_a_response(
         pb.GetPractitionerRequest(prac_psn_code=CODE, at_time="2026-11-08 10:00:00"), timeout=10
     )
     assert len(practitioner.current.chg_rea) == MAX_CHG_REA_LENGTH
+
+
+# --- a practitioner with very many periods ---------------------------------------------------
+
+SLOW_MICROSECONDS = 50_000  # "a few milliseconds" with room for a busy shared machine
+MANY = 600
+
+
+def many_periods(count: int, first_seq: int) -> list[dict[str, str]]:
+    """Alternating terminations (with a ban) and registrations of CODE, each with a long reason."""
+    rows = []
+    for n in range(count):
+        year, month = 1980 + n // 12, 1 + n % 12
+        begins = f"{year}-{month:02d}-01 00:00:00"
+        ends = f"{year}-{month:02d}-15 00:00:00"
+        if n % 2:
+            rows.append(
+                period(CODE, f"t{n}", 3, begins, ends, seq=first_seq + n, chg_rea="终止" * 100, ban_endtime=ends)
+            )
+        else:
+            rows.append(period(CODE, f"r{n}", 1, begins, ends, seq=first_seq + n))
+    return rows
+
+
+def slow_calls(client: redis.Redis) -> list[tuple[int, str]]:
+    """(microseconds, command) of every call the slow log caught since the last reset."""
+    return [(entry["duration"], str(entry["command"])[:80]) for entry in client.slowlog_get(128)]
+
+
+def watch_slow_calls(client: redis.Redis) -> None:
+    client.config_set("slowlog-log-slower-than", SLOW_MICROSECONDS)
+    client.slowlog_reset()
+
+
+def test_a_snapshot_practitioner_with_very_many_periods_never_blocks_redis(
+    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    others = [period(f"D5101050{n:05d}", "r", 1, "2020-01-01 00:00:00", seq=1) for n in range(1, 50)]
+    snapshot = write_snapshot(tmp_path, [*others, *many_periods(MANY, first_seq=10)])
+    report = tmp_path / "q.jsonl"
+    watch_slow_calls(redis_client)
+    result = load_snapshot(redis_client, snapshot, SnapshotOptions(quarantine=report, force=True))
+    assert slow_calls(redis_client) == []
+    stored = lookup(redis_server.url, [CODE]).records[CODE]
+    assert len(stored.periods) == MAX_PERIODS
+    refused = quarantined(report)
+    assert len(refused) == MANY - MAX_PERIODS == result.bad_rows
+    assert all(f"more than {MAX_PERIODS} periods" in str(entry["reason"]) for entry in refused)
+    assert sorted(int(str(entry["line"])) for entry in refused)[0] > 1 + len(others) + MAX_PERIODS - 1
+
+
+def test_changes_piling_periods_on_one_practitioner_never_block_redis(
+    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    load(redis_client, write_snapshot(tmp_path, [REGISTERED]))
+    changes = write_changes(tmp_path / "changes.jsonl", many_periods(MANY, first_seq=10))
+    report = tmp_path / "q.jsonl"
+    quarantine = Quarantine(report)
+    watch_slow_calls(redis_client)
+    try:
+        result = apply_change_files(redis_client, [changes], quarantine)
+    finally:
+        quarantine.close()
+    assert slow_calls(redis_client) == []
+    assert result.stats.applied == MAX_PERIODS - 1  # REGISTERED is one of them
+    assert result.bad_rows == result.stats.refused == MANY - MAX_PERIODS + 1
+    # Which periods are kept depends on the order they reach Redis (as with files delivered
+    # out of order): each refused one is reported once, with its line.
+    lines = [int(str(entry["line"])) for entry in quarantined(report)]
+    assert len(set(lines)) == len(lines) and set(lines) <= set(range(1, MANY + 1))
+    assert len(lookup(redis_server.url, [CODE]).records[CODE].periods) == MAX_PERIODS
