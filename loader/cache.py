@@ -9,7 +9,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, cast
 
@@ -31,6 +31,10 @@ LEASE_POLL_SECONDS = 0.5
 # gk:changes keeps about this many entries: enough for a snapshot load to replay what was
 # applied since the snapshot's watermark, and for readers to catch up after a blip.
 CHANGE_LOG_LENGTH = 200_000
+# No Function call may block Redis for long, whatever the data (README, "Limits"); both
+# are enforced in gatekeeper.lua, under the same names.
+MAX_PERIODS = 100  # periods one practitioner's record holds; a change adding more is refused
+CALL_BUDGET_BYTES = 262_144  # record bytes one call merges before it hands the rest back
 
 _FUNCTIONS = resources.files("loader").joinpath("gatekeeper.lua").read_text(encoding="utf-8")
 
@@ -82,6 +86,12 @@ class WriteStats:
     merged: int = 0  # rows merged into a code already there
     stale: int = 0  # rows older than what the generation already had
     findings: set[str] = field(default_factory=set)  # codes re-registered during a ban
+    refused: list[tuple[int, str]] = field(default_factory=list)  # (origin, code) beyond MAX_PERIODS
+
+
+def refused_reason(code: str) -> str:
+    """Why a row was not loaded when its practitioner's record is full."""
+    return f"prac_psn_code {code} would have more than {MAX_PERIODS} periods, the most one record holds: not loaded"
 
 
 class _Lease:
@@ -147,7 +157,8 @@ class GenerationWriter:
         self._lease.start_renewing()
         self.abandoned = drop_abandoned_generations(client)  # ours is kept: it holds the lease
         self._connection: Connection | None = None
-        self._in_flight = False
+        # The gk_insert call awaiting its answer: its rows and where each came from.
+        self._in_flight: tuple[Sequence[EncodedRow], Sequence[int]] | None = None
         client.sadd(keys.GENERATIONS, self.generation)
         self._write_sentinels()
 
@@ -162,62 +173,88 @@ class GenerationWriter:
                 pipe.execute()
         pipe.execute()
 
-    def add(self, rows: Sequence[EncodedRow], stats: WriteStats) -> None:
+    def add(self, rows: Sequence[EncodedRow], stats: WriteStats, origins: Sequence[int] = ()) -> None:
         """Write snapshot rows (code, one-period record, seq): a code's first row as it is,
-        later ones merged by chg_id and seq. One gk_insert call per batch.
+        later ones merged by chg_id and seq. One gk_insert call per batch. ``origins`` (the
+        line of each row) name the rows refused in ``stats.refused``.
 
         The call is sent without waiting for its answer, which is read when the next
         batch is sent (or by :meth:`flush`): Redis merges one batch while Python parses
         the next, each on its own core.
         """
-        bucket_keys = [self._bucket_key(code) for code, _, _ in rows]
-        arguments = [value for row in rows for value in row]
         if self._connection is None:
             self._connection = self._redis.connection_pool.get_connection()
         self.flush(stats)
+        self._send_insert(rows, origins)
+
+    def _send_insert(self, rows: Sequence[EncodedRow], origins: Sequence[int]) -> None:
+        assert self._connection is not None
+        bucket_keys = [self._bucket_key(code) for code, _, _ in rows]
+        arguments = [value for row in rows for value in row]
         self._connection.send_command(  # type: ignore[no-untyped-call]
             "FCALL", "gk_insert", len(bucket_keys), *bucket_keys, *arguments
         )
-        self._in_flight = True
+        self._in_flight = (rows, origins)
 
     def flush(self, stats: WriteStats) -> None:
-        """Wait for the batch in flight and count what it did."""
-        if not self._in_flight or self._connection is None:
-            return
-        self._in_flight = False
-        reply = self._connection.read_response()
-        if isinstance(reply, redis.ResponseError):
-            raise reply
-        inserted, merged, stale, findings = cast(list[Any], reply)
-        stats.practitioners += inserted
-        stats.merged += merged
-        stats.stale += stale
-        stats.findings.update(code.decode() for code in findings)
+        """Wait for the batch in flight and count what it did; send again, and wait for,
+        what a call handed back for lack of budget."""
+        while self._in_flight is not None and self._connection is not None:
+            rows, origins = self._in_flight
+            self._in_flight = None
+            reply = self._connection.read_response()
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+            inserted, merged, stale, findings, handled, refused = cast(list[Any], reply)
+            stats.practitioners += inserted
+            stats.merged += merged
+            stats.stale += stale
+            stats.findings.update(code.decode() for code in findings)
+            for index in refused:  # from 1, in this call's rows
+                stats.refused.append((origins[index - 1] if origins else -1, rows[index - 1][0]))
+            if handled < len(rows):
+                self._send_insert(rows[handled:], origins[handled:])
 
     def _release_connection(self) -> None:
         if self._connection is not None:
-            if self._in_flight:  # abandoned mid-batch: the connection's state is unknown
+            if self._in_flight is not None:  # abandoned mid-batch: the connection's state is unknown
                 self._connection.disconnect()  # type: ignore[no-untyped-call]
             self._redis.connection_pool.release(self._connection)
             self._connection = None
-            self._in_flight = False
+            self._in_flight = None
 
     def replay_changes(self) -> int:
         """Merge every logged change newer than the snapshot: those applied before this load
         began (later ones were written here by gk_apply already). Returns how many."""
         replayed = 0
         pipe = self._redis.pipeline(transaction=False)
+        queued: list[list[changelog.LoggedChange]] = []
         for entry in read_change_log(self._redis):
             newer = [change for change in entry.changes if change.seq > self.watermark_seq]
             if newer:
-                bucket_keys = [self._bucket_key(change.code) for change in newer]
-                arguments = [value for c in newer for value in (c.code, c.record, c.seq)]
-                pipe.fcall("gk_merge", len(bucket_keys), *bucket_keys, self.watermark_seq, *arguments)
+                self._queue_merge(pipe, newer, queued)
                 replayed += len(newer)
             if len(pipe) >= 50:
-                pipe.execute()
-        pipe.execute()
+                self._run_merges(pipe, queued)
+        self._run_merges(pipe, queued)
         return replayed
+
+    def _queue_merge(
+        self, pipe: Any, changes: list[changelog.LoggedChange], queued: list[list[changelog.LoggedChange]]
+    ) -> None:
+        bucket_keys = [self._bucket_key(change.code) for change in changes]
+        arguments = [value for c in changes for value in (c.code, c.record, c.seq)]
+        pipe.fcall("gk_merge", len(bucket_keys), *bucket_keys, self.watermark_seq, *arguments)
+        queued.append(changes)
+
+    def _run_merges(self, pipe: Any, queued: list[list[changelog.LoggedChange]]) -> None:
+        """Run the queued gk_merge calls, then again what they handed back for lack of budget."""
+        while queued:
+            sent = list(queued)
+            queued.clear()
+            for changes, (_, handled) in zip(sent, pipe.execute(), strict=True):
+                if handled < len(changes):
+                    self._queue_merge(pipe, changes[handled:], queued)
 
     def switch(self, snapshot_id: str, record_count: int) -> int | None:
         """Point readers at this generation (atomically); returns the generation replaced."""
@@ -290,6 +327,7 @@ class ApplyStats:
 
     applied: int = 0
     stale: int = 0
+    refused: int = 0  # changes whose practitioner already has MAX_PERIODS periods
     findings: set[str] = field(default_factory=set)
 
 
@@ -327,53 +365,53 @@ class ChangeApplier:
         command += [value for change in changes for value in change]
         return command
 
-    def apply(self, changes: Iterable[EncodedRow], stats: ApplyStats) -> None:
-        """Apply changes, APPLY_BATCH to a gk_apply call."""
+    def apply(self, changes: Iterable[EncodedRow], stats: ApplyStats) -> list[tuple[int, str]]:
+        """Apply changes, APPLY_BATCH to a gk_apply call. Returns (position from 0 in the
+        order given, code) of the changes refused: their practitioner has MAX_PERIODS periods."""
         connection = self._redis.connection_pool.get_connection()
-        in_flight: deque[list[EncodedRow]] = deque()
+        in_flight: deque[_Batch] = deque()
+        refused: list[tuple[int, str]] = []
+        offset = 0
         try:
             for batch in _batched(changes):
-                connection.send_command(*self._command(batch))  # type: ignore[no-untyped-call]
-                in_flight.append(list(batch))
-                if len(in_flight) > 1:
-                    self._receive(connection, in_flight, stats)
+                self._send(connection, _Batch(offset, batch), in_flight)
+                offset += len(batch)
+                while len(in_flight) > 1:
+                    self._receive(connection, in_flight, stats, refused)
             while in_flight:
-                self._receive(connection, in_flight, stats)
+                self._receive(connection, in_flight, stats, refused)
         except BaseException:
             connection.disconnect()  # type: ignore[no-untyped-call]  # replies may be unread
             raise
         finally:
             self._redis.connection_pool.release(connection)
+        return sorted(refused)
 
-    def _receive(self, connection: Connection, in_flight: deque[list[EncodedRow]], stats: ApplyStats) -> None:
-        """Read the oldest batch's answer; on a stale layout, drain and resend."""
+    def _send(self, connection: Connection, batch: _Batch, in_flight: deque[_Batch]) -> None:
+        connection.send_command(*self._command(batch.changes))  # type: ignore[no-untyped-call]
+        in_flight.append(batch)
+
+    def _receive(
+        self, connection: Connection, in_flight: deque[_Batch], stats: ApplyStats, refused: list[tuple[int, str]]
+    ) -> None:
+        """Read the oldest batch's answer. A batch sent with a stale layout, or what a call
+        handed back for lack of budget, is sent again (merges are idempotent)."""
         reply = self._read(connection)
         batch = in_flight.popleft()
-        if reply[0] != -1:
-            self._count(reply, stats)
-            return
-        retry = [batch]
-        while in_flight:  # answers of later batches, sent with the same stale layout
-            later = in_flight.popleft()
-            later_reply = self._read(connection)
-            if later_reply[0] == -1:
-                retry.append(later)
-            else:
-                self._count(later_reply, stats)
-        for _ in range(5):
+        if reply[0] == -1:
+            if batch.attempts >= 5:
+                raise RuntimeError("the cache layout kept changing while applying changes")
             self._layout = None
-            still_stale = []
-            for changes in retry:
-                connection.send_command(*self._command(changes))  # type: ignore[no-untyped-call]
-                reply = self._read(connection)
-                if reply[0] == -1:
-                    still_stale.append(changes)
-                else:
-                    self._count(reply, stats)
-            if not still_stale:
-                return
-            retry = still_stale
-        raise RuntimeError("the cache layout kept changing while applying changes")
+            self._send(connection, replace(batch, attempts=batch.attempts + 1), in_flight)
+            return
+        applied, stale, findings, handled, refused_indexes = reply
+        stats.applied += applied
+        stats.stale += stale
+        stats.refused += len(refused_indexes)
+        stats.findings.update(code.decode() for code in findings)
+        refused.extend((batch.offset + index - 1, batch.changes[index - 1][0]) for index in refused_indexes)
+        if handled < len(batch.changes):
+            self._send(connection, _Batch(batch.offset + handled, batch.changes[handled:]), in_flight)
 
     @staticmethod
     def _read(connection: Connection) -> list[Any]:
@@ -385,12 +423,14 @@ class ChangeApplier:
             raise
         return cast(list[Any], reply)
 
-    @staticmethod
-    def _count(reply: list[Any], stats: ApplyStats) -> None:
-        applied, stale, findings = reply
-        stats.applied += applied
-        stats.stale += stale
-        stats.findings.update(code.decode() for code in findings)
+
+@dataclass(frozen=True)
+class _Batch:
+    """Changes sent in one gk_apply call, and where they start among those given to apply."""
+
+    offset: int
+    changes: tuple[EncodedRow, ...]
+    attempts: int = 0  # resent after a stale layout
 
 
 @dataclass(frozen=True)

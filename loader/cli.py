@@ -19,6 +19,7 @@ from gatekeeper.cache import keys
 from gatekeeper.settings import redis_url_from
 from loader.cache import LeaseLost, LoaderBusy, NoSnapshot, read_lease, read_state
 from loader.changes import apply_change_files
+from loader.feed_client import DEFAULT_MAX_PAGE_BYTES, DEFAULT_TIMEOUT_SECONDS, FeedError
 from loader.follow import FollowOptions, follow
 from loader.quarantine import Quarantine
 from loader.snapshot import DEFAULT_MAX_BAD_SHARE, DEFAULT_MAX_SHRINK, SnapshotOptions, SnapshotRefused, load_snapshot
@@ -28,6 +29,11 @@ log = logging.getLogger("loader")
 
 def _client(args: argparse.Namespace) -> redis.Redis:
     return redis.Redis.from_url(args.redis_url)
+
+
+def _cut(rows: int) -> str:
+    """The summary's note of rows loaded with a field cut to its limit, if any."""
+    return f", {rows:,} with a field cut to its limit" if rows else ""
 
 
 def _fail(message: str) -> int:
@@ -61,7 +67,7 @@ def _snapshot(args: argparse.Namespace) -> int:
         summary = {k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}
         print(json.dumps(summary, ensure_ascii=False))
         return 0
-    quarantined = f", quarantined in {result.quarantine}" if result.quarantine else ""
+    quarantined = _cut(result.truncated_rows) + (f", quarantined in {result.quarantine}" if result.quarantine else "")
     print(
         f"loaded snapshot {result.snapshot_id}: {result.practitioners:,} practitioners from {result.rows:,} rows "
         f"({result.bad_rows:,} bad{quarantined}) into generation {result.generation} in {result.seconds:.1f} s "
@@ -94,16 +100,17 @@ def _apply(args: argparse.Namespace) -> int:
                     "applied": stats.applied,
                     "stale": stats.stale,
                     "bad_rows": result.bad_rows,
+                    "truncated_rows": result.truncated_rows,
                     "findings": sorted(stats.findings),
                     "seconds": elapsed,
                 }
             )
         )
         return 0
-    quarantined = f", quarantined in {quarantine.path}" if result.bad_rows else ""
+    quarantined = f", quarantined in {quarantine.path}" if quarantine.count else ""
     print(
         f"applied {stats.applied:,} changes from {result.files} files ({stats.stale:,} older than what was loaded, "
-        f"{result.bad_rows:,} bad{quarantined}) in {elapsed:.1f} s "
+        f"{result.bad_rows:,} bad{_cut(result.truncated_rows)}{quarantined}) in {elapsed:.1f} s "
         f"({(stats.applied + stats.stale) / max(elapsed, 1e-9):,.0f} changes/s)"
     )
     return 0
@@ -113,17 +120,21 @@ def _follow(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    quarantine = Quarantine(Path(args.quarantine))
-    options = FollowOptions(limit=args.limit, poll_seconds=args.poll)
+    quarantine = Quarantine(Path(args.quarantine), append=True)
+    options = FollowOptions(
+        limit=args.limit, poll_seconds=args.poll, timeout_seconds=args.timeout, max_page_bytes=args.max_page_bytes
+    )
     try:
         stats = follow(_client(args), args.url, stop, quarantine, options)
-    except NoSnapshot as error:
+    except (NoSnapshot, FeedError) as error:
         return _fail(str(error))
     finally:
         quarantine.close()
+    bad = f"{stats.bad_rows} bad{_cut(stats.truncated_rows)}"
     print(
         f"stopped after seq {stats.after}: applied {stats.applied.applied:,} changes "
-        f"({stats.applied.stale:,} stale, {stats.bad_rows} bad) in {stats.requests} requests, {stats.errors} errors"
+        f"({stats.applied.stale:,} stale, {bad}) in {stats.requests} requests, {stats.errors} errors "
+        f"({stats.refused_pages} pages refused)"
     )
     return 0
 
@@ -199,7 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     follow_command.add_argument("url", help="feed base URL; GET <url>/v1/changes?after=&limit=")
     follow_command.add_argument("--limit", type=int, default=1000)
     follow_command.add_argument("--poll", type=float, default=1.0, help="seconds between polls when caught up")
-    follow_command.add_argument("--quarantine", default="follow.quarantine.jsonl")
+    follow_command.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds for a whole request, body included"
+    )
+    follow_command.add_argument(
+        "--max-page-bytes", type=int, default=DEFAULT_MAX_PAGE_BYTES, help="a larger answer is refused"
+    )
+    follow_command.add_argument("--quarantine", default="follow.quarantine.jsonl", help="appended to, never truncated")
     follow_command.set_defaults(run=_follow)
 
     status = commands.add_parser("status", help="what is loaded")

@@ -22,6 +22,7 @@ from loader.cache import (
     drop_generation,
     ensure_listpack_settings,
     read_state,
+    refused_reason,
 )
 from loader.progress import Progress
 from loader.quarantine import Quarantine
@@ -88,6 +89,7 @@ class SnapshotResult:
     practitioners: int
     bad_rows: int
     quarantine: Path | None
+    truncated_rows: int = 0  # loaded with a field cut to its limit (and reported)
     replayed_changes: int = 0
     replaced_generation: int | None = None
     findings: list[str] = field(default_factory=list)  # codes re-registered during a ban
@@ -167,7 +169,7 @@ def load_snapshot(
         client, keys.bucket_count_for(manifest.row_count), manifest.watermark_seq, options.lease_seconds
     )
     try:
-        stats, rows, bad, hasher = _write_rows(writer, path, quarantine, progress)
+        stats, rows, bad, truncated, hasher = _write_rows(writer, path, quarantine, progress)
         problems = _check(manifest, previous.record_count, stats.practitioners, rows, bad, hasher, options)
         if problems and not options.force:
             raise SnapshotRefused("; ".join(problems))
@@ -190,7 +192,8 @@ def load_snapshot(
         rows=rows,
         practitioners=stats.practitioners,
         bad_rows=bad,
-        quarantine=quarantine.path if bad else None,
+        quarantine=quarantine.path if quarantine.count else None,
+        truncated_rows=truncated,
         replayed_changes=replayed,
         replaced_generation=replaced,
         findings=sorted(stats.findings),
@@ -204,10 +207,12 @@ def load_snapshot(
 
 def _write_rows(
     writer: GenerationWriter, path: Path, quarantine: Quarantine, progress: Progress
-) -> tuple[WriteStats, int, int, _HashingReader]:
+) -> tuple[WriteStats, int, int, int, _HashingReader]:
     stats = WriteStats()
-    rows = bad = 0
+    rows = bad = truncated = 0
     batch: list[EncodedRow] = []
+    lines: list[int] = []  # of the rows in batch, to report a refused one
+    notes: list[str] = []
     with path.open("rb") as raw:
         hasher = _HashingReader(raw)
         records = _records(path, hasher)
@@ -223,19 +228,36 @@ def _write_rows(
             try:
                 if line < 0:
                     raise RowError(values[0])
-                batch.append(parser.encode(values))
+                batch.append(parser.encode(values, notes))
+                lines.append(line)
+                if notes:
+                    truncated += 1
+                    for note in notes:
+                        quarantine.add(str(path), line, note)
+                    notes.clear()
             except RowError as error:
                 bad += 1
                 quarantine.add(str(path), line, str(error))
             if len(batch) == BATCH_ROWS:
-                writer.add(batch, stats)
+                writer.add(batch, stats, lines)
                 progress.advance(len(batch))
-                batch = []
+                batch, lines = [], []
+                bad += _report_refused(stats, path, quarantine)
         if batch:
-            writer.add(batch, stats)
+            writer.add(batch, stats, lines)
             progress.advance(len(batch))
         writer.flush(stats)
-    return stats, rows, bad, hasher
+        bad += _report_refused(stats, path, quarantine)
+    return stats, rows, bad, truncated, hasher
+
+
+def _report_refused(stats: WriteStats, path: Path, quarantine: Quarantine) -> int:
+    """Quarantine the rows Redis refused since the last call (a record full of periods)."""
+    for line, code in stats.refused:
+        quarantine.add(str(path), line, refused_reason(code))
+    count = len(stats.refused)
+    stats.refused.clear()
+    return count
 
 
 def _check(

@@ -19,7 +19,7 @@ from gatekeeper.core.cst import format_cst
 from gatekeeper.core.eligibility import EligibilityStore, Lookup, version_seq
 from gatekeeper.core.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind
 from gatekeeper.core.policy import Policy, RegionPolicy
-from gatekeeper.core.records import OPEN_ENDED, StatusPeriod
+from gatekeeper.core.records import MAX_CHG_REA_LENGTH, OPEN_ENDED, StatusPeriod
 from gatekeeper.core.rules import (
     Claim,
     ClaimDecision,
@@ -63,7 +63,9 @@ def item_message(decision: ItemDecision) -> pb.ItemDecision:
     if window is not None:
         message.begntime = format_cst(window.begntime)
         message.endtime = _time_text(window.endtime)
-        message.chg_rea = window.chg_rea
+        # A record stored by an older loader (or by hand) may hold any length: never let one
+        # multiply through every item of a claim.
+        message.chg_rea = window.chg_rea[:MAX_CHG_REA_LENGTH]
     return message
 
 
@@ -98,7 +100,7 @@ def window_message(period: StatusPeriod) -> pb.StatusWindow:
         begntime=format_cst(period.begntime),
         endtime=_time_text(period.endtime),
         ban_endtime=_time_text(period.ban_endtime),
-        chg_rea=period.chg_rea,
+        chg_rea=period.chg_rea[:MAX_CHG_REA_LENGTH],
     )
 
 
