@@ -34,8 +34,12 @@ from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_A
 from gatekeeper.policy import PolicyError, load_policy
 from gatekeeper.settings import (
     DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS,
+    DEFAULT_MAX_CONNECTION_AGE_SECONDS,
     DEFAULT_MAX_REGISTRY_AGE_SECONDS,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION,
     DEFAULT_REDIS_TIMEOUT_SECONDS,
+    DEFAULT_REQUEST_READ_SECONDS,
     DEFAULT_WORKERS,
     Settings,
     SettingsError,
@@ -82,6 +86,10 @@ def _serve(args: argparse.Namespace) -> int:
             callers_path=args.callers,
             metrics_listen=args.metrics_listen,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
+            max_streams_per_connection=args.max_streams_per_connection,
+            request_read_seconds=args.request_read_timeout,
+            max_connection_age_seconds=args.max_connection_age,
+            max_connection_age_grace_seconds=args.max_connection_age_grace,
             degraded_max_age_seconds=args.degraded_max_age,
             audit_spool_dir=args.audit_spool_dir,
         )
@@ -313,6 +321,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=DEFAULT_MAX_CONCURRENT_RPCS,
         help="RPCs each worker works on at once; more are refused with RESOURCE_EXHAUSTED",
+    )
+    serve.add_argument(
+        "--max-streams-per-connection",
+        type=_positive,
+        default=DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        help="RPCs one connection may carry at once; more streams are refused by HTTP/2 (REFUSED_STREAM)",
+    )
+    serve.add_argument(
+        "--request-read-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_READ_SECONDS,
+        help="seconds a caller has to send its whole request after its headers; then DEADLINE_EXCEEDED",
+    )
+    serve.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+        help="seconds after which a connection is closed (GOAWAY); clients reconnect",
+    )
+    serve.add_argument(
+        "--max-connection-age-grace",
+        type=float,
+        default=DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS,
+        help="seconds RPCs in flight get to finish on a connection past its age before it is cut",
     )
     serve.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
     serve.add_argument(

@@ -46,6 +46,14 @@ REDIS_ERRORS = Counter(
     ["operation"],
 )
 
+RPC_REFUSED = Counter(
+    "gatekeeper_rpc_refused",
+    "RPCs refused before any work, by method, status code and reason: concurrency_limit (RESOURCE_EXHAUSTED), "
+    "request_read_timeout (DEADLINE_EXCEEDED: the request message was not received in time), "
+    "deadline_passed (DEADLINE_EXCEEDED: the caller's deadline passed while the request waited)",
+    ["method", "code", "reason"],
+)
+
 
 @dataclass
 class ServerState:

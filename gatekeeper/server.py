@@ -18,6 +18,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from gatekeeper import metrics
+from gatekeeper.admission import AdmissionInterceptor
 from gatekeeper.audit import AuditLog
 from gatekeeper.callers import load_callers
 from gatekeeper.handlers import add_gatekeeper_servicer
@@ -37,6 +38,10 @@ SERVICE_NAME = gatekeeper_pb2.DESCRIPTOR.services_by_name["Gatekeeper"].full_nam
 # gRPC itself refuses messages above this (RESOURCE_EXHAUSTED); between max_request_bytes
 # and this, the servicer answers INVALID_ARGUMENT naming the size.
 TRANSPORT_SIZE_FACTOR = 4
+# The server pings each connection this often and drops it when the ping is not answered
+# within the timeout: a dead peer, or one that stopped reading, frees its streams.
+KEEPALIVE_TIME_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 
 @dataclass
@@ -143,6 +148,23 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC core options that bound what one connection can hold.
+
+    Streams beyond the per-connection limit are refused (RST_STREAM) by gRPC itself, counted
+    against the limit as sent, not as acknowledged, so a burst sent before the server's
+    settings arrive is refused too. A connection is closed after its maximum age, RPCs in
+    flight given the grace; a peer that does not answer keepalive pings is cut off sooner.
+    """
+    return [
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ]
+
+
 async def create_server(
     settings: Settings,
     store: EligibilityStore | None = None,
@@ -157,13 +179,17 @@ async def create_server(
     credentials = server_credentials(settings)
     transport_limit = settings.max_request_bytes * TRANSPORT_SIZE_FACTOR
     server = aio.server(
-        interceptors=[metrics.MetricsInterceptor()],
-        # Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound.
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        # Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound;
+        # the admission interceptor counts it, and bounds the time a request may take to arrive.
+        interceptors=[
+            AdmissionInterceptor(settings.max_concurrent_rpcs, settings.request_read_seconds),
+            metrics.MetricsInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", transport_limit),
             # Workers share one port; a single server must notice a port already in use.
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+            *connection_options(settings),
         ],
     )
     limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims)

@@ -29,6 +29,17 @@ class SettingsError(ValueError):
 # RPCs one worker works on at once; more are refused with RESOURCE_EXHAUSTED. A claim takes
 # about a millisecond of CPU, so this many is a few hundred milliseconds of work queued.
 DEFAULT_MAX_CONCURRENT_RPCS = 256
+# One HTTP/2 connection may carry this many RPCs at once: a single caller cannot take more
+# than an eighth of a worker's slots with one connection.
+DEFAULT_MAX_STREAMS_PER_CONNECTION = 32
+# A caller has this long, from its RPC's headers, to send the whole request message; a stream
+# that sends headers and then nothing (or less than it promised) is ended DEADLINE_EXCEEDED.
+DEFAULT_REQUEST_READ_SECONDS = 10.0
+# Connections are closed (GOAWAY) after this age, RPCs in flight given the grace to finish;
+# after that the connection is cut, whatever it still holds (a client that never reads).
+# Callers reconnect at once, which also spreads them over workers restarted since.
+DEFAULT_MAX_CONNECTION_AGE_SECONDS = 300.0
+DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS = 30.0
 
 
 def redis_url_from(environ: Mapping[str, str] = os.environ) -> str:
@@ -66,6 +77,10 @@ class Settings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_batch_claims: int = DEFAULT_MAX_BATCH_CLAIMS
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
+    request_read_seconds: float = DEFAULT_REQUEST_READ_SECONDS
+    max_connection_age_seconds: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS
+    max_connection_age_grace_seconds: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_SECONDS
     near_cache_entries: int = DEFAULT_MAX_ENTRIES  # 0: no near cache, every claim reads Redis
     near_cache_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
     redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
