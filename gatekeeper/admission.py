@@ -102,6 +102,12 @@ class AdmissionInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     async with asyncio.timeout(self.request_read_seconds):
                         request = await context.read()
+                except asyncio.CancelledError:
+                    # gRPC cancels an RPC whose deadline passed: here, before its request was read.
+                    remaining = context.time_remaining()
+                    if remaining is not None and remaining <= 0:
+                        metrics.RPC_REFUSED.labels(name, "DEADLINE_EXCEEDED", "deadline_passed").inc()
+                    raise
                 except TimeoutError:
                     seconds = self.request_read_seconds
                     self._refusals.note(

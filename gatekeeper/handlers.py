@@ -9,6 +9,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
+from gatekeeper import metrics
 from gatekeeper.v1 import gatekeeper_pb2, gatekeeper_pb2_grpc
 
 SERVICE = gatekeeper_pb2.DESCRIPTOR.services_by_name["Gatekeeper"]
@@ -35,7 +36,7 @@ def _tolerant(parse: Callable[[bytes], Message]) -> Callable[[bytes], Message | 
     return deserialize
 
 
-def _guarded(behaviour: Behaviour, request_type: str) -> Behaviour:
+def _guarded(behaviour: Behaviour, request_type: str, method: str = "") -> Behaviour:
     async def handle(request: Any, context: aio.ServicerContext) -> Message:  # type: ignore[type-arg]
         if isinstance(request, Undecodable):
             await context.abort(
@@ -45,6 +46,7 @@ def _guarded(behaviour: Behaviour, request_type: str) -> Behaviour:
         # is waiting for the answer any more.
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
+            metrics.RPC_REFUSED.labels(method, "DEADLINE_EXCEEDED", "deadline_passed").inc()
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the request was read")
         return await behaviour(request, context)
 
@@ -58,7 +60,7 @@ def add_gatekeeper_servicer(servicer: gatekeeper_pb2_grpc.GatekeeperServicer, se
         request_class = getattr(gatekeeper_pb2, method.input_type.name)
         response_class = getattr(gatekeeper_pb2, method.output_type.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _guarded(getattr(servicer, method.name), method.input_type.full_name),
+            _guarded(getattr(servicer, method.name), method.input_type.full_name, f"{SERVICE.full_name}/{method.name}"),
             request_deserializer=_tolerant(request_class.FromString),
             response_serializer=response_class.SerializeToString,
         )

@@ -22,6 +22,7 @@ from gatekeeper.records import PractitionerRecord, StatusPeriod
 from gatekeeper.store import MemoryEligibilityStore
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
+from tests.integration.test_hardening import BlockingStore
 
 DOCTOR = "D110105000001"
 REGISTERED = PractitionerRecord(1, (StatusPeriod(status=1, begntime=0, chg_key=1, seq=1),))
@@ -204,3 +205,19 @@ def test_a_client_that_never_reads_its_responses_pins_no_slot_and_is_cut_off(
         attacker.read(timeout=0.5)
     assert attacker.closed, "the server should close a connection older than its maximum age (plus grace)"
     answers(gatekeeper)
+
+
+def test_a_request_whose_deadline_passed_while_waiting_is_counted(start_gatekeeper: StartGatekeeper) -> None:
+    store = BlockingStore()
+    gatekeeper = start_gatekeeper(store=store)
+    before = refused("DEADLINE_EXCEEDED", "deadline_passed")
+    first = gatekeeper.stub.CheckClaim.future(claim("first"), timeout=WAIT_SECONDS)
+    assert store.blocking.wait(WAIT_SECONDS)
+    with pytest.raises(grpc.RpcError) as raised:
+        gatekeeper.stub.CheckClaim(claim("late"), timeout=0.2)  # its deadline passes while the process is busy
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    store.release.set()
+    assert first.result(timeout=WAIT_SECONDS).verdict == pb.CLAIM_VERDICT_ALLOW
+    gatekeeper.stub.CheckClaim(claim("next"), timeout=WAIT_SECONDS)  # after "late" was dispatched or dropped
+    assert store.lookups == 2
+    assert refused("DEADLINE_EXCEEDED", "deadline_passed") == before + 1
