@@ -49,7 +49,7 @@ from gatekeeper.settings import (
 )
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from gatekeeper.validation import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
+from gatekeeper.validation import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
 
 
 def _positive(text: str) -> int:
@@ -75,6 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             max_items=args.max_items,
             max_request_bytes=args.max_request_bytes,
+            max_batch_bytes=args.max_batch_bytes,
             shutdown_grace_seconds=args.shutdown_grace,
             near_cache_entries=args.near_cache_entries,
             near_cache_max_age_seconds=args.near_cache_max_age,
@@ -316,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-items", type=_positive, default=DEFAULT_MAX_ITEMS, help="line items per claim")
     serve.add_argument("--max-request-bytes", type=_positive, default=DEFAULT_MAX_REQUEST_BYTES)
+    serve.add_argument(
+        "--max-batch-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_BATCH_BYTES,
+        help="bytes of a whole CheckClaims request (each claim is also held to --max-request-bytes)",
+    )
     serve.add_argument(
         "--max-concurrent-rpcs",
         type=_positive,

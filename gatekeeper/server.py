@@ -35,8 +35,9 @@ from gatekeeper.validation import Limits
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = gatekeeper_pb2.DESCRIPTOR.services_by_name["Gatekeeper"].full_name
-# gRPC itself refuses messages above this (RESOURCE_EXHAUSTED); between max_request_bytes
-# and this, the servicer answers INVALID_ARGUMENT naming the size.
+# gRPC itself refuses messages above this (RESOURCE_EXHAUSTED); between a method's limit
+# (max_request_bytes, or max_batch_bytes for CheckClaims) and this, the request is answered
+# INVALID_ARGUMENT naming its size, without being decoded.
 TRANSPORT_SIZE_FACTOR = 4
 # The server pings each connection this often and drops it when the ping is not answered
 # within the timeout: a dead peer, or one that stopped reading, frees its streams.
@@ -177,7 +178,7 @@ async def create_server(
         policy = load_policy(settings.policy_path)
     callers = load_callers(settings.callers_path)
     credentials = server_credentials(settings)
-    transport_limit = settings.max_request_bytes * TRANSPORT_SIZE_FACTOR
+    transport_limit = max(settings.max_request_bytes, settings.max_batch_bytes) * TRANSPORT_SIZE_FACTOR
     server = aio.server(
         # Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound;
         # the admission interceptor counts it, and bounds the time a request may take to arrive.
@@ -192,9 +193,9 @@ async def create_server(
             *connection_options(settings),
         ],
     )
-    limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims)
+    limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims, settings.max_batch_bytes)
     audit = AuditLog.from_url(settings.redis_url, settings.audit_spool_dir, settings.redis_timeout_seconds)
-    add_gatekeeper_servicer(GatekeeperServicer(store, policy, limits, callers=callers, audit=audit), server)
+    add_gatekeeper_servicer(GatekeeperServicer(store, policy, limits, callers=callers, audit=audit), server, limits)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -9,7 +9,12 @@ from pathlib import Path
 
 from gatekeeper.audit import DEFAULT_SPOOL_DIR
 from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
-from gatekeeper.validation import DEFAULT_MAX_BATCH_CLAIMS, DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
+from gatekeeper.validation import (
+    DEFAULT_MAX_BATCH_BYTES,
+    DEFAULT_MAX_BATCH_CLAIMS,
+    DEFAULT_MAX_ITEMS,
+    DEFAULT_MAX_REQUEST_BYTES,
+)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -76,6 +81,7 @@ class Settings:
     max_items: int = DEFAULT_MAX_ITEMS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_batch_claims: int = DEFAULT_MAX_BATCH_CLAIMS
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES  # a whole CheckClaims request
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
     request_read_seconds: float = DEFAULT_REQUEST_READ_SECONDS

@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY
 from gatekeeper.records import PractitionerRecord, StatusPeriod
 from gatekeeper.store import MemoryEligibilityStore
 from gatekeeper.v1 import gatekeeper_pb2 as pb
+from gatekeeper.validation import DEFAULT_MAX_BATCH_BYTES
 from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
 from tests.integration.test_hardening import BlockingStore
 
@@ -221,3 +222,32 @@ def test_a_request_whose_deadline_passed_while_waiting_is_counted(start_gatekeep
     gatekeeper.stub.CheckClaim(claim("next"), timeout=WAIT_SECONDS)  # after "late" was dispatched or dropped
     assert store.lookups == 2
     assert refused("DEADLINE_EXCEEDED", "deadline_passed") == before + 1
+
+
+def big_claim(claim_id: str, items: int) -> pb.CheckClaimRequest:
+    lines = [
+        pb.LineItem(feedetl_sn=str(n), fee_ocur_time="2026-06-01 10:00:00", bilg_dr_codg=DOCTOR, amount_fen=100)
+        for n in range(items)
+    ]
+    return pb.CheckClaimRequest(claim_id=claim_id, fixmedins_code="H11010500001", items=lines)
+
+
+def test_a_batch_larger_than_its_total_limit_is_refused_before_it_is_decoded(
+    start_gatekeeper: StartGatekeeper,
+) -> None:
+    gatekeeper = start_gatekeeper(store=MemoryEligibilityStore({DOCTOR: REGISTERED}))
+    # Every claim is within the per-claim limits (items, bytes); together they are not.
+    batch = pb.CheckClaimsRequest(claims=[big_claim(f"c{n}", 5_000) for n in range(6)])
+    size = batch.ByteSize()
+    assert size > DEFAULT_MAX_BATCH_BYTES
+    with pytest.raises(grpc.RpcError) as raised:
+        gatekeeper.stub.CheckClaims(batch, timeout=WAIT_SECONDS)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == (
+        f"request: is {size} bytes, more than the maximum of {DEFAULT_MAX_BATCH_BYTES} for a batch"
+    )
+    # A batch within the limit is decided, claim by claim.
+    small = pb.CheckClaimsRequest(claims=batch.claims[:2])
+    assert [r.response.verdict for r in gatekeeper.stub.CheckClaims(small, timeout=WAIT_SECONDS).results] == [
+        pb.CLAIM_VERDICT_ALLOW
+    ] * 2
