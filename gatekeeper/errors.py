@@ -55,6 +55,12 @@ class PermissionDenied(GatekeeperError):
         self.institution = institution
 
 
+class Unauthenticated(GatekeeperError):
+    """The caller's certificate cannot be trusted to say who it is."""
+
+    status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class CacheUnavailable(GatekeeperError):
     """The eligibility cache (Redis) could not be read."""
 
