@@ -67,6 +67,14 @@ class CacheUnavailable(GatekeeperError):
     status_code = grpc.StatusCode.UNAVAILABLE
 
 
+class NeverRead(CacheUnavailable):
+    """The eligibility cache is unreadable and this process has never read registry data:
+    degraded mode has nothing to stand in for."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"no registry data read since this process started, and {cause}")
+
+
 class CacheCorrupt(GatekeeperError):
     """The eligibility cache holds data this version cannot read: a bug, not a client error."""
 

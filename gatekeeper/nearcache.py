@@ -25,7 +25,7 @@ from typing import Any, cast
 import redis.asyncio as redis
 
 from gatekeeper import changelog, keys, metrics
-from gatekeeper.errors import CacheUnavailable
+from gatekeeper.errors import CacheUnavailable, NeverRead
 from gatekeeper.records import PractitionerRecord
 from gatekeeper.store import Lookup, RedisEligibilityStore, redis_client
 from gatekeeper.tasks import stop_task
@@ -229,6 +229,8 @@ class CachingEligibilityStore:
         try:
             lookup = await self._lookup(codes, min_seq)
         except CacheUnavailable as error:
+            if self.generation == 0 and self._backing.last_version is None:  # nothing to stand in for
+                raise error if isinstance(error, NeverRead) else NeverRead(error) from error
             if self.degraded_max_age_seconds <= 0 or min_seq > self.seen_seq:
                 raise
             return self._held_lookup(codes, error)
@@ -248,7 +250,10 @@ class CachingEligibilityStore:
         unverified = self.cache.held_many(codes, found, self.degraded_max_age_seconds)
         self.stats.degraded_lookups += 1
         self.stats.unverified += len(unverified)
-        return Lookup(found, self.snapshot_id, self.seen_seq, self.generation, frozenset(unverified))
+        snapshot_id, seq = (self.snapshot_id, self.seen_seq)
+        if self.generation == 0 and self._backing.last_version is not None:  # read, but not yet followed
+            snapshot_id, seq = self._backing.last_version
+        return Lookup(found, snapshot_id, seq, self.generation, frozenset(unverified))
 
     async def _lookup(self, codes: Collection[str], min_seq: int) -> Lookup:
         if not self.trusted or self.seen_seq < min_seq:

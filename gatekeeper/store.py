@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gatekeeper import keys, metrics
-from gatekeeper.errors import CacheCorrupt, CacheUnavailable, RegistryBehind, RegistryNotLoaded
+from gatekeeper.errors import CacheCorrupt, CacheUnavailable, NeverRead, RegistryBehind, RegistryNotLoaded
 from gatekeeper.records import PractitionerRecord, decode_record
 
 # A snapshot switch between reading gk:meta and reading the buckets makes a reader read
@@ -160,7 +160,9 @@ class RedisEligibilityStore:
         self._redis = client
         self._generation: _Generation | None = None
         self._degraded = degraded
-        self._last_version = ("", 0)  # of the last lookup that read Redis: what degraded answers show
+        # Of the last lookup that read Redis: what degraded answers show. None: no registry
+        # data read since start, so nothing to stand in for.
+        self.last_version: tuple[str, int] | None = None
 
     @classmethod
     def from_url(cls, url: str, timeout_seconds: float | None = None, degraded: bool = False) -> RedisEligibilityStore:
@@ -180,12 +182,14 @@ class RedisEligibilityStore:
     async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
         try:
             lookup = await self._read(codes, min_seq)
-        except CacheUnavailable:
-            snapshot_id, applied_seq = self._last_version
+        except CacheUnavailable as error:
+            if self.last_version is None:
+                raise NeverRead(error) from error
+            snapshot_id, applied_seq = self.last_version
             if not self._degraded or min_seq > applied_seq:
                 raise
             return Lookup({}, snapshot_id, applied_seq, unverified=frozenset(codes))
-        self._last_version = (lookup.snapshot_id, lookup.applied_seq)
+        self.last_version = (lookup.snapshot_id, lookup.applied_seq)
         return lookup
 
     async def _read(self, codes: Collection[str], min_seq: int) -> Lookup:
