@@ -251,3 +251,23 @@ def test_a_batch_larger_than_its_total_limit_is_refused_before_it_is_decoded(
     assert [r.response.verdict for r in gatekeeper.stub.CheckClaims(small, timeout=WAIT_SECONDS).results] == [
         pb.CLAIM_VERDICT_ALLOW
     ] * 2
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01 00:00:00", "1969-12-31 23:59:59", "9999-12-31 23:59:59"])
+def test_a_time_out_of_range_is_invalid_argument_naming_the_field(
+    start_gatekeeper: StartGatekeeper, moment: str
+) -> None:
+    gatekeeper = start_gatekeeper(store=MemoryEligibilityStore({DOCTOR: REGISTERED}))
+    request = claim()
+    request.items[0].fee_ocur_time = moment
+    calls = {
+        "at_time": lambda: gatekeeper.stub.GetPractitioner(
+            pb.GetPractitionerRequest(prac_psn_code=DOCTOR, at_time=moment), timeout=WAIT_SECONDS
+        ),
+        "items[0].fee_ocur_time": lambda: gatekeeper.stub.CheckClaim(request, timeout=WAIT_SECONDS),
+    }
+    for field, call in calls.items():
+        with pytest.raises(grpc.RpcError) as raised:
+            call()
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert raised.value.details().startswith(f"{field}: "), raised.value.details()
