@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -46,6 +46,10 @@ REDIS_ERRORS = Counter(
     ["operation"],
 )
 
+WORKER_RESTARTS = Gauge(
+    "gatekeeper_worker_restarts",
+    "Times the supervisor restarted this worker (worker i: the metrics port + i) after it died",
+)
 RPC_REFUSED = Counter(
     "gatekeeper_rpc_refused",
     "RPCs refused before any work, by method, status code and reason: concurrency_limit (RESOURCE_EXHAUSTED), "
