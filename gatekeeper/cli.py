@@ -52,7 +52,12 @@ _SERVE_FIELDS = (
     "workers",
     "max_items",
     "max_request_bytes",
+    "max_batch_bytes",
     "max_concurrent_rpcs",
+    "max_streams_per_connection",
+    "request_read_seconds",
+    "max_connection_age_seconds",
+    "max_connection_age_grace_seconds",
     "shutdown_grace_seconds",
     "near_cache_entries",
     "near_cache_max_age_seconds",
@@ -313,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-request-bytes", type=_positive, help=f"bytes per claim (default {defaults.MAX_REQUEST_BYTES:,})"
     )
     serve.add_argument(
+        "--max-batch-bytes",
+        type=_positive,
+        help="bytes of a whole CheckClaims request (each claim is also held to --max-request-bytes; "
+        f"default {defaults.MAX_BATCH_BYTES:,})",
+    )
+    serve.add_argument(
         "--max-concurrent-rpcs",
         type=_positive,
         help="RPCs each worker works on at once; more are refused with RESOURCE_EXHAUSTED "
@@ -323,6 +334,33 @@ def build_parser() -> argparse.ArgumentParser:
         dest="shutdown_grace_seconds",
         type=float,
         help=f"seconds to drain on SIGTERM (default {defaults.SHUTDOWN_GRACE_SECONDS:.0f})",
+    )
+    serve.add_argument(
+        "--max-streams-per-connection",
+        type=_positive,
+        help="RPCs one connection may carry at once; more streams are refused by HTTP/2 (REFUSED_STREAM) "
+        f"(default {defaults.MAX_STREAMS_PER_CONNECTION})",
+    )
+    serve.add_argument(
+        "--request-read-timeout",
+        dest="request_read_seconds",
+        type=float,
+        help="seconds a caller has to send its whole request after its headers; then DEADLINE_EXCEEDED "
+        f"(default {defaults.REQUEST_READ_SECONDS:.0f})",
+    )
+    serve.add_argument(
+        "--max-connection-age",
+        dest="max_connection_age_seconds",
+        type=float,
+        help="seconds after which a connection is closed (GOAWAY); clients reconnect "
+        f"(default {defaults.MAX_CONNECTION_AGE_SECONDS:.0f})",
+    )
+    serve.add_argument(
+        "--max-connection-age-grace",
+        dest="max_connection_age_grace_seconds",
+        type=float,
+        help="seconds RPCs in flight get to finish on a connection past its age before it is cut "
+        f"(default {defaults.MAX_CONNECTION_AGE_GRACE_SECONDS:.0f})",
     )
     serve.add_argument(
         "--max-registry-age",

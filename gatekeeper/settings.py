@@ -99,7 +99,12 @@ class Settings:
     max_items: int = defaults.MAX_ITEMS
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
     max_batch_claims: int = defaults.MAX_BATCH_CLAIMS
+    max_batch_bytes: int = defaults.MAX_BATCH_BYTES  # a whole CheckClaims request
     max_concurrent_rpcs: int = defaults.MAX_CONCURRENT_RPCS
+    max_streams_per_connection: int = defaults.MAX_STREAMS_PER_CONNECTION
+    request_read_seconds: float = defaults.REQUEST_READ_SECONDS
+    max_connection_age_seconds: float = defaults.MAX_CONNECTION_AGE_SECONDS
+    max_connection_age_grace_seconds: float = defaults.MAX_CONNECTION_AGE_GRACE_SECONDS
     near_cache_entries: int = defaults.NEAR_CACHE_ENTRIES  # 0: no near cache, every claim reads Redis
     near_cache_max_age_seconds: float = defaults.NEAR_CACHE_MAX_AGE_SECONDS
     redis_timeout_seconds: float = defaults.REDIS_TIMEOUT_SECONDS

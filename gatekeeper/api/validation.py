@@ -29,6 +29,7 @@ class Limits:
     max_items: int = defaults.MAX_ITEMS
     max_request_bytes: int = defaults.MAX_REQUEST_BYTES
     max_batch_claims: int = defaults.MAX_BATCH_CLAIMS
+    max_batch_bytes: int = defaults.MAX_BATCH_BYTES
 
 
 def _require_id(value: str, field: str) -> str:
@@ -71,8 +72,14 @@ _PARSED_TIMES: dict[str, int] = {}
 PARSED_TIMES_KEPT = 65_536
 
 
+# Times a request may name: the years 1970 to 2099 (CST). Outside them a time is a data
+# error, and near year 1 it cannot even be formatted back (UTC would be year 0).
+EARLIEST_TIME = parse_cst("1970-01-01 00:00:00")
+END_OF_TIME = parse_cst("2100-01-01 00:00:00")
+
+
 def service_time(value: str, field: str) -> int:
-    """Epoch seconds of a "yyyy-MM-dd HH:mm:ss" CST string, or InvalidArgument."""
+    """Epoch seconds of a "yyyy-MM-dd HH:mm:ss" CST string in the years 1970 to 2099, or InvalidArgument."""
     moment = _PARSED_TIMES.get(value)
     if moment is not None:
         return moment
@@ -80,6 +87,8 @@ def service_time(value: str, field: str) -> int:
         moment = parse_cst(value)
     except ValueError:
         raise InvalidArgument(field, f"expected {TIME_FORMAT} (China Standard Time), got {value[:32]!r}") from None
+    if not EARLIEST_TIME <= moment < END_OF_TIME:
+        raise InvalidArgument(field, f"{value!r} is outside the years 1970 to 2099")
     if len(_PARSED_TIMES) >= PARSED_TIMES_KEPT:
         _PARSED_TIMES.clear()
     _PARSED_TIMES[value] = moment

@@ -30,7 +30,7 @@ from gatekeeper.cache.follower import BLOCK_MILLISECONDS, STREAM_CLIENT_NAME, Ch
 from gatekeeper.cache.layout import READ_FIELDS, Meta
 from gatekeeper.cache.nearcache import NearCache
 from gatekeeper.core.eligibility import Lookup, StoreStats
-from gatekeeper.core.errors import CacheCorrupt, CacheUnavailable, RegistryBehind, RegistryNotLoaded
+from gatekeeper.core.errors import CacheCorrupt, CacheUnavailable, NeverRead, RegistryBehind, RegistryNotLoaded
 from gatekeeper.core.records import PractitionerRecord, decode_record
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,9 @@ class RedisEligibilityStore:
         self._redis = client
         self._meta: Meta | None = None  # the generation read last
         self._degraded = degraded
-        self._last_version = ("", 0)  # of the last lookup that read Redis: what degraded answers show
+        # Of the last lookup that read Redis: what degraded answers show. None: no registry
+        # data read since start, so nothing to stand in for.
+        self.last_version: tuple[str, int] | None = None
         self.stats = StoreStats() if stats is None else stats
 
     @classmethod
@@ -78,14 +80,16 @@ class RedisEligibilityStore:
     async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
         try:
             lookup = await self._read(codes, min_seq)
-        except CacheUnavailable:
-            snapshot_id, applied_seq = self._last_version
+        except CacheUnavailable as error:
+            if self.last_version is None:
+                raise NeverRead(error) from error
+            snapshot_id, applied_seq = self.last_version
             if not self._degraded or min_seq > applied_seq:
                 raise
             self.stats.degraded_lookups += 1
             self.stats.unverified += len(codes)
             return Lookup({}, snapshot_id, applied_seq, unverified=frozenset(codes))
-        self._last_version = (lookup.snapshot_id, lookup.applied_seq)
+        self.last_version = (lookup.snapshot_id, lookup.applied_seq)
         return lookup
 
     async def _read(self, codes: Collection[str], min_seq: int) -> Lookup:
@@ -197,6 +201,8 @@ class CachingEligibilityStore:
         try:
             lookup = await self._lookup(codes, min_seq)
         except CacheUnavailable as error:
+            if self.follower.generation == 0 and self._backing.last_version is None:  # nothing to stand in for
+                raise error if isinstance(error, NeverRead) else NeverRead(error) from error
             if self.degraded_max_age_seconds <= 0 or min_seq > self.follower.seen_seq:
                 raise
             return self._held_lookup(codes, error)
@@ -217,7 +223,10 @@ class CachingEligibilityStore:
         self.stats.degraded_lookups += 1
         self.stats.unverified += len(unverified)
         follower = self.follower
-        return Lookup(found, follower.snapshot_id, follower.seen_seq, follower.generation, frozenset(unverified))
+        snapshot_id, seq = (follower.snapshot_id, follower.seen_seq)
+        if follower.generation == 0 and self._backing.last_version is not None:  # read, but not yet followed
+            snapshot_id, seq = self._backing.last_version
+        return Lookup(found, snapshot_id, seq, follower.generation, frozenset(unverified))
 
     async def _lookup(self, codes: Collection[str], min_seq: int) -> Lookup:
         follower = self.follower

@@ -50,10 +50,24 @@ class PermissionDenied(GatekeeperError):
         self.institution = institution
 
 
+class Unauthenticated(GatekeeperError):
+    """The caller's certificate cannot be trusted to say who it is."""
+
+    status = "UNAUTHENTICATED"  # a grpc.StatusCode name
+
+
 class CacheUnavailable(GatekeeperError):
     """The eligibility cache (Redis) could not be read."""
 
     status = "UNAVAILABLE"  # a grpc.StatusCode name
+
+
+class NeverRead(CacheUnavailable):
+    """The eligibility cache is unreadable and this process has never read registry data:
+    degraded mode has nothing to stand in for."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"no registry data read since this process started, and {cause}")
 
 
 class CacheCorrupt(GatekeeperError):

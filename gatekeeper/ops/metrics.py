@@ -11,16 +11,16 @@ serves them on the metrics port + ``i``. Items decided ``REASON_UNVERIFIED`` are
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc import aio
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -59,6 +59,18 @@ RPC_DURATION = Histogram(
     "Time from receiving a unary RPC to its answer, by method and gRPC status code",
     ["method", "code"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
+
+WORKER_RESTARTS = Gauge(
+    "gatekeeper_worker_restarts",
+    "Times the supervisor restarted this worker (worker i: the metrics port + i) after it died",
+)
+RPC_REFUSED = Counter(
+    "gatekeeper_rpc_refused",
+    "RPCs refused before any work, by method, status code and reason: concurrency_limit (RESOURCE_EXHAUSTED), "
+    "request_read_timeout (DEADLINE_EXCEEDED: the request message was not received in time), "
+    "deadline_passed (DEADLINE_EXCEEDED: the caller's deadline passed while the request waited)",
+    ["method", "code", "reason"],
 )
 
 
@@ -257,16 +269,90 @@ class MetricsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         return known[1]
 
 
-class MetricsEndpoint:
-    """The Prometheus text endpoint on its own HTTP thread."""
+# The metrics endpoint: scrapers are few, so connections beyond this many are closed
+# unanswered; each has this long to send its request, then it is closed.
+METRICS_MAX_CONNECTIONS = 8
+METRICS_READ_SECONDS = 5.0
+_MAX_REQUEST_HEAD_BYTES = 8192
 
-    def __init__(self, host: str, port: int) -> None:
-        self._server: WSGIServer
-        self._server, self._thread = start_http_server(port, addr=host)
-        self.port: int = self._server.server_port
+
+def _http_response(status: str, body: bytes, *headers: str) -> bytes:
+    head = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}", "Connection: close", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _answer(request_line: bytes) -> bytes:
+    """The response to one request: the metrics for GET /metrics, else 400, 404 or 405."""
+    parts = request_line.split(b" ")
+    if len(parts) != 3:
+        return _http_response("400 Bad Request", b"")
+    method, target, _version = parts
+    if target.split(b"?", 1)[0] != b"/metrics":
+        return _http_response("404 Not Found", b"only /metrics is served here\n", "Content-Type: text/plain")
+    if method != b"GET":
+        return _http_response("405 Method Not Allowed", b"", "Allow: GET")
+    return _http_response("200 OK", generate_latest(REGISTRY), f"Content-Type: {CONTENT_TYPE_LATEST}")
+
+
+class MetricsEndpoint:
+    """GET /metrics in the Prometheus text format, on its own thread and event loop (a busy
+    gRPC loop does not delay scrapes). Other paths are 404, other methods 405; at most
+    ``max_connections`` at once (more are closed unanswered), each closed when it has not
+    sent its request within ``read_seconds``: half-sent connections cannot pile up."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_connections: int = METRICS_MAX_CONNECTIONS,
+        read_seconds: float = METRICS_READ_SECONDS,
+    ) -> None:
+        self.max_connections = max_connections
+        self.read_seconds = read_seconds
+        self._open = 0
+        self._loop = asyncio.new_event_loop()
+        started: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(host, port, started), name="metrics", daemon=True)
+        self._thread.start()
+        self.port: int = started.result()
+
+    def _run(self, host: str, port: int, started: concurrent.futures.Future[int]) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            server = self._loop.run_until_complete(
+                asyncio.start_server(self._serve, host, port, limit=_MAX_REQUEST_HEAD_BYTES)
+            )
+        except BaseException as error:  # the port is taken, say: the caller raises it
+            started.set_exception(error)
+            self._loop.close()
+            return
+        started.set_result(int(server.sockets[0].getsockname()[1]))
+        self._loop.run_forever()
+        server.close()
+        connections = asyncio.all_tasks(self._loop)
+        for task in connections:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*connections, return_exceptions=True))
+        self._loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= self.max_connections:
+            writer.close()
+            return
+        self._open += 1
+        try:
+            async with asyncio.timeout(self.read_seconds):
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(_answer(head.split(b"\r\n", 1)[0]))
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass  # half-sent, oversized or gone: closed without an answer
+        finally:
+            self._open -= 1
+            writer.close()
 
     async def close(self) -> None:
         """Stop serving and release the port."""
-        await asyncio.to_thread(self._server.shutdown)
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join, 5)

@@ -155,7 +155,7 @@ def test_bad_requests_are_invalid_argument_naming_the_field(
 
 def test_limits_on_items_and_size(start_gatekeeper: StartGatekeeper, redis_client: redis.Redis) -> None:
     load(redis_client, DEMO_REGISTRY)
-    gatekeeper = start_gatekeeper(max_items=5, max_request_bytes=2000)
+    gatekeeper = start_gatekeeper(max_items=5, max_request_bytes=2000, max_batch_bytes=2000)
     too_many = demo_claim()
     with pytest.raises(grpc.RpcError) as raised:
         gatekeeper.stub.CheckClaim(too_many, timeout=5)
