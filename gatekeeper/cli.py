@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
-import redis
+import psycopg
 from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
@@ -19,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatekeeper import __version__, defaults
 from gatekeeper.api.callers import CallersError, load_callers
+from gatekeeper.audit.database import SchemaError, check_schema, migrate, prune, schema_version
 from gatekeeper.audit.export import (
     WRITERS,
     Period,
@@ -27,14 +31,23 @@ from gatekeeper.audit.export import (
     records_in,
     records_of_claim,
 )
-from gatekeeper.core.cst import TIME_FORMAT, parse_cst
-from gatekeeper.core.policy import PolicyError, load_policy
+from gatekeeper.core.cst import CST, TIME_FORMAT, parse_cst
+from gatekeeper.core.policy import Policy, PolicyError, load_policy
 from gatekeeper.core.tables import format_table
 from gatekeeper.defaults import LOG_FORMATS
 from gatekeeper.ops.logs import setup_logging
-from gatekeeper.settings import Settings, SettingsError, listen_from, redis_url_from
+from gatekeeper.settings import (
+    Settings,
+    SettingsError,
+    database_url_from,
+    listen_from,
+    redis_url_from,
+    retention_days_from,
+)
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+
+log = logging.getLogger("gatekeeper")
 
 
 def _positive(text: str) -> int:
@@ -47,6 +60,7 @@ def _positive(text: str) -> int:
 # Flags of ``serve`` whose values go into Settings under the same name (None: not given).
 _SERVE_FIELDS = (
     "redis_url",
+    "database_url",
     "listen",
     "policy_path",
     "workers",
@@ -86,7 +100,8 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         for path in (settings.tls_cert_path, settings.tls_key_path, settings.tls_client_ca_path):
             if path is not None:
                 path.read_bytes()
-    except (SettingsError, PolicyError, CallersError, OSError) as error:
+        _check_record_schema(settings.database_url)
+    except (SettingsError, PolicyError, CallersError, OSError, SchemaError) as error:
         print(f"gatekeeper serve: {error}", file=sys.stderr)
         return 2
     return serve(settings)
@@ -114,15 +129,50 @@ def _cst_milliseconds(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected {TIME_FORMAT} (China Standard Time), got {text!r}") from None
 
 
-def _audit_period(args: argparse.Namespace) -> Period:
+def _check_record_schema(url: str) -> None:
+    """SchemaError when the decision record's database is on a schema this version does not
+    write. An unreachable database is no reason not to serve: decisions wait in the spool."""
+    try:
+        with psycopg.connect(url, connect_timeout=5) as connection:
+            check_schema(connection)
+    except psycopg.Error as error:
+        log.warning(
+            "the decision record at %s is unreachable (%s); decisions are spooled until it answers",
+            _redacted(url),
+            _first_line(error),
+        )
+
+
+def _audit_period(args: argparse.Namespace, command: str) -> Period:
     if args.until <= args.since:
-        raise SystemExit("gatekeeper audit: --until must be after --since")
-    return Period(args.since, args.until, int(args.late * 1000))
+        raise SystemExit(f"gatekeeper {command}: --until must be after --since")
+    return Period(args.since, args.until)
+
+
+def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> psycopg.Connection:
+    """A connection to the decision record (--database-url, env DATABASE_URL)."""
+    url = args.database_url or database_url_from(environ)
+    try:
+        return psycopg.connect(url, connect_timeout=10, autocommit=True)
+    except psycopg.Error as error:
+        raise SystemExit(
+            f"gatekeeper: cannot reach the decision record at {_redacted(url)}: {_first_line(error)}"
+        ) from None
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password."""
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _audit_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    with redis.Redis.from_url(args.redis_url or redis_url_from(environ)) as client:
-        records = records_in(client, _audit_period(args), args.institution or ())
+    with _database(args, environ) as connection:
+        records = records_in(connection, _audit_period(args, "audit export"), args.institution or ())
         count = WRITERS[args.format](records, sys.stdout)
     print(f"gatekeeper audit export: {count} decision(s)", file=sys.stderr)
     return 0
@@ -131,23 +181,72 @@ def _audit_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def _audit_claim(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if (args.since is None) != (args.until is None):
         raise SystemExit("gatekeeper audit claim: give both --since and --until, or neither")
-    period = None if args.since is None else _audit_period(args)
-    with redis.Redis.from_url(args.redis_url or redis_url_from(environ)) as client:
-        count = WRITERS[args.format](records_of_claim(client, args.claim_id, period), sys.stdout)
+    period = None if args.since is None else _audit_period(args, "audit claim")
+    with _database(args, environ) as connection:
+        count = WRITERS[args.format](records_of_claim(connection, args.claim_id, period), sys.stdout)
     if count == 0:
-        print(f"gatekeeper audit claim: no decision on claim {args.claim_id!r} in the audit", file=sys.stderr)
+        print(f"gatekeeper audit claim: no decision on claim {args.claim_id!r} in the record", file=sys.stderr)
         return 1
     return 0
 
 
 def _audit_counts(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    with redis.Redis.from_url(args.redis_url or redis_url_from(environ)) as client:
-        counts = count_by_institution_and_reason(records_in(client, _audit_period(args), args.institution or ()))
+    with _database(args, environ) as connection:
+        counts = count_by_institution_and_reason(
+            connection, _audit_period(args, "audit counts"), args.institution or ()
+        )
     if args.json:
         print(json.dumps([c.as_row() for c in counts], ensure_ascii=False, indent=2))
     else:
         print(format_counts(counts))
     return 0
+
+
+def _audit_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    with _database(args, environ) as connection:
+        try:
+            applied = migrate(connection)
+        except SchemaError as error:
+            print(f"gatekeeper audit migrate: {error}", file=sys.stderr)
+            return 1
+        version = schema_version(connection)
+    for migration in applied:
+        print(f"applied {migration.version:04d}_{migration.name}")
+    print(f"the decision record is at schema version {version}")
+    return 0
+
+
+def _audit_prune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    keep = args.retention_days or retention_days_from(environ)
+    with _database(args, environ) as connection:
+        dropped = prune(connection, keep, datetime.now(CST).date())
+    kept = f"keeping the last {keep} day(s)"
+    if dropped:
+        print(f"dropped {len(dropped)} day(s) of decisions, {dropped[0]} to {dropped[-1]}; {kept}")
+    else:
+        print(f"nothing older to drop; {kept}")
+    return 0
+
+
+def _review(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from gatekeeper.audit.follow_review import follow_review, review_period
+
+    policy = _load_policy_or_exit(args.policy, "review")
+    redis_url = args.redis_url or redis_url_from(environ)
+    with _database(args, environ) as connection:
+        if args.follow:
+            return follow_review(connection, redis_url, policy, once=args.once)
+        if args.since is None or args.until is None:
+            raise SystemExit("gatekeeper review: give --since and --until, or --follow")
+        period = _audit_period(args, "review")
+        return review_period(connection, redis_url, policy, period, args.institution or (), args.format)
+
+
+def _load_policy_or_exit(path: Path | None, command: str) -> Policy:
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        raise SystemExit(f"gatekeeper {command}: {error}") from None
 
 
 def _enum_name(enum_type: EnumTypeWrapper, value: int, prefix: str) -> str:
@@ -273,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gRPC service")
     serve.add_argument("--redis-url", help=f"eligibility cache (env REDIS_URL, default {defaults.REDIS_URL})")
+    serve.add_argument(
+        "--database-url", help=f"the decision record, PostgreSQL (env DATABASE_URL, default {defaults.DATABASE_URL})"
+    )
     serve.add_argument("--listen", help=f"HOST:PORT (env GATEKEEPER_LISTEN, default {defaults.LISTEN})")
     serve.add_argument(
         "--policy", dest="policy_path", type=Path, help="region policy file (TOML); default: DOMAIN.md defaults"
@@ -416,45 +518,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--service", default="", help="service name; default: the whole server")
     health.set_defaults(run=_health, timeout=3.0)
-    audit = commands.add_parser("audit", help="read the decision audit (Redis stream gk:{audit})")
+    audit = commands.add_parser("audit", help="the decision record in PostgreSQL: read it, migrate it, prune it")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     when = {"type": _cst_milliseconds, "metavar": '"yyyy-MM-dd HH:mm:ss"'}
-    late = {
-        "type": float,
-        "default": defaults.AUDIT_LATE_SECONDS,
-        "help": "also read records stored up to this many seconds after --until "
-        "(decisions replayed from a spool after an outage); default a week",
-    }
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
+        "--database-url", help=f"the decision record (env DATABASE_URL, default {defaults.DATABASE_URL})"
+    )
 
-    def add_common(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--redis-url", help=f"(env REDIS_URL, default {defaults.REDIS_URL})")
-        command.add_argument("--late", **late)  # type: ignore[arg-type]
-
-    export = audit_commands.add_parser("export", help="decisions made in a period, for reviewers")
+    export = audit_commands.add_parser("export", parents=[database], help="decisions made in a period, for reviewers")
     export.add_argument("--since", required=True, help="decided at or after (CST)", **when)  # type: ignore[arg-type]
     export.add_argument("--until", required=True, help="decided before (CST)", **when)  # type: ignore[arg-type]
     export.add_argument("--institution", action="append", help="fixmedins_code; repeat for several")
     export.add_argument(
         "--format", choices=sorted(WRITERS), default="jsonl", help="jsonl: one decision a line; csv: one item a row"
     )
-    add_common(export)
     export.set_defaults(run=_audit_export)
 
-    claim = audit_commands.add_parser("claim", help="every decision on one claim")
+    claim = audit_commands.add_parser("claim", parents=[database], help="every decision on one claim")
     claim.add_argument("claim_id")
-    claim.add_argument("--since", help="only decisions at or after (CST); default: the whole audit", **when)  # type: ignore[arg-type]
+    claim.add_argument("--since", help="only decisions at or after (CST); default: the whole record", **when)  # type: ignore[arg-type]
     claim.add_argument("--until", help="only decisions before (CST)", **when)  # type: ignore[arg-type]
     claim.add_argument("--format", choices=sorted(WRITERS), default="jsonl")
-    add_common(claim)
     claim.set_defaults(run=_audit_claim)
 
-    counts = audit_commands.add_parser("counts", help="line items per institution and reason over a period")
+    counts = audit_commands.add_parser(
+        "counts", parents=[database], help="line items per institution and reason over a period (one query)"
+    )
     counts.add_argument("--since", required=True, help="decided at or after (CST)", **when)  # type: ignore[arg-type]
     counts.add_argument("--until", required=True, help="decided before (CST)", **when)  # type: ignore[arg-type]
     counts.add_argument("--institution", action="append", help="fixmedins_code; repeat for several")
     counts.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    add_common(counts)
     counts.set_defaults(run=_audit_counts)
+
+    migrate_command = audit_commands.add_parser(
+        "migrate", parents=[database], help="apply the schema migrations the database lacks (serve needs the latest)"
+    )
+    migrate_command.set_defaults(run=_audit_migrate)
+
+    prune_command = audit_commands.add_parser(
+        "prune", parents=[database], help="drop the daily partitions older than the retention"
+    )
+    prune_command.add_argument(
+        "--retention-days",
+        type=_positive,
+        help=f"days of decisions to keep, today included (env GATEKEEPER_AUDIT_RETENTION_DAYS, "
+        f"default {defaults.AUDIT_RETENTION_DAYS})",
+    )
+    prune_command.set_defaults(run=_audit_prune)
+
+    review = commands.add_parser(
+        "review",
+        parents=[database],
+        help="decide recorded items again against the registry now: what to recover, what to pay after all",
+    )
+    review.add_argument("--since", help="decisions made at or after (CST)", **when)  # type: ignore[arg-type]
+    review.add_argument("--until", help="decisions made before (CST)", **when)  # type: ignore[arg-type]
+    review.add_argument("--institution", action="append", help="fixmedins_code; repeat for several")
+    review.add_argument("--policy", type=Path, help="region policy file (TOML); default: DOMAIN.md defaults")
+    review.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
+    review.add_argument("--redis-url", help=f"the eligibility cache (env REDIS_URL, default {defaults.REDIS_URL})")
+    review.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep reviewing: every change whose window reaches into the past, into review_findings",
+    )
+    review.add_argument("--once", action="store_true", help=argparse.SUPPRESS)  # --follow: stop when caught up
+    review.set_defaults(run=_review)
     return parser
 
 

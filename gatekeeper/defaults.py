@@ -46,7 +46,12 @@ DEGRADED_MAX_AGE_SECONDS = 3600.0
 
 # The decision audit.
 AUDIT_SPOOL_DIR = "audit-spool"
-AUDIT_LATE_SECONDS = 7 * 24 * 3600  # how long after a period a spooled decision may still arrive
 
 LOG_FORMAT = "json"
 LOG_FORMATS = ("json", "text")
+
+# The decision record (PostgreSQL).
+DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/gatekeeper"
+DATABASE_TIMEOUT_SECONDS = 5.0  # connecting, and each statement of a batch's transaction
+AUDIT_MAX_QUEUED = 100_000  # decisions held in memory at most; beyond, decisions are refused
+AUDIT_RETENTION_DAYS = 400  # a year of decisions, and the weeks a late window reaches back

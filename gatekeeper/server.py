@@ -87,7 +87,9 @@ class GatekeeperServer:
         self.metrics_state.serving = serving
 
     async def _watch_registry(self) -> None:
+        """Health follows the registry data's age and whether decisions can be recorded."""
         serving: bool | None = None
+        ready = None
         while not self._stopping.is_set():
             try:
                 updated_at = await self.store.registry_updated_at()
@@ -96,11 +98,16 @@ class GatekeeperServer:
             else:
                 self.metrics_state.registry_updated_at = updated_at
                 ready = readiness(updated_at, time.time(), self.settings.max_registry_age_seconds)
-                if ready.serving != serving:
-                    serving = ready.serving
+            if ready is not None:
+                recording = self.audit is None or self.audit.accepting
+                now_serving = ready.serving and recording
+                if now_serving != serving:
+                    serving = now_serving
                     await self._set_health(serving)
                     if serving:
                         log.info("health: SERVING (%s)", ready.why)
+                    elif not recording:
+                        log.warning("health: NOT_SERVING (decisions cannot be recorded)")
                     else:
                         log.warning("health: NOT_SERVING (%s)", ready.why)
             with contextlib.suppress(TimeoutError):
@@ -199,7 +206,7 @@ async def create_server(
         ],
     )
     limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims, settings.max_batch_bytes)
-    audit = AuditLog.from_url(settings.redis_url, settings.audit_spool_dir, settings.redis_timeout_seconds)
+    audit = AuditLog.from_url(settings.database_url, settings.audit_spool_dir, settings.database_timeout_seconds)
     add_gatekeeper_servicer(GatekeeperServicer(store, policy, audit, limits, callers=callers), server, limits)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -26,6 +26,17 @@ def redis_url_from(environ: Mapping[str, str]) -> str:
     return environ.get("REDIS_URL") or defaults.REDIS_URL
 
 
+def database_url_from(environ: Mapping[str, str]) -> str:
+    """DATABASE_URL, else a PostgreSQL on this machine: every command that writes or reads the
+    decision record takes --database-url this way."""
+    return environ.get("DATABASE_URL") or defaults.DATABASE_URL
+
+
+def retention_days_from(environ: Mapping[str, str]) -> int:
+    """GATEKEEPER_AUDIT_RETENTION_DAYS, else a year and the weeks a late window reaches back."""
+    return env_value(environ, "GATEKEEPER_AUDIT_RETENTION_DAYS", _positive_int) or defaults.AUDIT_RETENTION_DAYS
+
+
 def listen_from(environ: Mapping[str, str]) -> str:
     """GATEKEEPER_LISTEN, else loopback port 50051: where ``serve`` listens and client commands connect."""
     return environ.get("GATEKEEPER_LISTEN") or defaults.LISTEN
@@ -64,6 +75,7 @@ def _log_format(text: str) -> str:
 # Settings field <- environment variable, and how its text becomes a value.
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "redis_url": ("REDIS_URL", str),
+    "database_url": ("DATABASE_URL", str),
     "listen": ("GATEKEEPER_LISTEN", str),
     "workers": ("GATEKEEPER_WORKERS", _positive_int),
     "max_registry_age_seconds": ("GATEKEEPER_MAX_REGISTRY_AGE", _seconds),
@@ -93,6 +105,9 @@ class Settings:
     """Everything ``gatekeeper serve`` can be told."""
 
     redis_url: str = defaults.REDIS_URL
+    # The decision record: every decision is written to this PostgreSQL database.
+    database_url: str = defaults.DATABASE_URL
+    database_timeout_seconds: float = defaults.DATABASE_TIMEOUT_SECONDS
     listen: str = defaults.LISTEN
     policy_path: Path | None = None
     workers: int = 1

@@ -1,10 +1,14 @@
-"""Real servers for tests (and benchmarks): a private redis-server on a free loopback port."""
+"""Real servers for tests (and benchmarks): a private redis-server and a private PostgreSQL on free loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,3 +69,62 @@ def start_redis(directory: Path, port: int | None = None, extra_args: Sequence[s
         raise RuntimeError("redis-server did not start:\n" + "".join(seen))
     threading.Thread(target=process.stdout.read, daemon=True).start()  # keep draining its log
     return RedisServer(process, port, directory)
+
+
+def postgres_bindir() -> Path | None:
+    """Where initdb and pg_ctl are: pg_config's answer, else Debian's newest version."""
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
+        if found and (Path(found) / "initdb").exists():
+            return Path(found)
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster of our own on 127.0.0.1 (trust authentication), in a throwaway directory."""
+
+    bindir: Path
+    directory: Path
+    port: int
+    run_as: list[str]
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def pg_ctl(self, *args: str) -> None:
+        command = [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.directory / "data"), "-w", *args]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.pg_ctl("stop", "-m", "fast")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_postgres(port: int | None = None) -> PostgresServer:
+    """initdb and start a private cluster; as root (initdb and pg_ctl refuse to run as root),
+    as the ``postgres`` user that Debian's package creates."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL's initdb is missing: apt-get install postgresql (scripts/install does)")
+    directory = Path(tempfile.mkdtemp(prefix="gk-postgres-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(directory, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = port or free_port()
+    server = PostgresServer(bindir, directory, port, run_as)
+    data = directory / "data"
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    server.pg_ctl("start", "-l", str(directory / "postgres.log"), "-o", options)
+    return server

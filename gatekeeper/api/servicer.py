@@ -17,8 +17,8 @@ from gatekeeper.audit.writer import DecisionLog
 from gatekeeper.core.codes import division_of
 from gatekeeper.core.cst import format_cst
 from gatekeeper.core.eligibility import EligibilityStore, Lookup, version_seq
-from gatekeeper.core.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind
-from gatekeeper.core.policy import Policy, RegionPolicy
+from gatekeeper.core.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind, Unrecordable
+from gatekeeper.core.policy import Policy, RegionPolicy, Unrecorded
 from gatekeeper.core.records import MAX_CHG_REA_LENGTH, OPEN_ENDED, StatusPeriod
 from gatekeeper.core.rules import (
     Claim,
@@ -28,8 +28,10 @@ from gatekeeper.core.rules import (
     Reason,
     decide_claim,
     describe_practitioner,
+    unenforced,
 )
 from gatekeeper.core.standin import StandInLimiter
+from gatekeeper.ops import metrics
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 
@@ -201,6 +203,19 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         self._stand_in.take(institution, limit, decision.stood_in)
         return decision
 
+    def _recorded(
+        self, decision_id: str, claim: Claim, region: RegionPolicy, decision: ClaimDecision, lookup: Lookup
+    ) -> ClaimDecision:
+        """Hand the decision to the record; when it cannot be recorded, what the region's
+        policy says: Unrecordable (refuse), or the decision settled unenforced."""
+        if self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock()):
+            return decision
+        if region.unrecorded is Unrecorded.REFUSE:
+            metrics.UNRECORDED.labels("refused").inc()
+            raise Unrecordable()
+        metrics.UNRECORDED.labels("settled").inc()
+        return unenforced(decision)
+
     async def CheckClaim(  # noqa: N802 - the gRPC method name
         self,
         request: pb.CheckClaimRequest,
@@ -210,8 +225,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         try:
             claim, region, codes, min_seq = self._prepare(request, self._caller(context))
             lookup = await self._store.lookup(codes, min_seq)
-            decision = self._decide(claim, region, lookup)
-            self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock())
+            decision = self._recorded(decision_id, claim, region, self._decide(claim, region, lookup), lookup)
             return claim_response(decision, decision_id, lookup.registry_version)
         except Exception as error:
             await fail(context, "CheckClaim", error, decision_id)
@@ -253,10 +267,15 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                     result.error.CopyFrom(claim_error(RegistryBehind(item[2], lookup.applied_seq)))
                 else:
                     claim, region, _ = item
-                    decision = self._decide(claim, region, lookup)
                     decision_id = new_decision_id()
-                    self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock())
-                    fill_claim_response(result.response, decision, decision_id, lookup.registry_version)
+                    try:
+                        decision = self._recorded(
+                            decision_id, claim, region, self._decide(claim, region, lookup), lookup
+                        )
+                    except Unrecordable as error:
+                        result.error.CopyFrom(claim_error(error))
+                    else:
+                        fill_claim_response(result.response, decision, decision_id, lookup.registry_version)
                 results.append(result)
             return pb.CheckClaimsResponse(results=results)
         except Exception as error:

@@ -1,22 +1,26 @@
-"""The decision audit: every decision to a Redis stream, off the hot path, through a disk spool when Redis is away.
+"""The decision record's writer: every decision to PostgreSQL, off the hot path, through a
+disk spool when the database is away.
 
 - An RPC hands its decision to :meth:`AuditLog.record` (no await, no I/O) and answers.
-- A background task drains the queue in batches and appends each batch to the stream
-  ``gk:{audit}`` with one call of the Redis Function ``gk_audit_append``.
-- A batch Redis does not take goes to this process's spool file, one JSON line per batch,
-  fsynced before the next; once Redis answers again the spool is replayed and emptied.
-  Spool files of processes that are gone (a crash, or a SIGTERM while Redis was away) are
-  replayed by the next process to start with the same spool directory.
+- A background task drains the queue in batches and writes each batch to the database in
+  one transaction (COPY of its decisions and their items).
+- A batch the database does not take goes to this process's spool file, one JSON line per
+  batch, fsynced before the next; once the database answers again the spool is replayed
+  and emptied. Spool files of processes that are gone (a crash, or a SIGTERM while the
+  database was away) are replayed by the next process to start with the same spool directory.
 - No duplicates: a batch keeps its id from the moment it is formed, in the spool too, and
-  the function appends a batch only if its id is not among those appended in the last
-  ``dedup_seconds`` (the sorted set ``gk:{audit}:batches``), checking and appending in one
-  atomic call. A batch whose write timed out after Redis had taken it, or that was
-  replayed just before a crash, is therefore skipped when replayed again.
+  its transaction first inserts that id into ``audit_batches``; a batch whose id is already
+  there (a write that timed out after it committed, a replay repeated after a crash) is
+  skipped.
+- When a batch can be neither written nor spooled, the log stops accepting decisions
+  (``record`` answers False, the servicer applies the region policy: refuse with
+  UNAVAILABLE or settle unenforced) until a batch gets through again; memory is bounded by
+  ``max_queued`` decisions.
 
-What a crash can lose: the records still in memory, at most one batch being formed or
-written (``batch_size`` records or ``linger_seconds`` of decisions). Everything a batch
-write or the spool acknowledged survives. SIGTERM loses nothing: ``close`` drains the queue
-to Redis or to the spool before the process exits.
+What a crash can lose: the decisions in memory, at most ``max_queued`` of them and in
+practice one batch being formed or written (``batch_size`` decisions or ``linger_seconds``
+of them). A batch the database committed, or the spool fsynced, survives. SIGTERM loses
+nothing that can be written: ``close`` drains the queue to the database or the spool.
 """
 
 from __future__ import annotations
@@ -27,32 +31,27 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError, ResponseError
+import psycopg
 
-from gatekeeper.audit.records import Batch, audit_record, encode_record
+from gatekeeper import defaults
+from gatekeeper.audit.database import LATEST_VERSION, SchemaError, partition_statements
+from gatekeeper.audit.records import DECISION_COLUMNS, ITEM_COLUMNS, Batch, audit_record, rows_of
 from gatekeeper.audit.spool import Spool
-from gatekeeper.cache import keys
-from gatekeeper.cache.client import redis_client
+from gatekeeper.core.cst import CST
 from gatekeeper.core.rules import Claim, ClaimDecision
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 500
-# How long a batch waits for more decisions: fewer, fuller batches, so at most 10 a second
-# per worker, each costing its id in the dedup set for the window below.
+# How long a batch waits for more decisions: fewer, fuller batches (one transaction each).
 DEFAULT_LINGER_SECONDS = 0.1
-DEFAULT_RETRY_SECONDS = 1.0  # how often a spool is offered to Redis again
-# How long a batch id is remembered (about 100 bytes each in Redis): a spooled batch
-# replayed later than this after Redis took it (its write timed out, yet it had arrived)
-# would be appended a second time.
-DEFAULT_DEDUP_SECONDS = 24 * 3600.0
-FUNCTION_NAME = "gk_audit_append"
-FUNCTIONS = resources.files("gatekeeper.audit").joinpath("audit.lua").read_text(encoding="utf-8")
+DEFAULT_RETRY_SECONDS = 1.0  # how often a spool is offered to the database again
+_COPY_DECISIONS = f"COPY decisions ({', '.join(DECISION_COLUMNS)}) FROM STDIN"
+_COPY_ITEMS = f"COPY decision_items ({', '.join(ITEM_COLUMNS)}) FROM STDIN"
 
 
 class DecisionLog(Protocol):
@@ -60,12 +59,117 @@ class DecisionLog(Protocol):
 
     def record(
         self, decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
-    ) -> None:
-        """Take one decision for the audit."""
+    ) -> bool:
+        """Take one decision for the record; False when it cannot be recorded now."""
         ...
 
 
-# --- The spool -----------------------------------------------------------------------------
+class RecordUnavailable(Exception):
+    """The record store did not take a batch (now)."""
+
+
+class RecordStore(Protocol):
+    """Where batches are written for good."""
+
+    async def write(self, batch: Batch) -> bool:
+        """Write the batch atomically; False when it was already written (a replay).
+        RecordUnavailable when the store cannot take it now."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+def cst_day(epoch_seconds: float) -> date:
+    """The China Standard Time day of a moment: the partition its decision goes to."""
+    return datetime.fromtimestamp(epoch_seconds, CST).date()
+
+
+async def _has_schema_table(connection: psycopg.AsyncConnection) -> bool:
+    cursor = await connection.execute("SELECT to_regclass('schema_version') IS NOT NULL")
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+class PostgresRecordStore:
+    """Writes each batch in one transaction: its id into ``audit_batches`` (the duplicate
+    check), then COPY of its decisions and items. One connection, opened on demand and
+    dropped on any error; each statement bounded by ``timeout_seconds``."""
+
+    def __init__(self, url: str, timeout_seconds: float = defaults.DATABASE_TIMEOUT_SECONDS) -> None:
+        self._url = url
+        self._timeout = timeout_seconds
+        self._connection: psycopg.AsyncConnection | None = None
+        self._days: set[date] = set()  # days whose partitions are known to exist
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        if self._connection is None or self._connection.closed:
+            milliseconds = int(self._timeout * 1000)
+            self._connection = await psycopg.AsyncConnection.connect(
+                self._url,
+                connect_timeout=max(1, round(self._timeout)),
+                options=f"-c statement_timeout={milliseconds} -c lock_timeout={milliseconds}",
+                autocommit=True,
+            )
+            self._days.clear()
+            cursor = await self._connection.execute(
+                "SELECT coalesce(max(version), 0) FROM schema_version"
+                if await _has_schema_table(self._connection)
+                else "SELECT 0"
+            )
+            row = await cursor.fetchone()
+            version = int(row[0]) if row else 0
+            if version != LATEST_VERSION:
+                await self.close()
+                raise SchemaError(
+                    f"the decision record's schema is at version {version}, this gatekeeper writes "
+                    f"{LATEST_VERSION}: run `gatekeeper audit migrate`"
+                )
+        return self._connection
+
+    async def _ensure_partitions(self, connection: psycopg.AsyncConnection, days: set[date]) -> None:
+        missing = days - self._days
+        if not missing:
+            return
+        # Tomorrow's too, so that midnight never waits for a CREATE TABLE.
+        wanted = missing | {day + timedelta(days=1) for day in missing}
+        async with connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock(7424002)")
+            for day in sorted(wanted):
+                for statement in partition_statements(day):
+                    await connection.execute(statement)
+        self._days |= wanted
+
+    async def write(self, batch: Batch) -> bool:
+        decisions, items = rows_of(batch)
+        try:
+            connection = await self._connect()
+            await self._ensure_partitions(connection, {cst_day(r.decided_at_ms / 1000) for r in batch.records})
+            async with connection.transaction():
+                cursor = await connection.execute(
+                    "INSERT INTO audit_batches (batch_id) VALUES (%s) ON CONFLICT DO NOTHING", [batch.batch_id]
+                )
+                if cursor.rowcount == 0:
+                    return False
+                async with connection.cursor().copy(_COPY_DECISIONS) as copy:
+                    for row in decisions:
+                        await copy.write_row(row)
+                async with connection.cursor().copy(_COPY_ITEMS) as copy:
+                    for item in items:
+                        await copy.write_row(item)
+        except (psycopg.Error, OSError, SchemaError) as error:
+            await self.close()
+            raise RecordUnavailable(
+                str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            ) from error
+        return True
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
 
 _Pending = tuple[str, Claim, ClaimDecision, str, float]
 _STOP = object()
@@ -75,65 +179,75 @@ _STOP = object()
 class AuditStats:
     """Counters for metrics and tests."""
 
-    appended: int = 0  # records appended to the stream
-    duplicates: int = 0  # batches Redis already had (a replay of an acknowledged write)
+    appended: int = 0  # decisions written to the database
+    duplicates: int = 0  # batches the database already had (a replay of a committed write)
     spooled: int = 0  # batches written to the spool
     replayed: int = 0  # batches replayed from a spool
-    write_failures: int = 0
+    write_failures: int = 0  # batches the database did not take
+    refused: int = 0  # decisions not taken: neither the database nor the spool could take them
 
 
 class AuditLog:
-    """Takes decisions without waiting and gets them into the stream, losing none."""
+    """Takes decisions without waiting and gets them into the record, losing none it took."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        store: RecordStore,
         spool: Spool,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         linger_seconds: float = DEFAULT_LINGER_SECONDS,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
-        dedup_seconds: float = DEFAULT_DEDUP_SECONDS,
+        max_queued: int = defaults.AUDIT_MAX_QUEUED,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis = client
+        self._store = store
         self.spool = spool
         self._batch_size = batch_size
         self._linger = linger_seconds
         self._retry = retry_seconds
-        self._dedup_ms = int(dedup_seconds * 1000)
+        self._max_queued = max_queued
         self._clock = clock
-        # Unbounded: a decision is never refused or dropped for want of room. The writer
-        # drains it to the spool when Redis is slow, so it stays short.
         self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._orphans_pending = True  # spools of processes gone: looked for at start
         self._last_attempt = -float("inf")  # of a replay, or of a spool write that failed
         self._closing = False
-        self._redis_failing = False
-        self._unsaved: list[Batch] = []  # formed, neither appended nor spooled yet
+        self._store_failing = False
+        self._unsaved: list[Batch] = []  # formed, neither written nor spooled yet
+        # False while a batch could be neither written nor spooled: decisions are refused
+        # (the servicer applies the region policy) rather than held without bound.
+        self.accepting = True
         self.stats = AuditStats()
 
     @classmethod
-    def from_url(cls, url: str, spool_directory: Path, timeout_seconds: float | None) -> AuditLog:
-        """An audit log writing to Redis at ``url`` (its own connections), spooling to ``spool_directory``."""
-        return cls(redis_client(url, timeout_seconds), Spool(spool_directory))
+    def from_url(cls, url: str, spool_directory: Path, timeout_seconds: float) -> AuditLog:
+        """An audit log writing to the database at ``url``, spooling to ``spool_directory``."""
+        return cls(PostgresRecordStore(url, timeout_seconds), Spool(spool_directory))
 
     @property
     def queued(self) -> int:
-        """Decisions taken and not yet appended or spooled."""
-        return self._queue.qsize()
+        """Decisions taken and not yet written or spooled."""
+        return self._queue.qsize() + sum(len(batch.records) for batch in self._unsaved)
 
     def record(
         self, decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
-    ) -> None:
-        """Take one decision; the record is built and written later, by the writer task."""
+    ) -> bool:
+        """Take one decision (the record is built and written later, by the writer task);
+        False, taking nothing, while decisions cannot be recorded or the queue is full."""
+        if not self.accepting or self._queue.qsize() >= self._max_queued:
+            self.stats.refused += 1
+            return False
         self._queue.put_nowait((decision_id, claim, decision, registry_version, decided_at))
+        return True
 
     def start(self) -> None:
         """Open the spool and start the writer (needs a running event loop)."""
         if self._task is None:
-            self.spool.open()
+            try:
+                self.spool.open()
+            except OSError as error:
+                log.error("audit: cannot open the spool in %s (%s)", self.spool.directory, error)
             self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def close(self) -> None:
@@ -144,7 +258,7 @@ class AuditLog:
             await self._task
             self._task = None
         self.spool.close()
-        await self._redis.aclose()
+        await self._store.close()
         if self.spool.depth:
             log.warning(
                 "audit: %d batch(es) left in %s for the next start to replay", self.spool.depth, self.spool.path
@@ -164,28 +278,37 @@ class AuditLog:
                 log.exception("audit writer failed; carrying on")
         if self._unsaved:
             records = sum(len(batch.records) for batch in self._unsaved)
-            log.error("audit: %d decision(s) neither appended nor spooled (spool unwritable): lost", records)
+            log.error("audit: %d decision(s) neither written nor spooled (spool unwritable): lost", records)
 
     async def _save(self) -> None:
-        """Append the batches in hand to Redis, or spool them while Redis is away (or while a
-        spool waits: one place to replay from, in order). A batch the spool cannot take
-        either (a full disk) stays in hand and is tried again."""
+        """Write the batches in hand to the database, or spool them while it is away (or
+        while a spool waits: one place to replay from, in order). A batch the spool cannot
+        take either (a full disk) stays in hand, tried again, and decisions are refused
+        meanwhile."""
         while self._unsaved:
             batch = self._unsaved[0]
-            if self.spool.depth or not await self._append(batch):
+            if self.spool.depth or not await self._write(batch):
                 try:
                     await asyncio.to_thread(self.spool.append, batch)
                 except OSError:
-                    log.exception(
-                        "audit: cannot write the spool %s; holding %d batch(es)", self.spool.path, len(self._unsaved)
-                    )
+                    if self.accepting:
+                        log.error(
+                            "audit: neither the database nor the spool %s takes decisions; refusing new ones, "
+                            "holding %d",
+                            self.spool.path or self.spool.directory,
+                            self.queued,
+                        )
+                    self.accepting = False
                     self._last_attempt = self._clock()  # try again after the retry interval, not at once
                     return
                 self.stats.spooled += 1
             self._unsaved.pop(0)
+            if not self.accepting:
+                self.accepting = True
+                log.warning("audit: decisions are recorded again")
 
     def _waiting(self) -> bool:
-        """Something to offer Redis (or the spool) again later."""
+        """Something to offer the database (or the spool) again later."""
         return self._orphans_pending or self.spool.depth > 0 or bool(self._unsaved)
 
     def _replay_due(self) -> bool:
@@ -221,36 +344,27 @@ class AuditLog:
             pending.append(entry)  # type: ignore[arg-type]  # not the marker
         return pending, False
 
-    async def _append(self, batch: Batch) -> bool:
-        """Append a batch to the stream; False when Redis did not take it (now)."""
-        arguments: list[str | bytes | int] = [batch.batch_id, self._dedup_ms]
-        for record in batch.records:
-            arguments += [record.decision_id, record.claim_id, record.fixmedins_code, encode_record(record)]
+    async def _write(self, batch: Batch) -> bool:
+        """Write a batch to the database; False when it did not take it (now)."""
         try:
-            try:
-                appended = await self._redis.fcall(FUNCTION_NAME, 2, keys.AUDIT, keys.AUDIT_BATCHES, *arguments)
-            except ResponseError as error:
-                if "function not found" not in str(error).lower():
-                    raise
-                # A Redis that restarted without persistence has lost its functions.
-                await self._redis.function_load(FUNCTIONS, replace=True)
-                appended = await self._redis.fcall(FUNCTION_NAME, 2, keys.AUDIT, keys.AUDIT_BATCHES, *arguments)
-        except (RedisError, OSError) as error:
+            written = await self._store.write(batch)
+        except RecordUnavailable as error:
             self.stats.write_failures += 1
-            if not self._redis_failing:
-                self._redis_failing = True
-                log.warning("audit: Redis did not take a batch (%s); spooling to %s", error, self.spool.path)
+            if not self._store_failing:
+                self._store_failing = True
+                log.warning("audit: the database did not take a batch (%s); spooling to %s", error, self.spool.path)
             return False
-        if self._redis_failing:
-            self._redis_failing = False
-            log.info("audit: Redis takes batches again")
-        if int(appended) == 0:
+        if self._store_failing:
+            self._store_failing = False
+            log.info("audit: the database takes batches again")
+        if written:
+            self.stats.appended += len(batch.records)
+        else:
             self.stats.duplicates += 1
-        self.stats.appended += int(appended)
         return True
 
     async def _replay(self) -> None:
-        """Offer spooled batches to Redis: orphans' first, then this process's own."""
+        """Offer spooled batches to the database: orphans' first, then this process's own."""
         self._last_attempt = self._clock()
         orphans = await asyncio.to_thread(lambda: list(self.spool.orphans()))
         complete = True
@@ -272,7 +386,7 @@ class AuditLog:
 
     async def _append_all(self, batches: list[Batch]) -> bool:
         for batch in batches:
-            if self._closing or not await self._append(batch):
+            if self._closing or not await self._write(batch):
                 return False
             self.stats.replayed += 1
         return True

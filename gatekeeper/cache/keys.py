@@ -9,13 +9,9 @@ Layout (see docs/cache-layout.md):
   codes whose :func:`bucket_of` is ``bucket``; plus the field :data:`BUCKET_SENTINEL`,
   present in every bucket of a complete generation.
 
-- ``gk:{audit}`` (stream): the decision audit, one entry per decision (gatekeeper/audit/writer.py);
-  ``gk:{audit}:batches`` (sorted set): ids of the audit batches appended lately, so that a
-  batch replayed from a spool is appended once.
-
-No eligibility key carries a hash tag: buckets spread over Redis Cluster slots, and the
-hot path only sends single-key commands (one HMGET per bucket). The two audit keys share
-the hash tag ``{audit}``: one Redis Function call touches both, so they must live in one slot.
+No key carries a hash tag: buckets spread over Redis Cluster slots, and the hot path only
+sends single-key commands (one HMGET per bucket). Redis holds nothing the loader cannot
+rebuild: the decision record lives in PostgreSQL (gatekeeper/audit/).
 """
 
 from __future__ import annotations
@@ -33,8 +29,6 @@ LOADING = f"{PREFIX}:loading"
 # follow, and the log a snapshot load replays (see docs/cache-layout.md).
 CHANGES = f"{PREFIX}:changes"
 FOLLOW_CURSOR = f"{PREFIX}:follow:after"  # the last feed seq `follow` applied
-AUDIT = f"{PREFIX}:{{audit}}"  # stream of decisions
-AUDIT_BATCHES = f"{AUDIT}:batches"  # batch id -> when it was appended (ms), kept for the dedup window
 
 # A field present in every bucket of a complete generation: a reader that gets nil for
 # it knows the generation is gone (switched and dropped mid-read) and reads again.

@@ -79,7 +79,15 @@ class RedisEligibilityStore:
 
     async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
         try:
-            lookup = await self._read(codes, min_seq)
+            try:
+                lookup = await self._read(codes, min_seq)
+            except RegistryNotLoaded as error:
+                if self.last_version is None:
+                    raise
+                # It had a registry: Redis lost it (restarted empty), and the loader will load
+                # one again. Meanwhile this is an outage like any other: degraded mode.
+                self._meta = None
+                raise CacheUnavailable(f"the registry snapshot is gone from the cache ({error})") from error
         except CacheUnavailable as error:
             if self.last_version is None:
                 raise NeverRead(error) from error

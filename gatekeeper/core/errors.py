@@ -70,5 +70,15 @@ class NeverRead(CacheUnavailable):
         super().__init__(f"no registry data read since this process started, and {cause}")
 
 
+class Unrecordable(GatekeeperError):
+    """The decision cannot be recorded (the database and the spool both unwritable), and the
+    region's policy refuses to settle it unseen: the caller retries, on another instance."""
+
+    status = "UNAVAILABLE"  # a grpc.StatusCode name
+
+    def __init__(self) -> None:
+        super().__init__("the decision record cannot be written now; retry (another instance may take it)")
+
+
 class CacheCorrupt(GatekeeperError):
     """The eligibility cache holds data this version cannot read: a bug, not a client error."""

@@ -27,6 +27,14 @@ class Unverified(enum.Enum):
     BLOCK = "block"  # block it with REASON_UNVERIFIED
 
 
+class Unrecorded(enum.Enum):
+    """What a claim gets when its decision cannot be recorded (the database and the spool
+    both unwritable): a decision that cannot be recorded must not be settled unseen."""
+
+    REFUSE = "refuse"  # UNAVAILABLE: the HIS retries, on another instance
+    SETTLE = "settle"  # settle it unenforced (every item allowed, enforced = false), unrecorded
+
+
 @dataclass(frozen=True)
 class RegionPolicy:
     """The settings that decide claims for institutions of one region."""
@@ -41,6 +49,8 @@ class RegionPolicy:
     # barred practitioners are a few percent of the registry; each unverified item is
     # marked and audited, so a payment made in error can be recovered afterwards.
     unverified: Unverified = Unverified.ALLOW
+    # The decision record unwritable: refuse the claim (the default) or settle it unenforced.
+    unrecorded: Unrecorded = Unrecorded.REFUSE
     # Stand-in limit (like card networks' stand-in processing): at most this many
     # unverified items per institution per minute are settled, the rest are blocked.
     # 0: no limit. Counted per worker process.
@@ -120,6 +130,8 @@ def _region_from_table(base: RegionPolicy, table: object, where: str) -> RegionP
         changes["practitioner_prefixes"] = tuple(prefixes)
     if "unverified" in table:
         changes["unverified"] = _choice(Unverified, table["unverified"], f"{where}.unverified")
+    if "unrecorded" in table:
+        changes["unrecorded"] = _choice(Unrecorded, table["unrecorded"], f"{where}.unrecorded")
     if "stand_in_per_minute" in table:
         limit = table["stand_in_per_minute"]
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:

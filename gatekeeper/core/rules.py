@@ -285,6 +285,26 @@ def decide_claim(
     return ClaimDecision(verdict, items, allowed, blocked, policy.enforced, stood_in)
 
 
+def unenforced(decision: ClaimDecision) -> ClaimDecision:
+    """The decision settled without enforcement, as monitor mode settles (rule 11): every
+    item allowed and marked ``enforced = false``, its reason kept. For a region whose policy
+    settles claims whose decision cannot be recorded (``unrecorded = "settle"``)."""
+    items = tuple(
+        ItemDecision(
+            feedetl_sn=d.feedetl_sn,
+            verdict=Verdict.ALLOW if d.verdict is Verdict.BLOCK else d.verdict,
+            reason=d.reason,
+            prac_psn_code=d.prac_psn_code,
+            window=d.window,
+            enforced=False,
+            amount_fen=d.amount_fen,
+        )
+        for d in decision.items
+    )
+    total = decision.allowed_amount_fen + decision.blocked_amount_fen
+    return ClaimDecision(ClaimVerdict.ALLOW, items, total, 0, False, decision.stood_in)
+
+
 def _decide_standing_in(
     claim: Claim,
     records: Mapping[str, PractitionerRecord],

@@ -61,6 +61,12 @@ RPC_DURATION = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
 
+UNRECORDED = Counter(
+    "gatekeeper_unrecorded_decisions",
+    "Claims whose decision could not be recorded (database and spool unwritable), by what the region policy "
+    "did: refused (UNAVAILABLE) or settled (unenforced)",
+    ["outcome"],
+)
 WORKER_RESTARTS = Gauge(
     "gatekeeper_worker_restarts",
     "Times the supervisor restarted this worker (worker i: the metrics port + i) after it died",

@@ -1,24 +1,29 @@
-"""Fixtures that start real parts: a private redis-server and a gatekeeper gRPC server."""
+"""Fixtures that start real parts: a private redis-server, a private PostgreSQL, a gatekeeper gRPC server."""
 
 from __future__ import annotations
 
 import asyncio
 import queue
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 import redis
 
+from gatekeeper.audit.database import migrate
 from gatekeeper.core.eligibility import EligibilityStore
 from gatekeeper.core.policy import Policy
 from gatekeeper.server import GatekeeperServer, create_server
 from gatekeeper.settings import Settings
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from tests.servers import RedisServer, start_redis
+from tests.servers import PostgresServer, RedisServer, start_postgres, start_redis
+
+TEMPLATE = "gk_template"  # a migrated database each test's database is copied from
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +31,29 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL cluster for the session (its own port and directory)."""
+    server = start_postgres()
+    with psycopg.connect(server.url(), autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {TEMPLATE}")
+    with psycopg.connect(server.url(TEMPLATE), autocommit=True) as connection:
+        migrate(connection)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, migrated database of the decision record for one test, dropped afterwards."""
+    name = f"gk_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(postgres_server.url(), autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    yield postgres_server.url(name)
+    with psycopg.connect(postgres_server.url(), autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture
@@ -97,7 +125,7 @@ StartGatekeeper = Callable[..., RunningGatekeeper]
 
 
 @pytest.fixture
-def start_gatekeeper(redis_server: RedisServer, tmp_path: Path) -> Iterator[StartGatekeeper]:
+def start_gatekeeper(redis_server: RedisServer, database_url: str, tmp_path: Path) -> Iterator[StartGatekeeper]:
     """Start gatekeepers (real gRPC on 127.0.0.1 port 0) against the test Redis."""
     started: list[tuple[ServerThread, grpc.Channel]] = []
 
@@ -106,6 +134,7 @@ def start_gatekeeper(redis_server: RedisServer, tmp_path: Path) -> Iterator[Star
     ) -> RunningGatekeeper:
         options = {
             "redis_url": redis_server.url,
+            "database_url": database_url,
             "listen": "127.0.0.1:0",
             "health_poll_seconds": 0.05,
             "audit_spool_dir": tmp_path / "audit-spool",

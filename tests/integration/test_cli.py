@@ -24,12 +24,13 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def cli_env(redis_server: RedisServer, tmp_path: Path) -> Iterator[dict[str, str]]:
+def cli_env(redis_server: RedisServer, database_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     redis_server.client().flushall()
     listen = f"127.0.0.1:{free_port()}"
     spool = str(tmp_path / "audit-spool")
     yield {**os.environ, "REDIS_URL": redis_server.url, "GATEKEEPER_LISTEN": listen} | {
-        "GATEKEEPER_AUDIT_SPOOL_DIR": spool
+        "GATEKEEPER_AUDIT_SPOOL_DIR": spool,
+        "DATABASE_URL": database_url,
     }
 
 

@@ -204,11 +204,11 @@ def test_a_redis_blip_keeps_the_service_in_rotation(start_gatekeeper: StartGatek
 
 
 def test_serve_logs_one_json_object_per_line_and_health_answers_the_container(
-    redis_server: RedisServer, redis_client: redis.Redis
+    redis_server: RedisServer, redis_client: redis.Redis, database_url: str
 ) -> None:
     load(redis_client, DEMO_REGISTRY)
     listen = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "REDIS_URL": redis_server.url, "GATEKEEPER_LISTEN": listen}
+    env = {**os.environ, "REDIS_URL": redis_server.url, "GATEKEEPER_LISTEN": listen, "DATABASE_URL": database_url}
     env.pop("GATEKEEPER_LOG_FORMAT", None)  # JSON is the default for serve
     server = subprocess.Popen(
         [str(BIN / "gatekeeper"), "serve", "--workers", "1"], env=env, stderr=subprocess.PIPE, text=True
@@ -239,11 +239,12 @@ def test_serve_logs_one_json_object_per_line_and_health_answers_the_container(
 
 
 def test_sigusr1_logs_the_near_cache_counts_and_metrics_keep_counting(
-    redis_server: RedisServer, redis_client: redis.Redis
+    redis_server: RedisServer, redis_client: redis.Redis, database_url: str
 ) -> None:
     load(redis_client, DEMO_REGISTRY)
     listen, metrics_port = f"127.0.0.1:{free_port()}", free_port()
     env = {**os.environ, "REDIS_URL": redis_server.url, "GATEKEEPER_LISTEN": listen, "GATEKEEPER_LOG_FORMAT": "json"}
+    env["DATABASE_URL"] = database_url
     server = subprocess.Popen(
         [str(BIN / "gatekeeper"), "serve", "--workers", "1", "--metrics-listen", f"127.0.0.1:{metrics_port}"],
         env=env,

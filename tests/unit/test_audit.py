@@ -1,4 +1,4 @@
-"""The audit's records, spool files and reports, without Redis."""
+"""The decision record's records, spool files and export formats, without a database."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from builders import claim, item, record, registered, suspended
 
-from gatekeeper.audit.export import Period, count_by_institution_and_reason, format_counts, write_csv, write_jsonl
+from gatekeeper.audit.export import Period, write_csv, write_jsonl
 from gatekeeper.audit.records import AuditRecord, Batch, audit_record, decode_record, encode_record
 from gatekeeper.audit.spool import Spool
 from gatekeeper.core.cst import parse_cst
@@ -48,6 +48,12 @@ def test_a_record_carries_the_decision_and_every_item() -> None:
         ("1", "ALLOW", "OK", "", 100, True),
         ("2", "BLOCK", "SUSPENDED", SUSPENDED, 200, True),
         ("3", "ALLOW", "UNVERIFIED", CANNOT_READ, 400, False),
+    ]
+    # Each item's inputs too, so that review can decide it again: service time, practitioners, emergency.
+    assert [(i.fee_ocur_time, i.practitioners, i.emergency) for i in audited.items] == [
+        (parse_cst(WHEN), (REGULAR,), False),
+        (parse_cst(WHEN), (SUSPENDED,), False),
+        (parse_cst(WHEN), (CANNOT_READ,), False),
     ]
     assert decode_record(encode_record(audited)) == audited
 
@@ -124,29 +130,10 @@ def test_csv_has_one_row_per_item_and_jsonl_one_line_per_decision() -> None:
     assert len(rows) == 6
     assert rows[2]["claim_id"] == "c1" and rows[2]["reason"] == "UNVERIFIED" and rows[2]["enforced"] == "False"
     assert rows[0]["decided_at"] == "2026-11-20 10:00:05.250"
+    assert (rows[1]["fee_ocur_time"], rows[1]["bilg_dr_codg"], rows[1]["emergency"]) == (WHEN, SUSPENDED, "False")
 
     lines = io.StringIO()
     assert write_jsonl(records, lines) == 2
     first = json.loads(lines.getvalue().splitlines()[0])
     assert first["claim_id"] == "c1" and first["decided_at"] == "2026-11-20 10:00:05.250"
     assert len(first["items"]) == 3
-
-
-def test_counts_per_institution_and_reason_with_distinct_practitioners() -> None:
-    records = [decided("c1"), decided("c2"), decided("c3", fixmedins_code="H11010500001")]
-    counts = {(c.fixmedins_code, c.reason): c.as_row() for c in count_by_institution_and_reason(records)}
-    assert counts["H41130200746", "SUSPENDED"] == {
-        "fixmedins_code": "H41130200746",
-        "reason": "SUSPENDED",
-        "items": 2,
-        "blocked_items": 2,
-        "amount_fen": 400,
-        "practitioners": 1,
-    }
-    assert counts["H41130200746", "UNVERIFIED"]["blocked_items"] == 0
-    assert counts["H11010500001", "OK"]["items"] == 1
-    assert list(counts) == sorted(counts)
-    table = format_counts(count_by_institution_and_reason(records))
-    header = ["fixmedins_code", "reason", "items", "blocked_items", "amount", "practitioners"]
-    assert table.splitlines()[0].split() == header
-    assert len(table.splitlines()) == 2 + len(counts)
