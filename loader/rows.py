@@ -119,8 +119,10 @@ def _parse(
         raise RowError(f"seq {seq_text[:20]!r} is not a non-negative integer below 2**53")
     begntime = _time("begntime", begntime_text, required=True)
     endtime = _time("endtime", endtime_text, required=False)
-    if endtime != OPEN_ENDED and endtime <= begntime:
-        raise RowError("endtime is not after begntime")
+    # endtime == begntime is an empty window, [b, b): the registry cancels a window by
+    # collapsing it, and the collapsed version must replace the blocking one.
+    if endtime != OPEN_ENDED and endtime < begntime:
+        raise RowError("endtime is before begntime")
     period = StatusPeriod(
         status=status if vali_flag == "1" else WITHDRAWN,
         begntime=begntime,
@@ -201,7 +203,7 @@ def _encode_well_formed(fields: Sequence[str]) -> EncodedRow | None:
         ban_ends = _parse_time(ban_endtime) if ban_endtime else OPEN_ENDED
     except ValueError:  # a date like 2026-02-30
         return None
-    if ends != OPEN_ENDED and ends <= begins:
+    if ends != OPEN_ENDED and ends < begins:
         return None
     seq = int(seq_text)
     period = period_array(
