@@ -334,7 +334,7 @@ class CachingEligibilityStore:
         self._last_id = entry.entry_id
         if entry.switched_to is not None:
             return False
-        self.cache.invalidate([change.code for change in entry.changes])
+        self.cache.invalidate([code for change in entry.changes for code in change.codes])
         self.notification_lags_ms.append(time.time() * 1000 - changelog.stream_id(entry.entry_id)[0])
         self.stats.invalidations += len(entry.changes)
         for change in entry.changes:

@@ -46,6 +46,10 @@ class NoSnapshot(RuntimeError):
     """Changes cannot be applied before a first snapshot is loaded."""
 
 
+class LegacyChangeLog(RuntimeError):
+    """gk:changes holds changes logged without their chg_id (before the chg_id index)."""
+
+
 @dataclass(frozen=True)
 class CacheState:
     """What ``gk:meta`` says is loaded."""
@@ -168,8 +172,12 @@ class GenerationWriter:
         client.sadd(keys.GENERATIONS, self.generation)
         self._write_sentinels()
 
-    def _bucket_key(self, code: str) -> str:
-        return keys.bucket_key(self.generation, keys.bucket_of(code, self.buckets))
+    def _keys(self, code: str, chg_id: str) -> tuple[str, str]:
+        """The bucket of ``code`` and the chg_id index hash of ``chg_id`` in this generation."""
+        return (
+            keys.bucket_key(self.generation, keys.bucket_of(code, self.buckets)),
+            keys.chg_index_key(self.generation, keys.chg_bucket_of(chg_id, self.buckets)),
+        )
 
     def _write_sentinels(self) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -180,14 +188,14 @@ class GenerationWriter:
         pipe.execute()
 
     def add(self, rows: Sequence[EncodedRow], stats: WriteStats) -> None:
-        """Write snapshot rows (code, one-period record, seq): a code's first row as it is,
-        later ones merged by chg_id and seq. One gk_insert call per batch.
+        """Write snapshot rows (code, chg_id, one-period record, seq): a code's first row as
+        it is, later ones merged by chg_id and seq. One gk_insert call per batch.
 
         The call is sent without waiting for its answer, which is read when the next
         batch is sent (or by :meth:`flush`): Redis merges one batch while Python parses
         the next, each on its own core.
         """
-        bucket_keys = [self._bucket_key(code) for code, _, _ in rows]
+        bucket_keys = [key for code, chg_id, _, _ in rows for key in self._keys(code, chg_id)]
         arguments = [value for row in rows for value in row]
         if self._connection is None:
             self._connection = self._redis.connection_pool.get_connection()
@@ -226,9 +234,14 @@ class GenerationWriter:
         pipe = self._redis.pipeline(transaction=False)
         for entry in read_change_log(self._redis):
             newer = [change for change in entry.changes if change.seq > self.watermark_seq]
+            if any(not change.chg_id for change in newer):
+                raise LegacyChangeLog(
+                    f"{keys.CHANGES} holds changes after seq {self.watermark_seq} logged without their chg_id "
+                    "(before the chg_id index): load a snapshot whose watermark_seq is at least the last of them"
+                )
             if newer:
-                bucket_keys = [self._bucket_key(change.code) for change in newer]
-                arguments = [value for c in newer for value in (c.code, c.record, c.seq)]
+                bucket_keys = [key for c in newer for key in self._keys(c.code, c.chg_id)]
+                arguments = [value for c in newer for value in (c.code, c.chg_id, c.record, c.seq)]
                 pipe.fcall("gk_merge", len(bucket_keys), *bucket_keys, self.watermark_seq, *arguments)
                 replayed += len(newer)
             if len(pipe) >= 50:
@@ -338,9 +351,9 @@ class ChangeApplier:
         if self._layout is None:
             self._layout = self._read_layout()
         layout = self._layout
-        bucket_keys = [layout.current_key(code) for code, _, _ in changes]
+        bucket_keys = [key for code, chg_id, _, _ in changes for key in layout.current_keys(code, chg_id)]
         if layout.loading_generation is not None:
-            bucket_keys += [layout.loading_key(code) for code, _, _ in changes]
+            bucket_keys += [key for code, chg_id, _, _ in changes for key in layout.loading_keys(code, chg_id)]
         command: list[str | bytes | int] = ["FCALL", "gk_apply", 3 + len(bucket_keys), keys.META, keys.LOADING]
         command += [keys.CHANGES, *bucket_keys, layout.name, CHANGE_LOG_LENGTH]
         command += [value for change in changes for value in change]
@@ -426,12 +439,20 @@ class _Layout:
         """What gk_apply compares with what it finds, to refuse keys computed for another layout."""
         return f"{self.current_generation}/{self.loading_generation or 0}"
 
-    def current_key(self, code: str) -> str:
-        return keys.bucket_key(self.current_generation, keys.bucket_of(code, self.buckets))
+    def current_keys(self, code: str, chg_id: str) -> tuple[str, str]:
+        """The current generation's bucket of ``code`` and chg_id index hash of ``chg_id``."""
+        return (
+            keys.bucket_key(self.current_generation, keys.bucket_of(code, self.buckets)),
+            keys.chg_index_key(self.current_generation, keys.chg_bucket_of(chg_id, self.buckets)),
+        )
 
-    def loading_key(self, code: str) -> str:
+    def loading_keys(self, code: str, chg_id: str) -> tuple[str, str]:
+        """The same in the generation being loaded."""
         assert self.loading_generation is not None
-        return keys.bucket_key(self.loading_generation, keys.bucket_of(code, self.loading_buckets))
+        return (
+            keys.bucket_key(self.loading_generation, keys.bucket_of(code, self.loading_buckets)),
+            keys.chg_index_key(self.loading_generation, keys.chg_bucket_of(chg_id, self.loading_buckets)),
+        )
 
 
 def _batched(changes: Iterable[EncodedRow]) -> Iterator[tuple[EncodedRow, ...]]:

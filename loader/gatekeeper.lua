@@ -4,8 +4,9 @@ Redis Functions of the eligibility cache. The loader is their only caller.
 
 A record is MessagePack {prac_psn_type, {period, ...}}; a period is
 {status, begntime, chg_key, seq[, endtime, ban_endtime, chg_rea]} (gatekeeper/records.py).
-Merging follows REGISTRY_FORMAT.md: a period replaces the one with the same chg_key only
-when its seq is higher, so duplicates and reordered deliveries are harmless.
+Merging follows REGISTRY_FORMAT.md: a chg_id is the identity of a period, whatever code
+it names; a version replaces the period only when its seq is higher than the one the
+generation's chg_id index holds, so duplicates and reordered deliveries are harmless.
 ]]
 
 local STATUS_REGISTERED, STATUS_TERMINATED = 1, 3
@@ -25,30 +26,93 @@ local function reregistered_during_ban(periods)
   return 0
 end
 
--- Merge the single period of `incoming` (an encoded one-period record whose period has
--- sequence number `seq`) into the record of `code` in hash `bucket`. Periods with
--- seq <= watermark are already in the snapshot the bucket belongs to. Returns changed
--- (0 stale, 1 inserted, 2 merged) and the integrity flag. Records are decoded only when
--- there is something to merge with: most writes are a code's first period.
-local function merge(bucket, code, incoming, seq, watermark)
-  if seq <= watermark then
-    return 0, 0
-  end
+local KEY_SPACE = 4294967296  -- chg_key is 32 bits
+
+-- The chg_id index of a generation: hashes chg_id -> MessagePack {code, bucket number of
+-- the code, chg_key, seq} (docs/cache-layout.md). It makes a chg_id the identity of a
+-- period whatever code names it, and lets a chg_id whose CRC collides with another of the
+-- same practitioner take the next free key instead of replacing that period.
+local function index_entry(code, bucket, chg_key, seq)
+  return cmsgpack.pack({code, tonumber(string.match(bucket, ':b(%d+)$')), chg_key, seq})
+end
+
+-- Remove the period with `chg_key` from the record of `code` in `bucket` (the chg_id moved
+-- to another code); a code left with no period is removed. Returns 1 when it was.
+local function take_period(bucket, code, chg_key)
   local current = redis.call('HGET', bucket, code)
   if not current then
-    redis.call('HSET', bucket, code, incoming)
-    return 1, 0
+    return 0
+  end
+  local record = cmsgpack.unpack(current)
+  local kept = {}
+  for _, existing in ipairs(record[2]) do
+    if existing[3] ~= chg_key then
+      kept[#kept + 1] = existing
+    end
+  end
+  if #kept == 0 then
+    redis.call('HDEL', bucket, code)
+    return 1
+  end
+  record[2] = kept
+  redis.call('HSET', bucket, code, cmsgpack.pack(record))
+  return 0
+end
+
+-- Merge the single period of `incoming` (an encoded one-period record of `chg_id`, with
+-- sequence number `seq`) into the record of `code` in hash `bucket`, with `index` the
+-- generation's chg_id index hash for `chg_id`. Periods with seq <= watermark are already
+-- in the snapshot the bucket belongs to. The index decides: a chg_id already there with a
+-- seq at least as high is stale, whatever code it names; a newer version replaces its
+-- period, and takes it from the code that had it if the code differs.
+-- Returns changed (0 stale, 1 new code, 2 merged), the integrity flag, and the code the
+-- period was taken from (false if none). The common snapshot row (a chg_id and a code
+-- both new) costs two HSETNX and no record decoding.
+local function merge(bucket, index, code, chg_id, incoming, seq, watermark)
+  if seq <= watermark then
+    return 0, 0, false
   end
   local update = cmsgpack.unpack(incoming)
   local period = update[2][1]
-  local record = cmsgpack.unpack(current)
+  local crc_key = period[3]
+  local known_key, moved_from = nil, false
+  if redis.call('HSETNX', index, chg_id, index_entry(code, bucket, crc_key, seq)) == 0 then
+    local known = cmsgpack.unpack(redis.call('HGET', index, chg_id))
+    if known[4] >= seq then
+      return 0, 0, false
+    end
+    if known[1] == code then
+      known_key = known[3]
+    else
+      take_period(string.match(bucket, '^(.*:b)%d+$') .. known[2], known[1], known[3])
+      moved_from = known[1]
+    end
+    if known_key == nil and redis.call('HSETNX', bucket, code, incoming) == 1 then
+      redis.call('HSET', index, chg_id, index_entry(code, bucket, crc_key, seq))
+      return 1, 0, moved_from
+    end
+  elseif redis.call('HSETNX', bucket, code, incoming) == 1 then
+    return 1, 0, false
+  end
+  local current = redis.call('HGET', bucket, code)
+  local record = current and cmsgpack.unpack(current) or {update[1], {}}
   local periods = record[2]
-  local replaced, newest = false, 0
+  local newest, chg_key = 0, known_key
+  if chg_key == nil then
+    -- A chg_id new to this code: its CRC, or the next key no other period of the code has.
+    local taken = {}
+    for _, existing in ipairs(periods) do
+      taken[existing[3]] = true
+    end
+    chg_key = crc_key
+    while taken[chg_key] do
+      chg_key = (chg_key + 1) % KEY_SPACE
+    end
+  end
+  period[3] = chg_key
+  local replaced = false
   for i, existing in ipairs(periods) do
-    if existing[3] == period[3] then
-      if existing[4] >= period[4] then
-        return 0, 0
-      end
+    if existing[3] == chg_key then
       periods[i] = period
       replaced = true
     elseif existing[4] > newest then
@@ -62,40 +126,41 @@ local function merge(bucket, code, incoming, seq, watermark)
     record[1] = update[1]  -- the practitioner type of the newest period, whatever the delivery order
   end
   redis.call('HSET', bucket, code, cmsgpack.pack(record))
-  return 2, reregistered_during_ban(periods)
+  redis.call('HSET', index, chg_id, index_entry(code, bucket, chg_key, seq))
+  return current and 2 or 1, reregistered_during_ban(periods), moved_from
 end
 
--- KEYS: one bucket per row. ARGV: code, encoded one-period record and seq of each row.
--- The snapshot loader's bulk write into a generation being loaded (standalone Redis:
--- the keys span slots). Returns {new codes, merged, stale, codes with integrity findings}.
+-- KEYS: the bucket and the chg_id index hash of each row. ARGV: code, chg_id, encoded
+-- one-period record and seq of each row. The snapshot loader's bulk write into a
+-- generation being loaded (standalone Redis: the keys span slots). Returns {new codes,
+-- merged, stale, codes with integrity findings}.
 local function gk_insert(keys, args)
   local inserted, merged, stale, findings = 0, 0, 0, {}
-  for i = 1, #keys do
-    local code, incoming, seq = args[3 * i - 2], args[3 * i - 1], tonumber(args[3 * i])
-    if redis.call('HSETNX', keys[i], code, incoming) == 1 then
+  for i = 1, #keys / 2 do
+    local changed, finding = merge(keys[2 * i - 1], keys[2 * i], args[4 * i - 3], args[4 * i - 2],
+      args[4 * i - 1], tonumber(args[4 * i]), -1)
+    if changed == 0 then
+      stale = stale + 1
+    elseif changed == 1 then
       inserted = inserted + 1
     else
-      local changed, finding = merge(keys[i], code, incoming, seq, -1)
-      if changed == 0 then
-        stale = stale + 1
-      else
-        merged = merged + 1
-      end
-      if finding == 1 then
-        findings[#findings + 1] = code
-      end
+      merged = merged + 1
+    end
+    if finding == 1 then
+      findings[#findings + 1] = args[4 * i - 3]
     end
   end
   return {inserted, merged, stale, findings}
 end
 
--- KEYS: one bucket per change. ARGV: watermark, then code, encoded one-period record and
--- seq of each change. The snapshot loader replays logged changes into the new generation
--- with it. Returns how many changed something.
+-- KEYS: the bucket and the chg_id index hash of each change. ARGV: watermark, then code,
+-- chg_id, encoded one-period record and seq of each change. The snapshot loader replays
+-- logged changes into the new generation with it. Returns how many changed something.
 local function gk_merge(keys, args)
   local watermark, changed = tonumber(args[1]), 0
-  for i = 1, #keys do
-    if merge(keys[i], args[3 * i - 1], args[3 * i], tonumber(args[3 * i + 1]), watermark) > 0 then
+  for i = 1, #keys / 2 do
+    local j = 4 * i - 2
+    if merge(keys[2 * i - 1], keys[2 * i], args[j], args[j + 1], args[j + 2], tonumber(args[j + 3]), watermark) > 0 then
       changed = changed + 1
     end
   end
@@ -110,17 +175,20 @@ local function loading_generation(value)
   return {generation = generation, buckets = buckets, watermark = tonumber(watermark), token = token}
 end
 
--- KEYS: gk:meta, gk:loading, gk:changes, then the current generation's bucket of each
--- change, then (when a snapshot is loading) the loading generation's bucket of each.
+-- KEYS: gk:meta, gk:loading, gk:changes, then the current generation's bucket and chg_id
+-- index hash of each change, then (when a snapshot is loading) the loading generation's.
 -- ARGV: layout ("<current>/<loading or 0>" the caller computed keys for), the stream's
--- maximum length, then code, encoded one-period record and seq of each change.
+-- maximum length, then code, chg_id, encoded one-period record and seq of each change.
 -- Applies the changes to every live generation atomically, logs them to gk:changes (the
 -- change notification, and what a snapshot load replays) and advances applied_seq.
 local function gk_apply(keys, args)
   local meta, loading_key, log = keys[1], keys[2], keys[3]
-  local current = redis.call('HMGET', meta, 'generation', 'watermark_seq', 'applied_seq', 'change_seq')
+  local current = redis.call('HMGET', meta, 'generation', 'watermark_seq', 'applied_seq', 'change_seq', 'chg_index')
   if not current[1] then
     return redis.error_reply('NOSNAPSHOT no registry snapshot is loaded')
+  end
+  if not current[5] then
+    return redis.error_reply('NOSNAPSHOT the loaded snapshot predates the chg_id index: load a snapshot again')
   end
   local loading = loading_generation(redis.call('GET', loading_key))
   local layout = current[1] .. '/' .. (loading and loading.generation or '0')
@@ -128,20 +196,23 @@ local function gk_apply(keys, args)
     return {-1, layout}
   end
   local max_length = args[2]
-  local count = (#args - 2) / 3
+  local count = (#args - 2) / 4
   local watermark = tonumber(current[2]) or 0
   local applied_seq = tonumber(current[3]) or 0
   local change_seq = tonumber(current[4]) or 0
   local changed, stale, findings, logged = 0, 0, {}, {}
   for i = 1, count do
-    local code, incoming, seq_text = args[3 * i], args[3 * i + 1], args[3 * i + 2]
+    local code, chg_id, incoming, seq_text = args[4 * i - 1], args[4 * i], args[4 * i + 1], args[4 * i + 2]
     local seq = tonumber(seq_text)
-    local result, finding = merge(keys[3 + i], code, incoming, seq, watermark)
+    local result, finding, moved_from = merge(keys[2 + 2 * i], keys[3 + 2 * i], code, chg_id, incoming, seq, watermark)
     if loading then
-      local loading_result, loading_finding = merge(keys[3 + count + i], code, incoming, seq, loading.watermark)
+      local base = 3 + 2 * count
+      local loading_result, loading_finding, loading_moved_from =
+        merge(keys[base + 2 * i - 1], keys[base + 2 * i], code, chg_id, incoming, seq, loading.watermark)
       if result == 0 then
         result, finding = loading_result, loading_finding
       end
+      moved_from = moved_from or loading_moved_from
     end
     if result == 0 then
       stale = stale + 1
@@ -153,8 +224,13 @@ local function gk_apply(keys, args)
       if seq > change_seq then
         change_seq = seq
       end
-      for _, value in ipairs({'seq', seq_text, 'code', code, 'record', incoming}) do
+      for _, value in ipairs({'seq', seq_text, 'code', code, 'chg_id', chg_id, 'record', incoming}) do
         logged[#logged + 1] = value
+      end
+      if moved_from then
+        -- The code that lost the period changed too: readers must drop it as well.
+        logged[#logged + 1] = 'moved_from'
+        logged[#logged + 1] = moved_from
       end
       if finding == 1 then
         findings[#findings + 1] = code
@@ -162,8 +238,9 @@ local function gk_apply(keys, args)
     end
   end
   if #logged > 0 then
-    -- One entry per call: fields seq, code, record repeated for each change applied
-    -- (unpack is bounded by Lua's C stack: the loader sends at most 200 changes a call).
+    -- One entry per call: fields seq, code, chg_id, record (and moved_from) repeated for
+    -- each change applied (unpack is bounded by Lua's C stack: the loader sends at most
+    -- 200 changes a call).
     redis.call('XADD', log, 'MAXLEN', '~', max_length, '*', unpack(logged))
   end
   redis.call('HSET', meta, 'applied_seq', string.format('%d', applied_seq),
@@ -187,7 +264,7 @@ local function gk_switch(keys, args)
   redis.call('HSET', meta,
     'generation', args[2], 'buckets', args[3], 'snapshot_id', args[4],
     'watermark_seq', args[5], 'applied_seq', string.format('%d', applied_seq),
-    'record_count', args[6], 'switched_at', args[7])
+    'record_count', args[6], 'switched_at', args[7], 'chg_index', '1')
   redis.call('DEL', loading_key)
   redis.call('XADD', log, 'MAXLEN', '~', args[8], '*', 'switch', args[2])
   return previous[1] or false

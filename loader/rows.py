@@ -43,8 +43,9 @@ class RowError(ValueError):
     """A registry row that cannot be applied; the message says why."""
 
 
-# (prac_psn_code, encoded one-period record, seq): what the loader's Redis Functions take.
-EncodedRow = tuple[str, bytes, int]
+# (prac_psn_code, chg_id, encoded one-period record, seq): what the loader's Redis Functions
+# take. The chg_id travels whole: it, not its 32-bit chg_key, is the period's identity.
+EncodedRow = tuple[str, str, bytes, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +58,9 @@ class RegistryRow:
     period: StatusPeriod  # status WITHDRAWN when vali_flag = 0
 
     def encoded_row(self) -> EncodedRow:
-        """The row as the loader writes it: (code, one-period record, seq)."""
+        """The row as the loader writes it: (code, chg_id, one-period record, seq)."""
         record = one_period_record(self.prac_psn_type, period_array(*msgspec.structs.astuple(self.period)))
-        return self.prac_psn_code, record, self.period.seq
+        return self.prac_psn_code, self.chg_id, record, self.period.seq
 
 
 def _registry_time(text: str) -> int:
@@ -182,7 +183,7 @@ class RowParser:
         return _parse(*(values[position] for position in self._positions))
 
     def encode(self, values: Sequence[str]) -> EncodedRow:
-        """Validate one CSV row into (code, one-period record, seq) for the loader."""
+        """Validate one CSV row into (code, chg_id, one-period record, seq) for the loader."""
         if len(values) == self.width:
             encoded = _encode_well_formed(self._in_field_order(values))
             if encoded is not None:
@@ -215,7 +216,7 @@ def _encode_well_formed(fields: Sequence[str]) -> EncodedRow | None:
         ban_ends,
         chg_rea if status != "1" else "",
     )
-    return code, one_period_record(int(prac_psn_type), period), seq
+    return code, chg_id, one_period_record(int(prac_psn_type), period), seq
 
 
 _OPTIONAL = frozenset(("endtime", "ban_endtime", "chg_rea"))
@@ -234,7 +235,7 @@ def parse_row(fields: Mapping[str, object]) -> RegistryRow:
 
 
 def encode_change(document: Mapping[str, object]) -> EncodedRow:
-    """Validate one change-feed object into (code, one-period record, seq)."""
+    """Validate one change-feed object into (code, chg_id, one-period record, seq)."""
     # A missing or null required field leaves an empty string, which the fast path's
     # pattern refuses; the careful path then names it.
     fields = [

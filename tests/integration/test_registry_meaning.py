@@ -29,9 +29,7 @@ from loader.snapshot import SnapshotOptions, SnapshotRefused, load_snapshot
 from tests.integration.registry import lookup, period, write_changes, write_snapshot
 
 A, B, C = "D110105000101", "D110105000102", "D110105000103"
-JAN, MAR, MAY, JUN, JUL, SEP = (
-    f"2026-{month:02d}-01 00:00:00" for month in (1, 3, 5, 6, 7, 9)
-)
+JAN, MAR, MAY, JUN, JUL, SEP = (f"2026-{month:02d}-01 00:00:00" for month in (1, 3, 5, 6, 7, 9))
 # Two chg_ids whose 32-bit keys collide (found by brute force over CHG2026<8 digits>).
 COLLIDING = ("CHG202609685295", "CHG202612060020")
 CLI = Path(sys.executable).parent / "gatekeeper-loader"
@@ -62,6 +60,24 @@ def apply(client: redis.Redis, directory: Path, name: str, changes: Iterable[Map
         return apply_change_files(client, [write_changes(directory / name, changes)], quarantine)
     finally:
         quarantine.close()
+
+
+class ApplyingProgress(Progress):
+    """Applies ``changes`` once, after the first batch of the snapshot is written: changes
+    that reach the generation being loaded before its own rows for those codes do."""
+
+    def __init__(self, client: redis.Redis, changes: list[dict[str, str]]) -> None:
+        super().__init__("snapshot")
+        self._client = client
+        self._changes = changes
+        self.applied = ApplyStats()
+
+    def advance(self, count: int) -> None:
+        super().advance(count)
+        if self._changes:
+            assert self._client.exists(keys.LOADING) == 1
+            ChangeApplier(self._client).apply([encode_change(c) for c in self._changes], self.applied)
+            self._changes = []
 
 
 # --- 1. a chg_id is the identity of a period, whatever code it names -------------------
@@ -97,15 +113,26 @@ def test_a_change_moving_a_chg_id_takes_the_period_from_the_old_code_in_either_o
     assert read_state(redis_client).applied_seq == 10
 
 
-def test_a_snapshot_replays_a_move_logged_before_it_loaded(
-    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path
+@pytest.mark.parametrize("row_before_the_move", [True, False], ids=["row-then-move", "move-then-row"])
+def test_a_move_applied_while_a_snapshot_loads_wins_over_the_snapshot_row(
+    redis_client: redis.Redis,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    row_before_the_move: bool,
 ) -> None:
     base = [registered(A, 1), registered(B, 2)]
     load_snapshot(redis_client, snapshot(tmp_path / "first", base, snapshot_id="first", watermark_seq=2))
-    # Applied to the cache (and logged) before the next snapshot, which is older than it.
-    apply(redis_client, tmp_path, "move.jsonl", [suspension(B, "s-1", JAN, SEP, seq=10)])
-    second = [*base, suspension(A, "s-1", JAN, SEP, seq=5)]
-    load_snapshot(redis_client, snapshot(tmp_path / "second", second, snapshot_id="second", watermark_seq=10))
+    monkeypatch.setattr("loader.snapshot.BATCH_ROWS", 2)
+    # The feed moves s-1 to B while the next snapshot (which still has it on A) loads: the
+    # move reaches the loading generation before or after the snapshot's own row for A.
+    old_row = suspension(A, "s-1", JAN, SEP, seq=5)
+    rows = [old_row, registered(A, 1), registered(B, 2)] if row_before_the_move else [*base, old_row]
+    progress = ApplyingProgress(redis_server.client(), [suspension(B, "s-1", JAN, SEP, seq=10)])
+    path = snapshot(tmp_path / "second", rows, snapshot_id="second", watermark_seq=5)
+    result = load_snapshot(redis_client, path, progress=progress)
+    assert progress.applied.applied == 1
+    assert (result.practitioners, read_state(redis_client).snapshot_id) == (2, "second")
     assert standings(redis_server.url, MAY) == {A: Reason.OK, B: Reason.SUSPENDED}
 
 
@@ -180,7 +207,7 @@ def test_a_snapshot_row_with_an_empty_window_loads_and_one_ending_before_it_begi
     assert result.bad_rows == 1
     assert result.quarantine is not None
     (report,) = [json.loads(line) for line in result.quarantine.read_text(encoding="utf-8").splitlines()]
-    assert "endtime is before begntime" in report["error"]
+    assert "endtime is before begntime" in report["reason"]
     periods = lookup(redis_server.url, [A]).records[A].periods
     assert [(p.begntime, p.endtime) for p in periods if p.status == Status.SUSPENDED] == [
         (parse_cst(MAY), parse_cst(MAY))
@@ -189,24 +216,6 @@ def test_a_snapshot_row_with_an_empty_window_loads_and_one_ending_before_it_begi
 
 
 # --- 4. counts stay true under concurrency -----------------------------------------------
-
-
-class ApplyingProgress(Progress):
-    """Applies ``changes`` once, after the first batch of the snapshot is written: changes
-    that reach the generation being loaded before its own rows for those codes do."""
-
-    def __init__(self, client: redis.Redis, changes: list[dict[str, str]]) -> None:
-        super().__init__("snapshot")
-        self._client = client
-        self._changes = changes
-        self.applied = ApplyStats()
-
-    def advance(self, count: int) -> None:
-        super().advance(count)
-        if self._changes:
-            assert self._client.exists(keys.LOADING) == 1
-            ChangeApplier(self._client).apply([encode_change(c) for c in self._changes], self.applied)
-            self._changes = []
 
 
 def test_changes_written_into_a_loading_generation_do_not_lower_its_practitioner_count(
@@ -248,7 +257,7 @@ def test_a_snapshot_older_than_what_the_cache_applied_is_refused_unless_forced(
     assert lookup(redis_server.url, [A]).registry_version == "new@120"
 
     old = snapshot(tmp_path / "old", rows, snapshot_id="old", watermark_seq=50)
-    with pytest.raises(SnapshotRefused, match="watermark_seq 50 is below the seq 120"):
+    with pytest.raises(SnapshotRefused, match="watermark_seq 50 is below the loaded snapshot's 100"):
         load_snapshot(redis_client, old)
     assert read_state(redis_client).snapshot_id == "new"
 
@@ -256,7 +265,7 @@ def test_a_snapshot_older_than_what_the_cache_applied_is_refused_unless_forced(
     assert refused.returncode == 1
     assert refused.stdout == ""
     assert refused.stderr.count("\n") == 1, refused.stderr  # one line, no traceback
-    assert "watermark_seq 50 is below the seq 120 the cache has already applied" in refused.stderr
+    assert "watermark_seq 50 is below the loaded snapshot's 100 (the cache has applied up to seq 120)" in refused.stderr
     assert "--force" in refused.stderr
     assert read_state(redis_client).snapshot_id == "new"
 
