@@ -249,6 +249,19 @@ class GenerationWriter:
         pipe.execute()
         return replayed
 
+    def count_practitioners(self) -> int:
+        """How many codes this generation holds now: its own rows' codes and the codes that
+        changes applied meanwhile wrote into it, each once (every bucket's fields but its
+        sentinel)."""
+        total = 0
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket in range(self.buckets):
+            pipe.hlen(keys.bucket_key(self.generation, bucket))
+            if bucket % SENTINEL_BATCH == SENTINEL_BATCH - 1:
+                total += sum(cast(list[int], pipe.execute()))
+        total += sum(cast(list[int], pipe.execute()))
+        return total - self.buckets
+
     def switch(self, snapshot_id: str, record_count: int) -> int | None:
         """Point readers at this generation (atomically); returns the generation replaced."""
         self._release_connection()
