@@ -252,18 +252,27 @@ end
 -- watermark_seq, record_count, switched_at, stream maximum length.
 -- Points readers at the loaded generation if the caller still holds the loading lease.
 -- Its applied_seq is its watermark, or the highest change applied if later: every change
--- newer than the watermark was replayed into it or written to it while it loaded.
+-- newer than the watermark was replayed into it or written to it while it loaded. A
+-- snapshot older than the one it replaces (a forced load) holds its watermark only: the
+-- changes between its watermark and the replaced snapshot's reached the cache through
+-- that snapshot, not the change log, so nothing vouches for them; change_seq restarts there.
 local function gk_switch(keys, args)
   local meta, loading_key, log = keys[1], keys[2], keys[3]
   local loading = loading_generation(redis.call('GET', loading_key))
   if not loading or loading.token ~= args[1] or loading.generation ~= args[2] then
     return redis.error_reply('LEASE the loading lease was lost')
   end
-  local previous = redis.call('HMGET', meta, 'generation', 'change_seq')
-  local applied_seq = math.max(tonumber(args[5]), tonumber(previous[2]) or 0)
+  local previous = redis.call('HMGET', meta, 'generation', 'change_seq', 'watermark_seq')
+  local watermark = tonumber(args[5])
+  local applied_seq, change_seq = watermark, watermark
+  if watermark >= (tonumber(previous[3]) or 0) then
+    change_seq = tonumber(previous[2]) or 0
+    applied_seq = math.max(watermark, change_seq)
+  end
   redis.call('HSET', meta,
     'generation', args[2], 'buckets', args[3], 'snapshot_id', args[4],
     'watermark_seq', args[5], 'applied_seq', string.format('%d', applied_seq),
+    'change_seq', string.format('%d', change_seq),
     'record_count', args[6], 'switched_at', args[7], 'chg_index', '1')
   redis.call('DEL', loading_key)
   redis.call('XADD', log, 'MAXLEN', '~', args[8], '*', 'switch', args[2])

@@ -17,6 +17,7 @@ import redis
 from gatekeeper import keys
 from loader.cache import (
     DEFAULT_LEASE_SECONDS,
+    CacheState,
     GenerationWriter,
     WriteStats,
     drop_generation,
@@ -155,11 +156,15 @@ def load_snapshot(
     """Stream a snapshot into a new generation; switch readers only if every check passes.
 
     Raises SnapshotRefused (nothing switched, the new generation dropped) when the
-    manifest does not match, too many rows are bad, or the practitioner count shrinks too
-    much, unless ``options.force``.
+    snapshot is older than the one loaded, the manifest does not match, too many rows are
+    bad, or the practitioner count shrinks too much, unless ``options.force``.
     """
     manifest = read_manifest(path)
     previous = read_state(client)
+    # The registry never goes backwards: refused before minutes of loading, not after.
+    backwards = _backwards(manifest, previous)
+    if backwards and not options.force:
+        raise SnapshotRefused(backwards)
     listpack_ok = ensure_listpack_settings(client)
     quarantine = Quarantine(options.quarantine or path.with_name(path.name + ".quarantine.jsonl"))
     progress = progress or Progress("snapshot", total=manifest.row_count)
@@ -174,7 +179,8 @@ def load_snapshot(
         # Counted in Redis, not from what gk_insert reported: a code that a change wrote
         # into this generation before its snapshot row came is a practitioner all the same.
         practitioners = writer.count_practitioners()
-        problems = _check(manifest, previous.record_count, practitioners, rows, bad, hasher, options)
+        problems = [backwards] if backwards else []
+        problems += _check(manifest, previous.record_count, practitioners, rows, bad, hasher, options)
         if problems and not options.force:
             raise SnapshotRefused("; ".join(problems))
         switch_started = progress.elapsed
@@ -188,6 +194,11 @@ def load_snapshot(
         progress.clear()
     if replaced is not None:
         drop_generation(client, replaced)
+    if backwards:
+        # The changes after its watermark must come again: `follow` resumes from there.
+        cursor = client.get(keys.FOLLOW_CURSOR)
+        if cursor is not None and int(cursor) > manifest.watermark_seq:
+            client.set(keys.FOLLOW_CURSOR, manifest.watermark_seq)
     return SnapshotResult(
         snapshot_id=manifest.snapshot_id,
         generation=writer.generation,
@@ -240,6 +251,22 @@ def _write_rows(
             progress.advance(len(batch))
         writer.flush(stats)
     return stats, rows, bad, hasher
+
+
+def _backwards(manifest: Manifest, previous: CacheState) -> str:
+    """Why loading this snapshot would take the cache back in time; empty when it would not.
+
+    A snapshot older than the changes applied since the loaded one is fine: those changes
+    are in gk:changes and are replayed into it. One older than the loaded snapshot is not:
+    what changed between the two reached the cache only through the loaded snapshot.
+    """
+    if manifest.watermark_seq >= previous.watermark_seq:
+        return ""
+    return (
+        f"the snapshot's watermark_seq {manifest.watermark_seq} is below the loaded snapshot's "
+        f"{previous.watermark_seq} (the cache has applied up to seq {previous.applied_seq}): the registry would go "
+        "backwards (--force loads it anyway; then re-apply the changes after its watermark)"
+    )
 
 
 def _check(

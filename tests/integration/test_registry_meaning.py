@@ -248,7 +248,7 @@ def cli(*args: str, redis_url: str, cwd: Path) -> subprocess.CompletedProcess[st
     return subprocess.run([str(CLI), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
-def test_a_snapshot_older_than_what_the_cache_applied_is_refused_unless_forced(
+def test_a_snapshot_older_than_the_loaded_one_is_refused_unless_forced(
     redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     rows = [registered(A, 1), registered(B, 2)]
@@ -269,9 +269,11 @@ def test_a_snapshot_older_than_what_the_cache_applied_is_refused_unless_forced(
     assert "--force" in refused.stderr
     assert read_state(redis_client).snapshot_id == "new"
 
+    redis_client.set(keys.FOLLOW_CURSOR, 120)  # where `follow` would resume
     forced = cli("snapshot", "--force", str(old), redis_url=redis_server.url, cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert "warning: forced past a failed check: the snapshot's watermark_seq 50" in forced.stderr
     status = json.loads(cli("status", redis_url=redis_server.url, cwd=tmp_path).stdout)
     assert (status["snapshot_id"], status["applied_seq"], status["registry_version"]) == ("old", 50, "old@50")
     assert lookup(redis_server.url, [A]).registry_version == "old@50"
+    assert redis_client.get(keys.FOLLOW_CURSOR) == b"50"  # the changes after 50 must come again
