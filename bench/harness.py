@@ -1,73 +1,16 @@
-"""Start and measure real parts for benchmarks and tests: redis-server, gatekeeper processes."""
+"""Measure real parts for benchmarks: CPU time of processes; redis-server from the tests' fixtures."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
-import subprocess
-import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import redis
+from tests.servers import RedisServer, free_port, start_redis
 
-from loader.cache import LISTPACK_SETTINGS
+__all__ = ["RedisServer", "cpu_seconds", "free_port", "process_tree_cpu_seconds", "start_redis"]
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class RedisServer:
-    """A redis-server process of our own on 127.0.0.1."""
-
-    process: subprocess.Popen[str]
-    port: int
-    directory: Path
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
-def start_redis(directory: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> RedisServer:
-    """Start redis-server (no persistence unless ``extra_args`` turn it on, listpack limits
-    raised) and wait until it is ready."""
-    port = port or free_port()
-    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--dir", str(directory), "--loglevel", "notice"]
-    for name, value in LISTPACK_SETTINGS.items():
-        args += [f"--{name}", value]
-    args += extra_args  # later options win
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:  # the ready signal: redis logs this once it listens
-        seen.append(line)
-        if "Ready to accept connections" in line:
-            break
-    else:
-        raise RuntimeError("redis-server did not start:\n" + "".join(seen))
-    threading.Thread(target=process.stdout.read, daemon=True).start()  # keep draining its log
-    return RedisServer(process, port, directory)
 
 
 def cpu_seconds(pid: int) -> float:

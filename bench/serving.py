@@ -50,7 +50,7 @@ import redis
 from grpc import aio
 
 from bench.harness import free_port, process_tree_cpu_seconds, start_redis
-from gatekeeper.cst import format_cst, parse_cst
+from gatekeeper.core.cst import format_cst, parse_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from loader.cache import ApplyStats, ChangeApplier

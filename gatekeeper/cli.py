@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,9 +17,9 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gatekeeper import __version__
-from gatekeeper.audit_export import (
-    DEFAULT_LATE_SECONDS,
+from gatekeeper import __version__, defaults
+from gatekeeper.api.callers import CallersError, load_callers
+from gatekeeper.audit.export import (
     WRITERS,
     Period,
     count_by_institution_and_reason,
@@ -27,25 +27,14 @@ from gatekeeper.audit_export import (
     records_in,
     records_of_claim,
 )
-from gatekeeper.callers import CallersError, load_callers
-from gatekeeper.cst import TIME_FORMAT, parse_cst
-from gatekeeper.logs import LOG_FORMATS, setup_logging
-from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
-from gatekeeper.policy import PolicyError, load_policy
-from gatekeeper.settings import (
-    DEFAULT_MAX_CONCURRENT_RPCS,
-    DEFAULT_MAX_REGISTRY_AGE_SECONDS,
-    DEFAULT_REDIS_TIMEOUT_SECONDS,
-    DEFAULT_WORKERS,
-    Settings,
-    SettingsError,
-    audit_spool_dir_from,
-    listen_from,
-    redis_url_from,
-)
+from gatekeeper.core.cst import TIME_FORMAT, parse_cst
+from gatekeeper.core.policy import PolicyError, load_policy
+from gatekeeper.core.tables import format_table
+from gatekeeper.defaults import LOG_FORMATS
+from gatekeeper.ops.logs import setup_logging
+from gatekeeper.settings import Settings, SettingsError, listen_from, redis_url_from
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from gatekeeper.validation import DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
 
 
 def _positive(text: str) -> int:
@@ -55,36 +44,42 @@ def _positive(text: str) -> int:
     return value
 
 
-def _path_from_env(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None
+# Flags of ``serve`` whose values go into Settings under the same name (None: not given).
+_SERVE_FIELDS = (
+    "redis_url",
+    "listen",
+    "policy_path",
+    "workers",
+    "max_items",
+    "max_request_bytes",
+    "max_batch_bytes",
+    "max_concurrent_rpcs",
+    "max_streams_per_connection",
+    "request_read_seconds",
+    "max_connection_age_seconds",
+    "max_connection_age_grace_seconds",
+    "shutdown_grace_seconds",
+    "near_cache_entries",
+    "near_cache_max_age_seconds",
+    "redis_timeout_seconds",
+    "degraded_max_age_seconds",
+    "audit_spool_dir",
+    "max_registry_age_seconds",
+    "tls_cert_path",
+    "tls_key_path",
+    "tls_client_ca_path",
+    "callers_path",
+    "metrics_listen",
+    "log_format",
+)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from gatekeeper.server import serve
 
     try:
-        settings = Settings(
-            redis_url=args.redis_url,
-            listen=args.listen,
-            policy_path=args.policy,
-            workers=args.workers,
-            max_items=args.max_items,
-            max_request_bytes=args.max_request_bytes,
-            shutdown_grace_seconds=args.shutdown_grace,
-            near_cache_entries=args.near_cache_entries,
-            near_cache_max_age_seconds=args.near_cache_max_age,
-            redis_timeout_seconds=args.redis_timeout,
-            max_registry_age_seconds=args.max_registry_age,
-            tls_cert_path=args.tls_cert,
-            tls_key_path=args.tls_key,
-            tls_client_ca_path=args.tls_client_ca,
-            callers_path=args.callers,
-            metrics_listen=args.metrics_listen,
-            max_concurrent_rpcs=args.max_concurrent_rpcs,
-            degraded_max_age_seconds=args.degraded_max_age,
-            audit_spool_dir=args.audit_spool_dir,
-        )
+        settings = Settings.from_env(environ, **{name: getattr(args, name) for name in _SERVE_FIELDS})
+        setup_logging(settings.log_format)
         # Read every file now, so that a mistake is one line here rather than a traceback per worker.
         load_policy(settings.policy_path)
         load_callers(settings.callers_path)
@@ -101,15 +96,15 @@ def _read(path: Path | None) -> bytes | None:
     return None if path is None else path.read_bytes()
 
 
-def _channel(args: argparse.Namespace) -> grpc.Channel:
+def _channel(args: argparse.Namespace, target: str) -> grpc.Channel:
     """A channel to ``--target``: plain text, or TLS when a CA or a client certificate is given."""
     if args.tls_ca is None and args.tls_cert is None:
-        return grpc.insecure_channel(args.target)
+        return grpc.insecure_channel(target)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=_read(args.tls_ca), private_key=_read(args.tls_key), certificate_chain=_read(args.tls_cert)
     )
     options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
-    return grpc.secure_channel(args.target, credentials, options)
+    return grpc.secure_channel(target, credentials, options)
 
 
 def _cst_milliseconds(text: str) -> int:
@@ -125,19 +120,19 @@ def _audit_period(args: argparse.Namespace) -> Period:
     return Period(args.since, args.until, int(args.late * 1000))
 
 
-def _audit_export(args: argparse.Namespace) -> int:
-    with redis.Redis.from_url(args.redis_url) as client:
+def _audit_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    with redis.Redis.from_url(args.redis_url or redis_url_from(environ)) as client:
         records = records_in(client, _audit_period(args), args.institution or ())
         count = WRITERS[args.format](records, sys.stdout)
     print(f"gatekeeper audit export: {count} decision(s)", file=sys.stderr)
     return 0
 
 
-def _audit_claim(args: argparse.Namespace) -> int:
+def _audit_claim(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if (args.since is None) != (args.until is None):
         raise SystemExit("gatekeeper audit claim: give both --since and --until, or neither")
     period = None if args.since is None else _audit_period(args)
-    with redis.Redis.from_url(args.redis_url) as client:
+    with redis.Redis.from_url(args.redis_url or redis_url_from(environ)) as client:
         count = WRITERS[args.format](records_of_claim(client, args.claim_id, period), sys.stdout)
     if count == 0:
         print(f"gatekeeper audit claim: no decision on claim {args.claim_id!r} in the audit", file=sys.stderr)
@@ -145,8 +140,8 @@ def _audit_claim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_counts(args: argparse.Namespace) -> int:
-    with redis.Redis.from_url(args.redis_url) as client:
+def _audit_counts(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    with redis.Redis.from_url(args.redis_url or redis_url_from(environ)) as client:
         counts = count_by_institution_and_reason(records_in(client, _audit_period(args), args.institution or ()))
     if args.json:
         print(json.dumps([c.as_row() for c in counts], ensure_ascii=False, indent=2))
@@ -165,7 +160,8 @@ def _yuan(fen: int) -> str:
 
 def format_claim_table(response: pb.CheckClaimResponse) -> str:
     """A claim decision as a plain-text table for people."""
-    rows = [("feedetl_sn", "verdict", "reason", "practitioner", "window", "amount", "chg_rea")]
+    header = ("feedetl_sn", "verdict", "reason", "practitioner", "window", "amount", "chg_rea")
+    rows = []
     for item in response.items:
         window = f"{item.begntime} → {item.endtime or 'open'}" if item.begntime else ""
         rows.append(
@@ -179,11 +175,7 @@ def format_claim_table(response: pb.CheckClaimResponse) -> str:
                 item.chg_rea,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = format_table(header, rows).split("\n")
     verdict = _enum_name(pb.ClaimVerdict, response.verdict, "CLAIM_VERDICT_")
     mode = "" if response.enforced else "  (monitor mode: nothing blocked)"
     lines.append("")
@@ -196,9 +188,12 @@ def format_claim_table(response: pb.CheckClaimResponse) -> str:
 Response = TypeVar("Response", bound=Message)
 
 
-def _call(args: argparse.Namespace, command: str, invoke: Callable[[grpc.Channel], Response]) -> Response | None:
+def _call(
+    args: argparse.Namespace, environ: Mapping[str, str], command: str, invoke: Callable[[grpc.Channel], Response]
+) -> Response | None:
     """Make one call on a channel to ``--target``; None (the error printed) if it fails."""
-    with _channel(args) as channel:
+    target = args.target or listen_from(environ)
+    with _channel(args, target) as channel:
         try:
             return invoke(channel)
         except grpc.RpcError as error:
@@ -206,7 +201,7 @@ def _call(args: argparse.Namespace, command: str, invoke: Callable[[grpc.Channel
             return None
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         document = json.loads(Path(args.claim_file).read_text(encoding="utf-8"))
         request = json_format.ParseDict(document, pb.CheckClaimRequest())
@@ -214,7 +209,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"gatekeeper check: {args.claim_file}: {error}", file=sys.stderr)
         return 2
     response = _call(
-        args, "check", lambda channel: pb_grpc.GatekeeperStub(channel).CheckClaim(request, timeout=args.timeout)
+        args,
+        environ,
+        "check",
+        lambda channel: pb_grpc.GatekeeperStub(channel).CheckClaim(request, timeout=args.timeout),
     )
     if response is None:
         return 1
@@ -225,12 +223,13 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _practitioner(args: argparse.Namespace) -> int:
+def _practitioner(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     request = pb.GetPractitionerRequest(
         prac_psn_code=args.code, at_time=args.at or "", fixmedins_code=args.institution or ""
     )
     response = _call(
         args,
+        environ,
         "practitioner",
         lambda channel: pb_grpc.GatekeeperStub(channel).GetPractitioner(request, timeout=args.timeout),
     )
@@ -240,10 +239,13 @@ def _practitioner(args: argparse.Namespace) -> int:
     return 0
 
 
-def _health(args: argparse.Namespace) -> int:
+def _health(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     request = health_pb2.HealthCheckRequest(service=args.service)
     response = _call(
-        args, "health", lambda channel: health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
+        args,
+        environ,
+        "health",
+        lambda channel: health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout),
     )
     if response is None:
         return 1
@@ -254,7 +256,7 @@ def _health(args: argparse.Namespace) -> int:
 def _client_options() -> argparse.ArgumentParser:
     """Options of the commands that call a running gatekeeper."""
     client = argparse.ArgumentParser(add_help=False)
-    client.add_argument("--target", default=listen_from(), help="gatekeeper HOST:PORT (env GATEKEEPER_LISTEN)")
+    client.add_argument("--target", help=f"gatekeeper HOST:PORT (env GATEKEEPER_LISTEN, default {defaults.LISTEN})")
     client.add_argument("--timeout", type=float, default=5.0, help="seconds")
     client.add_argument("--tls-ca", type=Path, help="CA that signed the server's certificate: connect with TLS")
     client.add_argument("--tls-cert", type=Path, help="client certificate, for a server that requires one")
@@ -270,83 +272,127 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gRPC service")
-    serve.add_argument("--redis-url", default=redis_url_from(), help="eligibility cache (env REDIS_URL)")
-    serve.add_argument("--listen", default=listen_from(), help="HOST:PORT (env GATEKEEPER_LISTEN)")
-    serve.add_argument("--policy", type=Path, help="region policy file (TOML); default: DOMAIN.md defaults")
+    serve.add_argument("--redis-url", help=f"eligibility cache (env REDIS_URL, default {defaults.REDIS_URL})")
+    serve.add_argument("--listen", help=f"HOST:PORT (env GATEKEEPER_LISTEN, default {defaults.LISTEN})")
+    serve.add_argument(
+        "--policy", dest="policy_path", type=Path, help="region policy file (TOML); default: DOMAIN.md defaults"
+    )
     serve.add_argument(
         "--workers",
         type=_positive,
-        default=int(os.environ.get("GATEKEEPER_WORKERS", DEFAULT_WORKERS)),
         help="processes sharing the port (env GATEKEEPER_WORKERS, default: the number of cores)",
     )
     serve.add_argument(
         "--near-cache-entries",
         type=int,
-        default=DEFAULT_MAX_ENTRIES,
-        help="records kept in each worker (0: read Redis for every claim)",
+        help=f"records kept in each worker (0: read Redis for every claim; default {defaults.NEAR_CACHE_ENTRIES:,})",
     )
     serve.add_argument(
-        "--near-cache-max-age", type=float, default=DEFAULT_MAX_AGE_SECONDS, help="seconds a cached record is trusted"
+        "--near-cache-max-age",
+        dest="near_cache_max_age_seconds",
+        type=float,
+        help=f"seconds a cached record is trusted (default {defaults.NEAR_CACHE_MAX_AGE_SECONDS:.0f})",
     )
     serve.add_argument(
         "--redis-timeout",
+        dest="redis_timeout_seconds",
         type=float,
-        default=DEFAULT_REDIS_TIMEOUT_SECONDS,
-        help="seconds a claim may wait for Redis (connecting included) before degraded mode answers",
+        help="seconds a claim may wait for Redis (connecting included) before degraded mode answers "
+        f"(default {defaults.REDIS_TIMEOUT_SECONDS})",
     )
     serve.add_argument(
         "--degraded-max-age",
+        dest="degraded_max_age_seconds",
         type=float,
-        default=DEFAULT_DEGRADED_MAX_AGE_SECONDS,
-        help="seconds a held record is used while Redis is unreadable (0: no degraded mode, UNAVAILABLE)",
+        help="seconds a held record is used while Redis is unreadable (0: no degraded mode, UNAVAILABLE; "
+        f"default {defaults.DEGRADED_MAX_AGE_SECONDS:.0f})",
     )
     serve.add_argument(
         "--audit-spool-dir",
         type=Path,
-        default=audit_spool_dir_from(),
-        help="where decisions wait on disk while Redis is away (env GATEKEEPER_AUDIT_SPOOL_DIR, default ./audit-spool)",
+        help="where decisions wait on disk while Redis is away "
+        f"(env GATEKEEPER_AUDIT_SPOOL_DIR, default ./{defaults.AUDIT_SPOOL_DIR})",
     )
-    serve.add_argument("--max-items", type=_positive, default=DEFAULT_MAX_ITEMS, help="line items per claim")
-    serve.add_argument("--max-request-bytes", type=_positive, default=DEFAULT_MAX_REQUEST_BYTES)
+    serve.add_argument("--max-items", type=_positive, help=f"line items per claim (default {defaults.MAX_ITEMS:,})")
+    serve.add_argument(
+        "--max-request-bytes", type=_positive, help=f"bytes per claim (default {defaults.MAX_REQUEST_BYTES:,})"
+    )
+    serve.add_argument(
+        "--max-batch-bytes",
+        type=_positive,
+        help="bytes of a whole CheckClaims request (each claim is also held to --max-request-bytes; "
+        f"default {defaults.MAX_BATCH_BYTES:,})",
+    )
     serve.add_argument(
         "--max-concurrent-rpcs",
         type=_positive,
-        default=DEFAULT_MAX_CONCURRENT_RPCS,
-        help="RPCs each worker works on at once; more are refused with RESOURCE_EXHAUSTED",
+        help="RPCs each worker works on at once; more are refused with RESOURCE_EXHAUSTED "
+        f"(default {defaults.MAX_CONCURRENT_RPCS})",
     )
-    serve.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    serve.add_argument(
+        "--shutdown-grace",
+        dest="shutdown_grace_seconds",
+        type=float,
+        help=f"seconds to drain on SIGTERM (default {defaults.SHUTDOWN_GRACE_SECONDS:.0f})",
+    )
+    serve.add_argument(
+        "--max-streams-per-connection",
+        type=_positive,
+        help="RPCs one connection may carry at once; more streams are refused by HTTP/2 (REFUSED_STREAM) "
+        f"(default {defaults.MAX_STREAMS_PER_CONNECTION})",
+    )
+    serve.add_argument(
+        "--request-read-timeout",
+        dest="request_read_seconds",
+        type=float,
+        help="seconds a caller has to send its whole request after its headers; then DEADLINE_EXCEEDED "
+        f"(default {defaults.REQUEST_READ_SECONDS:.0f})",
+    )
+    serve.add_argument(
+        "--max-connection-age",
+        dest="max_connection_age_seconds",
+        type=float,
+        help="seconds after which a connection is closed (GOAWAY); clients reconnect "
+        f"(default {defaults.MAX_CONNECTION_AGE_SECONDS:.0f})",
+    )
+    serve.add_argument(
+        "--max-connection-age-grace",
+        dest="max_connection_age_grace_seconds",
+        type=float,
+        help="seconds RPCs in flight get to finish on a connection past its age before it is cut "
+        f"(default {defaults.MAX_CONNECTION_AGE_GRACE_SECONDS:.0f})",
+    )
     serve.add_argument(
         "--max-registry-age",
+        dest="max_registry_age_seconds",
         type=float,
-        default=float(os.environ.get("GATEKEEPER_MAX_REGISTRY_AGE", DEFAULT_MAX_REGISTRY_AGE_SECONDS)),
         help="seconds since the registry data was last updated before health turns NOT_SERVING; 0: no bound "
         "(env GATEKEEPER_MAX_REGISTRY_AGE, default 2 days)",
     )
     tls = serve.add_argument_group("TLS (without --tls-cert: plain text, for local development only)")
-    tls.add_argument("--tls-cert", type=Path, default=_path_from_env("GATEKEEPER_TLS_CERT"), help="PEM certificate")
-    tls.add_argument("--tls-key", type=Path, default=_path_from_env("GATEKEEPER_TLS_KEY"), help="its private key")
+    tls.add_argument("--tls-cert", dest="tls_cert_path", type=Path, help="PEM certificate (env GATEKEEPER_TLS_CERT)")
+    tls.add_argument("--tls-key", dest="tls_key_path", type=Path, help="its private key (env GATEKEEPER_TLS_KEY)")
     tls.add_argument(
         "--tls-client-ca",
+        dest="tls_client_ca_path",
         type=Path,
-        default=_path_from_env("GATEKEEPER_TLS_CLIENT_CA"),
-        help="mutual TLS: callers must present a certificate this CA signed",
+        help="mutual TLS: callers must present a certificate this CA signed (env GATEKEEPER_TLS_CLIENT_CA)",
     )
     tls.add_argument(
         "--callers",
+        dest="callers_path",
         type=Path,
-        default=_path_from_env("GATEKEEPER_CALLERS"),
-        help="TOML binding caller identities to the institutions they may submit for (with --tls-client-ca)",
+        help="TOML binding caller identities to the institutions they may submit for (with --tls-client-ca; "
+        "env GATEKEEPER_CALLERS)",
     )
     observe = serve.add_argument_group("observability")
     observe.add_argument(
         "--metrics-listen",
-        default=os.environ.get("GATEKEEPER_METRICS_LISTEN", ""),
         help="HOST:PORT for Prometheus metrics, worker i on PORT + i (env GATEKEEPER_METRICS_LISTEN; default off)",
     )
     observe.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
-        default=os.environ.get("GATEKEEPER_LOG_FORMAT", "json"),
         help="json: one object per line (default; env GATEKEEPER_LOG_FORMAT); text: for people",
     )
     serve.set_defaults(run=_serve)
@@ -375,13 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     when = {"type": _cst_milliseconds, "metavar": '"yyyy-MM-dd HH:mm:ss"'}
     late = {
         "type": float,
-        "default": DEFAULT_LATE_SECONDS,
+        "default": defaults.AUDIT_LATE_SECONDS,
         "help": "also read records stored up to this many seconds after --until "
         "(decisions replayed from a spool after an outage); default a week",
     }
 
     def add_common(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--redis-url", default=redis_url_from(), help="(env REDIS_URL)")
+        command.add_argument("--redis-url", help=f"(env REDIS_URL, default {defaults.REDIS_URL})")
         command.add_argument("--late", **late)  # type: ignore[arg-type]
 
     export = audit_commands.add_parser("export", help="decisions made in a period, for reviewers")
@@ -413,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``gatekeeper``."""
+    """Entry point of ``gatekeeper``: the one place that reads the environment."""
     args = build_parser().parse_args(argv)
-    setup_logging(getattr(args, "log_format", "text"))
-    sys.exit(args.run(args))
+    if args.command != "serve":  # serve sets up logging from its settings
+        setup_logging("text")
+    sys.exit(args.run(args, os.environ))

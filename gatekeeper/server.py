@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import logging
 import os
+import select
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,26 +21,32 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 from grpc_reflection.v1alpha import reflection
 
-from gatekeeper import metrics
-from gatekeeper.audit import AuditLog
-from gatekeeper.callers import load_callers
-from gatekeeper.handlers import add_gatekeeper_servicer
-from gatekeeper.nearcache import CachingEligibilityStore
-from gatekeeper.policy import Policy, load_policy
-from gatekeeper.readiness import readiness
-from gatekeeper.servicer import GatekeeperServicer
-from gatekeeper.settings import Settings, split_host_port
-from gatekeeper.store import EligibilityStore, RedisEligibilityStore
-from gatekeeper.tasks import stop_task
+from gatekeeper.api.admission import AdmissionInterceptor
+from gatekeeper.api.callers import load_callers
+from gatekeeper.api.handlers import add_gatekeeper_servicer
+from gatekeeper.api.servicer import GatekeeperServicer
+from gatekeeper.api.validation import Limits
+from gatekeeper.audit.writer import AuditLog
+from gatekeeper.cache.store import CachingEligibilityStore, RedisEligibilityStore
+from gatekeeper.core.eligibility import EligibilityStore, StoreStats
+from gatekeeper.core.policy import Policy, load_policy
+from gatekeeper.core.readiness import readiness
+from gatekeeper.ops import metrics
+from gatekeeper.ops.tasks import stop_task
+from gatekeeper.settings import Settings, SettingsError, split_host_port
 from gatekeeper.v1 import gatekeeper_pb2
-from gatekeeper.validation import Limits
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = gatekeeper_pb2.DESCRIPTOR.services_by_name["Gatekeeper"].full_name
-# gRPC itself refuses messages above this (RESOURCE_EXHAUSTED); between max_request_bytes
-# and this, the servicer answers INVALID_ARGUMENT naming the size.
+# gRPC itself refuses messages above this (RESOURCE_EXHAUSTED); between a method's limit
+# (max_request_bytes, or max_batch_bytes for CheckClaims) and this, the request is answered
+# INVALID_ARGUMENT naming its size, without being decoded.
 TRANSPORT_SIZE_FACTOR = 4
+# The server pings each connection this often and drops it when the ping is not answered
+# within the timeout: a dead peer, or one that stopped reading, frees its streams.
+KEEPALIVE_TIME_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
 
 
 @dataclass
@@ -56,14 +66,16 @@ class GatekeeperServer:
 
     async def start(self) -> None:
         """Start serving; health turns SERVING once a registry snapshot is present."""
-        if isinstance(self.store, CachingEligibilityStore):
-            self.store.start()
-            self.metrics_state.near_cache = self.store.stats
+        self.store.start()
+        self.metrics_state.store = self.store.stats
+        self.metrics_state.near_cache = self.settings.near_cache_entries > 0
         if self.settings.metrics_listen:
             self.metrics_endpoint = metrics.MetricsEndpoint(*split_host_port(self.settings.metrics_listen))
             log.info("metrics on port %d (GET /metrics)", self.metrics_endpoint.port)
         metrics.SERVERS.attach(self.metrics_state)
         if self.audit is not None:
+            self.metrics_state.audit = self.audit.stats
+            self.metrics_state.audit_queued = lambda audit=self.audit: audit.queued
             self.audit.start()
         await self.server.start()
         self._health_task = asyncio.create_task(self._watch_registry(), name="registry-health")
@@ -79,8 +91,7 @@ class GatekeeperServer:
         while not self._stopping.is_set():
             try:
                 updated_at = await self.store.registry_updated_at()
-            except Exception:  # a Redis blip keeps the last status rather than flapping
-                metrics.REDIS_ERRORS.labels("health").inc()
+            except Exception:  # a Redis blip keeps the last status rather than flapping (the store counts it)
                 log.warning("could not check the registry data's age", exc_info=True)
             else:
                 self.metrics_state.registry_updated_at = updated_at
@@ -143,6 +154,23 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC core options that bound what one connection can hold.
+
+    Streams beyond the per-connection limit are refused (RST_STREAM) by gRPC itself, counted
+    against the limit as sent, not as acknowledged, so a burst sent before the server's
+    settings arrive is refused too. A connection is closed after its maximum age, RPCs in
+    flight given the grace; a peer that does not answer keepalive pings is cut off sooner.
+    """
+    return [
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ]
+
+
 async def create_server(
     settings: Settings,
     store: EligibilityStore | None = None,
@@ -155,20 +183,24 @@ async def create_server(
         policy = load_policy(settings.policy_path)
     callers = load_callers(settings.callers_path)
     credentials = server_credentials(settings)
-    transport_limit = settings.max_request_bytes * TRANSPORT_SIZE_FACTOR
+    transport_limit = max(settings.max_request_bytes, settings.max_batch_bytes) * TRANSPORT_SIZE_FACTOR
     server = aio.server(
-        interceptors=[metrics.MetricsInterceptor()],
-        # Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound.
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        # Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound;
+        # the admission interceptor counts it, and bounds the time a request may take to arrive.
+        interceptors=[
+            AdmissionInterceptor(settings.max_concurrent_rpcs, settings.request_read_seconds),
+            metrics.MetricsInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", transport_limit),
             # Workers share one port; a single server must notice a port already in use.
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+            *connection_options(settings),
         ],
     )
-    limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims)
+    limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims, settings.max_batch_bytes)
     audit = AuditLog.from_url(settings.redis_url, settings.audit_spool_dir, settings.redis_timeout_seconds)
-    add_gatekeeper_servicer(GatekeeperServicer(store, policy, limits, callers=callers, audit=audit), server)
+    add_gatekeeper_servicer(GatekeeperServicer(store, policy, audit, limits, callers=callers), server, limits)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -204,31 +236,102 @@ async def _serve_one(settings: Settings) -> None:
     gk = await create_server(settings)
     await gk.start()
     log.info("gatekeeper pid %d listening on port %d (redis %s)", os.getpid(), gk.port, settings.redis_url)
-    if isinstance(gk.store, CachingEligibilityStore):
-        # SIGUSR1: log the near cache's counters since the last SIGUSR1, and restart them.
-        loop.add_signal_handler(signal.SIGUSR1, _log_near_cache, gk.store)
+    counted = StoreCounts(gk.store)
+    # SIGUSR1: log the store's counts since the last SIGUSR1 (the counters themselves run on).
+    loop.add_signal_handler(signal.SIGUSR1, counted.log)
     await stopping.wait()
     log.info("draining: health NOT_SERVING, up to %.0f s for RPCs in flight", settings.shutdown_grace_seconds)
     await gk.stop()
-    if isinstance(gk.store, CachingEligibilityStore):
-        _log_near_cache(gk.store)
+    counted.log()
     log.info("stopped")
 
 
-def _log_near_cache(store: CachingEligibilityStore) -> None:
-    stats, lags = store.stats, sorted(store.notification_lags_ms)
-    log.info(
-        "near cache: hits=%d misses=%d invalidations=%d clears=%d notification_lag_ms p50=%.1f p99=%.1f max=%.1f n=%d",
-        stats.hits,
-        stats.misses,
-        stats.invalidations,
-        stats.clears,
-        lags[len(lags) // 2] if lags else 0.0,
-        lags[int(len(lags) * 0.99)] if lags else 0.0,
-        lags[-1] if lags else 0.0,
-        len(lags),
-    )
-    store.reset_stats()
+class StoreCounts:
+    """Logs what a store counted since it last logged, without touching the counters that
+    metrics read (the benchmark reads these lines after its warm-up)."""
+
+    def __init__(self, store: EligibilityStore) -> None:
+        self._store = store
+        self._logged = store.stats.copy()
+
+    def since_last(self) -> tuple[StoreStats, list[float]]:
+        """The counts since the last call, and the notification lags measured meanwhile."""
+        now = self._store.stats.copy()
+        counts, self._logged = now.since(self._logged), now
+        return counts, sorted(self._store.notification_lags_ms())
+
+    def log(self) -> None:
+        """One log line of :meth:`since_last`."""
+        stats, lags = self.since_last()
+        log.info(
+            "near cache: hits=%d misses=%d invalidations=%d clears=%d "
+            "notification_lag_ms p50=%.1f p99=%.1f max=%.1f n=%d",
+            stats.hits,
+            stats.misses,
+            stats.invalidations,
+            stats.clears,
+            lags[len(lags) // 2] if lags else 0.0,
+            lags[int(len(lags) * 0.99)] if lags else 0.0,
+            lags[-1] if lags else 0.0,
+            len(lags),
+        )
+
+
+class PortTaken(Exception):
+    """Another process serves or holds the port; the message says which port."""
+
+
+# Held by the first gatekeeper on a port (and inherited by its workers) for as long as any
+# of its processes lives: an abstract Unix socket name, freed by the kernel when the last
+# holder exits, and private to the network namespace, like the port.
+_PORT_LOCK = "\0settlement-gatekeeper:{port}"
+
+
+def claim_ports(settings: Settings) -> socket.socket | None:
+    """Make sure this instance is the only one on its ports, before any worker starts.
+
+    Workers share the gRPC port through SO_REUSEPORT, which lets any process of the same
+    user join: a second instance would silently take every other connection. The lock
+    refuses a second gatekeeper (even one starting at the same moment); the probe, a bind
+    without SO_REUSEPORT, refuses a port any other program listens on (and the metrics
+    ports, which workers bind alone). Returns the lock, to be kept open; PortTaken if not.
+    """
+    host, port = split_host_port(settings.listen)
+    if port == 0:
+        return None
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(_PORT_LOCK.format(port=port))
+    except OSError:
+        lock.close()
+        raise PortTaken(f"port {port} is already served by another gatekeeper on this host") from None
+    try:
+        _probe(host, port, "gRPC")
+        if settings.metrics_listen:
+            metrics_host, metrics_port = split_host_port(settings.metrics_listen)
+            for index in range(settings.workers if metrics_port else 0):
+                _probe(metrics_host, metrics_port + index, "metrics")
+    except PortTaken:
+        lock.close()
+        raise
+    return lock
+
+
+def _probe(host: str, port: int, what: str) -> None:
+    """PortTaken when something listens on ``host:port`` (a bind without SO_REUSEPORT fails)."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # gRPC reports a host it cannot resolve
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT are no holder
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise PortTaken(f"the {what} port {port} is in use by another process") from None
+                # Another problem (no IPv6 here, say) is for the real bind to report.
 
 
 def serve(settings: Settings) -> int:
@@ -239,12 +342,31 @@ def serve(settings: Settings) -> int:
     if settings.workers > 1 and settings.metrics_listen.endswith(":0"):
         log.error("--workers > 1 needs a fixed metrics port: worker i serves its metrics on that port + i")
         return 2
-    return run_workers(settings.workers, lambda index: asyncio.run(_serve_one(settings.for_worker(index))))
+    try:
+        lock = claim_ports(settings)
+    except (PortTaken, SettingsError) as error:
+        log.error("cannot serve: %s", error)
+        return 2
+    try:
+        return run_workers(settings.workers, lambda index: asyncio.run(_serve_one(settings.for_worker(index))))
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+# A worker that dies is restarted after a backoff that doubles with each restart in the
+# window, up to the cap. More than MAX_RESTARTS in RESTART_WINDOW_SECONDS is something a
+# restart does not mend: the supervisor stops the service (exit 1) for systemd or
+# Kubernetes to act on, as before.
+RESTART_BACKOFF_SECONDS = 0.5
+RESTART_BACKOFF_MAX_SECONDS = 30.0
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 60.0
 
 
 def run_workers(workers: int, worker: Callable[[int], None]) -> int:
     """Run ``worker(index)`` in ``workers`` processes until SIGTERM or SIGINT; 0 when all
-    ended well.
+    ended well. A worker that dies meanwhile is restarted (see :class:`Supervisor`).
 
     Workers are forked before any gRPC object exists (gRPC does not survive a fork) and
     share the port through SO_REUSEPORT, so the kernel spreads connections over them. The
@@ -255,46 +377,140 @@ def run_workers(workers: int, worker: Callable[[int], None]) -> int:
     if workers <= 1:
         worker(0)
         return 0
-    children: set[int] = set()
-    for index in range(workers):
+    return Supervisor(workers, worker).run()
+
+
+class Supervisor:
+    """The parent of the workers: forwards stop signals, restarts a worker that died."""
+
+    def __init__(self, workers: int, worker: Callable[[int], None], clock: Callable[[], float] = time.monotonic):
+        self._workers = workers
+        self._worker = worker
+        self._clock = clock
+        self._children: dict[int, tuple[int, int]] = {}  # pid -> (worker index, pidfd)
+        self._due: dict[int, float] = {}  # worker index -> when to restart it
+        self._recent_restarts: list[float] = []
+        self.restarts = [0] * workers  # per worker index, since the service started
+        self._stopping = False
+        self._status = 0
+
+    def _start(self, index: int) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # unblocked by the worker's stop_event()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             code = 1
             try:
-                worker(index)
+                for signum in (*STOP_SIGNALS, signal.SIGUSR1):  # the supervisor's handlers are not the worker's
+                    signal.signal(signum, signal.SIG_DFL)
+                for _, pidfd in self._children.values():
+                    os.close(pidfd)
+                _die_with_parent(supervisor)
+                metrics.WORKER_RESTARTS.set(self.restarts[index])
+                self._worker(index)
                 code = 0
             finally:
                 os._exit(code)
-        children.add(pid)
+        self._children[pid] = (index, os.pidfd_open(pid))
+        return pid
 
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        forward_quietly(signum, _frame)
-
-    def forward_quietly(signum: int, _frame: object) -> None:
-        for child in children:
+    def _forward(self, signum: int, _frame: object = None) -> None:
+        if signum in STOP_SIGNALS:
+            self._stopping = True
+        for child in self._children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGUSR1, forward_quietly)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # now forwarded, not fatal
-    status = 0
-    while children:
-        pid, wait_status = os.wait()
-        children.discard(pid)
-        code = os.waitstatus_to_exitcode(wait_status)
-        if not stopping:
-            # A worker that ends on its own leaves the port half served: stop them all,
-            # so that the process supervisor (systemd, Kubernetes) restarts the service.
-            log.error("worker %d exited with %d; stopping the others", pid, code)
-            status = 1
-            forward(signal.SIGTERM, None)
-        elif code != 0:
-            log.error("worker %d exited with %d while stopping", pid, code)
-            status = 1
-    return status
+    def run(self) -> int:
+        """Start the workers and supervise them until they have all stopped; the exit status."""
+        for index in range(self._workers):
+            self._start(index)
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        signal.signal(signal.SIGUSR1, self._forward)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # now forwarded, not fatal
+        while self._children or (self._due and not self._stopping):
+            timeout = None
+            if self._due and not self._stopping:
+                timeout = max(0.0, min(self._due.values()) - self._clock())
+            pidfds = [pidfd for _, pidfd in self._children.values()]
+            if pidfds:
+                select.select(pidfds, [], [], timeout)  # a signal interrupts it; PEP 475 resumes it
+            elif timeout:
+                time.sleep(timeout)
+            self._reap()
+            if not self._stopping:
+                self._restart_due()
+        return self._status
+
+    def _reap(self) -> None:
+        for pid, (index, pidfd) in list(self._children.items()):
+            ended, wait_status = os.waitpid(pid, os.WNOHANG)
+            if ended == 0:
+                continue
+            os.close(pidfd)
+            del self._children[pid]
+            code = os.waitstatus_to_exitcode(wait_status)
+            if self._stopping:
+                if code != 0:
+                    log.error("worker %d (pid %d) %s while stopping", index, pid, _how_it_ended(code))
+                    self._status = 1
+            else:
+                self._died(index, pid, code)
+
+    def _died(self, index: int, pid: int, code: int) -> None:
+        now = self._clock()
+        self._recent_restarts = [t for t in self._recent_restarts if now - t < RESTART_WINDOW_SECONDS]
+        how = _how_it_ended(code)
+        if len(self._recent_restarts) >= MAX_RESTARTS:
+            log.error(
+                "worker %d (pid %d) %s; %d restarts in the last %.0f s: giving up, stopping the service",
+                index,
+                pid,
+                how,
+                len(self._recent_restarts),
+                RESTART_WINDOW_SECONDS,
+            )
+            self._status = 1
+            self._forward(signal.SIGTERM)
+            return
+        self._recent_restarts.append(now)
+        self.restarts[index] += 1
+        delay = min(RESTART_BACKOFF_MAX_SECONDS, RESTART_BACKOFF_SECONDS * 2 ** (len(self._recent_restarts) - 1))
+        self._due[index] = now + delay
+        log.error(
+            "worker %d (pid %d) %s; restarting it in %.1f s (restart %d of at most %d per %.0f s; "
+            "worker_restarts=%d); the other workers keep serving",
+            index,
+            pid,
+            how,
+            delay,
+            len(self._recent_restarts),
+            MAX_RESTARTS,
+            RESTART_WINDOW_SECONDS,
+            sum(self.restarts),
+        )
+
+    def _restart_due(self) -> None:
+        now = self._clock()
+        for index, when in list(self._due.items()):
+            if when <= now:
+                del self._due[index]
+                pid = self._start(index)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                log.warning("worker %d restarted as pid %d", index, pid)
+
+
+def _how_it_ended(code: int) -> str:
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when the supervisor dies (even by SIGKILL):
+    orphaned workers would hold the port for ever. Linux only; elsewhere nothing happens."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the supervisor died before prctl: nobody will send it
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,49 +1,34 @@
-"""Service settings: one frozen object, built from flags and environment at the entry point."""
+"""Service settings: one frozen object, built from the environment and the command line at the entry point.
+
+Every environment variable the gatekeeper reads is read here, from the mapping the entry
+point passes in (``os.environ``); nothing deeper in the code reads the environment.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
-from gatekeeper.audit import DEFAULT_SPOOL_DIR
-from gatekeeper.nearcache import DEFAULT_DEGRADED_MAX_AGE_SECONDS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_MAX_ENTRIES
-from gatekeeper.validation import DEFAULT_MAX_BATCH_CLAIMS, DEFAULT_MAX_ITEMS, DEFAULT_MAX_REQUEST_BYTES
+from gatekeeper import defaults
+from gatekeeper.defaults import LOG_FORMATS
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
-DEFAULT_HEALTH_POLL_SECONDS = 1.0
-DEFAULT_REDIS_TIMEOUT_SECONDS = 0.5  # a hung Redis must not hold a claim longer than this
-DEFAULT_WORKERS = os.cpu_count() or 1
-# Snapshots come daily: one missed load is an alert (gatekeeper_registry_age_seconds), two
-# take the service out of rotation rather than let it judge on data days old.
-DEFAULT_MAX_REGISTRY_AGE_SECONDS = 2 * 86_400.0
+_T = TypeVar("_T")
 
 
 class SettingsError(ValueError):
-    """Settings that do not fit together; the message says which."""
+    """Settings that do not fit together, or an environment value that is not one; the message says which."""
 
 
-# RPCs one worker works on at once; more are refused with RESOURCE_EXHAUSTED. A claim takes
-# about a millisecond of CPU, so this many is a few hundred milliseconds of work queued.
-DEFAULT_MAX_CONCURRENT_RPCS = 256
-
-
-def redis_url_from(environ: Mapping[str, str] = os.environ) -> str:
+def redis_url_from(environ: Mapping[str, str]) -> str:
     """REDIS_URL, else a Redis on this machine: every command takes --redis-url this way."""
-    return environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    return environ.get("REDIS_URL") or defaults.REDIS_URL
 
 
-def audit_spool_dir_from(environ: Mapping[str, str] = os.environ) -> Path:
-    """GATEKEEPER_AUDIT_SPOOL_DIR, else ./audit-spool."""
-    return Path(environ.get("GATEKEEPER_AUDIT_SPOOL_DIR") or DEFAULT_SPOOL_DIR)
-
-
-def listen_from(environ: Mapping[str, str] = os.environ) -> str:
-    """GATEKEEPER_LISTEN, else loopback port 50051."""
-    return environ.get("GATEKEEPER_LISTEN") or DEFAULT_LISTEN
+def listen_from(environ: Mapping[str, str]) -> str:
+    """GATEKEEPER_LISTEN, else loopback port 50051: where ``serve`` listens and client commands connect."""
+    return environ.get("GATEKEEPER_LISTEN") or defaults.LISTEN
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
@@ -54,36 +39,91 @@ def split_host_port(listen: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError("expected a whole number, at least 1")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise ValueError("expected a number of seconds, 0 or more")
+    return value
+
+
+def _log_format(text: str) -> str:
+    if text not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+    return text
+
+
+# Settings field <- environment variable, and how its text becomes a value.
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "redis_url": ("REDIS_URL", str),
+    "listen": ("GATEKEEPER_LISTEN", str),
+    "workers": ("GATEKEEPER_WORKERS", _positive_int),
+    "max_registry_age_seconds": ("GATEKEEPER_MAX_REGISTRY_AGE", _seconds),
+    "audit_spool_dir": ("GATEKEEPER_AUDIT_SPOOL_DIR", Path),
+    "tls_cert_path": ("GATEKEEPER_TLS_CERT", Path),
+    "tls_key_path": ("GATEKEEPER_TLS_KEY", Path),
+    "tls_client_ca_path": ("GATEKEEPER_TLS_CLIENT_CA", Path),
+    "callers_path": ("GATEKEEPER_CALLERS", Path),
+    "metrics_listen": ("GATEKEEPER_METRICS_LISTEN", str),
+    "log_format": ("GATEKEEPER_LOG_FORMAT", _log_format),
+}
+
+
+def env_value(environ: Mapping[str, str], name: str, parse: Callable[[str], _T]) -> _T | None:
+    """The environment variable ``name`` parsed, None when unset or empty; SettingsError naming it when bad."""
+    text = environ.get(name, "")
+    if not text:
+        return None
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise SettingsError(f"{name}={text!r}: {error}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything ``gatekeeper serve`` can be told."""
 
-    redis_url: str = DEFAULT_REDIS_URL
-    listen: str = DEFAULT_LISTEN
+    redis_url: str = defaults.REDIS_URL
+    listen: str = defaults.LISTEN
     policy_path: Path | None = None
     workers: int = 1
-    max_items: int = DEFAULT_MAX_ITEMS
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_batch_claims: int = DEFAULT_MAX_BATCH_CLAIMS
-    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
-    near_cache_entries: int = DEFAULT_MAX_ENTRIES  # 0: no near cache, every claim reads Redis
-    near_cache_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
-    redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
+    max_items: int = defaults.MAX_ITEMS
+    max_request_bytes: int = defaults.MAX_REQUEST_BYTES
+    max_batch_claims: int = defaults.MAX_BATCH_CLAIMS
+    max_batch_bytes: int = defaults.MAX_BATCH_BYTES  # a whole CheckClaims request
+    max_concurrent_rpcs: int = defaults.MAX_CONCURRENT_RPCS
+    max_streams_per_connection: int = defaults.MAX_STREAMS_PER_CONNECTION
+    request_read_seconds: float = defaults.REQUEST_READ_SECONDS
+    max_connection_age_seconds: float = defaults.MAX_CONNECTION_AGE_SECONDS
+    max_connection_age_grace_seconds: float = defaults.MAX_CONNECTION_AGE_GRACE_SECONDS
+    near_cache_entries: int = defaults.NEAR_CACHE_ENTRIES  # 0: no near cache, every claim reads Redis
+    near_cache_max_age_seconds: float = defaults.NEAR_CACHE_MAX_AGE_SECONDS
+    redis_timeout_seconds: float = defaults.REDIS_TIMEOUT_SECONDS
     # Degraded mode (Redis unreadable): records held up to this age are used, other codes
     # are unverified and the region policy decides. 0: no degraded mode, UNAVAILABLE.
-    degraded_max_age_seconds: float = DEFAULT_DEGRADED_MAX_AGE_SECONDS
+    degraded_max_age_seconds: float = defaults.DEGRADED_MAX_AGE_SECONDS
     # The decision audit's spool: where decisions wait, on disk, while Redis is away.
-    audit_spool_dir: Path = DEFAULT_SPOOL_DIR
-    shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
-    health_poll_seconds: float = DEFAULT_HEALTH_POLL_SECONDS
+    audit_spool_dir: Path = Path(defaults.AUDIT_SPOOL_DIR)
+    shutdown_grace_seconds: float = defaults.SHUTDOWN_GRACE_SECONDS
+    health_poll_seconds: float = defaults.HEALTH_POLL_SECONDS
     # Health turns NOT_SERVING when the registry data was last updated longer ago (0: no bound).
-    max_registry_age_seconds: float = DEFAULT_MAX_REGISTRY_AGE_SECONDS
+    max_registry_age_seconds: float = defaults.MAX_REGISTRY_AGE_SECONDS
     # TLS: without a certificate the service speaks plain text (local development only).
     tls_cert_path: Path | None = None
     tls_key_path: Path | None = None
     tls_client_ca_path: Path | None = None  # mutual TLS: callers must present a certificate it signed
     callers_path: Path | None = None  # which caller identity may submit for which institutions
     metrics_listen: str = ""  # HOST:PORT of the Prometheus endpoint; "" turns it off
+    log_format: str = defaults.LOG_FORMAT
 
     def __post_init__(self) -> None:
         if (self.tls_cert_path is None) != (self.tls_key_path is None):
@@ -96,6 +136,20 @@ class Settings:
             raise SettingsError("--callers and --tls-client-ca go together")
         if self.metrics_listen:
             split_host_port(self.metrics_listen)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Settings from the environment (see :data:`ENVIRONMENT`), then ``overrides`` (the
+        command line's flags; None means not given). ``workers`` defaults to the number of
+        cores here, where a process is being started, and to 1 for a Settings made in code."""
+        values: dict[str, Any] = {"workers": defaults.WORKERS}
+        for name, (variable, parse) in ENVIRONMENT.items():
+            value = env_value(environ, variable, parse)
+            if value is not None:
+                values[name] = value
+        known = {f.name for f in fields(cls)}
+        values.update({k: v for k, v in overrides.items() if v is not None and k in known})
+        return cls(**values)
 
     @property
     def plain_text(self) -> bool:

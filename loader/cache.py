@@ -9,27 +9,32 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, cast
 
 import redis
 from redis.connection import Connection
 
-from gatekeeper import changelog, keys
+from gatekeeper.cache import changelog, keys
+from gatekeeper.cache.layout import Lease, Meta
 from loader.rows import EncodedRow
 
 # Listpack hashes are what keep a practitioner under 64 bytes; a record with a long
 # reason would otherwise turn its whole bucket into a hashtable (see docs/cache-layout.md).
 LISTPACK_SETTINGS = {"hash-max-listpack-entries": "512", "hash-max-listpack-value": "1024"}
 SENTINEL_BATCH = 2_000
-APPLY_BATCH = 200  # changes per gk_apply call; gk_apply logs them in one XADD of 6 fields each
+APPLY_BATCH = 200  # changes per gk_apply call; gk_apply logs them in one XADD of 8 fields each (10 with moved_from)
 DEFAULT_LEASE_SECONDS = 30.0
 LEASE_WAIT_MARGIN_SECONDS = 5.0
 LEASE_POLL_SECONDS = 0.5
 # gk:changes keeps about this many entries: enough for a snapshot load to replay what was
 # applied since the snapshot's watermark, and for readers to catch up after a blip.
 CHANGE_LOG_LENGTH = 200_000
+# No Function call may block Redis for long, whatever the data (README, "Limits"); both
+# are enforced in gatekeeper.lua, under the same names.
+MAX_PERIODS = 100  # periods one practitioner's record holds; a change adding more is refused
+CALL_BUDGET_BYTES = 262_144  # record bytes one call merges before it hands the rest back
 
 _FUNCTIONS = resources.files("loader").joinpath("gatekeeper.lua").read_text(encoding="utf-8")
 
@@ -50,33 +55,14 @@ class LegacyChangeLog(RuntimeError):
     """gk:changes holds changes logged without their chg_id (before the chg_id index)."""
 
 
-@dataclass(frozen=True)
-class CacheState:
-    """What ``gk:meta`` says is loaded."""
-
-    generation: int | None
-    buckets: int
-    snapshot_id: str
-    watermark_seq: int
-    applied_seq: int
-    record_count: int
-    switched_at: float
-
-
-def read_state(client: redis.Redis) -> CacheState:
+def read_state(client: redis.Redis) -> Meta:
     """The current generation and what it was loaded from."""
-    raw = cast(dict[bytes, bytes], client.hgetall(keys.META))
-    meta = {k.decode(): v.decode() for k, v in raw.items()}
-    generation = meta.get(keys.MetaField.GENERATION)
-    return CacheState(
-        generation=int(generation) if generation else None,
-        buckets=int(meta.get(keys.MetaField.BUCKETS, 0)),
-        snapshot_id=meta.get(keys.MetaField.SNAPSHOT_ID, ""),
-        watermark_seq=int(meta.get(keys.MetaField.WATERMARK_SEQ, 0)),
-        applied_seq=int(meta.get(keys.MetaField.APPLIED_SEQ, 0)),
-        record_count=int(meta.get(keys.MetaField.RECORD_COUNT, 0)),
-        switched_at=float(meta.get(keys.MetaField.SWITCHED_AT, 0)),
-    )
+    return Meta.from_hash(cast(dict[bytes, bytes], client.hgetall(keys.META)))
+
+
+def read_lease(client: redis.Redis) -> Lease | None:
+    """The lease of the snapshot load in progress, None when none is."""
+    return Lease.parse(cast(bytes | None, client.get(keys.LOADING)))
 
 
 def load_functions(client: redis.Redis) -> None:
@@ -104,6 +90,12 @@ class WriteStats:
     merged: int = 0  # rows merged into a code already there
     stale: int = 0  # rows older than what the generation already had
     findings: set[str] = field(default_factory=set)  # codes re-registered during a ban
+    refused: list[tuple[int, str]] = field(default_factory=list)  # (origin, code) beyond MAX_PERIODS
+
+
+def refused_reason(code: str) -> str:
+    """Why a row was not loaded when its practitioner's record is full."""
+    return f"prac_psn_code {code} would have more than {MAX_PERIODS} periods, the most one record holds: not loaded"
 
 
 class _Lease:
@@ -152,8 +144,9 @@ class GenerationWriter:
         self.watermark_seq = watermark_seq
         load_functions(client)
         self.generation = int(client.incr(keys.GENERATION_COUNTER))
-        token = secrets.token_hex(8)
-        self._lease = _Lease(client, f"{self.generation} {buckets} {watermark_seq} {token}", lease_seconds)
+        self._token = secrets.token_hex(8)
+        lease = Lease(self.generation, buckets, watermark_seq, self._token)
+        self._lease = _Lease(client, lease.format(), lease_seconds)
         # A load killed mid-way leaves its lease to expire: wait as long as it has left, no
         # longer, since a live loader keeps renewing its own.
         deadline: float | None = None
@@ -168,7 +161,8 @@ class GenerationWriter:
         self._lease.start_renewing()
         self.abandoned = drop_abandoned_generations(client)  # ours is kept: it holds the lease
         self._connection: Connection | None = None
-        self._in_flight = False
+        # The gk_insert call awaiting its answer: its rows and where each came from.
+        self._in_flight: tuple[Sequence[EncodedRow], Sequence[int]] | None = None
         client.sadd(keys.GENERATIONS, self.generation)
         self._write_sentinels()
 
@@ -187,51 +181,62 @@ class GenerationWriter:
                 pipe.execute()
         pipe.execute()
 
-    def add(self, rows: Sequence[EncodedRow], stats: WriteStats) -> None:
+    def add(self, rows: Sequence[EncodedRow], stats: WriteStats, origins: Sequence[int] = ()) -> None:
         """Write snapshot rows (code, chg_id, one-period record, seq): a code's first row as
-        it is, later ones merged by chg_id and seq. One gk_insert call per batch.
+        it is, later ones merged by chg_id and seq. One gk_insert call per batch. ``origins``
+        (the line of each row) name the rows refused in ``stats.refused``.
 
         The call is sent without waiting for its answer, which is read when the next
         batch is sent (or by :meth:`flush`): Redis merges one batch while Python parses
         the next, each on its own core.
         """
-        bucket_keys = [key for code, chg_id, _, _ in rows for key in self._keys(code, chg_id)]
-        arguments = [value for row in rows for value in row]
         if self._connection is None:
             self._connection = self._redis.connection_pool.get_connection()
         self.flush(stats)
+        self._send_insert(rows, origins)
+
+    def _send_insert(self, rows: Sequence[EncodedRow], origins: Sequence[int]) -> None:
+        assert self._connection is not None
+        bucket_keys = [key for code, chg_id, _, _ in rows for key in self._keys(code, chg_id)]
+        arguments = [value for row in rows for value in row]
         self._connection.send_command(  # type: ignore[no-untyped-call]
             "FCALL", "gk_insert", len(bucket_keys), *bucket_keys, *arguments
         )
-        self._in_flight = True
+        self._in_flight = (rows, origins)
 
     def flush(self, stats: WriteStats) -> None:
-        """Wait for the batch in flight and count what it did."""
-        if not self._in_flight or self._connection is None:
-            return
-        self._in_flight = False
-        reply = self._connection.read_response()
-        if isinstance(reply, redis.ResponseError):
-            raise reply
-        inserted, merged, stale, findings = cast(list[Any], reply)
-        stats.practitioners += inserted
-        stats.merged += merged
-        stats.stale += stale
-        stats.findings.update(code.decode() for code in findings)
+        """Wait for the batch in flight and count what it did; send again, and wait for,
+        what a call handed back for lack of budget."""
+        while self._in_flight is not None and self._connection is not None:
+            rows, origins = self._in_flight
+            self._in_flight = None
+            reply = self._connection.read_response()
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+            inserted, merged, stale, findings, handled, refused = cast(list[Any], reply)
+            stats.practitioners += inserted
+            stats.merged += merged
+            stats.stale += stale
+            stats.findings.update(code.decode() for code in findings)
+            for index in refused:  # from 1, in this call's rows
+                stats.refused.append((origins[index - 1] if origins else -1, rows[index - 1][0]))
+            if handled < len(rows):
+                self._send_insert(rows[handled:], origins[handled:])
 
     def _release_connection(self) -> None:
         if self._connection is not None:
-            if self._in_flight:  # abandoned mid-batch: the connection's state is unknown
+            if self._in_flight is not None:  # abandoned mid-batch: the connection's state is unknown
                 self._connection.disconnect()  # type: ignore[no-untyped-call]
             self._redis.connection_pool.release(self._connection)
             self._connection = None
-            self._in_flight = False
+            self._in_flight = None
 
     def replay_changes(self) -> int:
         """Merge every logged change newer than the snapshot: those applied before this load
         began (later ones were written here by gk_apply already). Returns how many."""
         replayed = 0
         pipe = self._redis.pipeline(transaction=False)
+        queued: list[list[changelog.LoggedChange]] = []
         for entry in read_change_log(self._redis):
             newer = [change for change in entry.changes if change.seq > self.watermark_seq]
             if any(not change.chg_id for change in newer):
@@ -240,14 +245,29 @@ class GenerationWriter:
                     "(before the chg_id index): load a snapshot whose watermark_seq is at least the last of them"
                 )
             if newer:
-                bucket_keys = [key for c in newer for key in self._keys(c.code, c.chg_id)]
-                arguments = [value for c in newer for value in (c.code, c.chg_id, c.record, c.seq)]
-                pipe.fcall("gk_merge", len(bucket_keys), *bucket_keys, self.watermark_seq, *arguments)
+                self._queue_merge(pipe, newer, queued)
                 replayed += len(newer)
             if len(pipe) >= 50:
-                pipe.execute()
-        pipe.execute()
+                self._run_merges(pipe, queued)
+        self._run_merges(pipe, queued)
         return replayed
+
+    def _queue_merge(
+        self, pipe: Any, changes: list[changelog.LoggedChange], queued: list[list[changelog.LoggedChange]]
+    ) -> None:
+        bucket_keys = [key for c in changes for key in self._keys(c.code, c.chg_id)]
+        arguments = [value for c in changes for value in (c.code, c.chg_id, c.record, c.seq)]
+        pipe.fcall("gk_merge", len(bucket_keys), *bucket_keys, self.watermark_seq, *arguments)
+        queued.append(changes)
+
+    def _run_merges(self, pipe: Any, queued: list[list[changelog.LoggedChange]]) -> None:
+        """Run the queued gk_merge calls, then again what they handed back for lack of budget."""
+        while queued:
+            sent = list(queued)
+            queued.clear()
+            for changes, (_, handled) in zip(sent, pipe.execute(), strict=True):
+                if handled < len(changes):
+                    self._queue_merge(pipe, changes[handled:], queued)
 
     def count_practitioners(self) -> int:
         """How many codes this generation holds now: its own rows' codes and the codes that
@@ -272,7 +292,7 @@ class GenerationWriter:
                 keys.META,
                 keys.LOADING,
                 keys.CHANGES,
-                self._lease.value.rsplit(" ", 1)[1],
+                self._token,
                 self.generation,
                 self.buckets,
                 snapshot_id,
@@ -315,9 +335,9 @@ def drop_abandoned_generations(client: redis.Redis) -> list[int]:
     """Drop generations left by loaders that died before switching (not the current one,
     nor one whose load still holds the lease)."""
     keep = {read_state(client).generation}
-    loading = client.get(keys.LOADING)
-    if loading:
-        keep.add(int(loading.split()[0]))
+    lease = read_lease(client)
+    if lease is not None:
+        keep.add(lease.generation)
     dropped = []
     for member in client.smembers(keys.GENERATIONS):
         generation = int(member)
@@ -333,6 +353,7 @@ class ApplyStats:
 
     applied: int = 0
     stale: int = 0
+    refused: int = 0  # changes whose practitioner already has MAX_PERIODS periods
     findings: set[str] = field(default_factory=set)
 
 
@@ -353,12 +374,10 @@ class ChangeApplier:
         state = read_state(self._redis)
         if state.generation is None:
             raise NoSnapshot("no registry snapshot is loaded: load one before applying changes")
-        loading = self._redis.get(keys.LOADING)
-        loading_generation, loading_buckets = None, 0
-        if loading:
-            generation, buckets, *_ = loading.split()
-            loading_generation, loading_buckets = int(generation), int(buckets)
-        return _Layout(state.generation, state.buckets, loading_generation, loading_buckets)
+        lease = read_lease(self._redis)
+        if lease is None:
+            return _Layout(state.generation, state.buckets, None, 0)
+        return _Layout(state.generation, state.buckets, lease.generation, lease.buckets)
 
     def _command(self, changes: Sequence[EncodedRow]) -> list[str | bytes | int]:
         if self._layout is None:
@@ -372,53 +391,53 @@ class ChangeApplier:
         command += [value for change in changes for value in change]
         return command
 
-    def apply(self, changes: Iterable[EncodedRow], stats: ApplyStats) -> None:
-        """Apply changes, APPLY_BATCH to a gk_apply call."""
+    def apply(self, changes: Iterable[EncodedRow], stats: ApplyStats) -> list[tuple[int, str]]:
+        """Apply changes, APPLY_BATCH to a gk_apply call. Returns (position from 0 in the
+        order given, code) of the changes refused: their practitioner has MAX_PERIODS periods."""
         connection = self._redis.connection_pool.get_connection()
-        in_flight: deque[list[EncodedRow]] = deque()
+        in_flight: deque[_Batch] = deque()
+        refused: list[tuple[int, str]] = []
+        offset = 0
         try:
             for batch in _batched(changes):
-                connection.send_command(*self._command(batch))  # type: ignore[no-untyped-call]
-                in_flight.append(list(batch))
-                if len(in_flight) > 1:
-                    self._receive(connection, in_flight, stats)
+                self._send(connection, _Batch(offset, batch), in_flight)
+                offset += len(batch)
+                while len(in_flight) > 1:
+                    self._receive(connection, in_flight, stats, refused)
             while in_flight:
-                self._receive(connection, in_flight, stats)
+                self._receive(connection, in_flight, stats, refused)
         except BaseException:
             connection.disconnect()  # type: ignore[no-untyped-call]  # replies may be unread
             raise
         finally:
             self._redis.connection_pool.release(connection)
+        return sorted(refused)
 
-    def _receive(self, connection: Connection, in_flight: deque[list[EncodedRow]], stats: ApplyStats) -> None:
-        """Read the oldest batch's answer; on a stale layout, drain and resend."""
+    def _send(self, connection: Connection, batch: _Batch, in_flight: deque[_Batch]) -> None:
+        connection.send_command(*self._command(batch.changes))  # type: ignore[no-untyped-call]
+        in_flight.append(batch)
+
+    def _receive(
+        self, connection: Connection, in_flight: deque[_Batch], stats: ApplyStats, refused: list[tuple[int, str]]
+    ) -> None:
+        """Read the oldest batch's answer. A batch sent with a stale layout, or what a call
+        handed back for lack of budget, is sent again (merges are idempotent)."""
         reply = self._read(connection)
         batch = in_flight.popleft()
-        if reply[0] != -1:
-            self._count(reply, stats)
-            return
-        retry = [batch]
-        while in_flight:  # answers of later batches, sent with the same stale layout
-            later = in_flight.popleft()
-            later_reply = self._read(connection)
-            if later_reply[0] == -1:
-                retry.append(later)
-            else:
-                self._count(later_reply, stats)
-        for _ in range(5):
+        if reply[0] == -1:
+            if batch.attempts >= 5:
+                raise RuntimeError("the cache layout kept changing while applying changes")
             self._layout = None
-            still_stale = []
-            for changes in retry:
-                connection.send_command(*self._command(changes))  # type: ignore[no-untyped-call]
-                reply = self._read(connection)
-                if reply[0] == -1:
-                    still_stale.append(changes)
-                else:
-                    self._count(reply, stats)
-            if not still_stale:
-                return
-            retry = still_stale
-        raise RuntimeError("the cache layout kept changing while applying changes")
+            self._send(connection, replace(batch, attempts=batch.attempts + 1), in_flight)
+            return
+        applied, stale, findings, handled, refused_indexes = reply
+        stats.applied += applied
+        stats.stale += stale
+        stats.refused += len(refused_indexes)
+        stats.findings.update(code.decode() for code in findings)
+        refused.extend((batch.offset + index - 1, batch.changes[index - 1][0]) for index in refused_indexes)
+        if handled < len(batch.changes):
+            self._send(connection, _Batch(batch.offset + handled, batch.changes[handled:]), in_flight)
 
     @staticmethod
     def _read(connection: Connection) -> list[Any]:
@@ -430,12 +449,14 @@ class ChangeApplier:
             raise
         return cast(list[Any], reply)
 
-    @staticmethod
-    def _count(reply: list[Any], stats: ApplyStats) -> None:
-        applied, stale, findings = reply
-        stats.applied += applied
-        stats.stale += stale
-        stats.findings.update(code.decode() for code in findings)
+
+@dataclass(frozen=True)
+class _Batch:
+    """Changes sent in one gk_apply call, and where they start among those given to apply."""
+
+    offset: int
+    changes: tuple[EncodedRow, ...]
+    attempts: int = 0  # resent after a stale layout
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import msgspec
 import redis
 
-from loader.cache import ApplyStats, ChangeApplier
+from loader.cache import ApplyStats, ChangeApplier, refused_reason
 from loader.progress import Progress
 from loader.quarantine import Quarantine
 from loader.rows import EncodedRow, RowError, encode_change
@@ -19,28 +21,35 @@ _json = msgspec.json.Decoder()
 CHANGE_FILE = re.compile(r"changes-(\d+)-(\d+)\.jsonl")
 
 
-def parse_change(text: str) -> EncodedRow:
-    """Validate one change-feed line."""
+def parse_change(text: str, notes: list[str] | None = None) -> EncodedRow:
+    """Validate one change-feed line; what was cut to fit is noted in ``notes``."""
     try:
         document = _json.decode(text)
     except msgspec.DecodeError as error:
-        raise RowError(f"not JSON: {error}") from None
+        # msgspec refuses a lone surrogate escape (\\ud800) that Python's json accepts, as a
+        # feed page read by `follow` does: decoded that way, the row gets the same reason
+        # from the same check whichever way it arrives.
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise RowError(f"not JSON: {error}") from None
     if not isinstance(document, dict):
         raise RowError("not a JSON object")
-    return encode_change(document)
+    return encode_change(document, notes)
 
 
-def read_change_file(path: Path) -> Iterator[tuple[int, EncodedRow | RowError]]:
-    """(line number, change or error) for each non-blank line of a change file."""
+def read_change_file(path: Path) -> Iterator[tuple[int, EncodedRow | RowError, list[str]]]:
+    """(line number, change or error, what was cut to fit) for each non-blank line of a change file."""
     with path.open(encoding="utf-8-sig", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
             text = line.strip()
             if not text:
                 continue
+            notes: list[str] = []
             try:
-                yield number, parse_change(text)
+                yield number, parse_change(text, notes), notes
             except RowError as error:
-                yield number, error
+                yield number, error, []
 
 
 def _first_seq(path: Path) -> int:
@@ -55,6 +64,7 @@ class ApplyResult:
     files: int = 0
     stats: ApplyStats = field(default_factory=ApplyStats)
     bad_rows: int = 0
+    truncated_rows: int = 0  # applied with a field cut to its limit (and reported)
 
 
 def apply_change_files(
@@ -68,15 +78,24 @@ def apply_change_files(
     for path in sorted(paths, key=lambda p: (_first_seq(p), p.name)):
         result.files += 1
 
-        def good_rows(path: Path = path) -> Iterator[EncodedRow]:
-            for line, row in read_change_file(path):
+        lines = array("L")  # of each row given to the applier, to report a refused one
+
+        def good_rows(path: Path = path, lines: array[int] = lines) -> Iterator[EncodedRow]:
+            for line, row, notes in read_change_file(path):
                 if isinstance(row, RowError):
                     result.bad_rows += 1
                     quarantine.add(str(path), line, str(row))
                 else:
+                    if notes:
+                        result.truncated_rows += 1
+                        for note in notes:
+                            quarantine.add(str(path), line, note)
                     progress.advance(1)
+                    lines.append(line)
                     yield row
 
-        applier.apply(good_rows(), result.stats)
+        for position, code in applier.apply(good_rows(), result.stats):
+            result.bad_rows += 1
+            quarantine.add(str(path), lines[position], refused_reason(code))
     progress.clear()
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import redis
 
-from gatekeeper import keys
+from gatekeeper import defaults
+from gatekeeper.cache import keys
 from gatekeeper.settings import redis_url_from
-from loader.cache import LeaseLost, LegacyChangeLog, LoaderBusy, NoSnapshot, read_state
+from loader.cache import LeaseLost, LegacyChangeLog, LoaderBusy, NoSnapshot, read_lease, read_state
 from loader.changes import apply_change_files
+from loader.feed_client import DEFAULT_MAX_PAGE_BYTES, DEFAULT_TIMEOUT_SECONDS, FeedError
 from loader.follow import FollowOptions, follow
 from loader.quarantine import Quarantine
 from loader.snapshot import DEFAULT_MAX_BAD_SHARE, DEFAULT_MAX_SHRINK, SnapshotOptions, SnapshotRefused, load_snapshot
@@ -26,6 +29,11 @@ log = logging.getLogger("loader")
 
 def _client(args: argparse.Namespace) -> redis.Redis:
     return redis.Redis.from_url(args.redis_url)
+
+
+def _cut(rows: int) -> str:
+    """The summary's note of rows loaded with a field cut to its limit, if any."""
+    return f", {rows:,} with a field cut to its limit" if rows else ""
 
 
 def _fail(message: str) -> int:
@@ -59,7 +67,7 @@ def _snapshot(args: argparse.Namespace) -> int:
         summary = {k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}
         print(json.dumps(summary, ensure_ascii=False))
         return 0
-    quarantined = f", quarantined in {result.quarantine}" if result.quarantine else ""
+    quarantined = _cut(result.truncated_rows) + (f", quarantined in {result.quarantine}" if result.quarantine else "")
     print(
         f"loaded snapshot {result.snapshot_id}: {result.practitioners:,} practitioners from {result.rows:,} rows "
         f"({result.bad_rows:,} bad{quarantined}) into generation {result.generation} in {result.seconds:.1f} s "
@@ -92,16 +100,17 @@ def _apply(args: argparse.Namespace) -> int:
                     "applied": stats.applied,
                     "stale": stats.stale,
                     "bad_rows": result.bad_rows,
+                    "truncated_rows": result.truncated_rows,
                     "findings": sorted(stats.findings),
                     "seconds": elapsed,
                 }
             )
         )
         return 0
-    quarantined = f", quarantined in {quarantine.path}" if result.bad_rows else ""
+    quarantined = f", quarantined in {quarantine.path}" if quarantine.count else ""
     print(
         f"applied {stats.applied:,} changes from {result.files} files ({stats.stale:,} older than what was loaded, "
-        f"{result.bad_rows:,} bad{quarantined}) in {elapsed:.1f} s "
+        f"{result.bad_rows:,} bad{_cut(result.truncated_rows)}{quarantined}) in {elapsed:.1f} s "
         f"({(stats.applied + stats.stale) / max(elapsed, 1e-9):,.0f} changes/s)"
     )
     return 0
@@ -111,17 +120,21 @@ def _follow(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    quarantine = Quarantine(Path(args.quarantine))
-    options = FollowOptions(limit=args.limit, poll_seconds=args.poll)
+    quarantine = Quarantine(Path(args.quarantine), append=True)
+    options = FollowOptions(
+        limit=args.limit, poll_seconds=args.poll, timeout_seconds=args.timeout, max_page_bytes=args.max_page_bytes
+    )
     try:
         stats = follow(_client(args), args.url, stop, quarantine, options)
-    except NoSnapshot as error:
+    except (NoSnapshot, FeedError) as error:
         return _fail(str(error))
     finally:
         quarantine.close()
+    bad = f"{stats.bad_rows} bad{_cut(stats.truncated_rows)}"
     print(
         f"stopped after seq {stats.after}: applied {stats.applied.applied:,} changes "
-        f"({stats.applied.stale:,} stale, {stats.bad_rows} bad) in {stats.requests} requests, {stats.errors} errors"
+        f"({stats.applied.stale:,} stale, {bad}) in {stats.requests} requests, {stats.errors} errors "
+        f"({stats.refused_pages} pages refused)"
     )
     return 0
 
@@ -129,7 +142,7 @@ def _follow(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     client = _client(args)
     state = read_state(client)
-    loading = client.get(keys.LOADING)
+    lease = read_lease(client)
     cursor = client.get(keys.FOLLOW_CURSOR)
     memory = client.info("memory")
     status = {
@@ -137,11 +150,11 @@ def _status(args: argparse.Namespace) -> int:
         "generation": state.generation,
         "watermark_seq": state.watermark_seq,
         "applied_seq": state.applied_seq,
-        "registry_version": f"{state.snapshot_id}@{state.applied_seq}" if state.generation else None,
+        "registry_version": state.registry_version if state.loaded else None,
         "record_count": state.record_count,
         "age_seconds": round(time.time() - state.switched_at, 1) if state.generation else None,
         "follow_after": int(cursor) if cursor else None,
-        "loading": loading.decode().rsplit(" ", 1)[0] if loading else None,  # type: ignore[union-attr]
+        "loading": lease.description if lease is not None else None,
         "change_log_length": client.xlen(keys.CHANGES),
         "used_memory": memory["used_memory"],
         "used_memory_human": memory["used_memory_human"],
@@ -175,7 +188,7 @@ def _feed_server(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``gatekeeper-loader``."""
     parser = argparse.ArgumentParser(prog="gatekeeper-loader", description=__doc__)
-    parser.add_argument("--redis-url", default=redis_url_from(), help="eligibility cache (env REDIS_URL)")
+    parser.add_argument("--redis-url", help=f"eligibility cache (env REDIS_URL, default {defaults.REDIS_URL})")
     commands = parser.add_subparsers(dest="command", required=True)
 
     snapshot = commands.add_parser("snapshot", help="load a full snapshot (.csv or .csv.gz beside its manifest)")
@@ -197,7 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     follow_command.add_argument("url", help="feed base URL; GET <url>/v1/changes?after=&limit=")
     follow_command.add_argument("--limit", type=int, default=1000)
     follow_command.add_argument("--poll", type=float, default=1.0, help="seconds between polls when caught up")
-    follow_command.add_argument("--quarantine", default="follow.quarantine.jsonl")
+    follow_command.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds for a whole request, body included"
+    )
+    follow_command.add_argument(
+        "--max-page-bytes", type=int, default=DEFAULT_MAX_PAGE_BYTES, help="a larger answer is refused"
+    )
+    follow_command.add_argument("--quarantine", default="follow.quarantine.jsonl", help="appended to, never truncated")
     follow_command.set_defaults(run=_follow)
 
     status = commands.add_parser("status", help="what is loaded")
@@ -223,4 +242,5 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``gatekeeper-loader``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    args.redis_url = args.redis_url or redis_url_from(os.environ)  # the one place that reads the environment
     sys.exit(args.run(args))

@@ -16,6 +16,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from loader.rows import MAX_SEQ
+
 CHANGES_PATH = "/v1/changes"
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
@@ -43,6 +45,10 @@ def changes_url(base_url: str, after: int, limit: int = DEFAULT_LIMIT) -> str:
 
 def parse_page(body: bytes | str) -> FeedPage:
     """Check and unpack the body of a ``GET /v1/changes`` answer; MalformedPage if malformed."""
+    if isinstance(body, bytes):
+        # As change files are read: an undecodable byte becomes U+FFFD and fails that change
+        # only, not the page (which would stop `follow` at this cursor for good).
+        body = body.decode("utf-8", errors="replace")
     try:
         document = json.loads(body)
     except ValueError as error:
@@ -59,6 +65,32 @@ def parse_page(body: bytes | str) -> FeedPage:
     if not isinstance(has_more, bool):
         raise MalformedPage(f"has_more {has_more!r} is not true or false")
     return FeedPage(changes, next_after, has_more)
+
+
+def check_paging(page: FeedPage, after: int) -> None:
+    """MalformedPage unless the page's paging matches what it holds and what was asked for.
+
+    The cursor may only move to what the page proves: ``next_after`` must equal the highest
+    seq of a change in the page (or ``after`` when it holds none with a readable seq) and
+    never be below ``after``. Beyond it would skip changes never seen, for good; below, the
+    next page repeats or goes backwards. ``has_more`` with a cursor that does not move would
+    ask the same question again at once, forever.
+    """
+    next_after = page.next_after
+    if next_after < after:
+        raise MalformedPage(f"next_after {next_after} is before after={after}: it would go backwards")
+    # A seq the loader refuses (above 2**53) proves nothing either.
+    seqs = [seq for seq in map(_seq_of, page.changes) if seq is not None and seq <= MAX_SEQ]
+    highest = max(seqs, default=after)
+    if next_after < highest:
+        raise MalformedPage(f"next_after {next_after} is below seq {highest} of a change in the page")
+    if next_after > max(after, highest):
+        raise MalformedPage(
+            f"next_after {next_after} is beyond the page's last seq {max(after, highest)}: "
+            "it would skip changes never seen"
+        )
+    if page.has_more and next_after == after:
+        raise MalformedPage(f"has_more is true but next_after stays at {after}")
 
 
 def _seq_of(change: object) -> int | None:

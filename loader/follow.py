@@ -4,34 +4,32 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 import redis
+from redis.backoff import FullJitterBackoff
 
-from gatekeeper import keys
-from loader.cache import ApplyStats, ChangeApplier, read_state
-from loader.feed import FeedPage, MalformedPage, changes_url, parse_page
+from gatekeeper.cache import keys
+from loader.cache import ApplyStats, ChangeApplier, read_state, refused_reason
+from loader.feed import FeedPage, MalformedPage, changes_url, check_paging, parse_page
+from loader.feed_client import DEFAULT_MAX_PAGE_BYTES, DEFAULT_TIMEOUT_SECONDS, FeedError, get_page, origin_of
 from loader.quarantine import Quarantine
 from loader.rows import EncodedRow, RowError, encode_change
 
 log = logging.getLogger(__name__)
-
-
-class FeedError(RuntimeError):
-    """The feed answered something other than a page of changes."""
+# 2**30 times the initial backoff is past any cap; a higher exponent overflows a float.
+_MAX_BACKOFF_EXPONENT = 30
 
 
 @dataclass(frozen=True)
 class FollowOptions:
-    """How ``follow`` polls and backs off."""
+    """How ``follow`` polls, bounds its requests and backs off."""
 
     limit: int = 1_000  # changes per request
     poll_seconds: float = 1.0  # wait when the feed has nothing more
-    timeout_seconds: float = 10.0
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS  # a whole request, body included
+    max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES
     backoff_initial_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
 
@@ -41,20 +39,32 @@ class FollowStats:
     """What a follow run did."""
 
     requests: int = 0
-    errors: int = 0
+    errors: int = 0  # requests that brought no usable page, refused pages included
+    refused_pages: int = 0  # answers that were not a valid page (format or paging)
     bad_rows: int = 0
+    truncated_rows: int = 0  # applied with a field cut to its limit (and reported)
     applied: ApplyStats = field(default_factory=ApplyStats)
     after: int = 0
 
 
-def fetch_page(base_url: str, after: int, limit: int, timeout: float) -> FeedPage:
-    """One page of changes after ``after``."""
-    url = changes_url(base_url, after, limit)
+def fetch_page(
+    base_url: str, after: int, options: FollowOptions = FollowOptions(), stop: threading.Event | None = None
+) -> FeedPage:
+    """One page of changes after ``after``, its paging checked; FeedError if the feed did not
+    answer in time and size, MalformedPage if the answer is not a valid page."""
+    url = changes_url(base_url, after, options.limit)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return parse_page(response.read())
-    except (urllib.error.URLError, OSError, MalformedPage) as error:
-        raise FeedError(f"{url}: {error}") from error
+        body = get_page(
+            url, timeout=options.timeout_seconds, max_bytes=options.max_page_bytes, stop=stop or threading.Event()
+        )
+    except FeedError as error:
+        raise FeedError(f"{url}: {error}") from None
+    try:
+        page = parse_page(body)
+        check_paging(page, after)
+    except MalformedPage as error:
+        raise MalformedPage(f"{url}: {error}") from None
+    return page
 
 
 def starting_seq(client: redis.Redis) -> int:
@@ -70,35 +80,55 @@ def follow(
     quarantine: Quarantine,
     options: FollowOptions = FollowOptions(),
 ) -> FollowStats:
-    """Pull and apply changes until ``stop`` is set; back off on errors, resume on restart."""
+    """Pull and apply changes until ``stop`` is set; back off on errors, resume on restart.
+
+    A request in flight is abandoned as soon as ``stop`` is set; a page in hand is applied
+    first. A refused page is never applied and never moves the stored cursor.
+    """
+    origin_of(base_url)  # FeedError now for a URL that can never work, not a retry forever
     applier = ChangeApplier(client)
     stats = FollowStats(after=starting_seq(client))
-    backoff = options.backoff_initial_seconds
+    # Full jitter keeps many loaders from retrying in step.
+    backoff = FullJitterBackoff(cap=options.backoff_max_seconds, base=options.backoff_initial_seconds)
+    failures = 0
     log.info("following %s after seq %d", base_url, stats.after)
     while not stop.is_set():
         stats.requests += 1
         try:
-            page = fetch_page(base_url, stats.after, options.limit, options.timeout_seconds)
-        except FeedError as error:
+            page = fetch_page(base_url, stats.after, options, stop)
+        except (FeedError, MalformedPage) as error:
+            if stop.is_set():
+                break
             stats.errors += 1
-            # Full jitter keeps many loaders from retrying in step.
-            delay = random.uniform(0, backoff)
-            log.warning("feed unavailable (%s); retrying in %.1f s", error, delay)
+            delay = backoff.compute(min(failures, _MAX_BACKOFF_EXPONENT))
+            failures += 1
+            if isinstance(error, MalformedPage):
+                stats.refused_pages += 1
+                log.warning("feed page refused, not applied (%s); retrying in %.1f s", error, delay)
+            else:
+                log.warning("feed unavailable (%s); retrying in %.1f s", error, delay)
             stop.wait(delay)
-            backoff = min(backoff * 2, options.backoff_max_seconds)
             continue
-        backoff = options.backoff_initial_seconds
+        failures = 0
         rows: list[EncodedRow] = []
+        notes: list[str] = []
         for change in page.changes:
             try:
                 if not isinstance(change, dict):
                     raise RowError("not a JSON object")
-                rows.append(encode_change(change))
+                rows.append(encode_change(change, notes))
+                if notes:
+                    stats.truncated_rows += 1
+                    for note in notes:
+                        quarantine.add(base_url, stats.after, note)
+                    notes.clear()
             except RowError as error:
                 stats.bad_rows += 1
                 quarantine.add(base_url, stats.after, f"{error}: {json.dumps(change, ensure_ascii=False)[:200]}")
         before = stats.applied.applied
-        applier.apply(rows, stats.applied)
+        for _, code in applier.apply(rows, stats.applied):
+            stats.bad_rows += 1
+            quarantine.add(base_url, stats.after, refused_reason(code))
         # The cursor moves only after the page is applied: a crash re-applies, harmlessly.
         client.set(keys.FOLLOW_CURSOR, page.next_after)
         if page.changes:

@@ -10,16 +10,40 @@ generation's chg_id index holds, so duplicates and reordered deliveries are harm
 ]]
 
 local STATUS_REGISTERED, STATUS_TERMINATED = 1, 3
+-- No call may block Redis for long, whatever the data (README, "Limits"). A merge decodes
+-- and re-encodes the practitioner's whole record, so its work grows with the record: a
+-- record holds at most MAX_PERIODS periods, and one call merges rows until it has handled
+-- CALL_BUDGET_BYTES of records, then returns how many rows it handled; the loader sends
+-- the rest again. Both mirror loader/cache.py.
+local MAX_PERIODS = 100
+local CALL_BUDGET_BYTES = 262144
 
 -- A status-1 period starting before a termination's ban ends (REGISTRY_FORMAT.md).
+-- Registration starts sorted once, then a binary search per ban: O(n log n) in the periods,
+-- where comparing every pair made one merge quadratic.
 local function reregistered_during_ban(periods)
+  local starts = {}
+  for _, period in ipairs(periods) do
+    if period[1] == STATUS_REGISTERED then
+      starts[#starts + 1] = period[2]
+    end
+  end
+  table.sort(starts)
   for _, ban in ipairs(periods) do
     local ban_end = ban[6] or 0
     if ban[1] == STATUS_TERMINATED and ban_end > 0 then
-      for _, reg in ipairs(periods) do
-        if reg[1] == STATUS_REGISTERED and reg[2] >= ban[2] and reg[2] < ban_end then
-          return 1
+      -- the first registration starting at or after the termination's start
+      local low, high = 1, #starts + 1
+      while low < high do
+        local middle = math.floor((low + high) / 2)
+        if starts[middle] < ban[2] then
+          low = middle + 1
+        else
+          high = middle
         end
+      end
+      if starts[low] and starts[low] < ban_end then
+        return 1
       end
     end
   end
@@ -42,7 +66,8 @@ local function index_entry(code, bucket, seq, chg_key, crc_key)
 end
 
 -- Remove the period with `chg_key` from the record of `code` in `bucket` (the chg_id moved
--- to another code); a code left with no period is removed. Returns 1 when it was.
+-- to another code); a code left with no period is removed. Returns the bytes of the record
+-- it read, for the caller's budget.
 local function take_period(bucket, code, chg_key)
   local current = redis.call('HGET', bucket, code)
   if not current then
@@ -57,11 +82,11 @@ local function take_period(bucket, code, chg_key)
   end
   if #kept == 0 then
     redis.call('HDEL', bucket, code)
-    return 1
+  else
+    record[2] = kept
+    redis.call('HSET', bucket, code, cmsgpack.pack(record))
   end
-  record[2] = kept
-  redis.call('HSET', bucket, code, cmsgpack.pack(record))
-  return 0
+  return #current
 end
 
 -- Merge the single period of `incoming` (an encoded one-period record of `chg_id`, with
@@ -70,37 +95,46 @@ end
 -- in the snapshot the bucket belongs to. The index decides: a chg_id already there with a
 -- seq at least as high is stale, whatever code it names; a newer version replaces its
 -- period, and takes it from the code that had it if the code differs.
--- Returns changed (0 stale, 1 new code, 2 merged), the integrity flag, and the code the
--- period was taken from (false if none). The common snapshot row (a chg_id and a code
--- both new) costs two HSETNX and no record decoding.
+-- Returns changed (0 stale, 1 new code, 2 merged, 3 refused: a new period for a code that
+-- already has MAX_PERIODS), the integrity flag, the code the period was taken from (false
+-- if none), and the bytes of records and index entries it read or wrote (the caller's
+-- budget). A refused version changes nothing: the cap is checked before the period is
+-- taken from its old code or the index is updated. The common snapshot row (a chg_id and
+-- a code both new) costs two HSETNX and no record decoding.
 local function merge(bucket, index, code, chg_id, incoming, seq, watermark)
   if seq <= watermark then
-    return 0, 0, false
+    return 0, 0, false, 0
   end
+  local spent = #incoming
   local update = cmsgpack.unpack(incoming)
   local period = update[2][1]
   local crc_key = period[3]
-  local known_key, moved_from = nil, false
-  if redis.call('HSETNX', index, chg_id, index_entry(code, bucket, seq, crc_key, crc_key)) == 0 then
-    local known = cmsgpack.unpack(redis.call('HGET', index, chg_id))
+  local known_key, moved = nil, nil
+  local new_chg_id = redis.call('HSETNX', index, chg_id, index_entry(code, bucket, seq, crc_key, crc_key)) == 1
+  if not new_chg_id then
+    local entry = redis.call('HGET', index, chg_id)
+    spent = spent + #entry
+    local known = cmsgpack.unpack(entry)
     if known[3] >= seq then
-      return 0, 0, false
+      return 0, 0, false, spent
     end
     if known[1] == code then
       known_key = known[4] or crc_key
     else
-      take_period(string.match(bucket, '^(.*:b)%d+$') .. known[2], known[1], known[4] or crc_key)
-      moved_from = known[1]
+      moved = {bucket = string.match(bucket, '^(.*:b)%d+$') .. known[2], code = known[1], key = known[4] or crc_key}
     end
-    if known_key == nil and redis.call('HSETNX', bucket, code, incoming) == 1 then
+  end
+  if known_key == nil and redis.call('HSETNX', bucket, code, incoming) == 1 then
+    -- The code's first period: nothing to cap.
+    if moved then
+      spent = spent + take_period(moved.bucket, moved.code, moved.key)
       redis.call('HSET', index, chg_id, index_entry(code, bucket, seq, crc_key, crc_key))
-      return 1, 0, moved_from
     end
-  elseif redis.call('HSETNX', bucket, code, incoming) == 1 then
-    return 1, 0, false
+    return 1, 0, moved and moved.code or false, spent
   end
   local current = redis.call('HGET', bucket, code)
   local record = current and cmsgpack.unpack(current) or {update[1], {}}
+  spent = spent + (current and #current or 0)
   local periods = record[2]
   local newest, chg_key = 0, known_key
   if chg_key == nil then
@@ -125,29 +159,46 @@ local function merge(bucket, index, code, chg_id, incoming, seq, watermark)
     end
   end
   if not replaced then
+    if #periods >= MAX_PERIODS then
+      if new_chg_id then
+        redis.call('HDEL', index, chg_id)  -- undo: the chg_id stays unknown to this generation
+      end
+      return 3, 0, false, spent
+    end
     periods[#periods + 1] = period
   end
   if period[4] > newest then
     record[1] = update[1]  -- the practitioner type of the newest period, whatever the delivery order
   end
+  if moved then
+    spent = spent + take_period(moved.bucket, moved.code, moved.key)
+  end
   redis.call('HSET', bucket, code, cmsgpack.pack(record))
   redis.call('HSET', index, chg_id, index_entry(code, bucket, seq, chg_key, crc_key))
-  return current and 2 or 1, reregistered_during_ban(periods), moved_from
+  return current and 2 or 1, reregistered_during_ban(periods), moved and moved.code or false, spent
 end
 
 -- KEYS: the bucket and the chg_id index hash of each row. ARGV: code, chg_id, encoded
 -- one-period record and seq of each row. The snapshot loader's bulk write into a
 -- generation being loaded (standalone Redis: the keys span slots). Returns {new codes,
--- merged, stale, codes with integrity findings}.
+-- merged, stale, codes with integrity findings, rows handled (the first ones; the caller
+-- sends the rest again), indexes of rows refused}.
 local function gk_insert(keys, args)
-  local inserted, merged, stale, findings = 0, 0, 0, {}
-  for i = 1, #keys / 2 do
-    local changed, finding = merge(keys[2 * i - 1], keys[2 * i], args[4 * i - 3], args[4 * i - 2],
+  local inserted, merged, stale, findings, refused, spent = 0, 0, 0, {}, {}, 0
+  local rows = #keys / 2
+  for i = 1, rows do
+    if spent >= CALL_BUDGET_BYTES then
+      return {inserted, merged, stale, findings, i - 1, refused}
+    end
+    local changed, finding, _, cost = merge(keys[2 * i - 1], keys[2 * i], args[4 * i - 3], args[4 * i - 2],
       args[4 * i - 1], tonumber(args[4 * i]), -1)
+    spent = spent + cost
     if changed == 0 then
       stale = stale + 1
     elseif changed == 1 then
       inserted = inserted + 1
+    elseif changed == 3 then
+      refused[#refused + 1] = i
     else
       merged = merged + 1
     end
@@ -155,21 +206,29 @@ local function gk_insert(keys, args)
       findings[#findings + 1] = args[4 * i - 3]
     end
   end
-  return {inserted, merged, stale, findings}
+  return {inserted, merged, stale, findings, rows, refused}
 end
 
 -- KEYS: the bucket and the chg_id index hash of each change. ARGV: watermark, then code,
 -- chg_id, encoded one-period record and seq of each change. The snapshot loader replays
--- logged changes into the new generation with it. Returns how many changed something.
+-- logged changes into the new generation with it. Returns {how many changed something,
+-- changes handled (the first ones; the caller sends the rest again)}.
 local function gk_merge(keys, args)
-  local watermark, changed = tonumber(args[1]), 0
-  for i = 1, #keys / 2 do
+  local watermark, changed, spent = tonumber(args[1]), 0, 0
+  local count = #keys / 2
+  for i = 1, count do
+    if spent >= CALL_BUDGET_BYTES then
+      return {changed, i - 1}
+    end
     local j = 4 * i - 2
-    if merge(keys[2 * i - 1], keys[2 * i], args[j], args[j + 1], args[j + 2], tonumber(args[j + 3]), watermark) > 0 then
+    local result, _, _, cost =
+      merge(keys[2 * i - 1], keys[2 * i], args[j], args[j + 1], args[j + 2], tonumber(args[j + 3]), watermark)
+    spent = spent + cost
+    if result == 1 or result == 2 then
       changed = changed + 1
     end
   end
-  return changed
+  return {changed, count}
 end
 
 local function loading_generation(value)
@@ -186,6 +245,8 @@ end
 -- maximum length, then code, chg_id, encoded one-period record and seq of each change.
 -- Applies the changes to every live generation atomically, logs them to gk:changes (the
 -- change notification, and what a snapshot load replays) and advances applied_seq.
+-- Returns {changed, stale, codes with integrity findings, changes handled (the first ones;
+-- the caller sends the rest again), indexes of changes refused}.
 local function gk_apply(keys, args)
   local meta, loading_key, log = keys[1], keys[2], keys[3]
   local current = redis.call('HMGET', meta, 'generation', 'watermark_seq', 'applied_seq', 'change_seq', 'chg_index')
@@ -206,21 +267,32 @@ local function gk_apply(keys, args)
   local applied_seq = tonumber(current[3]) or 0
   local change_seq = tonumber(current[4]) or 0
   local changed, stale, findings, logged = 0, 0, {}, {}
+  local handled, refused, spent = 0, {}, 0
   for i = 1, count do
+    if spent >= CALL_BUDGET_BYTES then
+      break
+    end
+    handled = i
     local code, chg_id, incoming, seq_text = args[4 * i - 1], args[4 * i], args[4 * i + 1], args[4 * i + 2]
     local seq = tonumber(seq_text)
-    local result, finding, moved_from = merge(keys[2 + 2 * i], keys[3 + 2 * i], code, chg_id, incoming, seq, watermark)
+    local result, finding, moved_from, cost =
+      merge(keys[2 + 2 * i], keys[3 + 2 * i], code, chg_id, incoming, seq, watermark)
+    spent = spent + cost
     if loading then
       local base = 3 + 2 * count
-      local loading_result, loading_finding, loading_moved_from =
+      local loading_result, loading_finding, loading_moved_from, loading_cost =
         merge(keys[base + 2 * i - 1], keys[base + 2 * i], code, chg_id, incoming, seq, loading.watermark)
-      if result == 0 then
+      spent = spent + loading_cost
+      -- Changed in either generation counts as applied; refused only if neither took it.
+      if result == 0 or (result == 3 and loading_result ~= 0) then
         result, finding = loading_result, loading_finding
       end
       moved_from = moved_from or loading_moved_from
     end
     if result == 0 then
       stale = stale + 1
+    elseif result == 3 then
+      refused[#refused + 1] = i
     else
       changed = changed + 1
       if seq > applied_seq then
@@ -250,7 +322,7 @@ local function gk_apply(keys, args)
   end
   redis.call('HSET', meta, 'applied_seq', string.format('%d', applied_seq),
     'change_seq', string.format('%d', change_seq))
-  return {changed, stale, findings}
+  return {changed, stale, findings, handled, refused}
 end
 
 -- KEYS: gk:meta, gk:loading, gk:changes. ARGV: token, generation, buckets, snapshot_id,

@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from gatekeeper.cst import parse_cst
+from gatekeeper.core.cst import parse_cst
 from loader.rows import FIELDS
 
 # Real county-level administrative divisions, with a weight per province that follows its

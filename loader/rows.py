@@ -10,9 +10,17 @@ from functools import lru_cache
 
 import msgspec
 
-from gatekeeper.codes import PROVINCE_CODES
-from gatekeeper.cst import parse_cst
-from gatekeeper.records import OPEN_ENDED, Status, StatusPeriod, chg_key_of, one_period_record, period_array
+from gatekeeper.core.codes import PROVINCE_CODES
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.records import (
+    MAX_CHG_REA_LENGTH,
+    OPEN_ENDED,
+    Status,
+    StatusPeriod,
+    chg_key_of,
+    one_period_record,
+    period_array,
+)
 
 FIELDS = (
     "prac_psn_code",
@@ -88,6 +96,29 @@ def _time(name: str, text: str, *, required: bool) -> int:
         raise RowError(f"{name} {text[:40]!r} is not a time yyyy-MM-dd HH:mm:ss after 1970") from None
 
 
+def _text(name: str, text: str) -> str:
+    r"""``text`` if it can be stored (UTF-8); a lone surrogate, which a JSON escape such as
+    ``"\ud800"`` can carry but no store can encode, is a broken row."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise RowError(f"{name} holds {text[error.start]!r}, which is not a Unicode character") from None
+    return text
+
+
+def _reason(chg_rea: str, notes: list[str] | None) -> str:
+    """The reason text as kept: at most MAX_CHG_REA_LENGTH characters. A longer one is cut
+    (the period itself matters more than its explanation) and the cut noted in ``notes``."""
+    if len(chg_rea) <= MAX_CHG_REA_LENGTH:
+        return chg_rea
+    if notes is not None:
+        notes.append(
+            f"chg_rea has {len(chg_rea):,} characters, more than {MAX_CHG_REA_LENGTH}: "
+            "stored cut to that length, the period loaded"
+        )
+    return chg_rea[:MAX_CHG_REA_LENGTH]
+
+
 def _parse(
     code: str,
     prac_psn_type: str,
@@ -99,6 +130,8 @@ def _parse(
     chg_rea: str,
     vali_flag: str,
     seq_text: str,
+    *,
+    notes: list[str] | None = None,
 ) -> RegistryRow:
     code = code.strip()
     if not _PRACTITIONER_CODE.fullmatch(code):
@@ -106,7 +139,7 @@ def _parse(
     prac_psn_type = prac_psn_type.strip()
     if prac_psn_type not in _TYPES:
         raise RowError(f"prac_psn_type {prac_psn_type[:10]!r} is not 1-4")
-    chg_id = chg_id.strip()
+    chg_id = _text("chg_id", chg_id.strip())
     if not chg_id or len(chg_id) > MAX_CHG_ID_LENGTH:
         raise RowError("chg_id is empty" if not chg_id else f"chg_id is longer than {MAX_CHG_ID_LENGTH}")
     status = _STATUSES.get(status_text.strip())
@@ -133,7 +166,7 @@ def _parse(
         ban_endtime=_time("ban_endtime", ban_endtime_text, required=False),
         # Only a block or an exemption is ever explained; a registration's reason would
         # cost memory for 15 million people and never be shown.
-        chg_rea=chg_rea if status != REGISTERED else "",
+        chg_rea=_reason(_text("chg_rea", chg_rea), notes) if status != REGISTERED else "",
     )
     return RegistryRow(code, int(prac_psn_type), chg_id, period)
 
@@ -156,7 +189,7 @@ _WELL_FORMED = re.compile(
             f"({_TIME})",
             f"({_TIME})?",
             f"({_TIME})?",
-            "([^\x1f]*)",
+            f"([^\x1f]{{0,{MAX_CHG_REA_LENGTH}}})",
             "([01])",
             "([0-9]{1,15})",
         )
@@ -176,19 +209,20 @@ class RowParser:
         self._positions = tuple(names.index(name) for name in FIELDS)
         self._in_field_order = operator.itemgetter(*self._positions)
 
-    def parse(self, values: Sequence[str]) -> RegistryRow:
-        """Validate one CSV row."""
+    def parse(self, values: Sequence[str], notes: list[str] | None = None) -> RegistryRow:
+        """Validate one CSV row; what was cut to fit is noted in ``notes``."""
         if len(values) != self.width:
             raise RowError(f"has {len(values)} columns, the header has {self.width}")
-        return _parse(*(values[position] for position in self._positions))
+        return _parse(*(values[position] for position in self._positions), notes=notes)
 
-    def encode(self, values: Sequence[str]) -> EncodedRow:
-        """Validate one CSV row into (code, chg_id, one-period record, seq) for the loader."""
+    def encode(self, values: Sequence[str], notes: list[str] | None = None) -> EncodedRow:
+        """Validate one CSV row into (code, chg_id, one-period record, seq) for the loader;
+        what was cut to fit is noted in ``notes``."""
         if len(values) == self.width:
             encoded = _encode_well_formed(self._in_field_order(values))
             if encoded is not None:
                 return encoded
-        return self.parse(values).encoded_row()
+        return self.parse(values, notes).encoded_row()
 
 
 def _encode_well_formed(fields: Sequence[str]) -> EncodedRow | None:
@@ -216,13 +250,16 @@ def _encode_well_formed(fields: Sequence[str]) -> EncodedRow | None:
         ban_ends,
         chg_rea if status != "1" else "",
     )
-    return code, chg_id, one_period_record(int(prac_psn_type), period), seq
+    try:
+        return code, chg_id, one_period_record(int(prac_psn_type), period), seq
+    except UnicodeEncodeError:  # a lone surrogate in chg_rea: the careful path names it
+        return None
 
 
 _OPTIONAL = frozenset(("endtime", "ban_endtime", "chg_rea"))
 
 
-def parse_row(fields: Mapping[str, object]) -> RegistryRow:
+def parse_row(fields: Mapping[str, object], notes: list[str] | None = None) -> RegistryRow:
     """Validate one record given by name (a change-feed JSON object; numbers allowed).
 
     The optional fields (endtime, ban_endtime, chg_rea) may be absent or null: empty.
@@ -231,11 +268,12 @@ def parse_row(fields: Mapping[str, object]) -> RegistryRow:
     if missing:
         raise RowError(f"missing field(s) {', '.join(missing)}")
     values = ["" if fields.get(name) is None else str(fields[name]) for name in FIELDS]
-    return _parse(*values)
+    return _parse(*values, notes=notes)
 
 
-def encode_change(document: Mapping[str, object]) -> EncodedRow:
-    """Validate one change-feed object into (code, chg_id, one-period record, seq)."""
+def encode_change(document: Mapping[str, object], notes: list[str] | None = None) -> EncodedRow:
+    """Validate one change-feed object into (code, chg_id, one-period record, seq); what was
+    cut to fit is noted in ``notes``."""
     # A missing or null required field leaves an empty string, which the fast path's
     # pattern refuses; the careful path then names it.
     fields = [
@@ -244,4 +282,4 @@ def encode_change(document: Mapping[str, object]) -> EncodedRow:
     encoded = _encode_well_formed(fields)
     if encoded is not None:
         return encoded
-    return parse_row(document).encoded_row()
+    return parse_row(document, notes).encoded_row()

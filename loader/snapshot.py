@@ -14,15 +14,16 @@ from typing import BinaryIO
 
 import redis
 
-from gatekeeper import keys
+from gatekeeper.cache import keys
+from gatekeeper.cache.layout import Meta
 from loader.cache import (
     DEFAULT_LEASE_SECONDS,
-    CacheState,
     GenerationWriter,
     WriteStats,
     drop_generation,
     ensure_listpack_settings,
     read_state,
+    refused_reason,
 )
 from loader.progress import Progress
 from loader.quarantine import Quarantine
@@ -89,6 +90,7 @@ class SnapshotResult:
     practitioners: int
     bad_rows: int
     quarantine: Path | None
+    truncated_rows: int = 0  # loaded with a field cut to its limit (and reported)
     replayed_changes: int = 0
     replaced_generation: int | None = None
     findings: list[str] = field(default_factory=list)  # codes re-registered during a ban
@@ -172,7 +174,7 @@ def load_snapshot(
         client, keys.bucket_count_for(manifest.row_count), manifest.watermark_seq, options.lease_seconds
     )
     try:
-        stats, rows, bad, hasher = _write_rows(writer, path, quarantine, progress)
+        stats, rows, bad, truncated, hasher = _write_rows(writer, path, quarantine, progress)
         replay_started = progress.elapsed
         replayed = writer.replay_changes()
         replay_seconds = progress.elapsed - replay_started
@@ -205,7 +207,8 @@ def load_snapshot(
         rows=rows,
         practitioners=practitioners,
         bad_rows=bad,
-        quarantine=quarantine.path if bad else None,
+        quarantine=quarantine.path if quarantine.count else None,
+        truncated_rows=truncated,
         replayed_changes=replayed,
         replaced_generation=replaced,
         findings=sorted(stats.findings),
@@ -219,10 +222,12 @@ def load_snapshot(
 
 def _write_rows(
     writer: GenerationWriter, path: Path, quarantine: Quarantine, progress: Progress
-) -> tuple[WriteStats, int, int, _HashingReader]:
+) -> tuple[WriteStats, int, int, int, _HashingReader]:
     stats = WriteStats()
-    rows = bad = 0
+    rows = bad = truncated = 0
     batch: list[EncodedRow] = []
+    lines: list[int] = []  # of the rows in batch, to report a refused one
+    notes: list[str] = []
     with path.open("rb") as raw:
         hasher = _HashingReader(raw)
         records = _records(path, hasher)
@@ -238,22 +243,39 @@ def _write_rows(
             try:
                 if line < 0:
                     raise RowError(values[0])
-                batch.append(parser.encode(values))
+                batch.append(parser.encode(values, notes))
+                lines.append(line)
+                if notes:
+                    truncated += 1
+                    for note in notes:
+                        quarantine.add(str(path), line, note)
+                    notes.clear()
             except RowError as error:
                 bad += 1
                 quarantine.add(str(path), line, str(error))
             if len(batch) == BATCH_ROWS:
-                writer.add(batch, stats)
+                writer.add(batch, stats, lines)
                 progress.advance(len(batch))
-                batch = []
+                batch, lines = [], []
+                bad += _report_refused(stats, path, quarantine)
         if batch:
-            writer.add(batch, stats)
+            writer.add(batch, stats, lines)
             progress.advance(len(batch))
         writer.flush(stats)
-    return stats, rows, bad, hasher
+        bad += _report_refused(stats, path, quarantine)
+    return stats, rows, bad, truncated, hasher
 
 
-def _backwards(manifest: Manifest, previous: CacheState) -> str:
+def _report_refused(stats: WriteStats, path: Path, quarantine: Quarantine) -> int:
+    """Quarantine the rows Redis refused since the last call (a record full of periods)."""
+    for line, code in stats.refused:
+        quarantine.add(str(path), line, refused_reason(code))
+    count = len(stats.refused)
+    stats.refused.clear()
+    return count
+
+
+def _backwards(manifest: Manifest, previous: Meta) -> str:
     """Why loading this snapshot would take the cache back in time; empty when it would not.
 
     A snapshot older than the changes applied since the loaded one is fine: those changes

@@ -87,8 +87,8 @@ class CertificateAuthority:
         key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        cert_path = self.directory / f"{self.name}-{common_name}.crt"
-        key_path = self.directory / f"{self.name}-{common_name}.key"
+        stem = f"{self.name}-{common_name.replace(chr(0), '%00')}"  # a NUL cannot be in a file name
+        cert_path, key_path = self.directory / f"{stem}.crt", self.directory / f"{stem}.key"
         cert_path.write_bytes(cert_pem)
         key_path.write_bytes(key_pem)
         return Issued(cert_pem, key_pem, cert_path, key_path)

@@ -13,12 +13,12 @@ import grpc
 import pytest
 import redis
 
-from bench.harness import RedisServer, start_redis
-from gatekeeper.policy import Policy
+from gatekeeper.core.eligibility import EligibilityStore
+from gatekeeper.core.policy import Policy
 from gatekeeper.server import GatekeeperServer, create_server
 from gatekeeper.settings import Settings
-from gatekeeper.store import EligibilityStore
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+from tests.servers import RedisServer, start_redis
 
 
 @pytest.fixture(scope="session")

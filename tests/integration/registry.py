@@ -11,9 +11,10 @@ from pathlib import Path
 
 import redis
 
-from gatekeeper.cst import parse_cst
-from gatekeeper.records import PractitionerRecord, StatusPeriod, chg_key_of, merge_period
-from gatekeeper.store import Lookup, RedisEligibilityStore
+from gatekeeper.cache.store import RedisEligibilityStore
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.eligibility import Lookup
+from gatekeeper.core.records import PractitionerRecord, StatusPeriod, chg_key_of, merge_period
 from loader.rows import FIELDS
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,16 +17,17 @@ import msgspec
 import pytest
 import redis
 
-from bench.harness import RedisServer, free_port, start_redis
-from gatekeeper import keys
-from gatekeeper.audit import SPOOL_PATTERN, AuditRecord, Batch, Spool, decode_record
+from gatekeeper.audit.records import AuditRecord, Batch, decode_record
+from gatekeeper.audit.spool import SPOOL_PATTERN, Spool
+from gatekeeper.cache import keys
 from gatekeeper.cli import main
-from gatekeeper.cst import format_cst
+from gatekeeper.core.cst import format_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import DEMO_REGISTRY, load
 from tests.integration.test_check_claim import demo_claim
+from tests.servers import RedisServer, free_port, start_redis
 
 BIN = Path(sys.executable).parent
 WAIT_SECONDS = 10.0

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gatekeeper.policy import parse_policy
+from gatekeeper.core.policy import parse_policy
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY, load, period, write_snapshot
@@ -155,7 +155,7 @@ def test_bad_requests_are_invalid_argument_naming_the_field(
 
 def test_limits_on_items_and_size(start_gatekeeper: StartGatekeeper, redis_client: redis.Redis) -> None:
     load(redis_client, DEMO_REGISTRY)
-    gatekeeper = start_gatekeeper(max_items=5, max_request_bytes=2000)
+    gatekeeper = start_gatekeeper(max_items=5, max_request_bytes=2000, max_batch_bytes=2000)
     too_many = demo_claim()
     with pytest.raises(grpc.RpcError) as raised:
         gatekeeper.stub.CheckClaim(too_many, timeout=5)

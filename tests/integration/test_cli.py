@@ -13,8 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.harness import RedisServer, free_port
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY
+from tests.servers import RedisServer, free_port
 
 BIN = Path(sys.executable).parent
 
@@ -43,6 +43,16 @@ def start_serving(env: dict[str, str], *extra: str, workers: int = 1) -> subproc
             return process
     process.wait(timeout=10)
     raise AssertionError(f"gatekeeper serve exited with {process.returncode}")
+
+
+def test_a_bad_environment_value_is_one_line_not_a_traceback(cli_env: dict[str, str]) -> None:
+    env = cli_env | {"GATEKEEPER_WORKERS": "abc"}
+    assert run(str(BIN / "gatekeeper"), "--version", env=env).returncode == 0
+    served = run(str(BIN / "gatekeeper"), "serve", env=env)
+    assert served.returncode == 2
+    assert served.stderr.splitlines() == [
+        "gatekeeper serve: GATEKEEPER_WORKERS='abc': expected a whole number, at least 1"
+    ]
 
 
 def test_load_serve_check_and_drain_on_sigterm(cli_env: dict[str, str]) -> None:

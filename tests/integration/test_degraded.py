@@ -13,14 +13,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bench.harness import RedisServer, start_redis
-from gatekeeper.audit import SPOOL_PATTERN
-from gatekeeper.policy import parse_policy
+from gatekeeper.audit.spool import SPOOL_PATTERN
+from gatekeeper.core.policy import parse_policy
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import load, period, write_snapshot
 from tests.integration.test_audit import audited, wait_until
+from tests.servers import RedisServer, start_redis
 
 REGISTERED = "D110105000001"
 SUSPENDED = "D110105000002"  # suspended [2026-11-01, 2027-02-01)

@@ -7,11 +7,12 @@ from collections.abc import Collection
 import grpc
 import pytest
 
-from gatekeeper.errors import CacheCorrupt
-from gatekeeper.records import PractitionerRecord, StatusPeriod
-from gatekeeper.store import Lookup, MemoryEligibilityStore
+from gatekeeper.core.eligibility import Lookup
+from gatekeeper.core.errors import CacheCorrupt
+from gatekeeper.core.records import PractitionerRecord, StatusPeriod
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.integration.conftest import StartGatekeeper
+from tests.memory_store import MemoryEligibilityStore
 
 
 class BrokenOnceStore(MemoryEligibilityStore):

@@ -10,10 +10,11 @@ from collections.abc import Collection
 import grpc
 import pytest
 
-from gatekeeper.records import PractitionerRecord, StatusPeriod
-from gatekeeper.store import Lookup, MemoryEligibilityStore
+from gatekeeper.core.eligibility import Lookup
+from gatekeeper.core.records import PractitionerRecord, StatusPeriod
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.integration.conftest import StartGatekeeper
+from tests.memory_store import MemoryEligibilityStore
 
 DOCTOR = "D110105000001"
 REGISTERED = PractitionerRecord(1, (StatusPeriod(status=1, begntime=0, chg_key=1, seq=1),))
@@ -78,9 +79,6 @@ class BlockingStore(MemoryEligibilityStore):
             self.blocking.set()
             self.release.wait(WAIT_SECONDS)  # deliberately blocking: nothing else runs meanwhile
         return await super().lookup(codes, min_seq)
-
-    async def registry_loaded(self) -> bool:
-        return True
 
 
 def test_a_request_whose_deadline_passed_while_waiting_is_not_worked_on(start_gatekeeper: StartGatekeeper) -> None:

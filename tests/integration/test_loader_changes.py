@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.harness import RedisServer
-from gatekeeper import keys
-from gatekeeper.cst import parse_cst
-from gatekeeper.records import Status, chg_key_of
-from gatekeeper.rules import Reason, standing_at
+from gatekeeper.cache import keys
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.records import Status, chg_key_of
+from gatekeeper.core.rules import Reason, standing_at
 from loader.cache import NoSnapshot, read_state
 from loader.changes import ApplyResult, apply_change_files
 from loader.quarantine import Quarantine
@@ -25,6 +24,7 @@ from tests.integration.registry import (
     write_changes,
     write_snapshot,
 )
+from tests.servers import RedisServer
 
 MAY = "2026-05-01 00:00:00"
 A1, A2, A3, A4 = (f"D1101050001{n:02d}" for n in range(1, 5))  # in the snapshot

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench.harness import RedisServer
+from tests.servers import RedisServer
 
 CLI = Path(sys.executable).parent / "gatekeeper-loader"
 # What status reports about the data (not its age or memory, which move on their own).

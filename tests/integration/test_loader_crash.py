@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.harness import RedisServer
-from gatekeeper import keys
-from gatekeeper.cst import parse_cst
-from gatekeeper.rules import Reason, standing_at
+from gatekeeper.cache import keys
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.rules import Reason, standing_at
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.cache import read_state
 from loader.generate import GeneratedRegistry, generate
 from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import REPO, lookup, period, write_snapshot
+from tests.servers import RedisServer
 
 CLI = Path(sys.executable).parent / "gatekeeper-loader"
 DECEMBER = "2026-12-01 00:00:00"

@@ -22,9 +22,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.harness import RedisServer
-from gatekeeper.cst import parse_cst
-from gatekeeper.rules import Reason, standing_at
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.rules import Reason, standing_at
 from loader.cache import ApplyStats, ChangeApplier, read_state
 from loader.changes import apply_change_files
 from loader.progress import Progress
@@ -32,6 +31,7 @@ from loader.quarantine import Quarantine
 from loader.rows import encode_change
 from loader.snapshot import SnapshotOptions, load_snapshot
 from tests.integration.registry import lookup, period, write_changes, write_snapshot
+from tests.servers import RedisServer
 
 CODES = ("D110105000101", "D110105000102", "D110105000103")
 # Two of them collide in chg_key_of (tests/integration/test_registry_meaning.py).

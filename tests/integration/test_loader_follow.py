@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.harness import RedisServer
-from gatekeeper import keys
-from gatekeeper.cst import parse_cst
-from gatekeeper.rules import Reason, standing_at
+from gatekeeper.cache import keys
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.rules import Reason, standing_at
 from loader.cache import NoSnapshot, read_state
 from loader.feed import ChangeFeedServer
 from loader.follow import FollowOptions, FollowStats, follow
@@ -36,6 +35,7 @@ from tests.integration.registry import (
     stored_records,
     write_changes,
 )
+from tests.servers import RedisServer
 
 CLI = Path(sys.executable).parent / "gatekeeper-loader"
 FAST = FollowOptions(limit=50, poll_seconds=0.02, backoff_initial_seconds=0.01, backoff_max_seconds=0.05)

@@ -16,11 +16,10 @@ import pytest
 import redis
 
 import loader.cache
-from bench.harness import RedisServer
-from gatekeeper import keys
-from gatekeeper.cst import parse_cst
-from gatekeeper.records import chg_key_of
-from gatekeeper.rules import Reason, standing_at
+from gatekeeper.cache import keys
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.records import chg_key_of
+from gatekeeper.core.rules import Reason, standing_at
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.cache import LoaderBusy, read_state
 from loader.changes import apply_change_files
@@ -41,6 +40,7 @@ from tests.integration.registry import (
     write_manifest,
     write_snapshot,
 )
+from tests.servers import RedisServer
 
 MAY = "2026-05-01 00:00:00"  # when the tests decide: inside every suspension below
 HEADER = ",".join(FIELDS)

@@ -10,16 +10,16 @@ import grpc
 import pytest
 import redis
 
-from bench.harness import RedisServer
-from gatekeeper.cst import parse_cst
-from gatekeeper.nearcache import STREAM_CLIENT_NAME, CachingEligibilityStore
-from gatekeeper.rules import Reason, standing_at
-from gatekeeper.store import RedisEligibilityStore
+from gatekeeper.cache.follower import STREAM_CLIENT_NAME
+from gatekeeper.cache.store import CachingEligibilityStore, RedisEligibilityStore
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.rules import Reason, standing_at
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.cache import ApplyStats, ChangeApplier
 from loader.rows import encode_change
 from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import load, period, write_snapshot
+from tests.servers import RedisServer
 
 CODE = "D110105000001"
 SERVICE_TIME = "2026-11-20 10:00:00"
@@ -131,8 +131,8 @@ def test_a_silent_notification_failure_never_keeps_a_stale_allow_beyond_the_maxi
     async def scenario() -> None:
         store = await started(redis_server.url, max_age_seconds=5.0, clock=clock)
         assert reason((await store.lookup([CODE])).records) is Reason.OK
-        assert store._task is not None
-        store._task.cancel()  # notifications stop arriving, and nothing says so
+        assert store.follower._task is not None
+        store.follower._task.cancel()  # notifications stop arriving, and nothing says so
         await asyncio.to_thread(suspend, redis_client, 500)
         clock.now += 4.9
         assert reason((await store.lookup([CODE])).records) is Reason.OK  # stale, but within the bound
@@ -243,8 +243,8 @@ def test_a_switch_not_yet_followed_never_mixes_two_snapshots(
     async def scenario() -> None:
         store = await started(redis_server.url)
         assert reason((await store.lookup([CODE])).records) is Reason.OK  # CODE cached from A
-        assert store._task is not None
-        store._task.cancel()  # the follower stalls: it will not see the switch
+        assert store.follower._task is not None
+        store.follower._task.cancel()  # the follower stalls: it will not see the switch
         rows = [
             period(CODE, "r1", 1, "2020-01-01 00:00:00", seq=1),
             period(CODE, "t1", 3, "2026-06-01 00:00:00", seq=900, chg_rea="记满12分"),

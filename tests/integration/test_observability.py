@@ -20,17 +20,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import RedisServer, free_port, start_redis
-from gatekeeper import keys
-from gatekeeper.logs import JsonFormatter
-from gatekeeper.policy import RegionPolicy
+from gatekeeper.cache import keys
+from gatekeeper.core.policy import RegionPolicy
+from gatekeeper.ops.logs import JsonFormatter
 from gatekeeper.v1 import gatekeeper_pb2 as pb
+from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import DEMO_REGISTRY, load, period, write_changes
 from tests.integration.test_check_claim import demo_claim, wait_until_serving
 from tests.integration.test_cli import BIN, run
 from tests.integration.test_errors import BrokenOnceStore
 from tests.integration.test_loader_changes import apply
+from tests.servers import RedisServer, free_port, start_redis
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -144,7 +145,11 @@ def test_json_log_lines_carry_the_decision_id_of_an_internal_error(start_gatekee
     errors = [line for line in lines if line.get("decision_id") == decision_id]
     assert len(errors) == 1, lines
     error = errors[0]
-    assert (error["level"], error["logger"], error["message"]) == ("ERROR", "gatekeeper.servicer", "CheckClaim failed")
+    assert (error["level"], error["logger"], error["message"]) == (
+        "ERROR",
+        "gatekeeper.api.servicer",
+        "CheckClaim failed",
+    )
     assert "KeyError" in error["exception"]
     assert error["time"].endswith("+00:00")
     assert any(line["level"] == "WARNING" and "PLAIN TEXT" in line["message"] for line in lines)
@@ -231,3 +236,49 @@ def test_serve_logs_one_json_object_per_line_and_health_answers_the_container(
     warnings = [line["message"] for line in logged if line["level"] == "WARNING"]
     assert any("PLAIN TEXT" in message and "development only" in message for message in warnings)
     assert logged[-1]["message"] == "stopped"
+
+
+def test_sigusr1_logs_the_near_cache_counts_and_metrics_keep_counting(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    load(redis_client, DEMO_REGISTRY)
+    listen, metrics_port = f"127.0.0.1:{free_port()}", free_port()
+    env = {**os.environ, "REDIS_URL": redis_server.url, "GATEKEEPER_LISTEN": listen, "GATEKEEPER_LOG_FORMAT": "json"}
+    server = subprocess.Popen(
+        [str(BIN / "gatekeeper"), "serve", "--workers", "1", "--metrics-listen", f"127.0.0.1:{metrics_port}"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    logged: list[str] = []
+
+    def read_until(prefix: str) -> None:
+        assert server.stderr is not None
+        for line in server.stderr:  # the ready signals: log lines
+            logged.append(json.loads(line)["message"])
+            if logged[-1].startswith(prefix):
+                return
+        raise AssertionError(f"gatekeeper serve exited before logging {prefix!r}: {logged}")
+
+    def lookups() -> float:
+        samples = scrape(metrics_port)
+        return value(samples, "gatekeeper_near_cache_lookups_total", result="hit") + value(
+            samples, "gatekeeper_near_cache_lookups_total", result="miss"
+        )
+
+    try:
+        read_until("health: SERVING")
+        with grpc.insecure_channel(listen) as channel:
+            stub = pb_grpc.GatekeeperStub(channel)
+            stub.CheckClaim(demo_claim(), timeout=5)
+            before = lookups()
+            server.send_signal(signal.SIGUSR1)
+            read_until("near cache:")
+            stub.CheckClaim(demo_claim(), timeout=5)
+            after = lookups()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+    assert before > 0
+    assert after > before  # the counters metrics read were not swapped out by SIGUSR1

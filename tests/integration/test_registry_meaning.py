@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.harness import RedisServer
-from gatekeeper import keys
-from gatekeeper.cst import parse_cst
-from gatekeeper.records import Status, chg_key_of
-from gatekeeper.rules import Reason, standing_at
+from gatekeeper.cache import keys
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.records import Status, chg_key_of
+from gatekeeper.core.rules import Reason, standing_at
 from loader.cache import ApplyStats, ChangeApplier, read_state
 from loader.changes import ApplyResult, apply_change_files
 from loader.progress import Progress
@@ -27,6 +26,7 @@ from loader.quarantine import Quarantine
 from loader.rows import encode_change
 from loader.snapshot import SnapshotOptions, SnapshotRefused, load_snapshot
 from tests.integration.registry import lookup, period, write_changes, write_snapshot
+from tests.servers import RedisServer
 
 A, B, C = "D110105000101", "D110105000102", "D110105000103"
 JAN, MAR, MAY, JUN, JUL, SEP = (f"2026-{month:02d}-01 00:00:00" for month in (1, 3, 5, 6, 7, 9))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis
 
-from gatekeeper import keys
+from gatekeeper.cache import keys
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.snapshot import SnapshotOptions, load_snapshot
 from tests.integration.conftest import RunningGatekeeper

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gatekeeper.cst import parse_cst
-from gatekeeper.records import OPEN_ENDED, PractitionerRecord, Status, StatusPeriod, chg_key_of
-from gatekeeper.rules import Claim, Item
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.records import OPEN_ENDED, PractitionerRecord, Status, StatusPeriod, chg_key_of
+from gatekeeper.core.rules import Claim, Item
 
 INSTITUTION = "H41130200746"
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from builders import claim, item, record, registered, suspended
 
-from gatekeeper.audit import AuditRecord, Batch, Spool, audit_record, decode_record, encode_record
-from gatekeeper.audit_export import Period, count_by_institution_and_reason, format_counts, write_csv, write_jsonl
-from gatekeeper.cst import parse_cst
-from gatekeeper.policy import RegionPolicy
-from gatekeeper.rules import decide_claim
+from gatekeeper.audit.export import Period, count_by_institution_and_reason, format_counts, write_csv, write_jsonl
+from gatekeeper.audit.records import AuditRecord, Batch, audit_record, decode_record, encode_record
+from gatekeeper.audit.spool import Spool
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.policy import RegionPolicy
+from gatekeeper.core.rules import decide_claim
 
 REGULAR, SUSPENDED, CANNOT_READ = "D110105000001", "D410102000002", "D330522000006"
 HELD = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gatekeeper.callers import (
+from gatekeeper.api.callers import (
     ANONYMOUS,
     ANYONE,
     Caller,
@@ -17,7 +17,8 @@ from gatekeeper.callers import (
     load_callers,
     parse_callers,
 )
-from gatekeeper.errors import PermissionDenied
+from gatekeeper.api.errors import status_code
+from gatekeeper.core.errors import PermissionDenied
 
 CALLERS = tomllib.loads(
     """
@@ -71,7 +72,7 @@ def test_may_submit(name: str, caller: Caller, institution: str, allowed: bool) 
 def test_denial_names_the_institution_and_the_caller() -> None:
     with pytest.raises(PermissionDenied) as raised:
         parse_callers(CALLERS).authorize(HOSPITAL_A, "H41010200003")
-    assert raised.value.status_code == grpc.StatusCode.PERMISSION_DENIED
+    assert status_code(raised.value) == grpc.StatusCode.PERMISSION_DENIED
     assert str(raised.value) == "fixmedins_code: CN=his.hospital-a.example may not submit for institution H41010200003"
 
 

@@ -10,17 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper import rules
-from gatekeeper.codes import (
+from gatekeeper.core import rules
+from gatekeeper.core.codes import (
     DEFAULT_PRACTITIONER_PREFIXES,
     PROVINCE_CODES,
     division_of,
     is_institution_code,
     practitioner_code_pattern,
 )
-from gatekeeper.cst import format_cst, parse_cst
-from gatekeeper.policy import Mode, Policy, PolicyError, RegionPolicy, load_policy, parse_policy
-from gatekeeper.records import Status
+from gatekeeper.core.cst import format_cst, parse_cst
+from gatekeeper.core.policy import Mode, Policy, PolicyError, RegionPolicy, load_policy, parse_policy
+from gatekeeper.core.records import Status
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[2]
@@ -305,7 +305,7 @@ def test_example_policy_file_loads() -> None:
         pytest.param({"defaults": {}}, id="unknown_table"),
         pytest.param({"default": {"mode": "enforce", "colour": "red"}}, id="unknown_key_in_default"),
         pytest.param({"regions": {"41": {"emergency_exempts_suspension": True}}}, id="unknown_key_in_region"),
-        pytest.param({"regions": {"41": {"code_pattern": "D.*"}}}, id="derived_field_not_settable"),
+        pytest.param({"regions": {"41": {"code_format": "D.*"}}}, id="derived_field_not_settable"),
         pytest.param({"default": {"mode": "block"}}, id="bad_mode"),
         pytest.param({"default": {"mode": "Monitor"}}, id="mode_is_case_sensitive"),
         pytest.param({"regions": {"11": {"mode": ""}}}, id="empty_mode_in_region"),

@@ -7,10 +7,10 @@ import tomllib
 import pytest
 from builders import claim, item, record, registered, suspended, terminated
 
-from gatekeeper.policy import Mode, PolicyError, RegionPolicy, Unverified, parse_policy
-from gatekeeper.records import PractitionerRecord
-from gatekeeper.rules import ClaimVerdict, Reason, Verdict, decide_claim, decide_item
-from gatekeeper.standin import StandInLimiter
+from gatekeeper.core.policy import Mode, PolicyError, RegionPolicy, Unverified, parse_policy
+from gatekeeper.core.records import PractitionerRecord
+from gatekeeper.core.rules import ClaimVerdict, Reason, Verdict, decide_claim, decide_item
+from gatekeeper.core.standin import StandInLimiter
 
 ALLOW_UNVERIFIED = RegionPolicy()
 BLOCK_UNVERIFIED = RegionPolicy(unverified=Unverified.BLOCK)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from builders import at, record, registered, suspended, terminated
 
-from gatekeeper.policy import RegionPolicy
-from gatekeeper.records import Status, decode_record
-from gatekeeper.rules import Reason, describe_practitioner, standing_at
+from gatekeeper.core.policy import RegionPolicy
+from gatekeeper.core.records import Status, decode_record
+from gatekeeper.core.rules import Reason, describe_practitioner, standing_at
 from loader.rows import FIELDS, RowError, RowParser, encode_change, parse_row
 
 MAY = "2026-05-01 00:00:00"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.cst import parse_cst
+from gatekeeper.core.cst import parse_cst
 from loader.generate import GeneratedRegistry, generate
 from loader.rows import FIELDS, parse_row
 

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from gatekeeper.handlers import Undecodable, _guarded, _tolerant
+from gatekeeper.api.handlers import Undecodable, _guarded, _tolerant
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
 

@@ -7,11 +7,11 @@ import logging
 import os
 import sys
 
-from gatekeeper.logs import JsonFormatter
+from gatekeeper.ops.logs import JsonFormatter
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
-    entry = logging.makeLogRecord({"name": "gatekeeper.servicer", "levelno": logging.ERROR, "levelname": "ERROR"})
+    entry = logging.makeLogRecord({"name": "gatekeeper.api.servicer", "levelno": logging.ERROR, "levelname": "ERROR"})
     entry.msg, entry.args, entry.created = message, args, 1_800_000_000.25
     entry.__dict__.update(extra)
     return entry
@@ -23,7 +23,7 @@ def test_a_line_has_time_level_logger_message_and_extras() -> None:
     assert json.loads(line) == {
         "time": "2027-01-15T08:00:00.250+00:00",
         "level": "ERROR",
-        "logger": "gatekeeper.servicer",
+        "logger": "gatekeeper.api.servicer",
         "message": "claim C1 failed",
         "pid": os.getpid(),
         "decision_id": "abc123",

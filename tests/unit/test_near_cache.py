@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gatekeeper.nearcache import NearCache
-from gatekeeper.records import PractitionerRecord, StatusPeriod
+from gatekeeper.cache.nearcache import NearCache
+from gatekeeper.core.records import PractitionerRecord, StatusPeriod
 
 REGISTERED = PractitionerRecord(1, (StatusPeriod(1, 1_000, 1, 1),))
 

@@ -8,10 +8,10 @@ from builders import at
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.codes import DEFAULT_PRACTITIONER_PREFIXES as NATIONAL
-from gatekeeper.policy import Mode, RegionPolicy
-from gatekeeper.records import OPEN_ENDED, PractitionerRecord, Status, StatusPeriod, merge_period
-from gatekeeper.rules import SEVERITY, Claim, ClaimVerdict, Item, Reason, Verdict, decide_claim, decide_item
+from gatekeeper.core.codes import DEFAULT_PRACTITIONER_PREFIXES as NATIONAL
+from gatekeeper.core.policy import Mode, RegionPolicy
+from gatekeeper.core.records import OPEN_ENDED, PractitionerRecord, Status, StatusPeriod, merge_period
+from gatekeeper.core.rules import SEVERITY, Claim, ClaimVerdict, Item, Reason, Verdict, decide_claim, decide_item
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gatekeeper.readiness import readiness
+from gatekeeper.core.readiness import readiness
 
 NOW = 1_800_000_000.0
 DAY = 86_400.0

@@ -10,7 +10,7 @@ from builders import at
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.records import (
+from gatekeeper.core.records import (
     OPEN_ENDED,
     PractitionerRecord,
     Status,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from builders import at, claim, item, record, registered, suspended, terminated, withdrawn
 
-from gatekeeper.policy import Mode, RegionPolicy
-from gatekeeper.records import PractitionerRecord, StatusPeriod, chg_key_of, merge_period
-from gatekeeper.rules import (
+from gatekeeper.core.policy import Mode, RegionPolicy
+from gatekeeper.core.records import PractitionerRecord, StatusPeriod, chg_key_of, merge_period
+from gatekeeper.core.rules import (
     ClaimVerdict,
     Reason,
     Verdict,

@@ -52,3 +52,26 @@ def test_each_worker_serves_metrics_on_the_next_port() -> None:
     assert Settings(metrics_listen="[::]:9464").for_worker(1).metrics_listen == "[::]:9465"
     assert Settings().for_worker(2).metrics_listen == ""
     assert settings.for_worker(1).listen == settings.listen
+
+
+def test_settings_come_from_the_environment_then_the_flags() -> None:
+    environ = {"REDIS_URL": "redis://cache:6379/0", "GATEKEEPER_WORKERS": "3", "GATEKEEPER_MAX_REGISTRY_AGE": "60"}
+    settings = Settings.from_env(environ, workers=2, listen=None)
+    assert (settings.redis_url, settings.workers, settings.max_registry_age_seconds) == ("redis://cache:6379/0", 2, 60)
+    assert settings.listen == Settings().listen  # a flag not given (None) keeps what the environment says
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATEKEEPER_WORKERS", "abc"),
+        ("GATEKEEPER_WORKERS", "0"),
+        ("GATEKEEPER_MAX_REGISTRY_AGE", "soon"),
+        ("GATEKEEPER_MAX_REGISTRY_AGE", "nan"),
+        ("GATEKEEPER_LOG_FORMAT", "xml"),
+        ("GATEKEEPER_METRICS_LISTEN", "9464"),
+    ],
+)
+def test_a_bad_environment_value_is_one_error_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable if variable != "GATEKEEPER_METRICS_LISTEN" else "HOST:PORT"):
+        Settings.from_env({variable: value})

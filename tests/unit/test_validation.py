@@ -6,9 +6,11 @@ import grpc
 import pytest
 from builders import at
 
-from gatekeeper.errors import InvalidArgument
+from gatekeeper import defaults
+from gatekeeper.api.errors import status_code
+from gatekeeper.api.validation import Limits, claim_from_request
+from gatekeeper.core.errors import InvalidArgument
 from gatekeeper.v1 import gatekeeper_pb2 as pb
-from gatekeeper.validation import DEFAULT_MAX_ITEMS, Limits, claim_from_request
 
 DOCTOR = "D110105000001"
 NURSE = "N330522000004"
@@ -128,7 +130,7 @@ def test_status_code_of_bad_input_is_invalid_argument() -> None:
     with pytest.raises(InvalidArgument) as refused:
         claim_from_request(request(claim_id=""), Limits())
 
-    assert refused.value.status_code is grpc.StatusCode.INVALID_ARGUMENT
+    assert status_code(refused.value) is grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_items_at_the_maximum_are_accepted() -> None:
@@ -138,7 +140,7 @@ def test_items_at_the_maximum_are_accepted() -> None:
 
 
 def test_default_maximum_is_five_thousand_items() -> None:
-    assert Limits().max_items == DEFAULT_MAX_ITEMS == 5_000
+    assert Limits().max_items == defaults.MAX_ITEMS == 5_000
 
 
 def test_request_within_size_limit_is_accepted() -> None:
@@ -227,6 +229,6 @@ def test_bounded_fields_at_their_maximum_are_accepted() -> None:
 
 
 def test_the_largest_claim_sums_fit_the_response() -> None:
-    biggest = request(*(line(str(n), amount_fen=10**12) for n in range(DEFAULT_MAX_ITEMS)))
+    biggest = request(*(line(str(n), amount_fen=10**12) for n in range(defaults.MAX_ITEMS)))
     total = sum(item.amount_fen for item in claim_from_request(biggest, Limits(max_request_bytes=10**8)).items)
     assert pb.CheckClaimResponse(allowed_amount_fen=total).allowed_amount_fen == total

@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NoReturn
 
-from gatekeeper.codes import is_institution_code
-from gatekeeper.cst import TIME_FORMAT, parse_cst
-from gatekeeper.errors import InvalidArgument
-from gatekeeper.rules import Claim, Item
+from gatekeeper import defaults
+from gatekeeper.core.codes import is_institution_code
+from gatekeeper.core.cst import TIME_FORMAT, parse_cst
+from gatekeeper.core.errors import InvalidArgument
+from gatekeeper.core.rules import Claim, Item
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
-DEFAULT_MAX_ITEMS = 5_000
-DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
-DEFAULT_MAX_BATCH_CLAIMS = 10_000
 MAX_ID_LENGTH = 64  # claim_id, feedetl_sn, mdtrt_id: national fields are 30 characters
 # Practitioner codes are 13 or 14 characters; HIS feeds also carry local ones ("DOC001"),
 # which are decided malformed. Anything longer is not a code at all.
@@ -28,9 +26,10 @@ MAX_AMOUNT_FEN = 10**12
 class Limits:
     """Bounds on what one request may carry."""
 
-    max_items: int = DEFAULT_MAX_ITEMS
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_batch_claims: int = DEFAULT_MAX_BATCH_CLAIMS
+    max_items: int = defaults.MAX_ITEMS
+    max_request_bytes: int = defaults.MAX_REQUEST_BYTES
+    max_batch_claims: int = defaults.MAX_BATCH_CLAIMS
+    max_batch_bytes: int = defaults.MAX_BATCH_BYTES
 
 
 def _require_id(value: str, field: str) -> str:
@@ -73,8 +72,14 @@ _PARSED_TIMES: dict[str, int] = {}
 PARSED_TIMES_KEPT = 65_536
 
 
+# Times a request may name: the years 1970 to 2099 (CST). Outside them a time is a data
+# error, and near year 1 it cannot even be formatted back (UTC would be year 0).
+EARLIEST_TIME = parse_cst("1970-01-01 00:00:00")
+END_OF_TIME = parse_cst("2100-01-01 00:00:00")
+
+
 def service_time(value: str, field: str) -> int:
-    """Epoch seconds of a "yyyy-MM-dd HH:mm:ss" CST string, or InvalidArgument."""
+    """Epoch seconds of a "yyyy-MM-dd HH:mm:ss" CST string in the years 1970 to 2099, or InvalidArgument."""
     moment = _PARSED_TIMES.get(value)
     if moment is not None:
         return moment
@@ -82,6 +87,8 @@ def service_time(value: str, field: str) -> int:
         moment = parse_cst(value)
     except ValueError:
         raise InvalidArgument(field, f"expected {TIME_FORMAT} (China Standard Time), got {value[:32]!r}") from None
+    if not EARLIEST_TIME <= moment < END_OF_TIME:
+        raise InvalidArgument(field, f"{value!r} is outside the years 1970 to 2099")
     if len(_PARSED_TIMES) >= PARSED_TIMES_KEPT:
         _PARSED_TIMES.clear()
     _PARSED_TIMES[value] = moment

@@ -10,9 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gatekeeper.codes import DEFAULT_PRACTITIONER_PREFIXES, practitioner_code_pattern
-
-CHECKED_CODES_KEPT = 200_000
+from gatekeeper.core.codes import DEFAULT_PRACTITIONER_PREFIXES, PractitionerCodeFormat
 
 
 class Mode(enum.Enum):
@@ -47,12 +45,10 @@ class RegionPolicy:
     # unverified items per institution per minute are settled, the rest are blocked.
     # 0: no limit. Counted per worker process.
     stand_in_per_minute: int = 0
-    code_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    # Codes already checked: the same practitioners bill all day.
-    _checked: dict[str, bool] = field(init=False, repr=False, compare=False, default_factory=dict)
+    code_format: PractitionerCodeFormat = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "code_pattern", practitioner_code_pattern(self.practitioner_prefixes))
+        object.__setattr__(self, "code_format", PractitionerCodeFormat(self.practitioner_prefixes))
 
     @property
     def enforced(self) -> bool:
@@ -61,12 +57,7 @@ class RegionPolicy:
 
     def is_practitioner_code(self, code: str) -> bool:
         """True when ``code`` has a national practitioner format accepted in this region."""
-        known = self._checked.get(code)
-        if known is None:
-            if len(self._checked) >= CHECKED_CODES_KEPT:
-                self._checked.clear()
-            known = self._checked[code] = self.code_pattern.fullmatch(code) is not None
-        return known
+        return self.code_format.matches(code)
 
 
 @dataclass(frozen=True)

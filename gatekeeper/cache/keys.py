@@ -13,7 +13,7 @@ Layout (see docs/cache-layout.md):
   loader's Redis Functions read it; they find an indexed code's bucket key by replacing
   the number after ``:b`` in a bucket key of the same generation.
 
-- ``gk:{audit}`` (stream): the decision audit, one entry per decision (gatekeeper/audit.py);
+- ``gk:{audit}`` (stream): the decision audit, one entry per decision (gatekeeper/audit/writer.py);
   ``gk:{audit}:batches`` (sorted set): ids of the audit batches appended lately, so that a
   batch replayed from a spool is appended once.
 

@@ -16,6 +16,9 @@ A caller may submit for an institution when any of its identities is granted it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -23,8 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gatekeeper.codes import is_institution_code
-from gatekeeper.errors import PermissionDenied
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from gatekeeper.core.codes import is_institution_code
+from gatekeeper.core.errors import PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
 
 COMMON_NAME = "CN="
 DNS_NAME = "DNS:"
@@ -68,12 +76,38 @@ def _identity(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1024)
+def _has_name_with_nul(pem: bytes) -> bool:
+    """True when a common name or DNS name of the certificate contains a NUL byte (logged
+    once per certificate: callers keep their certificate for many RPCs)."""
+    certificate = x509.load_pem_x509_certificate(pem)
+    names = [str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    with contextlib.suppress(x509.ExtensionNotFound):
+        alt_names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += alt_names.get_values_for_type(x509.DNSName)
+    bad = [name for name in names if "\0" in name]
+    if bad:
+        log.warning(
+            "refused a client certificate with a NUL byte in a name (%s; serial %x, issuer %s): "
+            "gRPC would identify it by the part before the NUL",
+            ", ".join(repr(name) for name in bad),
+            certificate.serial_number,
+            certificate.issuer.rfc4514_string(),
+        )
+    return bool(bad)
+
+
 def caller_from_auth_context(auth_context: Mapping[str, Iterable[bytes]]) -> Caller:
     """The caller of an RPC, from ``ServicerContext.auth_context()`` of a TLS connection.
 
     gRPC puts the subject common name under ``x509_common_name`` and the subjectAltName
-    DNS names under ``peer_dns``; a plain-text connection has neither.
+    DNS names under ``peer_dns``; a plain-text connection has neither. gRPC cuts those at a
+    NUL byte, so "CN=his.hospital-a.example<NUL>.evil" would pass for hospital A: a certificate
+    with a NUL in a name is refused (Unauthenticated), judged on the certificate itself.
     """
+    for pem in auth_context.get("x509_pem_cert", ()):
+        if _has_name_with_nul(bytes(pem)):
+            raise Unauthenticated("client certificate: a common name or DNS name contains a NUL byte")
     names = [COMMON_NAME + cn.decode("utf-8", "replace") for cn in auth_context.get("x509_common_name", ())]
     names += [_identity(DNS_NAME + dns.decode("utf-8", "replace")) for dns in auth_context.get("peer_dns", ())]
     return Caller(tuple(names))

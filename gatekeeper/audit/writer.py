@@ -22,23 +22,23 @@ to Redis or to the spool before the process exits.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
-import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
-from gatekeeper import keys
-from gatekeeper.rules import Claim, ClaimDecision
-from gatekeeper.store import redis_client
+from gatekeeper.audit.records import Batch, audit_record, encode_record
+from gatekeeper.audit.spool import Spool
+from gatekeeper.cache import keys
+from gatekeeper.cache.client import redis_client
+from gatekeeper.core.rules import Claim, ClaimDecision
 
 log = logging.getLogger(__name__)
 
@@ -51,102 +51,8 @@ DEFAULT_RETRY_SECONDS = 1.0  # how often a spool is offered to Redis again
 # replayed later than this after Redis took it (its write timed out, yet it had arrived)
 # would be appended a second time.
 DEFAULT_DEDUP_SECONDS = 24 * 3600.0
-DEFAULT_SPOOL_DIR = Path("audit-spool")
-SPOOL_PATTERN = "audit-*.spool"
-
 FUNCTION_NAME = "gk_audit_append"
-FUNCTIONS = f"""#!lua name=gatekeeper_audit
--- {FUNCTION_NAME}(KEYS: stream, batches; ARGV: batch_id, dedup_ms, then for each record
--- decision_id, claim_id, fixmedins_code, record). Appends the batch unless its id was
--- appended within dedup_ms; returns the number of entries appended (0: a duplicate).
-local function append(keys, args)
-  local stream, batches = keys[1], keys[2]
-  local batch_id, dedup_ms = args[1], tonumber(args[2])
-  local time = redis.call('TIME')
-  local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', batches, '-inf', '(' .. string.format('%d', now_ms - dedup_ms))
-  if redis.call('ZSCORE', batches, batch_id) then
-    return 0
-  end
-  for i = 3, #args, 4 do
-    redis.call('XADD', stream, '*', 'decision_id', args[i], 'claim_id', args[i + 1],
-      'fixmedins_code', args[i + 2], 'record', args[i + 3])
-  end
-  redis.call('ZADD', batches, now_ms, batch_id)
-  return (#args - 2) / 4
-end
-redis.register_function('{FUNCTION_NAME}', append)
-"""
-
-
-class AuditItem(msgspec.Struct, frozen=True):
-    """One line item's decision as audited."""
-
-    feedetl_sn: str
-    verdict: str  # ALLOW, ALLOW_EXEMPT, BLOCK
-    reason: str  # OK, SUSPENDED, ..., UNVERIFIED
-    prac_psn_code: str
-    amount_fen: int
-    enforced: bool
-
-
-class AuditRecord(msgspec.Struct, frozen=True):
-    """One decision as audited: the stream entry's ``record`` field, and a spool line's element."""
-
-    decision_id: str
-    claim_id: str
-    fixmedins_code: str
-    decided_at_ms: int  # when it was decided (epoch milliseconds); the stream id says when it was stored
-    registry_version: str
-    verdict: str  # the claim's: ALLOW, PARTIAL, BLOCK
-    enforced: bool
-    allowed_amount_fen: int
-    blocked_amount_fen: int
-    items: tuple[AuditItem, ...]
-
-
-class Batch(msgspec.Struct, frozen=True):
-    """Records appended together; the id makes a replay idempotent."""
-
-    batch_id: str
-    records: tuple[AuditRecord, ...]
-
-
-_encode = msgspec.json.Encoder().encode
-_decode_record = msgspec.json.Decoder(AuditRecord).decode
-_decode_batch = msgspec.json.Decoder(Batch).decode
-
-
-def encode_record(record: AuditRecord) -> bytes:
-    """The JSON of a record, as stored in the stream."""
-    return _encode(record)
-
-
-def decode_record(data: bytes) -> AuditRecord:
-    """A record from the stream's JSON; msgspec.ValidationError or DecodeError if it is not one."""
-    return _decode_record(data)
-
-
-def audit_record(
-    decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
-) -> AuditRecord:
-    """The audit record of one claim decision."""
-    items = tuple(
-        AuditItem(d.feedetl_sn, d.verdict.name, d.reason.name, d.prac_psn_code, d.amount_fen, d.enforced)
-        for d in decision.items
-    )
-    return AuditRecord(
-        decision_id=decision_id,
-        claim_id=claim.claim_id,
-        fixmedins_code=claim.fixmedins_code,
-        decided_at_ms=int(decided_at * 1000),
-        registry_version=registry_version,
-        verdict=decision.verdict.name,
-        enforced=decision.enforced,
-        allowed_amount_fen=decision.allowed_amount_fen,
-        blocked_amount_fen=decision.blocked_amount_fen,
-        items=items,
-    )
+FUNCTIONS = resources.files("gatekeeper.audit").joinpath("audit.lua").read_text(encoding="utf-8")
 
 
 class DecisionLog(Protocol):
@@ -159,147 +65,7 @@ class DecisionLog(Protocol):
         ...
 
 
-class NoDecisionLog:
-    """Records nothing: for servicers built without an audit (unit tests)."""
-
-    def record(
-        self, decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
-    ) -> None:
-        pass
-
-
 # --- The spool -----------------------------------------------------------------------------
-
-
-def _parse_batches(data: bytes, path: Path) -> list[Batch]:
-    """The batches of a spool file's bytes; a line that is not a whole batch (torn by a
-    crash mid-write) is skipped and reported."""
-    batches = []
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if not line:
-            continue
-        try:
-            batches.append(_decode_batch(line))
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            log.error("audit spool %s line %d is not a whole batch (a crash mid-write?): skipped", path, number)
-    return batches
-
-
-@dataclass
-class Orphan:
-    """The spool file of a process that is gone, locked by this one while it replays it."""
-
-    path: Path
-    descriptor: int
-    batches: list[Batch]
-
-    def remove(self) -> None:
-        """Delete the file (it has been replayed) and let go of it."""
-        self.path.unlink(missing_ok=True)
-        os.close(self.descriptor)
-
-    def release(self) -> None:
-        """Let go of it without replaying: a later attempt, or another process, will."""
-        os.close(self.descriptor)
-
-
-@dataclass
-class Spool:
-    """A directory of append-only spool files, one per process; this process writes its own.
-
-    Each file is held under an exclusive ``flock`` by its writer for the writer's whole
-    life, so a file nobody can lock belongs to a live process and a file that can be
-    locked is an orphan whose process is gone.
-    """
-
-    directory: Path
-    depth: int = 0  # batches in this process's file not yet replayed
-    path: Path | None = None  # this process's file, once opened
-    _descriptor: int = field(default=-1, repr=False)
-    _size: int = field(default=0, repr=False)
-
-    def open(self) -> None:
-        """Create the directory and this process's file now, so that a directory that cannot
-        be written to stops the service at start rather than losing records later."""
-        if self._descriptor >= 0:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"audit-{os.getpid()}-{uuid.uuid4().hex[:8]}.spool"
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _fsync_directory(self.directory)
-        self._descriptor, self.path, self._size, self.depth = descriptor, path, 0, 0
-
-    def append(self, batch: Batch) -> None:
-        """Append one batch and fsync it: once this returns, the batch survives a crash.
-        On an error (a full disk) the file is cut back, so no torn line stays in it."""
-        self.open()
-        data = _encode(batch) + b"\n"
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._descriptor, view) :]
-            os.fsync(self._descriptor)
-        except OSError:
-            os.ftruncate(self._descriptor, self._size)
-            raise
-        self._size += len(data)
-        self.depth += 1
-
-    def pending(self) -> list[Batch]:
-        """The batches of this process's file."""
-        if self.path is None:
-            return []
-        return _parse_batches(os.pread(self._descriptor, self._size, 0), self.path)
-
-    def empty(self) -> None:
-        """Forget the batches of this process's file (they have been replayed)."""
-        if self._descriptor >= 0:
-            os.ftruncate(self._descriptor, 0)
-            os.fsync(self._descriptor)
-        self._size = self.depth = 0
-
-    def orphans(self) -> Iterator[Orphan]:
-        """Spool files of processes that are gone, each locked until removed or released."""
-        if not self.directory.is_dir():
-            return
-        for path in sorted(self.directory.glob(SPOOL_PATTERN)):
-            if path == self.path:
-                continue
-            try:
-                descriptor = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:  # another process replayed and removed it just now
-                continue
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if not path.exists():  # removed between our open and our lock
-                    raise BlockingIOError
-                data = path.read_bytes()
-            except BlockingIOError:  # its process is alive, or another one is replaying it
-                os.close(descriptor)
-                continue
-            yield Orphan(path, descriptor, _parse_batches(data, path))
-
-    def close(self) -> None:
-        """Let go of this process's file; remove it when it holds nothing to replay."""
-        if self._descriptor < 0 or self.path is None:
-            return
-        if self.depth == 0:
-            self.path.unlink(missing_ok=True)
-        os.close(self._descriptor)
-        self._descriptor = -1
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a file's creation itself durable."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-# --- The writer ----------------------------------------------------------------------------
 
 _Pending = tuple[str, Claim, ClaimDecision, str, float]
 _STOP = object()

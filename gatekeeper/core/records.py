@@ -16,6 +16,9 @@ import zlib
 import msgspec
 
 OPEN_ENDED = 0  # endtime / ban_endtime value meaning "no end"
+# The longest reason text kept: the national interfaces give chg_rea a few hundred
+# characters. The loader cuts longer ones (and reports it); responses never carry more.
+MAX_CHG_REA_LENGTH = 500
 
 
 class Status(enum.IntEnum):

@@ -28,6 +28,28 @@ def practitioner_code_pattern(prefixes: Iterable[str]) -> re.Pattern[str]:
     return re.compile(rf"(?:{alternatives}){_PROVINCE}[0-9]{{10}}")
 
 
+class PractitionerCodeFormat:
+    """The practitioner code format of a set of prefixes, remembering the codes it has
+    checked (the same practitioners bill all day). Its answers are a pure function of the
+    code; the memory is a bounded cache, dropped whole when full."""
+
+    __slots__ = ("_checked", "max_kept", "pattern")
+
+    def __init__(self, prefixes: Iterable[str], max_kept: int = 200_000) -> None:
+        self.pattern = practitioner_code_pattern(prefixes)
+        self.max_kept = max_kept
+        self._checked: dict[str, bool] = {}
+
+    def matches(self, code: str) -> bool:
+        """True when ``code`` has this format."""
+        known = self._checked.get(code)
+        if known is None:
+            if len(self._checked) >= self.max_kept:
+                self._checked.clear()
+            known = self._checked[code] = self.pattern.fullmatch(code) is not None
+        return known
+
+
 def is_institution_code(code: str) -> bool:
     """True for a designated institution (H…) or retail pharmacy (P…) code."""
     return _INSTITUTION.fullmatch(code) is not None

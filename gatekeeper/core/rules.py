@@ -10,8 +10,8 @@ import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from gatekeeper.policy import RegionPolicy, Unverified
-from gatekeeper.records import PractitionerRecord, Status, StatusPeriod
+from gatekeeper.core.policy import RegionPolicy, Unverified
+from gatekeeper.core.records import PractitionerRecord, Status, StatusPeriod
 
 
 class Verdict(enum.IntEnum):
@@ -202,26 +202,50 @@ def decide_item(
             block = (standing, code)
 
     enforced = policy.enforced
+    sn, amount = item.feedetl_sn, item.amount_fen
     if block is not None:
         standing, code = block
         if standing.reason is Reason.UNVERIFIED and policy.unverified is Unverified.ALLOW and may_stand_in:
             # Settled without a check: not enforced, and recorded for review.
-            return ItemDecision(item.feedetl_sn, Verdict.ALLOW, Reason.UNVERIFIED, code, None, False, item.amount_fen)
+            return ItemDecision(
+                feedetl_sn=sn,
+                verdict=Verdict.ALLOW,
+                reason=Reason.UNVERIFIED,
+                prac_psn_code=code,
+                window=None,
+                enforced=False,
+                amount_fen=amount,
+            )
         # Rule 11: in monitor mode the block is computed and recorded, not applied.
-        verdict = Verdict.BLOCK if enforced else Verdict.ALLOW
-        return ItemDecision(item.feedetl_sn, verdict, standing.reason, code, standing.window, enforced, item.amount_fen)
+        return ItemDecision(
+            feedetl_sn=sn,
+            verdict=Verdict.BLOCK if enforced else Verdict.ALLOW,
+            reason=standing.reason,
+            prac_psn_code=code,
+            window=standing.window,
+            enforced=enforced,
+            amount_fen=amount,
+        )
     if exemption is not None:
         standing, code = exemption
         return ItemDecision(
-            item.feedetl_sn,
-            Verdict.ALLOW_EXEMPT,
-            Reason.EMERGENCY_EXEMPT,
-            code,
-            standing.window,
-            enforced,
-            item.amount_fen,
+            feedetl_sn=sn,
+            verdict=Verdict.ALLOW_EXEMPT,
+            reason=Reason.EMERGENCY_EXEMPT,
+            prac_psn_code=code,
+            window=standing.window,
+            enforced=enforced,
+            amount_fen=amount,
         )
-    return ItemDecision(item.feedetl_sn, Verdict.ALLOW, Reason.OK, "", None, enforced, item.amount_fen)
+    return ItemDecision(
+        feedetl_sn=sn,
+        verdict=Verdict.ALLOW,
+        reason=Reason.OK,
+        prac_psn_code="",
+        window=None,
+        enforced=enforced,
+        amount_fen=amount,
+    )
 
 
 def decide_claim(

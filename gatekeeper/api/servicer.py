@@ -8,17 +8,19 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
-import grpc
 from grpc import aio
 
-from gatekeeper.audit import DecisionLog, NoDecisionLog
-from gatekeeper.callers import ANONYMOUS, ANYONE, Caller, Callers, caller_from_auth_context
-from gatekeeper.codes import division_of
-from gatekeeper.cst import format_cst
-from gatekeeper.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind, abort
-from gatekeeper.policy import Policy, RegionPolicy
-from gatekeeper.records import OPEN_ENDED, StatusPeriod
-from gatekeeper.rules import (
+from gatekeeper.api.callers import ANONYMOUS, ANYONE, Caller, Callers, caller_from_auth_context
+from gatekeeper.api.errors import abort, status_code
+from gatekeeper.api.validation import Limits, claim_from_request, institution_code, practitioner_code, service_time
+from gatekeeper.audit.writer import DecisionLog
+from gatekeeper.core.codes import division_of
+from gatekeeper.core.cst import format_cst
+from gatekeeper.core.eligibility import EligibilityStore, Lookup, version_seq
+from gatekeeper.core.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind
+from gatekeeper.core.policy import Policy, RegionPolicy
+from gatekeeper.core.records import MAX_CHG_REA_LENGTH, OPEN_ENDED, StatusPeriod
+from gatekeeper.core.rules import (
     Claim,
     ClaimDecision,
     ItemDecision,
@@ -27,11 +29,9 @@ from gatekeeper.rules import (
     decide_claim,
     describe_practitioner,
 )
-from gatekeeper.standin import StandInLimiter
-from gatekeeper.store import EligibilityStore, Lookup, version_seq
+from gatekeeper.core.standin import StandInLimiter
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from gatekeeper.validation import Limits, claim_from_request, institution_code, practitioner_code, service_time
 
 log = logging.getLogger(__name__)
 DEFAULT_LIMITS = Limits()
@@ -63,7 +63,9 @@ def item_message(decision: ItemDecision) -> pb.ItemDecision:
     if window is not None:
         message.begntime = format_cst(window.begntime)
         message.endtime = _time_text(window.endtime)
-        message.chg_rea = window.chg_rea
+        # A record stored by an older loader (or by hand) may hold any length: never let one
+        # multiply through every item of a claim.
+        message.chg_rea = window.chg_rea[:MAX_CHG_REA_LENGTH]
     return message
 
 
@@ -98,13 +100,13 @@ def window_message(period: StatusPeriod) -> pb.StatusWindow:
         begntime=format_cst(period.begntime),
         endtime=_time_text(period.endtime),
         ban_endtime=_time_text(period.ban_endtime),
-        chg_rea=period.chg_rea,
+        chg_rea=period.chg_rea[:MAX_CHG_REA_LENGTH],
     )
 
 
 def claim_error(error: GatekeeperError) -> pb.ClaimError:
     """A claim's error inside a batch, with the status it would have had alone."""
-    return pb.ClaimError(code=error.status_code.value[0], message=str(error))
+    return pb.ClaimError(code=status_code(error).value[0], message=str(error))
 
 
 def practitioner_response(
@@ -135,7 +137,7 @@ async def fail(
     """End a failed RPC: an expected error with its own status; anything else (a bug, or an
     error that is INTERNAL by nature, such as an undecodable cache record) logged with a
     traceback and answered INTERNAL without details."""
-    if isinstance(error, GatekeeperError) and error.status_code is not grpc.StatusCode.INTERNAL:
+    if isinstance(error, GatekeeperError) and error.status != "INTERNAL":
         await abort(context, error)
     log.error("%s failed", method, exc_info=error, extra={"decision_id": decision_id} if decision_id else None)
     await abort(
@@ -160,19 +162,19 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         self,
         store: EligibilityStore,
         policy: Policy,
+        audit: DecisionLog,
         limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
         callers: Callers = ANYONE,
         stand_in: StandInLimiter | None = None,
-        audit: DecisionLog | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
         self._limits = limits
         self._clock = clock
         self._callers = callers
-        self._stand_in = stand_in or StandInLimiter()
-        self._audit = audit or NoDecisionLog()
+        self._stand_in = stand_in or StandInLimiter(time.monotonic)
+        self._audit = audit  # every decision is recorded: there is no servicer without one
 
     def _region(self, fixmedins_code: str) -> RegionPolicy:
         return self._policy.for_division(division_of(fixmedins_code))

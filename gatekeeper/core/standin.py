@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,9 +31,7 @@ class StandInLimiter:
     the map grows past ``max_institutions``.
     """
 
-    def __init__(
-        self, clock: Callable[[], float] = time.monotonic, max_institutions: int = DEFAULT_MAX_INSTITUTIONS
-    ) -> None:
+    def __init__(self, clock: Callable[[], float], max_institutions: int = DEFAULT_MAX_INSTITUTIONS) -> None:
         self._clock = clock
         self._max_institutions = max_institutions
         self._buckets: dict[str, _Bucket] = {}

@@ -1,23 +1,18 @@
-"""Expected errors, each with the gRPC status it is reported as."""
+"""Expected errors, each naming the gRPC status it is reported as (gatekeeper/api/errors.py reports it)."""
 
 from __future__ import annotations
-
-from typing import NoReturn
-
-import grpc
-from grpc import aio
 
 
 class GatekeeperError(Exception):
     """Base of the errors a client may see; anything else is a bug, reported as INTERNAL."""
 
-    status_code = grpc.StatusCode.INTERNAL
+    status = "INTERNAL"  # a grpc.StatusCode name
 
 
 class InvalidArgument(GatekeeperError):
     """A request the gatekeeper cannot decide; ``field`` names where (``items[3].fee_ocur_time``)."""
 
-    status_code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"  # a grpc.StatusCode name
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
@@ -27,7 +22,7 @@ class InvalidArgument(GatekeeperError):
 class RegistryNotLoaded(GatekeeperError):
     """No registry snapshot is in the cache yet: nothing can be decided."""
 
-    status_code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"  # a grpc.StatusCode name
 
     def __init__(self) -> None:
         super().__init__("no registry snapshot is loaded in the eligibility cache")
@@ -36,7 +31,7 @@ class RegistryNotLoaded(GatekeeperError):
 class RegistryBehind(GatekeeperError):
     """The caller asked for registry data newer than the cache holds (freshness on demand)."""
 
-    status_code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"  # a grpc.StatusCode name
 
     def __init__(self, wanted_seq: int, have_seq: int) -> None:
         super().__init__(
@@ -48,24 +43,32 @@ class RegistryBehind(GatekeeperError):
 class PermissionDenied(GatekeeperError):
     """The caller's certificate does not bind it to the institution it submits for."""
 
-    status_code = grpc.StatusCode.PERMISSION_DENIED
+    status = "PERMISSION_DENIED"  # a grpc.StatusCode name
 
     def __init__(self, caller: str, institution: str, field: str = "fixmedins_code") -> None:
         super().__init__(f"{field}: {caller} may not submit for institution {institution}")
         self.institution = institution
 
 
+class Unauthenticated(GatekeeperError):
+    """The caller's certificate cannot be trusted to say who it is."""
+
+    status = "UNAUTHENTICATED"  # a grpc.StatusCode name
+
+
 class CacheUnavailable(GatekeeperError):
     """The eligibility cache (Redis) could not be read."""
 
-    status_code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"  # a grpc.StatusCode name
+
+
+class NeverRead(CacheUnavailable):
+    """The eligibility cache is unreadable and this process has never read registry data:
+    degraded mode has nothing to stand in for."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(f"no registry data read since this process started, and {cause}")
 
 
 class CacheCorrupt(GatekeeperError):
     """The eligibility cache holds data this version cannot read: a bug, not a client error."""
-
-
-async def abort(context: aio.ServicerContext, error: GatekeeperError) -> NoReturn:  # type: ignore[type-arg]
-    """End the RPC with the error's status and message."""
-    await context.abort(error.status_code, str(error))
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

@@ -11,15 +11,16 @@ from typing import TextIO, cast
 import msgspec
 import redis
 
-from gatekeeper import keys
-from gatekeeper.audit import AuditRecord, decode_record
-from gatekeeper.cst import format_cst
+from gatekeeper import defaults
+from gatekeeper.audit.records import AuditRecord, decode_record
+from gatekeeper.cache import keys
+from gatekeeper.core.cst import format_cst
+from gatekeeper.core.tables import format_table
 
 PAGE = 1000
 # Records replayed from a spool after an outage are appended late: the stream id says when
 # an entry was stored, decided_at_ms when it was decided. A period's export reads entries
 # stored up to this long after its end.
-DEFAULT_LATE_SECONDS = 7 * 24 * 3600
 
 CSV_COLUMNS = (
     "decision_id",
@@ -59,7 +60,7 @@ class Period:
 
     since_ms: int
     until_ms: int
-    late_ms: int = DEFAULT_LATE_SECONDS * 1000
+    late_ms: int = defaults.AUDIT_LATE_SECONDS * 1000
 
     def covers(self, record: AuditRecord) -> bool:
         """True when the record's decision was made within the period."""
@@ -185,7 +186,7 @@ def count_by_institution_and_reason(records: Iterable[AuditRecord]) -> list[Coun
 def format_counts(counts: list[Count]) -> str:
     """Counts as a plain-text table."""
     header = ("fixmedins_code", "reason", "items", "blocked_items", "amount", "practitioners")
-    rows = [header] + [
+    rows = [
         (
             c.fixmedins_code,
             c.reason,
@@ -196,7 +197,4 @@ def format_counts(counts: list[Count]) -> str:
         )
         for c in counts
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return format_table(header, rows)

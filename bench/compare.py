@@ -1,0 +1,162 @@
+"""Two source trees of the gatekeeper against each other, in one run: serving and loading.
+
+For a refactoring or an optimisation, "before vs after, same run": both trees serve the
+same registry from the same private redis-server, in turns (A B A B …), so a machine whose
+speed drifts affects both alike. Per turn:
+
+- serving: ``gatekeeper serve --workers 2`` of the tree, warmed up, then h2load at
+  saturation with one pre-encoded 10-item claim; throughput and server CPU per call from
+  the server processes' own counters;
+- loading: ``gatekeeper-loader snapshot`` of the tree on the same snapshot; rows per second
+  and the loader's peak RSS.
+
+    python -m bench.compare --baseline /path/to/old/checkout --label layout
+
+Each tree runs with ``PYTHONPATH`` set to it and this environment's packages. Writes
+bench/results/compare-<label>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.harness import free_port
+from bench.loading import peak_rss
+from bench.serving import INSTITUTION, grpc_frame, line_item, measured, start_server
+from gatekeeper.v1 import gatekeeper_pb2 as pb
+from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+from loader.generate import generate
+from tests.servers import start_redis
+
+RESULTS = Path(__file__).parent / "results"
+HERE = Path(__file__).resolve().parents[1]
+
+
+def command(tree: Path, entry: str) -> list[str]:
+    """Run ``entry`` ("gatekeeper.cli" or "loader.cli") of ``tree``."""
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); from {entry} import main; main()"]
+
+
+def load(tree: Path, env: dict[str, str], snapshot: Path) -> dict[str, float]:
+    """One snapshot load by ``tree``'s loader: rows/s and peak RSS."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [*command(tree, "loader.cli"), "snapshot", str(snapshot)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, peak_rss(process.pid))
+        time.sleep(0.05)
+    seconds = time.monotonic() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"{tree}: the snapshot load failed with {process.returncode}")
+    rows = sum(1 for _ in snapshot.open()) - 1
+    return {"rows_per_second": round(rows / seconds), "seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", type=Path, required=True, help="the other checkout (A); this one is B")
+    parser.add_argument("--label", required=True, help="names the results file")
+    parser.add_argument("--people", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=6.0, help="each saturation phase")
+    args = parser.parse_args()
+    if shutil.which("h2load") is None:
+        print("bench: h2load is missing (apt-get install nghttp2-client, or run scripts/bench)", file=sys.stderr)
+        return 2
+    trees = {"baseline": args.baseline.resolve(), "this": HERE}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {name: {"serving": [], "loading": []} for name in trees}
+    with tempfile.TemporaryDirectory(prefix="gk-compare-") as directory:
+        work = Path(directory)
+        (work / "redis").mkdir()
+        registry = generate(work, args.people, seed=5, changes=10)
+        redis_server = start_redis(work / "redis")
+        try:
+            port = free_port()
+            target = f"127.0.0.1:{port}"
+            env = {**os.environ, "REDIS_URL": redis_server.url, "GATEKEEPER_LISTEN": target}
+            env["GATEKEEPER_AUDIT_SPOOL_DIR"] = str(work / "spool")
+            env.pop("PYTHONPATH", None)
+            codes = [line.split(",", 1)[0] for line in registry.snapshot.read_text().splitlines()[1:4]]
+            fixed = pb.CheckClaimRequest(
+                claim_id="fixed",
+                fixmedins_code=INSTITUTION,
+                med_type="11",
+                items=[line_item(n, codes, False, n) for n in range(10)],
+            )
+            body = work / "claim.grpc"
+            body.write_bytes(grpc_frame(fixed.SerializeToString()))
+            for round_number in range(args.rounds):
+                for name, tree in trees.items():
+                    runs[name]["loading"].append(load(tree, env, registry.snapshot))
+                    server = start_server(
+                        f"{name} gatekeeper",
+                        [*command(tree, "gatekeeper.cli"), "serve", "--workers", "2"],
+                        env,
+                        "health: SERVING",
+                        2,
+                    )
+                    try:
+                        with grpc.insecure_channel(target) as channel:
+                            expected = pb_grpc.GatekeeperStub(channel).CheckClaim(fixed, timeout=10).verdict
+                        warm = dict(seconds=2, clients=2, streams=8, rps=None, work=work)
+                        measured(server, port, body, fixed, expected, **warm)  # type: ignore[arg-type]
+                        result = measured(server, port, body, fixed, expected, args.seconds, 4, 32, None, work)
+                    finally:
+                        server.stop()
+                    runs[name]["serving"].append(
+                        {"rps": result.achieved_rps, "cpu_us_per_call": result.cpu_us_per_call or 0.0}
+                    )
+                    print(f"round {round_number + 1} {name}: {runs[name]['serving'][-1]} {runs[name]['loading'][-1]}")
+        finally:
+            redis_server.stop()
+
+    def median(name: str, kind: str, figure: str) -> float:
+        return statistics.median(run[figure] for run in runs[name][kind])
+
+    summary = {
+        figure: {
+            "baseline": median("baseline", kind, figure),
+            "this": median("this", kind, figure),
+            "this/baseline": round(median("this", kind, figure) / median("baseline", kind, figure), 3),
+        }
+        for kind, figures in (("serving", ("rps", "cpu_us_per_call")), ("loading", ("rows_per_second", "peak_rss_mb")))
+        for figure in figures
+    }
+    results: dict[str, Any] = {
+        "benchmark": "compare",
+        "command": "python -m bench.compare " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "baseline": str(trees["baseline"]),
+        "people": args.people,
+        "rounds": args.rounds,
+        "medians": summary,
+        "runs": runs,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"compare-{args.label}.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [f"# {args.label}: this tree vs the baseline, same run (medians of {args.rounds} turns each)", ""]
+    lines += ["| figure | baseline | this | this/baseline |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['baseline']:,} | {v['this']:,} | {v['this/baseline']} |" for k, v in summary.items()]
+    lines += ["", f"`{results['command']}` on {results['machine']}, {args.people:,} practitioners."]
+    (RESULTS / f"compare-{args.label}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

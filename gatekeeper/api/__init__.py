@@ -1,0 +1,1 @@
+"""The gRPC API: servicer, request and response conversion, callers, handlers."""

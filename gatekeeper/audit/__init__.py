@@ -1,0 +1,1 @@
+"""The decision record: audit records, the spool, the writer and the export."""

@@ -1,0 +1,1 @@
+"""The pure decision core: rules, records, policy, code formats and CST time. No I/O, no clock."""
