@@ -24,7 +24,7 @@ from loader.rows import EncodedRow
 # reason would otherwise turn its whole bucket into a hashtable (see docs/cache-layout.md).
 LISTPACK_SETTINGS = {"hash-max-listpack-entries": "512", "hash-max-listpack-value": "1024"}
 SENTINEL_BATCH = 2_000
-APPLY_BATCH = 200  # changes per gk_apply call; gk_apply logs them in one XADD of 6 fields each
+APPLY_BATCH = 200  # changes per gk_apply call; gk_apply logs them in one XADD of 8 fields each (10 with moved_from)
 DEFAULT_LEASE_SECONDS = 30.0
 LEASE_WAIT_MARGIN_SECONDS = 5.0
 LEASE_POLL_SECONDS = 0.5
@@ -49,6 +49,10 @@ class LeaseLost(RuntimeError):
 
 class NoSnapshot(RuntimeError):
     """Changes cannot be applied before a first snapshot is loaded."""
+
+
+class LegacyChangeLog(RuntimeError):
+    """gk:changes holds changes logged without their chg_id (before the chg_id index)."""
 
 
 def read_state(client: redis.Redis) -> Meta:
@@ -162,8 +166,12 @@ class GenerationWriter:
         client.sadd(keys.GENERATIONS, self.generation)
         self._write_sentinels()
 
-    def _bucket_key(self, code: str) -> str:
-        return keys.bucket_key(self.generation, keys.bucket_of(code, self.buckets))
+    def _keys(self, code: str, chg_id: str) -> tuple[str, str]:
+        """The bucket of ``code`` and the chg_id index hash of ``chg_id`` in this generation."""
+        return (
+            keys.bucket_key(self.generation, keys.bucket_of(code, self.buckets)),
+            keys.chg_index_key(self.generation, keys.chg_bucket_of(chg_id, self.buckets)),
+        )
 
     def _write_sentinels(self) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -174,9 +182,9 @@ class GenerationWriter:
         pipe.execute()
 
     def add(self, rows: Sequence[EncodedRow], stats: WriteStats, origins: Sequence[int] = ()) -> None:
-        """Write snapshot rows (code, one-period record, seq): a code's first row as it is,
-        later ones merged by chg_id and seq. One gk_insert call per batch. ``origins`` (the
-        line of each row) name the rows refused in ``stats.refused``.
+        """Write snapshot rows (code, chg_id, one-period record, seq): a code's first row as
+        it is, later ones merged by chg_id and seq. One gk_insert call per batch. ``origins``
+        (the line of each row) name the rows refused in ``stats.refused``.
 
         The call is sent without waiting for its answer, which is read when the next
         batch is sent (or by :meth:`flush`): Redis merges one batch while Python parses
@@ -189,7 +197,7 @@ class GenerationWriter:
 
     def _send_insert(self, rows: Sequence[EncodedRow], origins: Sequence[int]) -> None:
         assert self._connection is not None
-        bucket_keys = [self._bucket_key(code) for code, _, _ in rows]
+        bucket_keys = [key for code, chg_id, _, _ in rows for key in self._keys(code, chg_id)]
         arguments = [value for row in rows for value in row]
         self._connection.send_command(  # type: ignore[no-untyped-call]
             "FCALL", "gk_insert", len(bucket_keys), *bucket_keys, *arguments
@@ -231,6 +239,11 @@ class GenerationWriter:
         queued: list[list[changelog.LoggedChange]] = []
         for entry in read_change_log(self._redis):
             newer = [change for change in entry.changes if change.seq > self.watermark_seq]
+            if any(not change.chg_id for change in newer):
+                raise LegacyChangeLog(
+                    f"{keys.CHANGES} holds changes after seq {self.watermark_seq} logged without their chg_id "
+                    "(before the chg_id index): load a snapshot whose watermark_seq is at least the last of them"
+                )
             if newer:
                 self._queue_merge(pipe, newer, queued)
                 replayed += len(newer)
@@ -242,8 +255,8 @@ class GenerationWriter:
     def _queue_merge(
         self, pipe: Any, changes: list[changelog.LoggedChange], queued: list[list[changelog.LoggedChange]]
     ) -> None:
-        bucket_keys = [self._bucket_key(change.code) for change in changes]
-        arguments = [value for c in changes for value in (c.code, c.record, c.seq)]
+        bucket_keys = [key for c in changes for key in self._keys(c.code, c.chg_id)]
+        arguments = [value for c in changes for value in (c.code, c.chg_id, c.record, c.seq)]
         pipe.fcall("gk_merge", len(bucket_keys), *bucket_keys, self.watermark_seq, *arguments)
         queued.append(changes)
 
@@ -255,6 +268,19 @@ class GenerationWriter:
             for changes, (_, handled) in zip(sent, pipe.execute(), strict=True):
                 if handled < len(changes):
                     self._queue_merge(pipe, changes[handled:], queued)
+
+    def count_practitioners(self) -> int:
+        """How many codes this generation holds now: its own rows' codes and the codes that
+        changes applied meanwhile wrote into it, each once (every bucket's fields but its
+        sentinel)."""
+        total = 0
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket in range(self.buckets):
+            pipe.hlen(keys.bucket_key(self.generation, bucket))
+            if bucket % SENTINEL_BATCH == SENTINEL_BATCH - 1:
+                total += sum(cast(list[int], pipe.execute()))
+        total += sum(cast(list[int], pipe.execute()))
+        return total - self.buckets
 
     def switch(self, snapshot_id: str, record_count: int) -> int | None:
         """Point readers at this generation (atomically); returns the generation replaced."""
@@ -357,9 +383,9 @@ class ChangeApplier:
         if self._layout is None:
             self._layout = self._read_layout()
         layout = self._layout
-        bucket_keys = [layout.current_key(code) for code, _, _ in changes]
+        bucket_keys = [key for code, chg_id, _, _ in changes for key in layout.current_keys(code, chg_id)]
         if layout.loading_generation is not None:
-            bucket_keys += [layout.loading_key(code) for code, _, _ in changes]
+            bucket_keys += [key for code, chg_id, _, _ in changes for key in layout.loading_keys(code, chg_id)]
         command: list[str | bytes | int] = ["FCALL", "gk_apply", 3 + len(bucket_keys), keys.META, keys.LOADING]
         command += [keys.CHANGES, *bucket_keys, layout.name, CHANGE_LOG_LENGTH]
         command += [value for change in changes for value in change]
@@ -447,12 +473,20 @@ class _Layout:
         """What gk_apply compares with what it finds, to refuse keys computed for another layout."""
         return f"{self.current_generation}/{self.loading_generation or 0}"
 
-    def current_key(self, code: str) -> str:
-        return keys.bucket_key(self.current_generation, keys.bucket_of(code, self.buckets))
+    def current_keys(self, code: str, chg_id: str) -> tuple[str, str]:
+        """The current generation's bucket of ``code`` and chg_id index hash of ``chg_id``."""
+        return (
+            keys.bucket_key(self.current_generation, keys.bucket_of(code, self.buckets)),
+            keys.chg_index_key(self.current_generation, keys.chg_bucket_of(chg_id, self.buckets)),
+        )
 
-    def loading_key(self, code: str) -> str:
+    def loading_keys(self, code: str, chg_id: str) -> tuple[str, str]:
+        """The same in the generation being loaded."""
         assert self.loading_generation is not None
-        return keys.bucket_key(self.loading_generation, keys.bucket_of(code, self.loading_buckets))
+        return (
+            keys.bucket_key(self.loading_generation, keys.bucket_of(code, self.loading_buckets)),
+            keys.chg_index_key(self.loading_generation, keys.chg_bucket_of(chg_id, self.loading_buckets)),
+        )
 
 
 def _batched(changes: Iterable[EncodedRow]) -> Iterator[tuple[EncodedRow, ...]]:

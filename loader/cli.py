@@ -17,7 +17,7 @@ import redis
 from gatekeeper import defaults
 from gatekeeper.cache import keys
 from gatekeeper.settings import redis_url_from
-from loader.cache import LeaseLost, LoaderBusy, NoSnapshot, read_lease, read_state
+from loader.cache import LeaseLost, LegacyChangeLog, LoaderBusy, NoSnapshot, read_lease, read_state
 from loader.changes import apply_change_files
 from loader.feed_client import DEFAULT_MAX_PAGE_BYTES, DEFAULT_TIMEOUT_SECONDS, FeedError
 from loader.follow import FollowOptions, follow
@@ -51,7 +51,7 @@ def _snapshot(args: argparse.Namespace) -> int:
     )
     try:
         result = load_snapshot(_client(args), path, options)
-    except (SnapshotRefused, LoaderBusy, LeaseLost) as error:
+    except (SnapshotRefused, LoaderBusy, LeaseLost, LegacyChangeLog) as error:
         return _fail(f"{path}: refused, nothing switched: {error}")
     if not result.listpack_settings_ok:
         print(

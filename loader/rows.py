@@ -51,8 +51,9 @@ class RowError(ValueError):
     """A registry row that cannot be applied; the message says why."""
 
 
-# (prac_psn_code, encoded one-period record, seq): what the loader's Redis Functions take.
-EncodedRow = tuple[str, bytes, int]
+# (prac_psn_code, chg_id, encoded one-period record, seq): what the loader's Redis Functions
+# take. The chg_id travels whole: it, not its 32-bit chg_key, is the period's identity.
+EncodedRow = tuple[str, str, bytes, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +66,9 @@ class RegistryRow:
     period: StatusPeriod  # status WITHDRAWN when vali_flag = 0
 
     def encoded_row(self) -> EncodedRow:
-        """The row as the loader writes it: (code, one-period record, seq)."""
+        """The row as the loader writes it: (code, chg_id, one-period record, seq)."""
         record = one_period_record(self.prac_psn_type, period_array(*msgspec.structs.astuple(self.period)))
-        return self.prac_psn_code, record, self.period.seq
+        return self.prac_psn_code, self.chg_id, record, self.period.seq
 
 
 def _registry_time(text: str) -> int:
@@ -152,8 +153,10 @@ def _parse(
         raise RowError(f"seq {seq_text[:20]!r} is not a non-negative integer below 2**53")
     begntime = _time("begntime", begntime_text, required=True)
     endtime = _time("endtime", endtime_text, required=False)
-    if endtime != OPEN_ENDED and endtime <= begntime:
-        raise RowError("endtime is not after begntime")
+    # endtime == begntime is an empty window, [b, b): the registry cancels a window by
+    # collapsing it, and the collapsed version must replace the blocking one.
+    if endtime != OPEN_ENDED and endtime < begntime:
+        raise RowError("endtime is before begntime")
     period = StatusPeriod(
         status=status if vali_flag == "1" else WITHDRAWN,
         begntime=begntime,
@@ -213,8 +216,8 @@ class RowParser:
         return _parse(*(values[position] for position in self._positions), notes=notes)
 
     def encode(self, values: Sequence[str], notes: list[str] | None = None) -> EncodedRow:
-        """Validate one CSV row into (code, one-period record, seq) for the loader; what was
-        cut to fit is noted in ``notes``."""
+        """Validate one CSV row into (code, chg_id, one-period record, seq) for the loader;
+        what was cut to fit is noted in ``notes``."""
         if len(values) == self.width:
             encoded = _encode_well_formed(self._in_field_order(values))
             if encoded is not None:
@@ -235,7 +238,7 @@ def _encode_well_formed(fields: Sequence[str]) -> EncodedRow | None:
         ban_ends = _parse_time(ban_endtime) if ban_endtime else OPEN_ENDED
     except ValueError:  # a date like 2026-02-30
         return None
-    if ends != OPEN_ENDED and ends <= begins:
+    if ends != OPEN_ENDED and ends < begins:
         return None
     seq = int(seq_text)
     period = period_array(
@@ -248,7 +251,7 @@ def _encode_well_formed(fields: Sequence[str]) -> EncodedRow | None:
         chg_rea if status != "1" else "",
     )
     try:
-        return code, one_period_record(int(prac_psn_type), period), seq
+        return code, chg_id, one_period_record(int(prac_psn_type), period), seq
     except UnicodeEncodeError:  # a lone surrogate in chg_rea: the careful path names it
         return None
 
@@ -269,8 +272,8 @@ def parse_row(fields: Mapping[str, object], notes: list[str] | None = None) -> R
 
 
 def encode_change(document: Mapping[str, object], notes: list[str] | None = None) -> EncodedRow:
-    """Validate one change-feed object into (code, one-period record, seq); what was cut to
-    fit is noted in ``notes``."""
+    """Validate one change-feed object into (code, chg_id, one-period record, seq); what was
+    cut to fit is noted in ``notes``."""
     # A missing or null required field leaves an empty string, which the fast path's
     # pattern refuses; the careful path then names it.
     fields = [

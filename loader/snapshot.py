@@ -15,6 +15,7 @@ from typing import BinaryIO
 import redis
 
 from gatekeeper.cache import keys
+from gatekeeper.cache.layout import Meta
 from loader.cache import (
     DEFAULT_LEASE_SECONDS,
     GenerationWriter,
@@ -157,11 +158,15 @@ def load_snapshot(
     """Stream a snapshot into a new generation; switch readers only if every check passes.
 
     Raises SnapshotRefused (nothing switched, the new generation dropped) when the
-    manifest does not match, too many rows are bad, or the practitioner count shrinks too
-    much, unless ``options.force``.
+    snapshot is older than the one loaded, the manifest does not match, too many rows are
+    bad, or the practitioner count shrinks too much, unless ``options.force``.
     """
     manifest = read_manifest(path)
     previous = read_state(client)
+    # The registry never goes backwards: refused before minutes of loading, not after.
+    backwards = _backwards(manifest, previous)
+    if backwards and not options.force:
+        raise SnapshotRefused(backwards)
     listpack_ok = ensure_listpack_settings(client)
     quarantine = Quarantine(options.quarantine or path.with_name(path.name + ".quarantine.jsonl"))
     progress = progress or Progress("snapshot", total=manifest.row_count)
@@ -170,13 +175,18 @@ def load_snapshot(
     )
     try:
         stats, rows, bad, truncated, hasher = _write_rows(writer, path, quarantine, progress)
-        problems = _check(manifest, previous.record_count, stats.practitioners, rows, bad, hasher, options)
-        if problems and not options.force:
-            raise SnapshotRefused("; ".join(problems))
         replay_started = progress.elapsed
         replayed = writer.replay_changes()
+        replay_seconds = progress.elapsed - replay_started
+        # Counted in Redis, not from what gk_insert reported: a code that a change wrote
+        # into this generation before its snapshot row came is a practitioner all the same.
+        practitioners = writer.count_practitioners()
+        problems = [backwards] if backwards else []
+        problems += _check(manifest, previous.record_count, practitioners, rows, bad, hasher, options)
+        if problems and not options.force:
+            raise SnapshotRefused("; ".join(problems))
         switch_started = progress.elapsed
-        replaced = writer.switch(manifest.snapshot_id, stats.practitioners)
+        replaced = writer.switch(manifest.snapshot_id, practitioners)
         switch_seconds = progress.elapsed - switch_started
     except BaseException:
         writer.abandon()
@@ -186,11 +196,16 @@ def load_snapshot(
         progress.clear()
     if replaced is not None:
         drop_generation(client, replaced)
+    if backwards:
+        # The changes after its watermark must come again: `follow` resumes from there.
+        cursor = client.get(keys.FOLLOW_CURSOR)
+        if cursor is not None and int(cursor) > manifest.watermark_seq:
+            client.set(keys.FOLLOW_CURSOR, manifest.watermark_seq)
     return SnapshotResult(
         snapshot_id=manifest.snapshot_id,
         generation=writer.generation,
         rows=rows,
-        practitioners=stats.practitioners,
+        practitioners=practitioners,
         bad_rows=bad,
         quarantine=quarantine.path if quarantine.count else None,
         truncated_rows=truncated,
@@ -200,7 +215,7 @@ def load_snapshot(
         problems=problems,
         listpack_settings_ok=listpack_ok,
         seconds=progress.elapsed,
-        replay_seconds=switch_started - replay_started,
+        replay_seconds=replay_seconds,
         switch_seconds=switch_seconds,
     )
 
@@ -258,6 +273,22 @@ def _report_refused(stats: WriteStats, path: Path, quarantine: Quarantine) -> in
     count = len(stats.refused)
     stats.refused.clear()
     return count
+
+
+def _backwards(manifest: Manifest, previous: Meta) -> str:
+    """Why loading this snapshot would take the cache back in time; empty when it would not.
+
+    A snapshot older than the changes applied since the loaded one is fine: those changes
+    are in gk:changes and are replayed into it. One older than the loaded snapshot is not:
+    what changed between the two reached the cache only through the loaded snapshot.
+    """
+    if manifest.watermark_seq >= previous.watermark_seq:
+        return ""
+    return (
+        f"the snapshot's watermark_seq {manifest.watermark_seq} is below the loaded snapshot's "
+        f"{previous.watermark_seq} (the cache has applied up to seq {previous.applied_seq}): the registry would go "
+        "backwards (--force loads it anyway; then re-apply the changes after its watermark)"
+    )
 
 
 def _check(

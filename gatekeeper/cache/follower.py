@@ -127,7 +127,7 @@ class ChangeFollower:
         self._last_id = entry.entry_id
         if entry.switched_to is not None:
             return False
-        self.cache.invalidate([change.code for change in entry.changes])
+        self.cache.invalidate([code for change in entry.changes for code in change.codes])
         self._lags_ms.append(time.time() * 1000 - changelog.stream_id(entry.entry_id)[0])
         self.stats.invalidations += len(entry.changes)
         for change in entry.changes:

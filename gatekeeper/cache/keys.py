@@ -8,6 +8,10 @@ Layout (see docs/cache-layout.md):
 - ``gk:g<generation>:b<bucket>`` (hash): practitioner code -> encoded record, for the
   codes whose :func:`bucket_of` is ``bucket``; plus the field :data:`BUCKET_SENTINEL`,
   present in every bucket of a complete generation.
+- ``gk:g<generation>:c<bucket>`` (hash): the generation's chg_id index, chg_id -> where its
+  period lives, for the chg_ids whose :func:`chg_bucket_of` is ``bucket``. Only the
+  loader's Redis Functions read it; they find an indexed code's bucket key by replacing
+  the number after ``:b`` in a bucket key of the same generation.
 
 No key carries a hash tag: buckets spread over Redis Cluster slots, and the hot path only
 sends single-key commands (one HMGET per bucket). Redis holds nothing the loader cannot
@@ -50,11 +54,17 @@ class MetaField:
     CHANGE_SEQ = "change_seq"  # the highest seq ever applied from the change feed
     RECORD_COUNT = "record_count"
     SWITCHED_AT = "switched_at"
+    CHG_INDEX = "chg_index"  # "1" once the generation has a chg_id index (gk_apply refuses one without)
 
 
 def bucket_key(generation: int, bucket: int) -> str:
     """The hash holding one bucket of one generation."""
     return f"{PREFIX}:g{generation}:b{bucket}"
+
+
+def chg_index_key(generation: int, bucket: int) -> str:
+    """The hash indexing one bucket of one generation's chg_ids (dropped with the generation)."""
+    return f"{PREFIX}:g{generation}:c{bucket}"
 
 
 def generation_pattern(generation: int) -> str:
@@ -65,6 +75,11 @@ def generation_pattern(generation: int) -> str:
 def bucket_of(code: str, buckets: int) -> int:
     """Which bucket a practitioner code lives in."""
     return zlib.crc32(code.encode("utf-8")) % buckets
+
+
+def chg_bucket_of(chg_id: str, buckets: int) -> int:
+    """Which chg_id index hash a registry chg_id is in."""
+    return zlib.crc32(chg_id.encode("utf-8")) % buckets
 
 
 def bucket_count_for(practitioners: int) -> int:

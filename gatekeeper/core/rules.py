@@ -352,7 +352,12 @@ def describe_practitioner(
     if record is not None:
         upcoming = tuple(
             sorted(
-                (p for p in record.periods if p.status != Status.WITHDRAWN and p.begntime > moment),
+                # An empty window [b, b) is one the registry cancelled: nothing is coming.
+                (
+                    p
+                    for p in record.periods
+                    if p.status != Status.WITHDRAWN and p.begntime > moment and p.endtime != p.begntime
+                ),
                 key=lambda p: (p.begntime, p.status),
             )
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -170,3 +171,97 @@ def test_changes_piling_periods_on_one_practitioner_never_block_redis(
     lines = [int(str(entry["line"])) for entry in quarantined(report)]
     assert len(set(lines)) == len(lines) and set(lines) <= set(range(1, MANY + 1))
     assert len(lookup(redis_server.url, [CODE]).records[CODE].periods) == MAX_PERIODS
+
+
+# --- the period cap and the call budget with the chg_id index (issue 9 meets issue 10) --------
+
+OTHER = "D510105000456"
+
+
+def moving(code: str, seq: int) -> dict[str, str]:
+    """Versions of one suspension whose chg_id moves between practitioners."""
+    return period(code, "moving", 2, "2026-11-01 00:00:00", "2026-12-01 00:00:00", seq=seq, chg_rea="停")
+
+
+def function_calls(client: redis.Redis) -> int:
+    """How many FCALLs the server has run."""
+    return int(cast(dict[str, Any], client.info("commandstats"))["cmdstat_fcall"]["calls"])
+
+
+def index_entries(client: redis.Redis) -> int:
+    """How many chg_ids the current generation's chg_id index holds."""
+    state = read_state(client)
+    assert state.generation is not None
+    return sum(int(client.hlen(keys.chg_index_key(state.generation, n))) for n in range(state.buckets))
+
+
+def test_a_change_moving_a_period_to_a_full_practitioner_is_refused_and_moves_nothing(
+    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    load(redis_client, write_snapshot(tmp_path, [*many_periods(MAX_PERIODS, first_seq=10), moving(OTHER, 200)]))
+    changes = write_changes(tmp_path / "changes.jsonl", [moving(CODE, 300)])
+    report = tmp_path / "q.jsonl"
+    quarantine = Quarantine(report)
+    try:
+        result = apply_change_files(redis_client, [changes], quarantine)
+    finally:
+        quarantine.close()
+    assert (result.stats.applied, result.stats.refused, result.bad_rows) == (0, 1, 1)
+    (entry,) = quarantined(report)
+    assert f"prac_psn_code {CODE} would have more than {MAX_PERIODS} periods" in str(entry["reason"])
+    records = lookup(redis_server.url, [CODE, OTHER]).records
+    assert len(records[CODE].periods) == MAX_PERIODS
+    assert [p.seq for p in records[OTHER].periods] == [200]  # still with its old code
+    assert index_entries(redis_client) == MAX_PERIODS + 1
+    # The index still says OTHER holds it at seq 200: a newer version for OTHER replaces it.
+    with_report = Quarantine(tmp_path / "q-2.jsonl")
+    try:
+        apply_change_files(
+            redis_client, [write_changes(tmp_path / "changes-2.jsonl", [moving(OTHER, 400)])], with_report
+        )
+    finally:
+        with_report.close()
+    assert [p.seq for p in lookup(redis_server.url, [OTHER]).records[OTHER].periods] == [400]
+
+
+def test_a_snapshot_row_moving_a_period_to_a_full_practitioner_is_refused_and_the_index_left_alone(
+    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    rows = [
+        moving(OTHER, 200),
+        *many_periods(MAX_PERIODS, first_seq=10),
+        moving(CODE, 300),
+        period(CODE, "new", 1, "2027-01-01 00:00:00", seq=301),
+    ]
+    report = tmp_path / "q.jsonl"
+    result = load_snapshot(redis_client, write_snapshot(tmp_path, rows), SnapshotOptions(quarantine=report, force=True))
+    assert result.bad_rows == 2
+    records = lookup(redis_server.url, [CODE, OTHER]).records
+    assert len(records[CODE].periods) == MAX_PERIODS
+    assert [p.seq for p in records[OTHER].periods] == [200]
+    assert index_entries(redis_client) == MAX_PERIODS + 1  # neither refused row left an entry
+
+
+def test_moves_between_two_large_records_are_handled_across_budgeted_calls(
+    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Two practitioners with records of ~60 KB each: every move reads both, so one gk_apply
+    # call handles a few moves and hands the rest back.
+    big = [*many_periods(MAX_PERIODS - 2, first_seq=10)]
+    big += [{**row, "prac_psn_code": OTHER, "chg_id": "o" + row["chg_id"]} for row in big]
+    load(redis_client, write_snapshot(tmp_path, [*big, moving(OTHER, 500)], watermark_seq=500))
+    versions = [moving(CODE if n % 2 == 0 else OTHER, 501 + n) for n in range(41)]  # ends with CODE
+    quarantine = Quarantine(tmp_path / "q.jsonl")
+    watch_slow_calls(redis_client)
+    calls_before = function_calls(redis_client)
+    try:
+        result = apply_change_files(redis_client, [write_changes(tmp_path / "changes.jsonl", versions)], quarantine)
+    finally:
+        quarantine.close()
+    assert function_calls(redis_client) - calls_before > 3  # the batch came back for lack of budget
+    assert slow_calls(redis_client) == []
+    assert (result.stats.applied, result.stats.refused) == (41, 0)
+    records = lookup(redis_server.url, [CODE, OTHER]).records
+    assert len(records[CODE].periods) == MAX_PERIODS - 1
+    assert len(records[OTHER].periods) == MAX_PERIODS - 2
+    assert max(p.seq for p in records[CODE].periods) == 541

@@ -9,6 +9,7 @@ import redis
 
 from gatekeeper.cache import keys
 from gatekeeper.v1 import gatekeeper_pb2 as pb
+from loader.snapshot import SnapshotOptions, load_snapshot
 from tests.integration.conftest import RunningGatekeeper
 from tests.integration.registry import load, period, write_snapshot
 
@@ -39,7 +40,8 @@ def test_a_reader_polling_during_reloads_never_sees_a_mixed_snapshot(
         nonlocal loads
         loader_client = redis.Redis(port=redis_client.connection_pool.connection_kwargs["port"])
         while not done.is_set() and loads < 40:
-            load(loader_client, snapshot_b if loads % 2 == 0 else snapshot_a)
+            # Going back to A is going backwards in the registry: forced (issue 9).
+            load_snapshot(loader_client, snapshot_b if loads % 2 == 0 else snapshot_a, SnapshotOptions(force=True))
             loads += 1
         done.set()
 

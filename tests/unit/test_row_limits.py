@@ -36,7 +36,7 @@ def test_a_lone_surrogate_is_a_bad_row_with_the_same_reason_from_a_feed_page_and
 
 
 def test_a_registration_keeps_no_reason_so_a_broken_one_does_not_lose_it() -> None:
-    _, record, _ = encode_change({**ROW, "status": "1", "chg_rea": "\ud800" + "x" * 10_000})
+    _, _, record, _ = encode_change({**ROW, "status": "1", "chg_rea": "\ud800" + "x" * 10_000})
     assert decode_record(record).periods[0].chg_rea == ""
 
 
@@ -48,6 +48,6 @@ def test_a_reason_is_kept_up_to_its_limit_and_a_longer_one_cut_and_noted(length:
         lambda notes: RowParser(FIELDS).encode([{**ROW, "chg_rea": reason}[name] for name in FIELDS], notes),
     ):
         notes: list[str] = []
-        _, record, _ = encode(notes)
+        _, _, record, _ = encode(notes)
         assert decode_record(record).periods[0].chg_rea == reason[:MAX_CHG_REA_LENGTH]
         assert len(notes) == (length > MAX_CHG_REA_LENGTH)
