@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.integration.registry import DEMO_REGISTRY, load
+from tests.certs import CertificateAuthority, Issued
+from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
+from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY, load
 from tests.integration.test_cli import BIN
 from tests.servers import RedisServer, free_port
 
@@ -49,6 +52,20 @@ def env_without_redis(nowhere: str, tmp_path: Path) -> dict[str, str]:
 
 # Redis unreachable ---------------------------------------------------------------------------
 
+GATEKEEPER_REDIS_COMMANDS = {
+    "audit export": ("audit", "export", *PERIOD),
+    "audit claim": ("audit", "claim", "C1"),
+    "audit counts": ("audit", "counts", *PERIOD),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GATEKEEPER_REDIS_COMMANDS))
+def test_gatekeeper_names_the_redis_it_cannot_reach(name: str, env_without_redis: dict[str, str]) -> None:
+    result = run(GATEKEEPER, *GATEKEEPER_REDIS_COMMANDS[name], env=env_without_redis)
+    assert result.returncode == 1
+    url = env_without_redis["REDIS_URL"]
+    assert one_line(result) == f"gatekeeper {name}: cannot reach Redis at {url}: Connection refused"
+
 
 def loader_redis_commands(tmp_path: Path) -> dict[str, tuple[str, ...]]:
     changes = tmp_path / "changes.jsonl"
@@ -81,11 +98,189 @@ def test_a_redis_password_is_not_printed(nowhere: str, tmp_path: Path) -> None:
     assert "s3cret" not in result.stderr
 
 
-@pytest.mark.parametrize("command", [(LOADER, "status")])
+@pytest.mark.parametrize("command", [(LOADER, "status"), (GATEKEEPER, "audit", "claim", "C1")])
 def test_a_redis_url_that_is_not_one_is_a_usage_error(command: tuple[str, ...], tmp_path: Path) -> None:
     result = run(*command, env=os.environ | {"REDIS_URL": "http://127.0.0.1:6379"}, cwd=tmp_path)
     assert result.returncode == 2
     assert "'http://127.0.0.1:6379'" in one_line(result) and "redis://" in one_line(result)
+
+
+# The gatekeeper unreachable ------------------------------------------------------------------
+
+CLIENT_COMMANDS = {
+    "check": ("check", str(DEMO_CLAIM)),
+    "practitioner": ("practitioner", "D410102000002"),
+    "health": ("health",),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLIENT_COMMANDS))
+def test_a_client_names_the_gatekeeper_it_cannot_reach(name: str, nowhere: str) -> None:
+    result = run(GATEKEEPER, *CLIENT_COMMANDS[name], "--target", nowhere, env=dict(os.environ))
+    assert result.returncode == 1
+    assert one_line(result) == (
+        f"gatekeeper {name}: cannot reach the gatekeeper at {nowhere}: Connection refused; "
+        "is it running there (--target, env GATEKEEPER_LISTEN)?"
+    )
+
+
+def test_a_client_says_when_the_target_is_not_a_grpc_server(redis_server: RedisServer) -> None:
+    target = f"127.0.0.1:{redis_server.port}"
+    result = run(GATEKEEPER, "health", "--target", target, env=dict(os.environ))
+    assert result.returncode == 1
+    assert one_line(result).startswith(f"gatekeeper health: cannot reach the gatekeeper at {target}: ")
+    assert "not a gRPC server" in one_line(result)
+
+
+# A client's TLS mistakes ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> tuple[CertificateAuthority, Issued, Issued, Issued]:
+    """The server CA, the server's certificate, a client certificate and another client's."""
+    server_ca = CertificateAuthority(tmp_path, "server-ca")
+    client_ca = CertificateAuthority(tmp_path, "client-ca")
+    return (
+        server_ca,
+        server_ca.issue("gatekeeper", server=True),
+        client_ca.issue("his.hospital-a.example"),
+        client_ca.issue("his.hospital-b.example"),
+    )
+
+
+@pytest.fixture
+def tls_gatekeeper(
+    pki: tuple[CertificateAuthority, Issued, Issued, Issued],
+    start_gatekeeper: StartGatekeeper,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> Iterator[RunningGatekeeper]:
+    load(redis_client, DEMO_REGISTRY)
+    _, server, client, _ = pki
+    callers = tmp_path / "callers.toml"
+    callers.write_text('[callers."CN=his.hospital-a.example"]\ninstitutions = ["*"]\n', encoding="utf-8")
+    yield start_gatekeeper(
+        tls_cert_path=server.cert_path,
+        tls_key_path=server.key_path,
+        tls_client_ca_path=client.cert_path.parent / "client-ca.crt",
+        callers_path=callers,
+    )
+
+
+def tls_mistakes(pki: tuple[CertificateAuthority, Issued, Issued, Issued], tmp_path: Path) -> dict[str, object]:
+    server_ca, _, client, other = pki
+    not_pem = tmp_path / "notes.txt"
+    not_pem.write_text("this is not a certificate\n", encoding="utf-8")
+    missing = tmp_path / "missing.key"
+    ca = ("--tls-ca", str(server_ca.cert_path))
+    return {
+        "a certificate without its key": (
+            (*ca, "--tls-cert", str(client.cert_path)),
+            "--tls-cert and --tls-key go together",
+        ),
+        "a key without its certificate": (
+            (*ca, "--tls-key", str(client.key_path)),
+            "--tls-cert and --tls-key go together",
+        ),
+        "a missing key file": (
+            (*ca, "--tls-cert", str(client.cert_path), "--tls-key", str(missing)),
+            f"--tls-key {missing}: No such file or directory",
+        ),
+        "a directory for a file": (
+            ("--tls-ca", str(tmp_path)),
+            f"--tls-ca {tmp_path}: Is a directory",
+        ),
+        "a CA that is not PEM": (
+            ("--tls-ca", str(not_pem)),
+            f"--tls-ca {not_pem}: not a PEM certificate",
+        ),
+        "a certificate that is not PEM": (
+            (*ca, "--tls-cert", str(not_pem), "--tls-key", str(client.key_path)),
+            f"--tls-cert {not_pem}: not a PEM certificate",
+        ),
+        "a key that is not PEM": (
+            (*ca, "--tls-cert", str(client.cert_path), "--tls-key", str(not_pem)),
+            f"--tls-key {not_pem}: not a PEM private key",
+        ),
+        "a certificate for a key": (
+            (*ca, "--tls-cert", str(client.key_path), "--tls-key", str(client.key_path)),
+            f"--tls-cert {client.key_path}: not a PEM certificate",
+        ),
+        "another certificate's key": (
+            (*ca, "--tls-cert", str(client.cert_path), "--tls-key", str(other.key_path)),
+            f"--tls-key {other.key_path} is not the key of --tls-cert {client.cert_path}",
+        ),
+    }
+
+
+MISTAKES = [
+    "a certificate without its key",
+    "a key without its certificate",
+    "a missing key file",
+    "a directory for a file",
+    "a CA that is not PEM",
+    "a certificate that is not PEM",
+    "a key that is not PEM",
+    "a certificate for a key",
+    "another certificate's key",
+]
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_a_tls_mistake_is_one_line_before_connecting(
+    mistake: str, pki: tuple[CertificateAuthority, Issued, Issued, Issued], tmp_path: Path, nowhere: str
+) -> None:
+    flags, expected = tls_mistakes(pki, tmp_path)[mistake]  # type: ignore[misc]
+    result = run(GATEKEEPER, "health", "--target", nowhere, *flags, env=dict(os.environ))
+    assert result.returncode == 2, result.stderr  # not 134: no abort in the C library
+    assert one_line(result) == f"gatekeeper health: {expected}"
+
+
+def test_plain_text_to_a_tls_server_says_it_expects_tls(tls_gatekeeper: RunningGatekeeper) -> None:
+    result = run(GATEKEEPER, "health", "--target", tls_gatekeeper.target, env=dict(os.environ))
+    assert result.returncode == 1
+    line = one_line(result)
+    assert line.startswith(f"gatekeeper health: cannot reach the gatekeeper at {tls_gatekeeper.target}: ")
+    assert "the server expects TLS" in line and "--tls-ca" in line
+
+
+def test_tls_to_a_plain_text_server_says_it_speaks_plain_text(
+    gatekeeper: RunningGatekeeper, pki: tuple[CertificateAuthority, Issued, Issued, Issued]
+) -> None:
+    server_ca = pki[0]
+    tls = ("--tls-ca", str(server_ca.cert_path))
+    result = run(GATEKEEPER, "health", "--target", gatekeeper.target, *tls, env=dict(os.environ))
+    assert result.returncode == 1
+    line = one_line(result)  # no INFO line of gRPC's C library either
+    assert "the server speaks plain text" in line
+
+
+def test_a_server_certificate_from_another_ca_is_named(
+    tls_gatekeeper: RunningGatekeeper, pki: tuple[CertificateAuthority, Issued, Issued, Issued]
+) -> None:
+    _, _, client, _ = pki
+    wrong_ca = ("--tls-ca", str(client.cert_path.parent / "client-ca.crt"))
+    keys = ("--tls-cert", str(client.cert_path), "--tls-key", str(client.key_path))
+    result = run(GATEKEEPER, "health", "--target", tls_gatekeeper.target, *wrong_ca, *keys, env=dict(os.environ))
+    assert result.returncode == 1
+    assert "certificate is not signed by --tls-ca" in one_line(result)
+
+
+def test_no_client_certificate_for_a_server_that_requires_one(
+    tls_gatekeeper: RunningGatekeeper, pki: tuple[CertificateAuthority, Issued, Issued, Issued]
+) -> None:
+    server_ca = pki[0]
+    result = run(
+        GATEKEEPER,
+        "health",
+        "--target",
+        tls_gatekeeper.target,
+        "--tls-ca",
+        str(server_ca.cert_path),
+        env=dict(os.environ),
+    )
+    assert result.returncode == 1
+    assert "client certificate" in one_line(result)
 
 
 # A closed pipe -------------------------------------------------------------------------------
@@ -104,9 +299,11 @@ def run_into_closed_pipe(*args: str, env: dict[str, str], cwd: Path) -> subproce
 @pytest.mark.parametrize(
     "command",
     [
+        (GATEKEEPER, "audit", "export", *PERIOD, "--format", "csv"),
+        (GATEKEEPER, "audit", "counts", *PERIOD),
         (LOADER, "status"),
     ],
-    ids=["loader status"],
+    ids=["audit export", "audit counts", "loader status"],
 )
 def test_a_closed_pipe_ends_the_command_quietly(
     command: tuple[str, ...], redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
