@@ -8,6 +8,7 @@ stderr (or, for a closed pipe, silently with 141) and no C-library abort.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,29 @@ def test_a_redis_url_that_is_not_one_is_a_usage_error(command: tuple[str, ...], 
     result = run(*command, env=os.environ | {"REDIS_URL": "http://127.0.0.1:6379"}, cwd=tmp_path)
     assert result.returncode == 2
     assert "'http://127.0.0.1:6379'" in one_line(result) and "redis://" in one_line(result)
+
+
+def test_serve_starts_without_redis_and_logs_no_traceback(env_without_redis: dict[str, str]) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    command = [GATEKEEPER, "serve", "--listen", listen, "--workers", "1", "--log-format", "text"]
+    server = subprocess.Popen(command, env=env_without_redis, stderr=subprocess.PIPE, text=True)
+    assert server.stderr is not None
+    seen = []
+    try:
+        for line in server.stderr:  # the ready signal: the first failed look at the registry
+            seen.append(line)
+            if "could not check the registry data's age" in line:
+                break
+        health = run(GATEKEEPER, "health", "--target", listen, env=env_without_redis)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, rest = server.communicate(timeout=30)
+    log = "".join(seen) + rest
+    assert server.returncode == 0, log
+    redis_address = env_without_redis["REDIS_URL"].removeprefix("redis://").removesuffix("/0")
+    assert f"could not check the registry data's age: Error 111 connecting to {redis_address}" in log
+    assert "Traceback" not in log
+    assert (health.returncode, health.stdout.strip()) == (1, "NOT_SERVING")  # serving, but not SERVING
 
 
 # The gatekeeper unreachable ------------------------------------------------------------------
