@@ -214,7 +214,7 @@ def _cst_milliseconds(text: str) -> int:
 
 def _audit_period(args: argparse.Namespace) -> Period:
     if args.until <= args.since:
-        raise SystemExit("gatekeeper audit: --until must be after --since")
+        raise CommandFailed("--until must be after --since", exit_code=2)
     return Period(args.since, args.until, int(args.late * 1000))
 
 
@@ -228,7 +228,7 @@ def _audit_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _audit_claim(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if (args.since is None) != (args.until is None):
-        raise SystemExit("gatekeeper audit claim: give both --since and --until, or neither")
+        raise CommandFailed("give both --since and --until, or neither", exit_code=2)
     period = None if args.since is None else _audit_period(args)
     with console.redis_client(args.redis_url or redis_url_from(environ)) as client:
         count = WRITERS[args.format](records_of_claim(client, args.claim_id, period), sys.stdout)

@@ -129,6 +129,13 @@ def test_serve_starts_without_redis_and_logs_no_traceback(env_without_redis: dic
     assert (health.returncode, health.stdout.strip()) == (1, "NOT_SERVING")  # serving, but not SERVING
 
 
+def test_an_audit_period_that_ends_before_it_starts_is_a_usage_error(env_without_redis: dict[str, str]) -> None:
+    backwards = ("--since", "2026-11-02 00:00:00", "--until", "2026-11-01 00:00:00")
+    result = run(GATEKEEPER, "audit", "counts", *backwards, env=env_without_redis)
+    assert result.returncode == 2
+    assert one_line(result) == "gatekeeper audit counts: --until must be after --since"
+
+
 # The gatekeeper unreachable ------------------------------------------------------------------
 
 CLIENT_COMMANDS = {
