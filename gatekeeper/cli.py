@@ -185,7 +185,7 @@ def _unreachable(args: argparse.Namespace, target: str, details: str) -> str | N
     elif "CERTIFICATE_VERIFY_FAILED" in details:
         why = "its certificate is not signed by --tls-ca"
     elif "Hostname Verification" in details:
-        why = "its certificate does not name the host of --target (--tls-server-name gives the name it carries)"
+        why = "its certificate does not name the host of --target (--tls-server-name sets the name to expect)"
     elif "Failed parsing HTTP/2" in details:
         why = "what answers there is not a gRPC server"
     elif "Socket closed" in details or "Connection reset" in details:
