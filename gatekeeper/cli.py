@@ -7,20 +7,21 @@ import json
 import logging
 import os
 import re
+import socket
+import ssl
 import sys
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import grpc
 import psycopg
 from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from gatekeeper import __version__, defaults
+from gatekeeper import __version__, console, defaults
 from gatekeeper.api.callers import CallersError, load_callers
 from gatekeeper.audit.database import SchemaError, check_schema, migrate, prune, schema_version
 from gatekeeper.audit.export import (
@@ -31,6 +32,7 @@ from gatekeeper.audit.export import (
     records_in,
     records_of_claim,
 )
+from gatekeeper.console import CommandFailed
 from gatekeeper.core.cst import CST, TIME_FORMAT, parse_cst
 from gatekeeper.core.policy import Policy, PolicyError, load_policy
 from gatekeeper.core.tables import format_table
@@ -43,9 +45,14 @@ from gatekeeper.settings import (
     listen_from,
     redis_url_from,
     retention_days_from,
+    split_host_port,
 )
 from gatekeeper.v1 import gatekeeper_pb2 as pb
-from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    # The client commands import grpc only once main() has set GRPC_VERBOSITY, which gRPC's C
+    # core reads when it loads (see main()).
+    import grpc
 
 log = logging.getLogger("gatekeeper")
 
@@ -107,19 +114,116 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return serve(settings)
 
 
-def _read(path: Path | None) -> bytes | None:
-    return None if path is None else path.read_bytes()
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN (?:X509 |TRUSTED )?CERTIFICATE-----")
+_PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+
+
+def _read_pem(path: Path | None, flag: str, what: str, pattern: re.Pattern[bytes]) -> bytes | None:
+    """The PEM file given as ``flag``, read and checked here: gRPC's C library aborts the process
+    on some bad files and reports others only as a failed connection."""
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CommandFailed(f"{flag} {path}: {error.strerror}", exit_code=2) from None
+    if not pattern.search(data):
+        raise CommandFailed(f"{flag} {path}: not a PEM {what}", exit_code=2)
+    if b"ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data:
+        raise CommandFailed(f"{flag} {path}: the key is encrypted; gRPC needs it unencrypted", exit_code=2)
+    return data
+
+
+def _tls_files(args: argparse.Namespace) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The CA, client certificate and key a TLS channel needs, each checked, or CommandFailed."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CommandFailed("--tls-cert and --tls-key go together", exit_code=2)
+    ca = _read_pem(args.tls_ca, "--tls-ca", "certificate", _PEM_CERTIFICATE)
+    cert = _read_pem(args.tls_cert, "--tls-cert", "certificate", _PEM_CERTIFICATE)
+    key = _read_pem(args.tls_key, "--tls-key", "private key", _PEM_PRIVATE_KEY)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca is not None:
+        try:
+            context.load_verify_locations(cadata=ca.decode("ascii", errors="replace"))
+        except ssl.SSLError:
+            raise CommandFailed(f"--tls-ca {args.tls_ca}: not a PEM certificate", exit_code=2) from None
+    if cert is not None:
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key, password="")  # never a password prompt
+        except ssl.SSLError as error:
+            if error.reason == "KEY_VALUES_MISMATCH":
+                message = f"--tls-key {args.tls_key} is not the key of --tls-cert {args.tls_cert}"
+            else:
+                message = f"--tls-cert {args.tls_cert} with --tls-key {args.tls_key}: {error.reason or error}"
+            raise CommandFailed(message, exit_code=2) from None
+    return ca, cert, key
 
 
 def _channel(args: argparse.Namespace, target: str) -> grpc.Channel:
     """A channel to ``--target``: plain text, or TLS when a CA or a client certificate is given."""
-    if args.tls_ca is None and args.tls_cert is None:
+    import grpc
+
+    if args.tls_ca is None and args.tls_cert is None and args.tls_key is None:
         return grpc.insecure_channel(target)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(args.tls_ca), private_key=_read(args.tls_key), certificate_chain=_read(args.tls_cert)
-    )
+    ca, cert, key = _tls_files(args)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
     options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
     return grpc.secure_channel(target, credentials, options)
+
+
+def _speaks_tls(target: str, timeout: float) -> bool:
+    """Whether the server at ``target`` answers a TLS handshake (a diagnosis after a failed call)."""
+    try:
+        host, port = split_host_port(target)
+    except SettingsError:  # a gRPC target form such as dns:///name:port: no diagnosis
+        return False
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only whether it speaks TLS, not whom
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, port), timeout) as raw, context.wrap_socket(raw, server_hostname=host):
+            return True
+    except ssl.SSLError as error:  # a TLS alert (e.g. "certificate required") is TLS too
+        return "ALERT" in (error.reason or "")
+    except OSError:
+        return False
+
+
+# Details of an UNAVAILABLE that gRPC gives when it could not connect (not an answer of the server).
+_NOT_CONNECTED = ("failed to connect to all addresses", "errors resolving", "DNS resolution failed")
+
+
+def _unreachable(args: argparse.Namespace, target: str, details: str) -> str | None:
+    """Why the gatekeeper at ``target`` could not be reached, from gRPC's ``details``; None if it was."""
+    if not any(marker in details for marker in _NOT_CONNECTED):
+        return None
+    tls = args.tls_ca is not None or args.tls_cert is not None
+    if "Connection refused" in details:
+        why = "Connection refused; is it running there (--target, env GATEKEEPER_LISTEN)?"
+    elif "WRONG_VERSION_NUMBER" in details:
+        why = "the server speaks plain text, not TLS (leave out --tls-ca, --tls-cert and --tls-key)"
+    elif "CERTIFICATE_VERIFY_FAILED" in details:
+        why = "its certificate is not signed by --tls-ca"
+    elif "Hostname Verification" in details:
+        why = "its certificate does not name the host of --target (--tls-server-name sets the name to expect)"
+    elif "Failed parsing HTTP/2" in details:
+        why = "what answers there is not a gRPC server"
+    elif "Socket closed" in details or "Connection reset" in details:
+        if tls:
+            why = (
+                "the server closed the connection in the TLS handshake: it requires a client certificate "
+                "(--tls-cert, --tls-key) signed by a CA it trusts"
+            )
+        elif _speaks_tls(target, args.timeout):
+            why = "the server expects TLS (give --tls-ca; --tls-cert and --tls-key if it asks for a client certificate)"
+        else:
+            why = "the server closed the connection"
+    elif "errors resolving" in details or "DNS resolution failed" in details:
+        why = f"the host name cannot be resolved ({details})"
+    else:
+        why = details
+    return f"cannot reach the gatekeeper at {target}: {why}"
 
 
 def _cst_milliseconds(text: str) -> int:
@@ -143,9 +247,9 @@ def _check_record_schema(url: str) -> None:
         )
 
 
-def _audit_period(args: argparse.Namespace, command: str) -> Period:
+def _audit_period(args: argparse.Namespace) -> Period:
     if args.until <= args.since:
-        raise SystemExit(f"gatekeeper {command}: --until must be after --since")
+        raise CommandFailed("--until must be after --since", exit_code=2)
     return Period(args.since, args.until)
 
 
@@ -155,14 +259,12 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> psycopg.C
     try:
         return psycopg.connect(url, connect_timeout=10, autocommit=True)
     except psycopg.Error as error:
-        raise SystemExit(
-            f"gatekeeper: cannot reach the decision record at {_redacted(url)}: {_first_line(error)}"
-        ) from None
+        raise CommandFailed(f"cannot reach the decision record at {_redacted(url)}: {_first_line(error)}") from None
 
 
 def _redacted(url: str) -> str:
     """A database URL without its password."""
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    return console.redis_url_shown(url)
 
 
 def _first_line(error: BaseException) -> str:
@@ -171,8 +273,9 @@ def _first_line(error: BaseException) -> str:
 
 
 def _audit_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    period = _audit_period(args)
     with _database(args, environ) as connection:
-        records = records_in(connection, _audit_period(args, "audit export"), args.institution or ())
+        records = records_in(connection, period, args.institution or ())
         count = WRITERS[args.format](records, sys.stdout)
     print(f"gatekeeper audit export: {count} decision(s)", file=sys.stderr)
     return 0
@@ -180,8 +283,8 @@ def _audit_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _audit_claim(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if (args.since is None) != (args.until is None):
-        raise SystemExit("gatekeeper audit claim: give both --since and --until, or neither")
-    period = None if args.since is None else _audit_period(args, "audit claim")
+        raise CommandFailed("give both --since and --until, or neither", exit_code=2)
+    period = None if args.since is None else _audit_period(args)
     with _database(args, environ) as connection:
         count = WRITERS[args.format](records_of_claim(connection, args.claim_id, period), sys.stdout)
     if count == 0:
@@ -191,10 +294,9 @@ def _audit_claim(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _audit_counts(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    period = _audit_period(args)
     with _database(args, environ) as connection:
-        counts = count_by_institution_and_reason(
-            connection, _audit_period(args, "audit counts"), args.institution or ()
-        )
+        counts = count_by_institution_and_reason(connection, period, args.institution or ())
     if args.json:
         print(json.dumps([c.as_row() for c in counts], ensure_ascii=False, indent=2))
     else:
@@ -207,8 +309,7 @@ def _audit_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         try:
             applied = migrate(connection)
         except SchemaError as error:
-            print(f"gatekeeper audit migrate: {error}", file=sys.stderr)
-            return 1
+            raise CommandFailed(str(error)) from None
         version = schema_version(connection)
     for migration in applied:
         print(f"applied {migration.version:04d}_{migration.name}")
@@ -233,12 +334,13 @@ def _review(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     policy = _load_policy_or_exit(args.policy, "review")
     redis_url = args.redis_url or redis_url_from(environ)
+    console.redis_client(redis_url).close()  # a URL that is not a Redis URL is a usage error, before anything runs
+    if not args.follow and (args.since is None or args.until is None):
+        raise CommandFailed("give --since and --until, or --follow", exit_code=2)
+    period = None if args.follow else _audit_period(args)
     with _database(args, environ) as connection:
-        if args.follow:
+        if period is None:
             return follow_review(connection, redis_url, policy, once=args.once)
-        if args.since is None or args.until is None:
-            raise SystemExit("gatekeeper review: give --since and --until, or --follow")
-        period = _audit_period(args, "review")
         return review_period(connection, redis_url, policy, period, args.institution or (), args.format)
 
 
@@ -246,7 +348,7 @@ def _load_policy_or_exit(path: Path | None, command: str) -> Policy:
     try:
         return load_policy(path)
     except PolicyError as error:
-        raise SystemExit(f"gatekeeper {command}: {error}") from None
+        raise CommandFailed(str(error), exit_code=2) from None
 
 
 def _enum_name(enum_type: EnumTypeWrapper, value: int, prefix: str) -> str:
@@ -291,12 +393,21 @@ def _call(
     args: argparse.Namespace, environ: Mapping[str, str], command: str, invoke: Callable[[grpc.Channel], Response]
 ) -> Response | None:
     """Make one call on a channel to ``--target``; None (the error printed) if it fails."""
+    import grpc
+
     target = args.target or listen_from(environ)
     with _channel(args, target) as channel:
         try:
             return invoke(channel)
         except grpc.RpcError as error:
-            print(f"gatekeeper {command}: {error.code().name}: {error.details()}", file=sys.stderr)
+            code, details = error.code(), error.details() or ""
+            unreachable = _unreachable(args, target, details) if code == grpc.StatusCode.UNAVAILABLE else None
+            if unreachable is not None:
+                print(f"gatekeeper {command}: {unreachable}", file=sys.stderr)
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
+                print(f"gatekeeper {command}: no answer from {target} within {args.timeout:g} s", file=sys.stderr)
+            else:
+                print(f"gatekeeper {command}: {code.name}: {details}", file=sys.stderr)
             return None
 
 
@@ -307,6 +418,8 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except (OSError, ValueError, json_format.ParseError) as error:
         print(f"gatekeeper check: {args.claim_file}: {error}", file=sys.stderr)
         return 2
+    from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+
     response = _call(
         args,
         environ,
@@ -323,6 +436,8 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _practitioner(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+
     request = pb.GetPractitionerRequest(
         prac_psn_code=args.code, at_time=args.at or "", fixmedins_code=args.institution or ""
     )
@@ -339,6 +454,8 @@ def _practitioner(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _health(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from grpc_health.v1 import health_pb2_grpc
+
     request = health_pb2.HealthCheckRequest(service=args.service)
     response = _call(
         args,
@@ -593,4 +710,30 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command != "serve":  # serve sets up logging from its settings
         setup_logging("text")
-    sys.exit(args.run(args, os.environ))
+        # gRPC's C core logs a failed TLS handshake at INFO on stderr, beside our one line; it
+        # reads this when grpc is first imported, which is why the client commands import it late.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    sys.exit(_run(args, os.environ))
+
+
+def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Run the command; an expected failure is one line ``gatekeeper COMMAND: what``, never a traceback."""
+    command = " ".join(["gatekeeper", args.command] + ([args.audit_command] if args.command == "audit" else []))
+    try:
+        code: int = args.run(args, environ)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+    except BrokenPipeError:  # stdout's reader went away (… | head): nobody is left to tell
+        console.exit_on_closed_pipe()
+    except CommandFailed as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return error.exit_code
+    except console.REDIS_UNREACHABLE as error:
+        url = getattr(args, "redis_url", None) or redis_url_from(environ)
+        print(f"{command}: {console.redis_unreachable(url, error)}", file=sys.stderr)
+        return 1
+    except psycopg.OperationalError as error:  # the database went away mid-command
+        print(f"{command}: lost the decision record: {_first_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code

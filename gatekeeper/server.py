@@ -29,6 +29,7 @@ from gatekeeper.api.validation import Limits
 from gatekeeper.audit.writer import AuditLog
 from gatekeeper.cache.store import CachingEligibilityStore, RedisEligibilityStore
 from gatekeeper.core.eligibility import EligibilityStore, StoreStats
+from gatekeeper.core.errors import CacheUnavailable
 from gatekeeper.core.policy import Policy, load_policy
 from gatekeeper.core.readiness import readiness
 from gatekeeper.ops import metrics
@@ -93,7 +94,9 @@ class GatekeeperServer:
         while not self._stopping.is_set():
             try:
                 updated_at = await self.store.registry_updated_at()
-            except Exception:  # a Redis blip keeps the last status rather than flapping (the store counts it)
+            except CacheUnavailable as error:  # a Redis blip keeps the last status rather than flapping (counted)
+                log.warning("could not check the registry data's age: %s", error)
+            except Exception:  # a bug: keep its traceback, and the last status
                 log.warning("could not check the registry data's age", exc_info=True)
             else:
                 self.metrics_state.registry_updated_at = updated_at

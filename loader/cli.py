@@ -14,8 +14,9 @@ from pathlib import Path
 
 import redis
 
-from gatekeeper import defaults
+from gatekeeper import console, defaults
 from gatekeeper.cache import keys
+from gatekeeper.console import CommandFailed
 from gatekeeper.settings import redis_url_from
 from loader.cache import LeaseLost, LegacyChangeLog, LoaderBusy, NoSnapshot, read_lease, read_state
 from loader.changes import apply_change_files
@@ -28,17 +29,12 @@ log = logging.getLogger("loader")
 
 
 def _client(args: argparse.Namespace) -> redis.Redis:
-    return redis.Redis.from_url(args.redis_url)
+    return console.redis_client(args.redis_url)
 
 
 def _cut(rows: int) -> str:
     """The summary's note of rows loaded with a field cut to its limit, if any."""
     return f", {rows:,} with a field cut to its limit" if rows else ""
-
-
-def _fail(message: str) -> int:
-    print(f"gatekeeper-loader: {message}", file=sys.stderr)
-    return 1
 
 
 def _snapshot(args: argparse.Namespace) -> int:
@@ -52,7 +48,7 @@ def _snapshot(args: argparse.Namespace) -> int:
     try:
         result = load_snapshot(_client(args), path, options)
     except (SnapshotRefused, LoaderBusy, LeaseLost, LegacyChangeLog) as error:
-        return _fail(f"{path}: refused, nothing switched: {error}")
+        raise CommandFailed(f"{path}: refused, nothing switched: {error}") from None
     if not result.listpack_settings_ok:
         print(
             "warning: could not raise hash-max-listpack-entries/value (CONFIG SET refused); "
@@ -85,7 +81,7 @@ def _apply(args: argparse.Namespace) -> int:
     try:
         result = apply_change_files(_client(args), paths, quarantine)
     except NoSnapshot as error:
-        return _fail(str(error))
+        raise CommandFailed(str(error)) from None
     finally:
         quarantine.close()
     stats = result.stats
@@ -127,7 +123,7 @@ def _follow(args: argparse.Namespace) -> int:
     try:
         stats = follow(_client(args), args.url, stop, quarantine, options)
     except (NoSnapshot, FeedError) as error:
-        return _fail(str(error))
+        raise CommandFailed(str(error)) from None
     finally:
         quarantine.close()
     bad = f"{stats.bad_rows} bad{_cut(stats.truncated_rows)}"
@@ -169,7 +165,10 @@ def _generate(args: argparse.Namespace) -> int:
     started = time.monotonic()
     directory = Path(args.directory)
     directory.mkdir(parents=True, exist_ok=True)
-    registry = generate(directory, args.people, seed=args.seed, changes=args.changes, compress=args.gzip)
+    try:
+        registry = generate(directory, args.people, seed=args.seed, changes=args.changes, compress=args.gzip)
+    except ValueError as error:  # a count out of range
+        raise CommandFailed(str(error), exit_code=2) from None
     print(
         f"generated {registry.people:,} practitioners ({registry.rows:,} rows, watermark {registry.watermark_seq}) "
         f"in {registry.snapshot} and {len(registry.change_files)} change files up to seq {registry.last_change_seq} "
@@ -181,7 +180,14 @@ def _generate(args: argparse.Namespace) -> int:
 def _feed_server(args: argparse.Namespace) -> int:
     from loader.feed import serve_feed
 
-    serve_feed(Path(args.directory), host=args.host, port=args.port)
+    try:
+        serve_feed(Path(args.directory), host=args.host, port=args.port)
+    except NotADirectoryError as error:
+        raise CommandFailed(str(error), exit_code=2) from None
+    except ValueError as error:  # not a loopback address
+        raise CommandFailed(str(error), exit_code=2) from None
+    except OSError as error:
+        raise CommandFailed(f"cannot listen on {args.host}:{args.port}: {error.strerror}") from None
     return 0
 
 
@@ -243,4 +249,28 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     args.redis_url = args.redis_url or redis_url_from(os.environ)  # the one place that reads the environment
-    sys.exit(args.run(args))
+    sys.exit(_run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; an expected failure is one line ``gatekeeper-loader COMMAND: what``, never a traceback."""
+    command = f"gatekeeper-loader {args.command}"
+    try:
+        code: int = args.run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+    except BrokenPipeError:  # stdout's reader went away (… | head): nobody is left to tell
+        console.exit_on_closed_pipe()
+    except CommandFailed as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return error.exit_code
+    except console.REDIS_UNREACHABLE as error:
+        print(f"{command}: {console.redis_unreachable(args.redis_url, error)}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        if error.filename is None:  # not a file named on the command line: unexpected, keep the traceback
+            raise
+        print(f"{command}: {console.file_error(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code

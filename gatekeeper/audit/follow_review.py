@@ -51,10 +51,13 @@ def review_period(
     output_format: str,
 ) -> int:
     """Print the findings on the items of decisions made in ``period``; 0, or 1 when it failed."""
+    version = ""
 
     async def findings() -> list[Finding]:
+        nonlocal version
         store = RedisEligibilityStore.from_url(redis_url, defaults.DATABASE_TIMEOUT_SECONDS)
         try:
+            version = (await store.lookup(())).registry_version  # the registry is there, or fail now
             items = items_decided_in(connection, period, institutions)
             return [finding async for _, finding in review(items, store, policy) if finding is not None]
         except (GatekeeperError, RuntimeError) as error:
@@ -71,7 +74,8 @@ def review_period(
     recover = sum(f.amount_fen for f in found if f.action == "recover")
     resettle = sum(f.amount_fen for f in found if f.action == "resettle")
     print(
-        f"gatekeeper review: {len(found)} finding(s): recover {recover / 100:,.2f}, resettle {resettle / 100:,.2f}",
+        f"gatekeeper review: {len(found)} finding(s) against registry {version}: "
+        f"recover {recover / 100:,.2f}, resettle {resettle / 100:,.2f}",
         file=sys.stderr,
     )
     return 0

@@ -295,7 +295,7 @@ def codes_to_review(entry: changelog.Entry, now: int) -> set[str]:
     codes: set[str] = set()
     for change in entry.changes:
         if reaches_into_the_past(decode_record(change.record), now):
-            codes.add(change.code)
+            codes.update(change.codes)
     return codes
 
 

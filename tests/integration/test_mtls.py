@@ -163,4 +163,4 @@ def test_the_cli_speaks_mutual_tls(pki: Pki) -> None:
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING"), health.stderr
     assert checked.returncode == 0, checked.stderr
     assert "claim PARTIAL: allowed 156.00, blocked 175.50" in checked.stdout
-    assert anonymous.returncode == 1 and "UNAVAILABLE" in anonymous.stderr
+    assert anonymous.returncode == 1 and "requires a client certificate" in anonymous.stderr

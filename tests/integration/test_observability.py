@@ -230,7 +230,7 @@ def test_serve_logs_one_json_object_per_line_and_health_answers_the_container(
     logged += [json.loads(line) for line in rest.splitlines()]
 
     assert (healthy.returncode, healthy.stdout.strip()) == (0, "SERVING")
-    assert nobody.returncode == 1 and "UNAVAILABLE" in nobody.stderr
+    assert nobody.returncode == 1 and "cannot reach the gatekeeper" in nobody.stderr
     assert server.returncode == 0
     assert {"time", "level", "logger", "message", "pid"} <= set(logged[0])
     warnings = [line["message"] for line in logged if line["level"] == "WARNING"]

@@ -1,0 +1,67 @@
+"""What the ``gatekeeper`` and ``gatekeeper-loader`` commands print when an expected failure ends them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+# The status a shell reports for a writer killed by SIGPIPE (128 + 13), as for `yes` in `yes | head -1`.
+CLOSED_PIPE_EXIT = 141
+
+# What a command prints for these is "cannot reach Redis at URL: why": the server is down, the
+# address or port is wrong, or it did not answer in time.
+REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+
+class CommandFailed(Exception):
+    """An expected failure: the entry point prints ``<command>: <message>`` and exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def redis_url_shown(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client for ``url`` (nothing connects yet); a URL that is not a Redis URL is a usage error."""
+    try:
+        return redis.Redis.from_url(url)
+    except ValueError as error:
+        raise CommandFailed(f"--redis-url {redis_url_shown(url)!r}: {error}", exit_code=2) from None
+
+
+def redis_unreachable(url: str, error: redis.RedisError) -> str:
+    """One line for a Redis connection that failed: where, and the operating system's reason if there is one."""
+    cause = error.__cause__ or error.__context__
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(error)
+    return f"cannot reach Redis at {redis_url_shown(url)}: {reason}"
+
+
+def file_error(error: OSError) -> str:
+    """``PATH: reason`` for an error reading or writing a named file."""
+    return f"{error.filename}: {error.strerror}"
+
+
+def exit_on_closed_pipe() -> NoReturn:
+    """End quietly after the reader of stdout went away (``… | head``).
+
+    stdout is pointed at /dev/null first so that the interpreter's last flush of what is still
+    buffered does not fail again ("Exception ignored … BrokenPipeError").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(CLOSED_PIPE_EXIT)
