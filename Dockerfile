@@ -21,7 +21,8 @@ RUN /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-che
 
 # The final image: the interpreter, the virtual environment and the demo data; no compilers.
 FROM ${PYTHON_IMAGE}
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gatekeeper
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gatekeeper \
+    && install -d -o 10001 -g 10001 /var/spool/gatekeeper
 COPY --from=build /opt/venv /opt/venv
 COPY demo/ /srv/demo/
 ENV PATH=/opt/venv/bin:$PATH \
@@ -30,6 +31,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     GATEKEEPER_LISTEN=0.0.0.0:50051 \
     GATEKEEPER_METRICS_LISTEN=0.0.0.0:9464 \
     GATEKEEPER_LOG_FORMAT=json \
+    GATEKEEPER_AUDIT_SPOOL_DIR=/var/spool/gatekeeper \
     GRPC_VERBOSITY=ERROR
 USER 10001
 EXPOSE 50051 9464

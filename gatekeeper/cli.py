@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--audit-spool-dir",
         type=Path,
-        help="where decisions wait on disk while Redis is away "
+        help="where decisions wait on disk while the database is away "
         f"(env GATEKEEPER_AUDIT_SPOOL_DIR, default ./{defaults.AUDIT_SPOOL_DIR})",
     )
     serve.add_argument("--max-items", type=_positive, help=f"line items per claim (default {defaults.MAX_ITEMS:,})")

@@ -77,6 +77,7 @@ class GatekeeperServer:
         if self.audit is not None:
             self.metrics_state.audit = self.audit.stats
             self.metrics_state.audit_queued = lambda audit=self.audit: audit.queued
+            self.metrics_state.audit_spool_bytes = lambda audit=self.audit: audit.spool.size
             self.audit.start()
         await self.server.start()
         self._health_task = asyncio.create_task(self._watch_registry(), name="registry-health")
@@ -102,7 +103,7 @@ class GatekeeperServer:
                 self.metrics_state.registry_updated_at = updated_at
                 ready = readiness(updated_at, time.time(), self.settings.max_registry_age_seconds)
             if ready is not None:
-                recording = self.audit is None or self.audit.accepting
+                recording = self.audit is None or self.audit.recording
                 now_serving = ready.serving and recording
                 if now_serving != serving:
                     serving = now_serving

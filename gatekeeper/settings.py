@@ -126,7 +126,7 @@ class Settings:
     # Degraded mode (Redis unreadable): records held up to this age are used, other codes
     # are unverified and the region policy decides. 0: no degraded mode, UNAVAILABLE.
     degraded_max_age_seconds: float = defaults.DEGRADED_MAX_AGE_SECONDS
-    # The decision audit's spool: where decisions wait, on disk, while Redis is away.
+    # The decision record's spool: where decisions wait, on disk, while the database is away.
     audit_spool_dir: Path = Path(defaults.AUDIT_SPOOL_DIR)
     shutdown_grace_seconds: float = defaults.SHUTDOWN_GRACE_SECONDS
     health_poll_seconds: float = defaults.HEALTH_POLL_SECONDS

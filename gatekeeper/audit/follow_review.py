@@ -100,8 +100,8 @@ async def _review_entry(
     rewrites the same rows."""
     reviewed: list[tuple[RecordedItem, Finding | None]] = []
     if entry.switched_to is None:
-        for code in sorted(codes_to_review(entry, int(time.time()))):
-            async for pair in review(items_of_practitioner(connection, code), store, policy):
+        for code, since in sorted(codes_to_review(entry, int(time.time())).items()):
+            async for pair in review(items_of_practitioner(connection, code, since), store, policy):
                 reviewed.append(pair)
     snapshot_id, seq = store.last_version or ("", 0)
     with connection.transaction():

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import psycopg
 
 from gatekeeper.audit.export import Period
+from gatekeeper.audit.records import moment
 from gatekeeper.cache import changelog
 from gatekeeper.core.codes import division_of
 from gatekeeper.core.cst import format_cst
@@ -122,12 +123,23 @@ def items_decided_in(
         yield from (_recorded(row) for row in cursor)
 
 
-def items_of_practitioner(connection: psycopg.Connection, code: str) -> list[RecordedItem]:
-    """Every recorded item ``code`` took part in (ordering or executing): two index scans."""
+# Claims are settled after the service, but HIS clocks drift and some settle a service dated a
+# little ahead: a day's margin before a window's start, when bounding decisions by it.
+DECIDED_BEFORE_SERVICE_SECONDS = 86_400
+
+
+def items_of_practitioner(connection: psycopg.Connection, code: str, since: int | None = None) -> list[RecordedItem]:
+    """Every recorded item ``code`` took part in (ordering or executing), served at or after
+    ``since`` (epoch seconds; None: ever): two index scans per daily partition, and only the
+    partitions of days decided since then."""
+    where, parameters = "", list[object]([code])
+    if since is not None:
+        where = " AND fee_ocur_time >= %s AND decided_at >= %s"
+        parameters += [moment(since), moment(since - DECIDED_BEFORE_SERVICE_SECONDS)]
     rows = connection.execute(
-        f"SELECT {_ITEM_COLUMNS} FROM decision_items WHERE bilg_dr_codg = %s"
-        f" UNION ALL SELECT {_ITEM_COLUMNS} FROM decision_items WHERE orders_dr_code = %s",
-        [code, code],
+        f"SELECT {_ITEM_COLUMNS} FROM decision_items WHERE bilg_dr_codg = %s{where}"
+        f" UNION ALL SELECT {_ITEM_COLUMNS} FROM decision_items WHERE orders_dr_code = %s{where}",
+        parameters + parameters,
     ).fetchall()
     return [_recorded(row) for row in rows]
 
@@ -284,18 +296,44 @@ WRITERS: dict[str, Callable[[Iterable[Finding], TextIO], int]] = {
 def reaches_into_the_past(record: PractitionerRecord, now: int) -> bool:
     """A change whose window starts before now, or that withdraws or collapses a window (the
     window it replaces may have lain in the past): recorded items may be affected."""
-    return any(
-        period.begntime < now or period.status == Status.WITHDRAWN or period.endtime == period.begntime
-        for period in record.periods
-    )
+    return review_since(record, now) is not _UNAFFECTED
 
 
-def codes_to_review(entry: changelog.Entry, now: int) -> set[str]:
-    """The practitioner codes a change entry calls for reviewing."""
-    codes: set[str] = set()
+_UNAFFECTED = -1
+
+
+def review_since(record: PractitionerRecord, now: int) -> int | None:
+    """From which service time a change calls for reviewing (epoch seconds), None for all
+    of them, or _UNAFFECTED. A window starting in the past: from its start (whatever it
+    replaced covered the same start, or it would have another chg_id). A withdrawn or
+    collapsed window starting in the future: the window it cancels may have started
+    earlier, so every item."""
+    since: int | None = _UNAFFECTED
+    for period in record.periods:
+        if period.begntime < now:
+            start: int | None = period.begntime
+        elif period.status == Status.WITHDRAWN or period.endtime == period.begntime:
+            start = None
+        else:
+            continue
+        if since == _UNAFFECTED or start is None or (since is not None and start < since):
+            since = start
+    return since
+
+
+def codes_to_review(entry: changelog.Entry, now: int) -> dict[str, int | None]:
+    """The practitioner codes a change entry calls for reviewing, each with the service time
+    to review from (None: all)."""
+    codes: dict[str, int | None] = {}
     for change in entry.changes:
-        if reaches_into_the_past(decode_record(change.record), now):
-            codes.update(change.codes)
+        since = review_since(decode_record(change.record), now)
+        if since == _UNAFFECTED:
+            continue
+        for code in change.codes:
+            known = codes.get(code, _UNAFFECTED)
+            codes[code] = (
+                since if known == _UNAFFECTED else None if since is None or known is None else min(since, known)
+            )
     return codes
 
 

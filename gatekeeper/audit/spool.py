@@ -19,18 +19,25 @@ log = logging.getLogger(__name__)
 SPOOL_PATTERN = "audit-*.spool"
 
 
-def _parse_batches(data: bytes, path: Path) -> list[Batch]:
-    """The batches of a spool file's bytes; a line that is not a whole batch (torn by a
-    crash mid-write) is skipped and reported."""
-    batches = []
-    for number, line in enumerate(data.split(b"\n"), start=1):
+def _parse_batches(data: bytes, path: Path) -> tuple[list[Batch], int]:
+    """The batches of a spool file's bytes, and how many complete lines could not be read.
+    A last line without its newline was torn by a crash mid-write: skipped, as it was never
+    acknowledged. Any other unreadable line (another version's format, damage) is counted:
+    the file is then kept for an operator rather than deleted after the replay."""
+    batches, unreadable = [], 0
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
         if not line:
             continue
         try:
             batches.append(decode_batch(line))
         except (msgspec.DecodeError, msgspec.ValidationError):
-            log.error("audit spool %s line %d is not a whole batch (a crash mid-write?): skipped", path, number)
-    return batches
+            if number == len(lines):  # no newline after it: torn mid-write
+                log.warning("audit spool %s line %d was torn by a crash mid-write: skipped", path, number)
+            else:
+                unreadable += 1
+                log.error("audit spool %s line %d is not a batch this version can read", path, number)
+    return batches, unreadable
 
 
 @dataclass
@@ -40,10 +47,22 @@ class Orphan:
     path: Path
     descriptor: int
     batches: list[Batch]
+    unreadable: int = 0  # complete lines that could not be read
 
     def remove(self) -> None:
-        """Delete the file (it has been replayed) and let go of it."""
-        self.path.unlink(missing_ok=True)
+        """Delete the file (it has been replayed) and let go of it; a file with lines that
+        could not be read is renamed ``….unreadable`` instead, for an operator to look at."""
+        if self.unreadable:
+            kept = self.path.with_suffix(".unreadable")
+            self.path.rename(kept)
+            log.error(
+                "audit spool %s: %d line(s) could not be read and were not replayed; kept as %s",
+                self.path,
+                self.unreadable,
+                kept,
+            )
+        else:
+            self.path.unlink(missing_ok=True)
         os.close(self.descriptor)
 
     def release(self) -> None:
@@ -98,7 +117,7 @@ class Spool:
         """The batches of this process's file."""
         if self.path is None:
             return []
-        return _parse_batches(os.pread(self._descriptor, self._size, 0), self.path)
+        return _parse_batches(os.pread(self._descriptor, self._size, 0), self.path)[0]
 
     def empty(self) -> None:
         """Forget the batches of this process's file (they have been replayed)."""
@@ -126,7 +145,12 @@ class Spool:
             except BlockingIOError:  # its process is alive, or another one is replaying it
                 os.close(descriptor)
                 continue
-            yield Orphan(path, descriptor, _parse_batches(data, path))
+            yield Orphan(path, descriptor, *_parse_batches(data, path))
+
+    @property
+    def size(self) -> int:
+        """Bytes in this process's file (decisions waiting on disk for the database)."""
+        return self._size
 
     def close(self) -> None:
         """Let go of this process's file; remove it when it holds nothing to replay."""

@@ -226,6 +226,12 @@ class AuditLog:
         return cls(PostgresRecordStore(url, timeout_seconds), Spool(spool_directory))
 
     @property
+    def recording(self) -> bool:
+        """True while decisions are taken: the record or the spool takes batches, and the
+        queue has room. Health is NOT_SERVING otherwise."""
+        return self.accepting and self._queue.qsize() < self._max_queued
+
+    @property
     def queued(self) -> int:
         """Decisions taken and not yet written or spooled."""
         return self._queue.qsize() + sum(len(batch.records) for batch in self._unsaved)

@@ -88,6 +88,7 @@ class ServerState:
     near_cache: bool = False  # the store has a near cache: its hit and miss counts mean something
     audit: AuditCounters | None = None
     audit_queued: Callable[[], int] | None = None  # decisions waiting to be written
+    audit_spool_bytes: Callable[[], int] | None = None  # bytes of decisions waiting on disk
     registry_updated_at: float | None = None  # epoch seconds; None: no snapshot loaded (or not yet known)
     serving: bool = False
 
@@ -162,7 +163,7 @@ class _ServerCollector(Collector):
         )
         batches = CounterMetricFamily(
             "gatekeeper_audit_batches",
-            "Audit batches by what became of them: spooled (Redis away), replayed (from a spool), "
+            "Audit batches by what became of them: spooled (the database away), replayed (from a spool), "
             "duplicate (already stored), failed (a write that failed)",
             labels=["outcome"],
         )
@@ -177,7 +178,13 @@ class _ServerCollector(Collector):
         depths = [s.audit_queued() for s in servers if s.audit_queued is not None]
         if depths:
             queued.add_metric([], sum(depths))
-        yield from (records, batches, queued)
+        spool = GaugeMetricFamily(
+            "gatekeeper_audit_spool_bytes", "Bytes of decisions in this worker's spool file, waiting for the database"
+        )
+        sizes = [s.audit_spool_bytes() for s in servers if s.audit_spool_bytes is not None]
+        if sizes:
+            spool.add_metric([], sum(sizes))
+        yield from (records, batches, queued, spool)
 
 
 SERVERS = _ServerCollector()

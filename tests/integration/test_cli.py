@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY
-from tests.servers import RedisServer, free_port
+from tests.servers import PostgresServer, RedisServer, free_port
 
 BIN = Path(sys.executable).parent
 
@@ -105,3 +106,29 @@ def test_two_workers_share_one_port(cli_env: dict[str, str]) -> None:
         server.send_signal(signal.SIGTERM)
         _, log = server.communicate(timeout=30)
     assert server.returncode == 0, log
+
+
+def test_serve_refuses_a_decision_record_on_a_schema_it_does_not_know(
+    cli_env: dict[str, str], postgres_server: PostgresServer
+) -> None:
+    name = f"unmigrated_{os.getpid()}"
+    with psycopg.connect(postgres_server.url(), autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    env = cli_env | {"DATABASE_URL": postgres_server.url(name)}
+    try:
+        served = run(str(BIN / "gatekeeper"), "serve", env=env)
+        assert served.returncode == 2
+        assert served.stderr.splitlines() == [
+            "gatekeeper serve: the decision record's schema is at version 0, this gatekeeper needs 1: "
+            "run `gatekeeper audit migrate`"
+        ]
+        migrated = run(
+            str(BIN / "gatekeeper"), "audit", "migrate", env=cli_env | {"DATABASE_URL": postgres_server.url(name)}
+        )
+        assert (migrated.returncode, migrated.stdout.splitlines()[-1]) == (
+            0,
+            "the decision record is at schema version 1",
+        )
+    finally:
+        with psycopg.connect(postgres_server.url(), autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -98,7 +98,19 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "audit-1-dead.spool").write_text(whole + "\n" + whole[:20])  # crashed mid-write
     [orphan] = list(Spool(tmp_path).orphans())
     assert [b.batch_id for b in orphan.batches] == ["b1"]
-    orphan.release()
+    orphan.remove()
+    assert not orphan.path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_file_with_lines_this_version_cannot_read_is_kept_not_deleted(tmp_path: Path) -> None:
+    whole = json.dumps({"batch_id": "b1", "records": []})
+    older = json.dumps({"batch_id": "b0", "records": [{"decision_id": "d0"}]})  # another version's format
+    (tmp_path / "audit-1-dead.spool").write_text(older + "\n" + whole + "\n")
+    [orphan] = list(Spool(tmp_path).orphans())
+    assert ([b.batch_id for b in orphan.batches], orphan.unreadable) == (["b1"], 1)
+    orphan.remove()  # replayed what it could read
+    assert [p.name for p in tmp_path.iterdir()] == ["audit-1-dead.unreadable"]
+    assert list(Spool(tmp_path).orphans()) == []  # not replayed again
 
 
 def test_closing_removes_an_empty_spool_file_and_keeps_one_with_batches(tmp_path: Path) -> None:

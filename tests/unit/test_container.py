@@ -102,5 +102,14 @@ def test_compose_gives_redis_the_listpack_settings_of_the_cache_layout() -> None
     compose = (REPO / "docker-compose.yml").read_text(encoding="utf-8")
     for name, setting in LISTPACK_SETTINGS.items():
         assert re.search(rf"--{name}\s*\n\s*- \"{setting}\"", compose), name
-    for service in ("redis:", "loader:", "gatekeeper:"):
+    for service in ("redis:", "postgres:", "migrate:", "loader:", "gatekeeper:"):
         assert f"\n  {service}" in compose
+
+
+def test_compose_keeps_the_decision_record_on_a_volume_and_migrates_it_before_serving() -> None:
+    compose = (REPO / "docker-compose.yml").read_text(encoding="utf-8")
+    assert "decision-record:/var/lib/postgresql/data" in compose
+    assert '["gatekeeper", "audit", "migrate"]' in compose
+    gatekeeper = compose[compose.index("\n  gatekeeper:") :]
+    assert "DATABASE_URL: postgresql://postgres@postgres:5432/gatekeeper" in gatekeeper
+    assert re.search(r"migrate:\s*\n\s*condition: service_completed_successfully", gatekeeper)

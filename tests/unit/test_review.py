@@ -115,8 +115,9 @@ def test_a_change_calls_for_review_when_its_window_reaches_into_the_past() -> No
     assert not reaches_into_the_past(future, now)
     assert reaches_into_the_past(collapsed, now)  # the window it cancels may have begun long ago
     entry = Entry(b"1-0", changes=(change(DOCTOR, late), change(NURSE, future)))
-    assert codes_to_review(entry, now) == {DOCTOR}
-    assert codes_to_review(Entry(b"2-0", switched_to=7), now) == set()
+    assert codes_to_review(entry, now) == {DOCTOR: parse_cst("2026-11-01 00:00:00")}  # from the window's start
+    assert codes_to_review(Entry(b"1-1", changes=(change(NURSE, collapsed),)), now) == {NURSE: None}  # all
+    assert codes_to_review(Entry(b"2-0", switched_to=7), now) == {}
 
 
 def test_unenforced_settles_every_item_and_keeps_the_reasons() -> None:
