@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -22,11 +23,12 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gatekeeper.audit.database import ensure_partitions, partition_days
 from gatekeeper.audit.export import Period, records_in
 from gatekeeper.audit.records import AuditRecord, Batch
 from gatekeeper.audit.spool import SPOOL_PATTERN, Spool
 from gatekeeper.cli import main
-from gatekeeper.core.cst import format_cst, parse_cst
+from gatekeeper.core.cst import CST, format_cst, parse_cst
 from gatekeeper.core.policy import Policy, RegionPolicy, Unrecorded
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
@@ -360,3 +362,26 @@ def test_redis_killed_and_restarted_empty_under_traffic_fails_no_rpc_and_loses_n
     counts = Counter(r.decision_id for r in audited(database_url))
     assert set(counts) == set(received)  # every decision a client received is in the record
     assert set(counts.values()) == {1}  # exactly once
+
+
+def test_prune_drops_the_days_older_than_the_retention_and_keeps_the_rest(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    today = datetime.now(CST).date()
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        ensure_partitions(connection, {today - timedelta(days=n) for n in (0, 1, 2, 10)})
+        for n in (0, 1, 2, 10):
+            connection.execute(
+                "INSERT INTO decisions VALUES (%s, %s, 'c', 'H41130200746', 'v@1', 'ALLOW', true, 1, 0, 'b')",
+                [datetime.combine(today - timedelta(days=n), datetime.min.time(), CST) + timedelta(hours=12), f"d{n}"],
+            )
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", "prune", "--retention-days", "2", "--database-url", database_url])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(
+        f"dropped 2 day(s) of decisions, {today - timedelta(days=10)} to {today - timedelta(days=2)}"
+    )
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        kept = [row[0] for row in connection.execute("SELECT decision_id FROM decisions ORDER BY 1").fetchall()]
+        assert kept == ["d0", "d1"]
+        assert partition_days(connection) == [today - timedelta(days=1), today]
