@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 from grpc_reflection.v1alpha import reflection
 
+from gatekeeper import console
 from gatekeeper.api.admission import AdmissionInterceptor
 from gatekeeper.api.callers import load_callers
 from gatekeeper.api.handlers import add_gatekeeper_servicer
@@ -246,7 +247,8 @@ async def _serve_one(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     gk = await create_server(settings)
     await gk.start()
-    log.info("gatekeeper pid %d listening on port %d (redis %s)", os.getpid(), gk.port, settings.redis_url)
+    redis_url = console.redis_url_shown(settings.redis_url)  # never a password in the log
+    log.info("gatekeeper pid %d listening on port %d (redis %s)", os.getpid(), gk.port, redis_url)
     counted = StoreCounts(gk.store)
     # SIGUSR1: log the store's counts since the last SIGUSR1 (the counters themselves run on).
     loop.add_signal_handler(signal.SIGUSR1, counted.log)
