@@ -10,8 +10,8 @@ speed drifts affects both alike. Per turn:
 - loading: ``gatekeeper-loader snapshot`` of the tree on the same snapshot; rows per second
   and the loader's peak RSS.
 
-A private PostgreSQL holds the decision record (``DATABASE_URL``, migrated by this tree's
-``gatekeeper audit migrate``): a tree that records decisions there does so, exactly as in
+A private PostgreSQL holds the decision record (``DATABASE_URL``, migrated with this tree's
+schema): a tree that records decisions there does so, exactly as in
 production; an older tree that does not ignores it.
 
     python -m bench.compare --baseline /path/to/old/checkout --label layout
@@ -37,13 +37,13 @@ from typing import Any
 
 import grpc
 
-from bench.harness import free_port
+from bench.harness import free_port, start_decision_record
 from bench.loading import peak_rss
 from bench.serving import INSTITUTION, grpc_frame, line_item, measured, start_server
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from loader.generate import generate
-from tests.servers import start_postgres, start_redis
+from tests.servers import start_redis
 
 RESULTS = Path(__file__).parent / "results"
 HERE = Path(__file__).resolve().parents[1]
@@ -89,20 +89,14 @@ def main() -> int:
         (work / "redis").mkdir()
         registry = generate(work, args.people, seed=5, changes=10)
         redis_server = start_redis(work / "redis")
-        postgres = start_postgres()
+        postgres, database_url = start_decision_record()
         try:
             port = free_port()
             target = f"127.0.0.1:{port}"
             env = {**os.environ, "REDIS_URL": redis_server.url, "GATEKEEPER_LISTEN": target}
             env["GATEKEEPER_AUDIT_SPOOL_DIR"] = str(work / "spool")
             env.pop("PYTHONPATH", None)
-            subprocess.run(
-                ["createdb", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "postgres", "gatekeeper"],
-                check=True,
-                env={**os.environ, "PATH": f"{postgres.bindir}:{os.environ.get('PATH', '')}"},
-            )
-            env["DATABASE_URL"] = postgres.url("gatekeeper")
-            subprocess.run([*command(HERE, "gatekeeper.cli"), "audit", "migrate"], env=env, check=True)
+            env["DATABASE_URL"] = database_url
             codes = [line.split(",", 1)[0] for line in registry.snapshot.read_text().splitlines()[1:4]]
             fixed = pb.CheckClaimRequest(
                 claim_id="fixed",

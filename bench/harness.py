@@ -6,9 +6,33 @@ import contextlib
 import os
 from pathlib import Path
 
-from tests.servers import RedisServer, free_port, start_redis
+import psycopg
 
-__all__ = ["RedisServer", "cpu_seconds", "free_port", "process_tree_cpu_seconds", "start_redis"]
+from gatekeeper.audit.database import migrate
+from tests.servers import PostgresServer, RedisServer, free_port, start_postgres, start_redis
+
+__all__ = [
+    "PostgresServer",
+    "RedisServer",
+    "cpu_seconds",
+    "free_port",
+    "process_tree_cpu_seconds",
+    "start_decision_record",
+    "start_redis",
+]
+
+
+def start_decision_record() -> tuple[PostgresServer, str]:
+    """A private PostgreSQL with a migrated ``gatekeeper`` database: the decision record a
+    benchmarked gatekeeper writes to, as in production. Returns the server and its URL."""
+    server = start_postgres()
+    with psycopg.connect(server.url(), autocommit=True) as connection:
+        connection.execute("CREATE DATABASE gatekeeper")
+    url = server.url("gatekeeper")
+    with psycopg.connect(url, autocommit=True) as connection:
+        migrate(connection)
+    return server, url
+
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

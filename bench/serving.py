@@ -49,7 +49,7 @@ import grpc
 import redis
 from grpc import aio
 
-from bench.harness import free_port, process_tree_cpu_seconds, start_redis
+from bench.harness import free_port, process_tree_cpu_seconds, start_decision_record, start_redis
 from gatekeeper.core.cst import format_cst, parse_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
@@ -364,9 +364,11 @@ def main() -> int:
         (work / "redis").mkdir()
         registry = generate(work, args.people, seed=args.seed, changes=10)
         redis_server = start_redis(work / "redis")
+        record, database_url = start_decision_record()  # the record is on, as in production
         servers: list[Server] = []
         try:
-            env = {**os.environ, "REDIS_URL": redis_server.url}
+            env = {**os.environ, "REDIS_URL": redis_server.url, "DATABASE_URL": database_url}
+            env["GATEKEEPER_AUDIT_SPOOL_DIR"] = str(work / "spool")
             subprocess.run(
                 [str(BIN / "gatekeeper-loader"), "snapshot", str(registry.snapshot)],
                 env=env,
@@ -461,6 +463,7 @@ def main() -> int:
             for server in servers:
                 server.process.kill()
             redis_server.stop()
+            record.stop()
 
     one, _ = curves["gatekeeper_1"]
     two, two_curve = curves["gatekeeper_2"]

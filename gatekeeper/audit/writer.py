@@ -83,6 +83,10 @@ class RecordStore(Protocol):
         RecordUnavailable when the store cannot take it now."""
         ...
 
+    async def reachable(self) -> bool:
+        """True when the store answers now (cheap: a spool is read only after this)."""
+        ...
+
     async def close(self) -> None:
         """Release the connection."""
         ...
@@ -172,6 +176,15 @@ class PostgresRecordStore:
             raise RecordUnavailable(
                 str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             ) from error
+        return True
+
+    async def reachable(self) -> bool:
+        try:
+            connection = await self._connect()
+            await connection.execute("SELECT 1")
+        except (psycopg.Error, OSError, SchemaError):
+            await self.close()
+            return False
         return True
 
     async def close(self) -> None:
@@ -379,8 +392,12 @@ class AuditLog:
         return True
 
     async def _replay(self) -> None:
-        """Offer spooled batches to the database: orphans' first, then this process's own."""
+        """Offer spooled batches to the database: orphans' first, then this process's own.
+        Nothing is read from disk while the database does not answer: a spool that grows
+        during a long outage is not parsed again every retry."""
         self._last_attempt = self._clock()
+        if not await self._store.reachable():
+            return
         orphans = await asyncio.to_thread(lambda: list(self.spool.orphans()))
         complete = True
         for orphan in orphans:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis.asyncio as redis
@@ -25,6 +26,9 @@ from gatekeeper.ops.tasks import stop_task
 log = logging.getLogger(__name__)
 
 BLOCK_MILLISECONDS = 1_000
+# The stream answers every read within BLOCK_MILLISECONDS, entries or not: a follower that
+# has heard nothing for three of them has silently stopped, whatever it believes.
+HEARD_WITHIN_SECONDS = 3 * BLOCK_MILLISECONDS / 1000
 STREAM_CLIENT_NAME = "gatekeeper-near-cache"  # CLIENT LIST shows which connections follow gk:changes
 LAGS_KEPT = 100_000
 
@@ -48,6 +52,7 @@ class ChangeFollower:
         cache: NearCache,
         stats: StoreStats,
         backoff: AbstractBackoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stream = stream_client
         # The stream is read raw: a change entry repeats its field names (changelog.py).
@@ -56,6 +61,8 @@ class ChangeFollower:
         self.cache = cache
         self.stats = stats
         self._backoff = reconnect_backoff() if backoff is None else backoff
+        self._clock = clock
+        self.last_heard = -float("inf")  # when the stream last answered a read
         self.trusted = False
         self.snapshot_id = ""
         self.generation = 0
@@ -80,6 +87,11 @@ class ChangeFollower:
         if self._task is not None:
             await stop_task(self._task)
         await self._stream.aclose()
+
+    def hearing(self) -> bool:
+        """True while trusted and the stream answered lately: notifications are flowing, so
+        cached entries are coherent however old they are."""
+        return self.trusted and self._clock() - self.last_heard < HEARD_WITHIN_SECONDS
 
     def take_lags_ms(self) -> list[float]:
         """The notification lags measured since the last call."""
@@ -110,6 +122,7 @@ class ChangeFollower:
         self.seen_seq = meta.applied_seq
         self.cache.retire()  # not trusted until re-read; still held, should Redis go away again
         self.trusted = meta.loaded
+        self.last_heard = self._clock()
         if self.trusted:
             self.caught_up.set()
 
@@ -145,6 +158,7 @@ class ChangeFollower:
                 reply = await self._stream.execute_command(  # type: ignore[no-untyped-call]
                     "XREAD", "COUNT", 1000, "BLOCK", BLOCK_MILLISECONDS, "STREAMS", keys.CHANGES, self._last_id
                 )
+                self.last_heard = self._clock()
                 switched = False
                 # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries].
                 streams = reply.values() if isinstance(reply, dict) else [entries for _, entries in reply or ()]

@@ -34,9 +34,13 @@ class NearCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get_many(self, codes: Collection[str], found: dict[str, PractitionerRecord]) -> list[str]:
-        """Put fresh cached records of ``codes`` into ``found``; return the codes to fetch."""
-        oldest = self._clock() - self.max_age_seconds
+    def get_many(
+        self, codes: Collection[str], found: dict[str, PractitionerRecord], oldest: float | None = None
+    ) -> list[str]:
+        """Put cached records of ``codes`` fetched at or after ``oldest`` (default: within the
+        maximum age) into ``found``; return the codes to fetch."""
+        if oldest is None:
+            oldest = self._clock() - self.max_age_seconds
         missing = []
         entries = self._entries
         for code in codes:

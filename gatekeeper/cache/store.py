@@ -176,7 +176,7 @@ class CachingEligibilityStore:
         self.degraded = False  # the last read of Redis failed
         self.cache = NearCache(max_entries, max_age_seconds, clock)
         self.stats = backing.stats  # one set of counters for the store and its backing
-        self.follower = ChangeFollower(stream_client, self.cache, self.stats)
+        self.follower = ChangeFollower(stream_client, self.cache, self.stats, clock=clock)
 
     @classmethod
     def from_url(
@@ -246,7 +246,9 @@ class CachingEligibilityStore:
                 self.cache.hold_many(codes, lookup.records)  # what it read, should Redis go away
             return lookup
         found: dict[str, PractitionerRecord] = {}
-        missing = self.cache.get_many(codes, found)
+        # While notifications flow, a cached entry is as good as a fresh read, whatever its
+        # age; the maximum age bounds what a silently broken stream can leave stale.
+        missing = self.cache.get_many(codes, found, -float("inf") if follower.hearing() else None)
         self.stats.hits += len(codes) - len(missing)
         if missing:
             self.stats.misses += len(missing)

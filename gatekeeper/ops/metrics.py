@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -194,14 +194,19 @@ _VERDICT = {v: pb.Verdict.Name(v).removeprefix("VERDICT_") for v in pb.Verdict.v
 _REASON = {r: pb.Reason.Name(r).removeprefix("REASON_") for r in pb.Reason.values()}
 _CLAIM_VERDICT = {v: pb.ClaimVerdict.Name(v).removeprefix("CLAIM_VERDICT_") for v in pb.ClaimVerdict.values()}
 _item_counters: dict[tuple[int, int, bool], Any] = {}
+_claim_counters: dict[int, Any] = {}
 
 
-def count_decisions(response: pb.CheckClaimResponse) -> None:
-    """Count a claim's decision and each of its items."""
-    CLAIM_DECISIONS.labels(_CLAIM_VERDICT[response.verdict]).inc()
+def count_claim(verdict: int, items: Iterable[tuple[int, int, bool]]) -> None:
+    """Count a claim's decision (its ClaimVerdict number) and each item's (verdict, reason,
+    enforced), once per distinct kind: the servicer hands them over from the decision itself,
+    so nothing walks the response message again."""
+    counter = _claim_counters.get(verdict)
+    if counter is None:
+        counter = _claim_counters[verdict] = CLAIM_DECISIONS.labels(_CLAIM_VERDICT.get(verdict, str(verdict)))
+    counter.inc()
     tally: dict[tuple[int, int, bool], int] = {}
-    for item in response.items:
-        key = (int(item.verdict), int(item.reason), item.enforced)
+    for key in items:
         tally[key] = tally.get(key, 0) + 1
     for key, count in tally.items():
         counter = _item_counters.get(key)
@@ -211,15 +216,6 @@ def count_decisions(response: pb.CheckClaimResponse) -> None:
                 _VERDICT.get(verdict, str(verdict)), _REASON.get(reason, str(reason)), str(enforced).lower()
             )
         counter.inc(count)
-
-
-def _count_response(response: object) -> None:
-    if isinstance(response, pb.CheckClaimResponse):
-        count_decisions(response)
-    elif isinstance(response, pb.CheckClaimsResponse):
-        for result in response.results:
-            if result.HasField("response"):
-                count_decisions(result.response)
 
 
 _duration_histograms: dict[tuple[str, str], Any] = {}
@@ -233,7 +229,7 @@ def _observe_duration(method: str, code: str, seconds: float) -> None:
 
 
 def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
-    """The handler with its unary behaviour timed and its decisions counted."""
+    """The handler with its unary behaviour timed (the servicer counts decisions)."""
     behavior: Callable[[Any, Any], Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
 
     async def timed(request: Any, context: aio.ServicerContext) -> Any:  # type: ignore[type-arg]
@@ -243,7 +239,6 @@ def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
             response = await behavior(request, context)
             status = context.code()
             code = "OK" if status is None else status.name
-            _count_response(response)
             return response
         except asyncio.CancelledError:
             code = "CANCELLED"
@@ -261,7 +256,7 @@ def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
 
 
 class MetricsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Times every unary RPC by method and status code, and counts the decisions it answered."""
+    """Times every unary RPC by method and status code."""
 
     def __init__(self) -> None:
         # A method's handler is one object for the server's life: wrap it once, not per call.
