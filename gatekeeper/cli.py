@@ -242,8 +242,8 @@ def _check_record_schema(url: str) -> None:
     except psycopg.Error as error:
         log.warning(
             "the decision record at %s is unreachable (%s); decisions are spooled until it answers",
-            _redacted(url),
-            _first_line(error),
+            console.url_shown(url),
+            console.first_line(error),
         )
 
 
@@ -259,17 +259,9 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> psycopg.C
     try:
         return psycopg.connect(url, connect_timeout=10, autocommit=True)
     except psycopg.Error as error:
-        raise CommandFailed(f"cannot reach the decision record at {_redacted(url)}: {_first_line(error)}") from None
-
-
-def _redacted(url: str) -> str:
-    """A database URL without its password."""
-    return console.redis_url_shown(url)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise CommandFailed(
+            f"cannot reach the decision record at {console.url_shown(url)}: {console.first_line(error)}"
+        ) from None
 
 
 def _audit_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -719,21 +711,15 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run the command; an expected failure is one line ``gatekeeper COMMAND: what``, never a traceback."""
     command = " ".join(["gatekeeper", args.command] + ([args.audit_command] if args.command == "audit" else []))
-    try:
-        code: int = args.run(args, environ)
-        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
-    except BrokenPipeError:  # stdout's reader went away (… | head): nobody is left to tell
-        console.exit_on_closed_pipe()
-    except CommandFailed as error:
-        print(f"{command}: {error}", file=sys.stderr)
-        return error.exit_code
-    except console.REDIS_UNREACHABLE as error:
-        url = getattr(args, "redis_url", None) or redis_url_from(environ)
-        print(f"{command}: {console.redis_unreachable(url, error)}", file=sys.stderr)
-        return 1
-    except psycopg.OperationalError as error:  # the database went away mid-command
-        print(f"{command}: lost the decision record: {_first_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return code
+
+    def described(error: Exception) -> str | None:
+        if isinstance(error, psycopg.OperationalError):  # the database went away mid-command
+            return f"lost the decision record: {console.first_line(error)}"
+        return None
+
+    return console.run_command(
+        command,
+        lambda: int(args.run(args, environ)),
+        lambda: getattr(args, "redis_url", None) or redis_url_from(environ),
+        described,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,8 +26,8 @@ class CommandFailed(Exception):
         self.exit_code = exit_code
 
 
-def redis_url_shown(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
+def url_shown(url: str) -> str:
+    """``url`` (Redis's or PostgreSQL's) with its password replaced by ``***``, for messages and logs."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -40,19 +41,57 @@ def redis_client(url: str) -> redis.Redis:
     try:
         return redis.Redis.from_url(url)
     except ValueError as error:
-        raise CommandFailed(f"--redis-url {redis_url_shown(url)!r}: {error}", exit_code=2) from None
+        raise CommandFailed(f"--redis-url {url_shown(url)!r}: {error}", exit_code=2) from None
 
 
 def redis_unreachable(url: str, error: redis.RedisError) -> str:
     """One line for a Redis connection that failed: where, and the operating system's reason if there is one."""
     cause = error.__cause__ or error.__context__
     reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(error)
-    return f"cannot reach Redis at {redis_url_shown(url)}: {reason}"
+    return f"cannot reach Redis at {url_shown(url)}: {reason}"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (a driver's may run to several), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def file_error(error: OSError) -> str:
     """``PATH: reason`` for an error reading or writing a named file."""
     return f"{error.filename}: {error.strerror}"
+
+
+def run_command(
+    command: str,
+    run: Callable[[], int],
+    redis_url: Callable[[], str],
+    describe: Callable[[Exception], str | None] = lambda error: None,
+) -> int:
+    """Run one command of an entry point and return its exit status. An expected failure is
+    one line ``COMMAND: what`` on stderr, never a traceback: CommandFailed, Redis unreachable
+    (at ``redis_url()``), and whatever ``describe`` puts into words; any other error is a bug
+    and keeps its traceback. A closed stdout ends the command quietly."""
+    try:
+        code = run()
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+    except BrokenPipeError:  # stdout's reader went away (… | head): nobody is left to tell
+        exit_on_closed_pipe()
+    except CommandFailed as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return error.exit_code
+    except REDIS_UNREACHABLE as error:
+        print(f"{command}: {redis_unreachable(redis_url(), error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        message = describe(error)
+        if message is None:
+            raise
+        print(f"{command}: {message}", file=sys.stderr)
+        return 1
+    return code
 
 
 def exit_on_closed_pipe() -> NoReturn:

@@ -272,7 +272,7 @@ async def _serve_one(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     gk = await create_server(settings)
     await gk.start()
-    redis_url = console.redis_url_shown(settings.redis_url)  # never a password in the log
+    redis_url = console.url_shown(settings.redis_url)  # never a password in the log
     log.info("gatekeeper pid %d listening on port %d (redis %s)", os.getpid(), gk.port, redis_url)
     settle_the_heap()
     counted = StoreCounts(gk.store)

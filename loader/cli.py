@@ -254,23 +254,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     """Run the command; an expected failure is one line ``gatekeeper-loader COMMAND: what``, never a traceback."""
-    command = f"gatekeeper-loader {args.command}"
-    try:
-        code: int = args.run(args)
-        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
-    except BrokenPipeError:  # stdout's reader went away (… | head): nobody is left to tell
-        console.exit_on_closed_pipe()
-    except CommandFailed as error:
-        print(f"{command}: {error}", file=sys.stderr)
-        return error.exit_code
-    except console.REDIS_UNREACHABLE as error:
-        print(f"{command}: {console.redis_unreachable(args.redis_url, error)}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        if error.filename is None:  # not a file named on the command line: unexpected, keep the traceback
-            raise
-        print(f"{command}: {console.file_error(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return code
+
+    def described(error: Exception) -> str | None:
+        # A file named on the command line; any other OSError is unexpected: keep its traceback.
+        return console.file_error(error) if isinstance(error, OSError) and error.filename is not None else None
+
+    return console.run_command(
+        f"gatekeeper-loader {args.command}", lambda: int(args.run(args)), lambda: args.redis_url, described
+    )
