@@ -21,11 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis
 
-from gatekeeper.cache import keys
 from loader.changes import apply_change_files
-from loader.follow import FollowOptions, FollowStats, follow
+from loader.follow import FollowOptions
 from loader.quarantine import Quarantine
 from loader.snapshot import load_snapshot
+from tests.integration.follower import Follower, cursor
 from tests.integration.registry import period, write_snapshot
 from tests.servers import RedisServer
 
@@ -126,43 +126,9 @@ def change(seq: int, **fields: object) -> dict[str, object]:
     return record
 
 
-def cursor(client: redis.Redis) -> int:
-    value = client.get(keys.FOLLOW_CURSOR)
-    return int(value) if value else 0
-
-
-class Follower:
-    """``follow`` in a daemon thread on its own client; stopped and joined within a bound."""
-
-    def __init__(self, port: int, url: str, quarantine: Path, options: FollowOptions = FAST) -> None:
-        self.stop_event = threading.Event()
-        self.stats: FollowStats | None = None
-        self.error: BaseException | None = None
-        self._client = redis.Redis(port=port)
-        self._quarantine = Quarantine(quarantine)
-        self._thread = threading.Thread(target=self._run, args=(url, options), daemon=True)
-        self._thread.start()
-
-    def _run(self, url: str, options: FollowOptions) -> None:
-        try:
-            self.stats = follow(self._client, url, self.stop_event, self._quarantine, options)
-        except BaseException as error:
-            self.error = error
-
-    def run_for(self, seconds: float) -> FollowStats:
-        self.stop_event.wait(seconds)
-        return self.stop()
-
-    def stop(self, within: float = 3.0) -> FollowStats:
-        self.stop_event.set()
-        self._thread.join(timeout=within)
-        assert not self._thread.is_alive(), f"follow did not stop within {within} s of being told to"
-        self._quarantine.close()
-        self._client.close()
-        if self.error is not None:
-            raise self.error
-        assert self.stats is not None
-        return self.stats
+def start_follower(port: int, url: str, quarantine: Path, options: FollowOptions = FAST) -> Follower:
+    """``follow`` with this module's fast options; it must stop within 3 s of being told to."""
+    return Follower(port, url, quarantine, options, stop_within=3.0)
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -191,7 +157,7 @@ def test_a_change_with_a_lone_surrogate_is_quarantined_by_follow_and_apply_alike
     bad = change(WATERMARK + 1, chg_rea="\ud800")  # json.dumps writes it as the escape \ud800
     good = change(WATERMARK + 2)
     feed = hostile(pages({"changes": [bad, good], "next_after": WATERMARK + 2, "has_more": False}))
-    follower = Follower(redis_server.port, feed.url, tmp_path / "follow.q.jsonl")
+    follower = start_follower(redis_server.port, feed.url, tmp_path / "follow.q.jsonl")
     wait_until(lambda: cursor(loaded) == WATERMARK + 2, "follow to move past the page")
     stats = follower.stop()
     assert (stats.applied.applied, stats.bad_rows) == (1, 1)
@@ -229,7 +195,7 @@ def test_a_page_with_bytes_that_are_not_utf8_is_read_like_a_change_file(
         handler.end_headers()
         handler.wfile.write(raw)
 
-    follower = Follower(redis_server.port, hostile(respond).url, tmp_path / "q.jsonl")
+    follower = start_follower(redis_server.port, hostile(respond).url, tmp_path / "q.jsonl")
     wait_until(lambda: cursor(loaded) == WATERMARK + 1, "follow to apply the page")
     assert follower.stop().applied.applied == 1
 
@@ -256,7 +222,7 @@ def test_a_page_whose_next_after_does_not_match_what_it_holds_is_refused_and_nev
 ) -> None:
     page = {"changes": [change(WATERMARK + 1), change(WATERMARK + 2)], "next_after": next_after, "has_more": False}
     feed = hostile(lambda handler, after: handler.send_json(page))
-    follower = Follower(redis_server.port, feed.url, tmp_path / "q.jsonl")
+    follower = start_follower(redis_server.port, feed.url, tmp_path / "q.jsonl")
     wait_until(lambda: len(feed.requests) >= 4, "follow to retry")  # the 4th may be cut short by stop
     stats = follower.stop()
     assert cursor(loaded) in (0, WATERMARK)  # never stored
@@ -272,7 +238,7 @@ def test_an_empty_page_may_not_move_the_cursor(
     feed = hostile(
         lambda handler, after: handler.send_json({"changes": [], "next_after": after + 10**6, "has_more": False})
     )
-    stats = Follower(redis_server.port, feed.url, tmp_path / "q.jsonl").run_for(0.5)
+    stats = start_follower(redis_server.port, feed.url, tmp_path / "q.jsonl").run_for(0.5)
     assert cursor(loaded) in (0, WATERMARK)
     assert stats.refused_pages >= 1
 
@@ -285,7 +251,7 @@ def test_a_valid_page_moves_the_cursor_to_its_last_change(
             {"changes": [change(WATERMARK + 3), change(WATERMARK + 7)], "next_after": WATERMARK + 7, "has_more": False}
         )
     )
-    follower = Follower(redis_server.port, feed.url, tmp_path / "q.jsonl")
+    follower = start_follower(redis_server.port, feed.url, tmp_path / "q.jsonl")
     wait_until(lambda: cursor(loaded) == WATERMARK + 7, "the cursor to move")
     stats = follower.stop()
     assert (stats.applied.applied, stats.refused_pages) == (2, 0)
@@ -309,7 +275,7 @@ def test_a_dripping_response_is_cut_off_at_the_total_request_time(
 ) -> None:
     feed = hostile(drip)
     started = time.monotonic()
-    follower = Follower(redis_server.port, feed.url, tmp_path / "q.jsonl")
+    follower = start_follower(redis_server.port, feed.url, tmp_path / "q.jsonl")
     wait_until(lambda: len(feed.requests) >= 2, "a second request (the first timed out)")
     assert time.monotonic() - started < 1.0 + 2.0  # timeout_seconds=1, plus slack for a busy machine
     stats = follower.stop()
@@ -360,7 +326,7 @@ def test_an_endless_body_is_cut_off_at_the_page_size_cap(
     options = FollowOptions(
         limit=50, poll_seconds=0.02, timeout_seconds=5.0, backoff_initial_seconds=0.05, backoff_max_seconds=0.2
     )
-    follower = Follower(redis_server.port, feed.url, tmp_path / "q.jsonl", options)
+    follower = start_follower(redis_server.port, feed.url, tmp_path / "q.jsonl", options)
     wait_until(lambda: len(feed.requests) >= 2, "a second request (the first was cut off)")
     stats = follower.stop()
     assert stats.errors >= 1
@@ -370,7 +336,7 @@ def test_has_more_without_progress_backs_off_instead_of_spinning(
     loaded: redis.Redis, redis_server: RedisServer, hostile: Callable[[Respond], HostileFeed], tmp_path: Path
 ) -> None:
     feed = hostile(lambda handler, after: handler.send_json({"changes": [], "next_after": after, "has_more": True}))
-    stats = Follower(redis_server.port, feed.url, tmp_path / "q.jsonl").run_for(1.5)
+    stats = start_follower(redis_server.port, feed.url, tmp_path / "q.jsonl").run_for(1.5)
     # Backing off from 0.05 s doubling to 0.2 s (full jitter) allows at most a few dozen.
     assert stats.requests <= 60, f"{stats.requests} requests in 1.5 s"
     assert stats.refused_pages >= 1
@@ -388,7 +354,7 @@ def test_a_redirect_to_another_origin_is_refused_and_its_data_never_applied(
         handler.end_headers()
 
     feed = hostile(redirect)
-    follower = Follower(redis_server.port, feed.url, tmp_path / "q.jsonl")
+    follower = start_follower(redis_server.port, feed.url, tmp_path / "q.jsonl")
     wait_until(lambda: len(feed.requests) >= 2, "a retry")
     stats = follower.stop()
     assert elsewhere.requests == []
@@ -412,7 +378,7 @@ def test_a_redirect_within_the_origin_is_followed(
         handler.send_header("Content-Length", "0")
         handler.end_headers()
 
-    follower = Follower(redis_server.port, hostile(respond).url, tmp_path / "q.jsonl")
+    follower = start_follower(redis_server.port, hostile(respond).url, tmp_path / "q.jsonl")
     wait_until(lambda: cursor(loaded) == WATERMARK + 1, "the redirected page")
     assert follower.stop().applied.applied == 1
 

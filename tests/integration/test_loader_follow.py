@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from gatekeeper.cache import keys
 from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.rules import Reason, standing_at
 from loader.cache import NoSnapshot, read_state
 from loader.feed import ChangeFeedServer
-from loader.follow import FollowOptions, FollowStats, follow
+from loader.follow import FollowOptions, follow
 from loader.generate import GeneratedRegistry, generate
 from loader.quarantine import Quarantine
 from loader.snapshot import load_snapshot
+from tests.integration.follower import Follower, cursor
 from tests.integration.registry import (
     expected_records,
     lookup,
@@ -63,47 +63,9 @@ def loaded(redis_client: redis.Redis, registry: GeneratedRegistry) -> redis.Redi
     return redis_client
 
 
-def cursor(client: redis.Redis) -> int:
-    value = client.get(keys.FOLLOW_CURSOR)
-    return int(value) if value else 0
-
-
-class Follower:
-    """``follow`` in a thread, on its own client, until :meth:`stop`."""
-
-    def __init__(self, port: int, url: str, quarantine: Path, options: FollowOptions = FAST) -> None:
-        self.stop_event = threading.Event()
-        self.stats: FollowStats | None = None
-        self.error: BaseException | None = None
-        self._client = redis.Redis(port=port)
-        self._quarantine = Quarantine(quarantine)
-        self._thread = threading.Thread(target=self._run, args=(url, options))
-        self._thread.start()
-
-    def _run(self, url: str, options: FollowOptions) -> None:
-        try:
-            self.stats = follow(self._client, url, self.stop_event, self._quarantine, options)
-        except BaseException as error:
-            self.error = error
-
-    def wait_for_cursor(self, client: redis.Redis, seq: int) -> None:
-        """Until the stored cursor reaches ``seq`` (bounded; fails if follow died)."""
-        deadline = time.monotonic() + WAIT_SECONDS
-        while cursor(client) < seq:
-            assert self._thread.is_alive(), f"follow stopped early: {self.error!r}"
-            assert time.monotonic() < deadline, f"cursor {cursor(client)} never reached {seq}"
-            threading.Event().wait(0.02)
-
-    def stop(self) -> FollowStats:
-        self.stop_event.set()
-        self._thread.join(timeout=WAIT_SECONDS)
-        self._quarantine.close()
-        self._client.close()
-        assert not self._thread.is_alive(), "follow did not stop"
-        if self.error is not None:
-            raise self.error
-        assert self.stats is not None
-        return self.stats
+def start_follower(port: int, url: str, quarantine: Path, options: FollowOptions = FAST) -> Follower:
+    """``follow`` with this module's fast options; it must stop within WAIT_SECONDS of being told to."""
+    return Follower(port, url, quarantine, options, stop_within=WAIT_SECONDS)
 
 
 def expected_for(registry: GeneratedRegistry, changes: list[dict[str, str]]) -> dict[str, object]:
@@ -129,7 +91,7 @@ def test_follow_applies_every_change_and_a_restart_resumes_from_the_stored_curso
 ) -> None:
     caplog.set_level(logging.INFO, logger="loader.follow")
     last = registry.last_change_seq
-    first = Follower(redis_server.port, feed.url, tmp_path / "q1.jsonl")
+    first = start_follower(redis_server.port, feed.url, tmp_path / "q1.jsonl")
     first.wait_for_cursor(loaded, last)
     stats = first.stop()
     changes = read_changes(registry.change_files)
@@ -145,7 +107,7 @@ def test_follow_applies_every_change_and_a_restart_resumes_from_the_stored_curso
     suspension = period(subject, "follow-new", 2, "2026-12-01 00:00:00", "2027-02-01 00:00:00", seq=last + 2)
     write_changes(feed_dir / f"changes-{last + 1}-{last + 2}.jsonl", [broken, suspension])
     caplog.clear()
-    second = Follower(redis_server.port, feed.url, tmp_path / "q2.jsonl")
+    second = start_follower(redis_server.port, feed.url, tmp_path / "q2.jsonl")
     second.wait_for_cursor(loaded, last + 2)
     resumed = second.stop()
 
@@ -169,7 +131,7 @@ def test_follow_backs_off_through_feed_failures_and_still_gets_everything(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="loader.follow")
     with ChangeFeedServer(feed_dir, fail_every=2) as failing:
-        follower = Follower(redis_server.port, failing.url, tmp_path / "q.jsonl")
+        follower = start_follower(redis_server.port, failing.url, tmp_path / "q.jsonl")
         follower.wait_for_cursor(loaded, registry.last_change_seq)
         stats = follower.stop()
     changes = read_changes(registry.change_files)

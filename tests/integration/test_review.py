@@ -24,7 +24,7 @@ from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import period, write_changes, write_snapshot
 from tests.integration.test_audit import audited, wait_until
 from tests.integration.test_loader_changes import apply
-from tests.integration.test_loader_follow import Follower
+from tests.integration.test_loader_follow import start_follower
 from tests.servers import RedisServer
 
 BIN = Path(sys.executable).parent
@@ -113,7 +113,7 @@ def publish_by_follow(client: redis.Redis, directory: Path, server: RedisServer)
     def publish() -> None:
         client.set("gk:follow:after", 6)  # the snapshot's watermark: what follow resumes after
         with ChangeFeedServer(feed_dir) as feed:
-            follower = Follower(server.port, feed.url, directory / "follow.quarantine.jsonl")
+            follower = start_follower(server.port, feed.url, directory / "follow.quarantine.jsonl")
             try:
                 follower.wait_for_cursor(client, 9)
             finally:
