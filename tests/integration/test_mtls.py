@@ -39,6 +39,7 @@ class Pki:
     platform: Issued
     stranger: Issued  # signed by another CA, with an identity the callers file knows
     target: str
+    client_ca: CertificateAuthority  # the CA the server trusts for callers
 
 
 @pytest.fixture
@@ -63,6 +64,7 @@ def pki(tmp_path: Path, start_gatekeeper: StartGatekeeper, redis_client: redis.R
         client_ca.issue("zz-platform-1", dns_names=("settlement.zhengzhou.example",)),
         rogue_ca.issue("his.hospital-a.example"),
         gatekeeper.target,
+        client_ca,
     )
 
 
