@@ -9,6 +9,7 @@ from collections.abc import Collection
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from gatekeeper.core.eligibility import Lookup
 from gatekeeper.core.records import PractitionerRecord, StatusPeriod
@@ -64,6 +65,12 @@ def test_overload_is_refused_at_once_not_queued(start_gatekeeper: StartGatekeepe
     assert gatekeeper.stub.CheckClaim(claim("after"), timeout=WAIT_SECONDS).verdict == pb.CLAIM_VERDICT_ALLOW
 
 
+def refused(code: str, reason: str) -> float:
+    """RPCs refused before any work (gatekeeper_rpc_refused_total) for CheckClaim, so far."""
+    labels = {"method": "gatekeeper.v1.Gatekeeper/CheckClaim", "code": code, "reason": reason}
+    return REGISTRY.get_sample_value("gatekeeper_rpc_refused_total", labels) or 0.0
+
+
 class BlockingStore(MemoryEligibilityStore):
     """The first lookup blocks the server's whole event loop until released: a busy process."""
 
@@ -81,9 +88,12 @@ class BlockingStore(MemoryEligibilityStore):
         return await super().lookup(codes, min_seq)
 
 
-def test_a_request_whose_deadline_passed_while_waiting_is_not_worked_on(start_gatekeeper: StartGatekeeper) -> None:
+def test_a_request_whose_deadline_passed_while_waiting_is_not_worked_on_and_is_counted(
+    start_gatekeeper: StartGatekeeper,
+) -> None:
     store = BlockingStore()
     gatekeeper = start_gatekeeper(store=store)
+    before = refused("DEADLINE_EXCEEDED", "deadline_passed")
     first = gatekeeper.stub.CheckClaim.future(claim("first"), timeout=WAIT_SECONDS)
     assert store.blocking.wait(WAIT_SECONDS)
     with pytest.raises(grpc.RpcError) as raised:
@@ -92,10 +102,10 @@ def test_a_request_whose_deadline_passed_while_waiting_is_not_worked_on(start_ga
     store.release.set()
     assert first.result(timeout=WAIT_SECONDS).verdict == pb.CLAIM_VERDICT_ALLOW
     assert gatekeeper.stub.CheckClaim(claim("next"), timeout=WAIT_SECONDS).verdict == pb.CLAIM_VERDICT_ALLOW
-
     # The late request arrived before "next", so by now it has been dispatched or dropped:
     # it was never looked up (nor decided, nor audited). Only "first" and "next" were.
     assert store.lookups == 2
+    assert refused("DEADLINE_EXCEEDED", "deadline_passed") == before + 1  # and it was counted
 
 
 @pytest.mark.parametrize(

@@ -16,13 +16,12 @@ import h2.exceptions
 import h2.settings
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import REGISTRY
 
 from gatekeeper.core.records import PractitionerRecord, StatusPeriod
 from gatekeeper.defaults import MAX_BATCH_BYTES
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
-from tests.integration.test_hardening import BlockingStore
+from tests.integration.test_hardening import refused
 from tests.memory_store import MemoryEligibilityStore
 
 DOCTOR = "D110105000001"
@@ -116,11 +115,6 @@ def attackers() -> Iterator[list[RawHttp2]]:
         attacker.close()
 
 
-def refused(code: str, reason: str) -> float:
-    labels = {"method": CHECK_CLAIM.lstrip("/"), "code": code, "reason": reason}
-    return REGISTRY.get_sample_value("gatekeeper_rpc_refused_total", labels) or 0.0
-
-
 def answers(gatekeeper: RunningGatekeeper) -> None:
     """A well-behaved caller is decided, and health answers."""
     assert gatekeeper.stub.CheckClaim(claim(), timeout=WAIT_SECONDS).verdict == pb.CLAIM_VERDICT_ALLOW
@@ -206,22 +200,6 @@ def test_a_client_that_never_reads_its_responses_pins_no_slot_and_is_cut_off(
         attacker.read(timeout=0.5)
     assert attacker.closed, "the server should close a connection older than its maximum age (plus grace)"
     answers(gatekeeper)
-
-
-def test_a_request_whose_deadline_passed_while_waiting_is_counted(start_gatekeeper: StartGatekeeper) -> None:
-    store = BlockingStore()
-    gatekeeper = start_gatekeeper(store=store)
-    before = refused("DEADLINE_EXCEEDED", "deadline_passed")
-    first = gatekeeper.stub.CheckClaim.future(claim("first"), timeout=WAIT_SECONDS)
-    assert store.blocking.wait(WAIT_SECONDS)
-    with pytest.raises(grpc.RpcError) as raised:
-        gatekeeper.stub.CheckClaim(claim("late"), timeout=0.2)  # its deadline passes while the process is busy
-    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    store.release.set()
-    assert first.result(timeout=WAIT_SECONDS).verdict == pb.CLAIM_VERDICT_ALLOW
-    gatekeeper.stub.CheckClaim(claim("next"), timeout=WAIT_SECONDS)  # after "late" was dispatched or dropped
-    assert store.lookups == 2
-    assert refused("DEADLINE_EXCEEDED", "deadline_passed") == before + 1
 
 
 def big_claim(claim_id: str, items: int) -> pb.CheckClaimRequest:
