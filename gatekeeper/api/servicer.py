@@ -87,7 +87,6 @@ def fill_claim_response(
     add = message.items.add
     for item in decision.items:
         fill_item(add(), item)
-    metrics.count_claim(decision.verdict, [(item.verdict, item.reason, item.enforced) for item in decision.items])
     return message
 
 
@@ -207,15 +206,17 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
     def _recorded(
         self, decision_id: str, claim: Claim, region: RegionPolicy, decision: ClaimDecision, lookup: Lookup
     ) -> ClaimDecision:
-        """Hand the decision to the record; when it cannot be recorded, what the region's
-        policy says: Unrecordable (refuse), or the decision settled unenforced."""
-        if self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock()):
-            return decision
-        if region.unrecorded is Unrecorded.REFUSE:
-            metrics.UNRECORDED.labels("refused").inc()
-            raise Unrecordable()
-        metrics.UNRECORDED.labels("settled").inc()
-        return unenforced(decision)
+        """Hand the decision to the record and count the decision answered; when it cannot
+        be recorded, what the region's policy says: Unrecordable (refuse), or the decision
+        settled unenforced."""
+        if not self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock()):
+            if region.unrecorded is Unrecorded.REFUSE:
+                metrics.UNRECORDED.labels("refused").inc()
+                raise Unrecordable()
+            metrics.UNRECORDED.labels("settled").inc()
+            decision = unenforced(decision)
+        metrics.count_claim(decision.verdict, [(item.verdict, item.reason, item.enforced) for item in decision.items])
+        return decision
 
     async def CheckClaim(  # noqa: N802 - the gRPC method name
         self,

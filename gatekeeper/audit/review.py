@@ -293,47 +293,34 @@ WRITERS: dict[str, Callable[[Iterable[Finding], TextIO], int]] = {
 # --- continuous review ----------------------------------------------------------------------
 
 
-def reaches_into_the_past(record: PractitionerRecord, now: int) -> bool:
-    """A change whose window starts before now, or that withdraws or collapses a window (the
-    window it replaces may have lain in the past): recorded items may be affected."""
-    return review_since(record, now) is not _UNAFFECTED
-
-
-_UNAFFECTED = -1
+# Service times are validated to lie in 1970–2099: reviewing from epoch 0 reviews every item.
+EVERY_ITEM = 0
 
 
 def review_since(record: PractitionerRecord, now: int) -> int | None:
-    """From which service time a change calls for reviewing (epoch seconds), None for all
-    of them, or _UNAFFECTED. A window starting in the past: from its start (whatever it
-    replaced covered the same start, or it would have another chg_id). A withdrawn or
-    collapsed window starting in the future: the window it cancels may have started
-    earlier, so every item."""
-    since: int | None = _UNAFFECTED
-    for period in record.periods:
-        if period.begntime < now:
-            start: int | None = period.begntime
-        elif period.status == Status.WITHDRAWN or period.endtime == period.begntime:
-            start = None
-        else:
-            continue
-        if since == _UNAFFECTED or start is None or (since is not None and start < since):
-            since = start
-    return since
+    """From which service time (epoch seconds) a change calls for reviewing recorded items;
+    None when it affects nothing recorded. A window starting in the past: from its start
+    (whatever version it replaced began there too, or it would have another chg_id). A
+    withdrawn or collapsed window starting in the future: the window it cancels may have
+    started earlier, so every item."""
+    starts = [
+        period.begntime if period.begntime < now else EVERY_ITEM
+        for period in record.periods
+        if period.begntime < now or period.status == Status.WITHDRAWN or period.endtime == period.begntime
+    ]
+    return min(starts, default=None)
 
 
-def codes_to_review(entry: changelog.Entry, now: int) -> dict[str, int | None]:
+def codes_to_review(entry: changelog.Entry, now: int) -> dict[str, int]:
     """The practitioner codes a change entry calls for reviewing, each with the service time
-    to review from (None: all)."""
-    codes: dict[str, int | None] = {}
+    to review from (EVERY_ITEM: all of them)."""
+    codes: dict[str, int] = {}
     for change in entry.changes:
         since = review_since(decode_record(change.record), now)
-        if since == _UNAFFECTED:
+        if since is None:
             continue
         for code in change.codes:
-            known = codes.get(code, _UNAFFECTED)
-            codes[code] = (
-                since if known == _UNAFFECTED else None if since is None or known is None else min(since, known)
-            )
+            codes[code] = min(since, codes.get(code, since))
     return codes
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from builders import claim, item, record, registered, suspended, terminated
 
-from gatekeeper.audit.review import RecordedItem, codes_to_review, reaches_into_the_past, redecide
+from gatekeeper.audit.review import EVERY_ITEM, RecordedItem, codes_to_review, redecide, review_since
 from gatekeeper.cache.changelog import Entry, LoggedChange
 from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.policy import Mode, Policy, RegionPolicy
@@ -111,12 +111,12 @@ def test_a_change_calls_for_review_when_its_window_reaches_into_the_past() -> No
     late = record(suspended("2026-11-01 00:00:00", "2027-01-01 00:00:00", chg_id="S"))
     future = record(suspended("2026-12-01 00:00:00", "2027-01-01 00:00:00", chg_id="S"))
     collapsed = record(suspended("2026-12-01 00:00:00", "2026-12-01 00:00:00", chg_id="S"))
-    assert reaches_into_the_past(late, now)
-    assert not reaches_into_the_past(future, now)
-    assert reaches_into_the_past(collapsed, now)  # the window it cancels may have begun long ago
+    assert review_since(late, now) == parse_cst("2026-11-01 00:00:00")
+    assert review_since(future, now) is None  # affects nothing recorded
+    assert review_since(collapsed, now) == EVERY_ITEM  # the window it cancels may have begun long ago
     entry = Entry(b"1-0", changes=(change(DOCTOR, late), change(NURSE, future)))
     assert codes_to_review(entry, now) == {DOCTOR: parse_cst("2026-11-01 00:00:00")}  # from the window's start
-    assert codes_to_review(Entry(b"1-1", changes=(change(NURSE, collapsed),)), now) == {NURSE: None}  # all
+    assert codes_to_review(Entry(b"1-1", changes=(change(NURSE, collapsed),)), now) == {NURSE: EVERY_ITEM}
     assert codes_to_review(Entry(b"2-0", switched_to=7), now) == {}
 
 
