@@ -359,8 +359,25 @@ def test_redis_killed_and_restarted_empty_under_traffic_fails_no_rpc_and_loses_n
         stop.set()
         assert stop_serving(server) == 0
     assert failures == []
-    counts = Counter(r.decision_id for r in audited(database_url))
-    assert set(counts) == set(received)  # every decision a client received is in the record
+    now = int(time.time())
+    exported = subprocess.run(
+        [
+            str(BIN / "gatekeeper"),
+            "audit",
+            "export",
+            "--since",
+            format_cst(now - 3600),
+            "--until",
+            format_cst(now + 60),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert exported.returncode == 0, exported.stderr
+    counts = Counter(json.loads(line)["decision_id"] for line in exported.stdout.splitlines())
+    assert set(counts) == set(received)  # every decision a client received is in `gatekeeper audit export`
     assert set(counts.values()) == {1}  # exactly once
 
 
