@@ -19,14 +19,14 @@ from typing import Any
 
 import grpc
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 from grpc_reflection.v1alpha import reflection
 
 from gatekeeper import console
-from gatekeeper.api.admission import AdmissionInterceptor
+from gatekeeper.api.admission import Admission
 from gatekeeper.api.callers import load_callers
-from gatekeeper.api.handlers import add_gatekeeper_servicer
+from gatekeeper.api.handlers import add_gatekeeper_servicer, add_health_servicer
 from gatekeeper.api.servicer import GatekeeperServicer
 from gatekeeper.api.validation import Limits
 from gatekeeper.audit.writer import AuditLog
@@ -202,12 +202,6 @@ async def create_server(
     credentials = server_credentials(settings)
     transport_limit = max(settings.max_request_bytes, settings.max_batch_bytes) * TRANSPORT_SIZE_FACTOR
     server = aio.server(
-        # Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound;
-        # the admission interceptor counts it, and bounds the time a request may take to arrive.
-        interceptors=[
-            AdmissionInterceptor(settings.max_concurrent_rpcs, settings.request_read_seconds),
-            metrics.MetricsInterceptor(),
-        ],
         options=[
             ("grpc.max_receive_message_length", transport_limit),
             # Workers share one port; a single server must notice a port already in use.
@@ -217,9 +211,13 @@ async def create_server(
     )
     limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims, settings.max_batch_bytes)
     audit = AuditLog.from_url(settings.database_url, settings.audit_spool_dir, settings.database_timeout_seconds)
-    add_gatekeeper_servicer(GatekeeperServicer(store, policy, audit, limits, callers=callers), server, limits)
+    # Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound; the
+    # admission counts it, and bounds the time a request may take to arrive.
+    admission = Admission(settings.max_concurrent_rpcs, settings.request_read_seconds)
+    servicer = GatekeeperServicer(store, policy, audit, limits, callers=callers)
+    add_gatekeeper_servicer(servicer, server, admission, limits)
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_health_servicer(health_servicer, server, admission)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     if credentials is None:
         port = server.add_insecure_port(settings.listen)

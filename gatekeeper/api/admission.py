@@ -1,4 +1,5 @@
-"""Admission of RPCs: the concurrency limit, and the time a caller has to send its request.
+"""Admission of RPCs: the concurrency limit, the time a caller has to send its request, the
+checks every request passes before a servicer sees it, and the RPC's duration.
 
 gRPC's own ``maximum_concurrent_rpcs`` counts an RPC from its headers to its last byte
 sent, and gRPC has no bound on the time between a request's headers and the end of its
@@ -7,6 +8,10 @@ their message, or with requests whose answers it never reads. Here a slot is hel
 the headers until the servicer returns its answer, the request message must arrive within
 ``request_read_seconds``, and sending the answer holds no slot (connection age, keepalive
 and the per-connection stream limit bound what an unread answer can hold; see server.py).
+
+All of it is one coroutine per RPC, wrapped around each method's behaviour when it is
+registered: no server interceptors (gRPC runs their chain on every call) and no timer per
+request (one sweeper task cancels the reads that outlive their time, while there are any).
 """
 
 from __future__ import annotations
@@ -19,19 +24,47 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
 from gatekeeper.ops import metrics
 
 log = logging.getLogger(__name__)
 
-# Health checks are cheap and must answer while the service is busy: they are not counted
-# against the limit (they still must arrive in time, and a connection still carries only
-# so many streams).
-UNLIMITED_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
 REFUSAL_LOG_INTERVAL_SECONDS = 10.0
+# A read is cancelled between its limit and its limit plus this share of it.
+SWEEPS_PER_LIMIT = 10
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in grpc-stubs
+Behaviour: TypeAlias = "Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]"
+
+
+class Undecodable:
+    """Stands for a request whose bytes are not a message of the method's type."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+class Oversized(Undecodable):
+    """Stands for a request with more bytes than its method accepts: never decoded."""
+
+
+def tolerant(
+    parse: Callable[[bytes], Message], max_bytes: int | None = None, what: str = ""
+) -> Callable[[bytes], Message | Undecodable]:
+    """A deserializer that never raises: gRPC would answer UNKNOWN, naming the exception class.
+    A request larger than ``max_bytes`` is not decoded at all."""
+
+    def deserialize(data: bytes) -> Message | Undecodable:
+        if max_bytes is not None and len(data) > max_bytes:
+            return Oversized(f"is {len(data)} bytes, more than the maximum of {max_bytes}{what}")
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return Undecodable(str(error)[:200])
+
+    return deserialize
 
 
 class RefusalLog:
@@ -58,70 +91,141 @@ class RefusalLog:
             self._next[reason] = now + self._interval
 
 
-class AdmissionInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Serves every unary RPC as a client-streaming one (the same bytes on the wire), so
-    that the request is read here: within a time limit, and within the concurrency limit."""
+class ReadDeadlines:
+    """Cancels request reads that take longer than ``seconds``: one sweeper task, which
+    runs while reads are waiting, instead of a timer per request."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._interval = seconds / SWEEPS_PER_LIMIT
+        self._waiting: dict[asyncio.Task[Any], float] = {}  # a reading task -> when its time is up
+        self._overdue: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def read(self, context: aio.ServicerContext[Any, Any]) -> Any:
+        """The request, or TimeoutError when it did not arrive in time."""
+        task = asyncio.current_task()
+        assert task is not None  # an RPC runs in a task
+        loop = asyncio.get_running_loop()
+        self._waiting[task] = loop.time() + self.seconds
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep(), name="request-read-deadlines")
+        try:
+            return await context.read()
+        except asyncio.CancelledError:
+            if task not in self._overdue:
+                raise
+            self._overdue.discard(task)
+            task.uncancel()
+            raise TimeoutError from None
+        finally:
+            self._waiting.pop(task, None)
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                await asyncio.sleep(self._interval)
+                now = loop.time()
+                for task, due in list(self._waiting.items()):
+                    if due <= now:
+                        del self._waiting[task]
+                        self._overdue.add(task)
+                        task.cancel()
+        finally:
+            self._sweeper = None
+
+
+class Admission:
+    """Serves each unary method as a client-streaming one (the same bytes on the wire), so
+    that its request is read here: within a time limit, and within the concurrency limit."""
 
     def __init__(self, max_concurrent_rpcs: int, request_read_seconds: float, refusals: RefusalLog | None = None):
         self.max_concurrent_rpcs = max_concurrent_rpcs
-        self.request_read_seconds = request_read_seconds
         self.active = 0  # RPCs admitted and not yet answered
+        self._reads = ReadDeadlines(request_read_seconds)
         self._refusals = refusals or RefusalLog()
-        # A method's handler is one object for the server's life: wrap it once, not per call.
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    async def intercept_service(
+    def handler(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
+        behaviour: Behaviour,
+        method: str,
+        request_deserializer: Callable[[bytes], Any],
+        response_serializer: Callable[[Any], bytes],
+        *,
+        request_type: str = "",
+        limited: bool = True,
     ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:  # health Watch, reflection: streams, left as they are
-            return handler
-        method = handler_call_details.method
-        known = self._wrapped.get(method)
-        if known is None or known[0] is not handler:
-            known = self._wrapped[method] = (handler, self._admitted(handler, method))
-        return known[1]
+        """The method handler serving ``behaviour`` (``method`` as "package.Service/Method").
 
-    def _admitted(self, handler: Handler, method: str) -> Handler:
-        behaviour: Callable[[Any, aio.ServicerContext], Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment,type-arg]
-        limited = method not in UNLIMITED_METHODS
-        name = method.lstrip("/")
+        Before the behaviour sees a request: the concurrency limit (unless ``limited`` is
+        False: health checks must answer while the service is busy), the read limit, then
+        requests that could not be decoded (``Undecodable`` from a :func:`tolerant`
+        deserializer) are INVALID_ARGUMENT and requests whose deadline passed while they
+        waited are not worked on (nobody is waiting for the answer any more). The
+        behaviour's duration is observed by status code."""
+        reads, refusals = self._reads, self._refusals
+        observe_duration = metrics.observe_duration
+        max_active = self.max_concurrent_rpcs
 
-        async def admitted(requests: AsyncIterator[Any], context: aio.ServicerContext) -> Any:  # type: ignore[type-arg]
-            if limited and self.active >= self.max_concurrent_rpcs:
-                limit = self.max_concurrent_rpcs
-                self._refusals.note(name, "RESOURCE_EXHAUSTED", "concurrency_limit", f"{limit} RPCs in progress")
+        async def admitted(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> Any:
+            if limited and self.active >= max_active:
+                refusals.note(method, "RESOURCE_EXHAUSTED", "concurrency_limit", f"{max_active} RPCs in progress")
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the server is working on its limit of {limit} RPCs; retry after a backoff, or another instance",
+                    f"the server is working on its limit of {max_active} RPCs; retry after a backoff, or another "
+                    "instance",
                 )
             self.active += limited
             try:
                 try:
-                    async with asyncio.timeout(self.request_read_seconds):
-                        request = await context.read()
-                except asyncio.CancelledError:
-                    # gRPC cancels an RPC whose deadline passed: here, before its request was read.
-                    remaining = context.time_remaining()
-                    if remaining is not None and remaining <= 0:
-                        metrics.RPC_REFUSED.labels(name, "DEADLINE_EXCEEDED", "deadline_passed").inc()
-                    raise
+                    request = await reads.read(context)
                 except TimeoutError:
-                    seconds = self.request_read_seconds
-                    self._refusals.note(
-                        name, "DEADLINE_EXCEEDED", "request_read_timeout", f"no whole request within {seconds:g} s"
+                    seconds = reads.seconds
+                    refusals.note(
+                        method, "DEADLINE_EXCEEDED", "request_read_timeout", f"no whole request within {seconds:g} s"
                     )
                     await context.abort(
                         grpc.StatusCode.DEADLINE_EXCEEDED, f"request: not received in full within {seconds:g} s"
                     )
+                except asyncio.CancelledError:
+                    # gRPC cancels an RPC whose deadline passed: here, before its request was read.
+                    remaining = context.time_remaining()
+                    if remaining is not None and remaining <= 0:
+                        metrics.RPC_REFUSED.labels(method, "DEADLINE_EXCEEDED", "deadline_passed").inc()
+                    raise
                 if request is aio.EOF:  # type: ignore[attr-defined]  # missing from grpc-stubs
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: the stream ended without a message")
-                return await behaviour(request, context)
+                started = time.perf_counter()
+                code = "UNKNOWN"
+                try:
+                    if isinstance(request, Undecodable):
+                        problem = request.problem
+                        if not isinstance(request, Oversized):
+                            problem = f"not a valid {request_type} message ({problem})"
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {problem}")
+                    remaining = context.time_remaining()
+                    if remaining is not None and remaining <= 0:
+                        metrics.RPC_REFUSED.labels(method, "DEADLINE_EXCEEDED", "deadline_passed").inc()
+                        await context.abort(
+                            grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the request was read"
+                        )
+                    response = await behaviour(request, context)
+                    status = context.code()
+                    code = "OK" if status is None else status.name
+                    return response
+                except asyncio.CancelledError:
+                    code = "CANCELLED"
+                    raise
+                except BaseException:
+                    status = context.code()  # set by context.abort before it raises
+                    code = "UNKNOWN" if status is None else status.name
+                    raise
+                finally:
+                    observe_duration(method, code, time.perf_counter() - started)
             finally:
                 self.active -= limited
 
         return grpc.stream_unary_rpc_method_handler(
-            admitted, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            admitted, request_deserializer=request_deserializer, response_serializer=response_serializer
         )

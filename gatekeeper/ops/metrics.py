@@ -1,4 +1,4 @@
-"""Prometheus metrics: the named metric objects, the interceptor that times RPCs, the HTTP endpoint.
+"""Prometheus metrics: the named metric objects, the RPC duration histogram, the HTTP endpoint.
 
 A leaf: it imports nothing of the gatekeeper but the generated protobuf names. Stores and
 the audit keep their own counters (plain objects, never replaced); the server hands them to
@@ -14,12 +14,10 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import grpc
-from grpc import aio
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -221,60 +219,12 @@ def count_claim(verdict: int, items: Iterable[tuple[int, int, bool]]) -> None:
 _duration_histograms: dict[tuple[str, str], Any] = {}
 
 
-def _observe_duration(method: str, code: str, seconds: float) -> None:
+def observe_duration(method: str, code: str, seconds: float) -> None:
+    """Observe one RPC's duration by method ("package.Service/Method") and status code name."""
     histogram = _duration_histograms.get((method, code))
     if histogram is None:
         histogram = _duration_histograms[method, code] = RPC_DURATION.labels(method, code)
     histogram.observe(seconds)
-
-
-def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
-    """The handler with its unary behaviour timed (the servicer counts decisions)."""
-    behavior: Callable[[Any, Any], Awaitable[Any]] = handler.unary_unary  # type: ignore[assignment]
-
-    async def timed(request: Any, context: aio.ServicerContext) -> Any:  # type: ignore[type-arg]
-        started = time.perf_counter()
-        code = "UNKNOWN"
-        try:
-            response = await behavior(request, context)
-            status = context.code()
-            code = "OK" if status is None else status.name
-            return response
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except BaseException:
-            status = context.code()  # set by context.abort before it raises
-            code = "UNKNOWN" if status is None else status.name
-            raise
-        finally:
-            _observe_duration(method, code, time.perf_counter() - started)
-
-    return grpc.unary_unary_rpc_method_handler(
-        timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
-
-
-class MetricsInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Times every unary RPC by method and status code."""
-
-    def __init__(self) -> None:
-        # A method's handler is one object for the server's life: wrap it once, not per call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}  # type: ignore[type-arg]
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],  # type: ignore[type-arg]
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:  # health Watch, reflection: streams, not timed
-            return handler
-        method = handler_call_details.method
-        known = self._wrapped.get(method)
-        if known is None or known[0] is not handler:
-            known = self._wrapped[method] = (handler, _timed(handler, method.lstrip("/")))
-        return known[1]
 
 
 # The metrics endpoint: scrapers are few, so connections beyond this many are closed
