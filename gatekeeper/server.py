@@ -68,6 +68,7 @@ class GatekeeperServer:
     metrics_state: metrics.ServerState = field(default_factory=metrics.ServerState)
     metrics_endpoint: metrics.MetricsEndpoint | None = field(default=None, repr=False)
     audit: AuditLog | None = None
+    admission: Admission | None = None
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -132,6 +133,8 @@ class GatekeeperServer:
             await stop_task(self._health_task)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self.admission is not None:
+            await self.admission.close()
         metrics.SERVERS.detach(self.metrics_state)
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.close()
@@ -223,7 +226,7 @@ async def create_server(
         port = server.add_insecure_port(settings.listen)
     else:
         port = server.add_secure_port(settings.listen, credentials)
-    gk = GatekeeperServer(server, port, health_servicer, store, settings, audit=audit)
+    gk = GatekeeperServer(server, port, health_servicer, store, settings, audit=audit, admission=admission)
     await gk._set_health(False)
     return gk
 

@@ -17,6 +17,7 @@ request (one sweeper task cancels the reads that outlive their time, while there
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -121,6 +122,13 @@ class ReadDeadlines:
         finally:
             self._waiting.pop(task, None)
 
+    async def close(self) -> None:
+        """Stop the sweeper (the server has stopped: no read is waiting any more)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -145,6 +153,10 @@ class Admission:
         self.active = 0  # RPCs admitted and not yet answered
         self._reads = ReadDeadlines(request_read_seconds)
         self._refusals = refusals or RefusalLog()
+
+    async def close(self) -> None:
+        """Stop the admission's background work, once the server has stopped."""
+        await self._reads.close()
 
     def handler(
         self,

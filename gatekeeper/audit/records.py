@@ -1,4 +1,4 @@
-"""The audit record of a decision: one msgspec schema for the spool, the database rows and the export."""
+"""The decision record's shapes: the entry the writer takes (spool and database), the record the export reads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from gatekeeper.core.rules import Claim, ClaimDecision
+from gatekeeper.core.rules import Claim, ClaimDecision, ClaimVerdict, Item, ItemDecision, Reason, Verdict
 
 
 class AuditItem(msgspec.Struct, frozen=True):
@@ -45,15 +45,36 @@ class AuditRecord(msgspec.Struct, frozen=True):
     items: tuple[AuditItem, ...]
 
 
+class Entry(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One decision as the writer takes it and the database reads it: the claim and its
+    decision as decided (``gatekeeper.core.rules``), encoded as JSON arrays in field order.
+    The writer builds nothing else per decision; the database expands an entry into its
+    ``decisions`` row and ``decision_items`` rows (writer.py)."""
+
+    decision_id: str
+    claim: Claim
+    decision: ClaimDecision
+    registry_version: str
+    decided_at_ms: int  # when it was decided (epoch milliseconds)
+
+
 class Batch(msgspec.Struct, frozen=True):
-    """Records written together in one transaction; the id makes a replay idempotent."""
+    """Decisions written together in one transaction; the id makes a replay idempotent."""
+
+    batch_id: str
+    entries: tuple[Entry, ...]
+
+
+class _RecordsBatch(msgspec.Struct, frozen=True):
+    """A batch as spooled before entries (records): still replayed."""
 
     batch_id: str
     records: tuple[AuditRecord, ...]
 
 
 encode = msgspec.json.Encoder().encode
-decode_batch = msgspec.json.Decoder(Batch).decode
+_decode_batch = msgspec.json.Decoder(Batch).decode
+_decode_records_batch = msgspec.json.Decoder(_RecordsBatch).decode
 _decode_record = msgspec.json.Decoder(AuditRecord).decode
 
 
@@ -67,116 +88,37 @@ def decode_record(data: bytes) -> AuditRecord:
     return _decode_record(data)
 
 
-def audit_record(
-    decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
-) -> AuditRecord:
-    """The audit record of one claim decision (items in claim order: ``decision.items``
-    line up with ``claim.items``)."""
-    items = tuple(
-        AuditItem(
-            feedetl_sn=d.feedetl_sn,
-            fee_ocur_time=item.service_time,
-            amount_fen=d.amount_fen,
-            emergency=item.emergency,
-            bilg_dr_codg=item.practitioners[0],
-            orders_dr_code=item.practitioners[1] if len(item.practitioners) > 1 else "",
-            verdict=d.verdict.name,
-            reason=d.reason.name,
-            prac_psn_code=d.prac_psn_code,
-            enforced=d.enforced,
-        )
-        for item, d in zip(claim.items, decision.items, strict=True)
-    )
-    return AuditRecord(
-        decision_id=decision_id,
-        claim_id=claim.claim_id,
-        fixmedins_code=claim.fixmedins_code,
-        decided_at_ms=int(decided_at * 1000),
-        registry_version=registry_version,
-        verdict=decision.verdict.name,
-        enforced=decision.enforced,
-        allowed_amount_fen=decision.allowed_amount_fen,
-        blocked_amount_fen=decision.blocked_amount_fen,
-        items=items,
-    )
+def decode_batch(data: bytes) -> Batch:
+    """A spooled batch; msgspec.ValidationError or DecodeError if it is not one. A batch
+    spooled as records (an earlier version's format) is read as entries."""
+    try:
+        return _decode_batch(data)
+    except msgspec.ValidationError:
+        try:
+            old = _decode_records_batch(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            raise msgspec.ValidationError("neither a batch of entries nor one of records") from None
+        return Batch(old.batch_id, tuple(entry_of(record) for record in old.records))
 
 
-DECISION_COLUMNS = (
-    "decided_at",
-    "decision_id",
-    "claim_id",
-    "fixmedins_code",
-    "registry_version",
-    "verdict",
-    "enforced",
-    "allowed_amount_fen",
-    "blocked_amount_fen",
-    "batch_id",
-)
-ITEM_COLUMNS = (
-    "decided_at",
-    "decision_id",
-    "item_index",
-    "fixmedins_code",
-    "claim_id",
-    "feedetl_sn",
-    "fee_ocur_time",
-    "amount_fen",
-    "emergency",
-    "bilg_dr_codg",
-    "orders_dr_code",
-    "verdict",
-    "reason",
-    "prac_psn_code",
-    "enforced",
-)
-DecisionRow = tuple[datetime, str, str, str, str, str, bool, int, int, str]
-ItemRow = tuple[datetime, str, int, str, str, str, datetime, int, bool, str, str | None, str, str, str, bool]
+def entry_of(record: AuditRecord) -> Entry:
+    """The entry a record was made from (what the database reads: no status windows)."""
+    items, decided = [], []
+    for i in record.items:
+        items.append(Item(i.feedetl_sn, i.fee_ocur_time, i.amount_fen, i.practitioners, i.emergency))
+        verdict, reason = Verdict[i.verdict], Reason[i.reason]
+        decided.append(ItemDecision(i.feedetl_sn, verdict, reason, i.prac_psn_code, None, i.enforced, i.amount_fen))
+    claim = Claim(record.claim_id, record.fixmedins_code, tuple(items))
+    decision = ClaimDecision(
+        ClaimVerdict[record.verdict],
+        tuple(decided),
+        record.allowed_amount_fen,
+        record.blocked_amount_fen,
+        record.enforced,
+    )
+    return Entry(record.decision_id, claim, decision, record.registry_version, record.decided_at_ms)
 
 
 def moment(epoch_seconds: float) -> datetime:
     """An aware datetime for a timestamptz column."""
     return datetime.fromtimestamp(epoch_seconds, UTC)
-
-
-def rows_of(batch: Batch) -> tuple[list[DecisionRow], list[ItemRow]]:
-    """The database rows of a batch, in DECISION_COLUMNS and ITEM_COLUMNS order."""
-    decisions: list[DecisionRow] = []
-    items: list[ItemRow] = []
-    for r in batch.records:
-        decided_at = moment(r.decided_at_ms / 1000)
-        decisions.append(
-            (
-                decided_at,
-                r.decision_id,
-                r.claim_id,
-                r.fixmedins_code,
-                r.registry_version,
-                r.verdict,
-                r.enforced,
-                r.allowed_amount_fen,
-                r.blocked_amount_fen,
-                batch.batch_id,
-            )
-        )
-        for index, i in enumerate(r.items):
-            items.append(
-                (
-                    decided_at,
-                    r.decision_id,
-                    index,
-                    r.fixmedins_code,
-                    r.claim_id,
-                    i.feedetl_sn,
-                    moment(i.fee_ocur_time),
-                    i.amount_fen,
-                    i.emergency,
-                    i.bilg_dr_codg,
-                    i.orders_dr_code or None,
-                    i.verdict,
-                    i.reason,
-                    i.prac_psn_code,
-                    i.enforced,
-                )
-            )
-    return decisions, items

@@ -26,6 +26,7 @@ nothing that can be written: ``close`` drains the queue to the database or the s
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 import uuid
@@ -39,10 +40,10 @@ import psycopg
 
 from gatekeeper import defaults
 from gatekeeper.audit.database import LATEST_VERSION, SchemaError, partition_statements
-from gatekeeper.audit.records import DECISION_COLUMNS, ITEM_COLUMNS, Batch, audit_record, rows_of
+from gatekeeper.audit.records import Batch, Entry, encode
 from gatekeeper.audit.spool import Spool
 from gatekeeper.core.cst import CST
-from gatekeeper.core.rules import Claim, ClaimDecision
+from gatekeeper.core.rules import Claim, ClaimDecision, ClaimVerdict, Reason, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,44 @@ DEFAULT_BATCH_SIZE = 500
 # How long a batch waits for more decisions: fewer, fuller batches (one transaction each).
 DEFAULT_LINGER_SECONDS = 0.1
 DEFAULT_RETRY_SECONDS = 1.0  # how often a spool is offered to the database again
-# Binary COPY: a third of the client CPU of text COPY per decision, and less than asyncpg's
-# (bench/results/audit-driver.md); the types are those of migrations/0001.
-_COPY_DECISIONS = f"COPY decisions ({', '.join(DECISION_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-_COPY_ITEMS = f"COPY decision_items ({', '.join(ITEM_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-DECISION_TYPES = ("timestamptz", "text", "text", "text", "text", "text", "bool", "int8", "int8", "text")
-ITEM_TYPES = (
-    *("timestamptz", "text", "int4", "text", "text", "text", "timestamptz", "int8", "bool"),
-    *("text", "text", "text", "text", "text", "bool"),
+
+
+def _names(numbered: type[enum.IntEnum]) -> list[str]:
+    """The names of an enum numbered 1, 2, …: a SQL array indexed by the number."""
+    members = sorted(numbered)
+    assert [m.value for m in members] == list(range(1, len(members) + 1)), numbered
+    return [m.name for m in members]
+
+
+# A batch's entries go to the database as one JSON document (one encoder call for the whole
+# batch, bench/results/audit-driver.md), expanded there into the decision and item rows in
+# one statement: the worker builds no row, no datetime and no per-row COPY call. Entries are
+# arrays in field order (records.Entry, rules.Claim/Item/ClaimDecision/ItemDecision).
+_WRITE_ENTRIES = """
+WITH entries AS (
+    SELECT e->>0 AS decision_id, e->1 AS claim, e->2 AS decision, e->>3 AS registry_version,
+           'epoch'::timestamptz + (e->>4)::bigint * interval '1 millisecond' AS decided_at
+    FROM jsonb_array_elements(%(entries)s::jsonb) AS e
+), decided AS (
+    INSERT INTO decisions (decided_at, decision_id, claim_id, fixmedins_code, registry_version, verdict,
+                           enforced, allowed_amount_fen, blocked_amount_fen, batch_id)
+    SELECT decided_at, decision_id, claim->>0, claim->>1, registry_version,
+           (%(claim_verdicts)s::text[])[(decision->>0)::int], (decision->>4)::boolean,
+           (decision->>2)::bigint, (decision->>3)::bigint, %(batch_id)s
+    FROM entries
 )
+INSERT INTO decision_items (decided_at, decision_id, item_index, fixmedins_code, claim_id, feedetl_sn,
+                            fee_ocur_time, amount_fen, emergency, bilg_dr_codg, orders_dr_code, verdict,
+                            reason, prac_psn_code, enforced)
+SELECT decided_at, decision_id, (position - 1)::int, claim->>1, claim->>0, item->>0,
+       to_timestamp((item->>1)::bigint), (made->>6)::bigint, (item->>4)::boolean,
+       item->3->>0, item->3->>1, (%(verdicts)s::text[])[(made->>1)::int],
+       (%(reasons)s::text[])[(made->>2)::int], made->>3, (made->>5)::boolean
+FROM entries,
+     ROWS FROM (jsonb_array_elements(claim->2), jsonb_array_elements(decision->1))
+         WITH ORDINALITY AS items(item, made, position)
+"""
+_NAMES = {"claim_verdicts": _names(ClaimVerdict), "verdicts": _names(Verdict), "reasons": _names(Reason)}
 
 
 class DecisionLog(Protocol):
@@ -95,6 +125,13 @@ class RecordStore(Protocol):
 def cst_day(epoch_seconds: float) -> date:
     """The China Standard Time day of a moment: the partition its decision goes to."""
     return datetime.fromtimestamp(epoch_seconds, CST).date()
+
+
+def _days_of(batch: Batch) -> set[date]:
+    """Every day from the batch's first decision to its last: the partitions it needs."""
+    moments = [entry.decided_at_ms for entry in batch.entries]
+    first, last = cst_day(min(moments) / 1000), cst_day(max(moments) / 1000)
+    return {first + timedelta(days=n) for n in range((last - first).days + 1)}
 
 
 async def _has_schema_table(connection: psycopg.AsyncConnection) -> bool:
@@ -153,24 +190,17 @@ class PostgresRecordStore:
         self._days |= wanted
 
     async def write(self, batch: Batch) -> bool:
-        decisions, items = rows_of(batch)
         try:
             connection = await self._connect()
-            await self._ensure_partitions(connection, {cst_day(r.decided_at_ms / 1000) for r in batch.records})
+            await self._ensure_partitions(connection, _days_of(batch))
             async with connection.transaction():
                 cursor = await connection.execute(
                     "INSERT INTO audit_batches (batch_id) VALUES (%s) ON CONFLICT DO NOTHING", [batch.batch_id]
                 )
                 if cursor.rowcount == 0:
                     return False
-                async with connection.cursor().copy(_COPY_DECISIONS) as copy:
-                    copy.set_types(DECISION_TYPES)
-                    for row in decisions:
-                        await copy.write_row(row)
-                async with connection.cursor().copy(_COPY_ITEMS) as copy:
-                    copy.set_types(ITEM_TYPES)
-                    for item in items:
-                        await copy.write_row(item)
+                entries = encode(batch.entries).decode()
+                await connection.execute(_WRITE_ENTRIES, {"entries": entries, "batch_id": batch.batch_id, **_NAMES})
         except (psycopg.Error, OSError, SchemaError) as error:
             await self.close()
             raise RecordUnavailable(
@@ -193,7 +223,6 @@ class PostgresRecordStore:
             self._connection = None
 
 
-_Pending = tuple[str, Claim, ClaimDecision, str, float]
 _STOP = object()
 
 
@@ -230,7 +259,7 @@ class AuditLog:
         self._retry = retry_seconds
         self._max_queued = max_queued
         self._clock = clock
-        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
+        self._queue: asyncio.Queue[Entry | object] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._orphans_pending = True  # spools of processes gone: looked for at start
         self._last_attempt = -float("inf")  # of a replay, or of a spool write that failed
@@ -256,7 +285,7 @@ class AuditLog:
     @property
     def queued(self) -> int:
         """Decisions taken and not yet written or spooled."""
-        return self._queue.qsize() + sum(len(batch.records) for batch in self._unsaved)
+        return self._queue.qsize() + sum(len(batch.entries) for batch in self._unsaved)
 
     def record(
         self, decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
@@ -266,7 +295,7 @@ class AuditLog:
         if not self.accepting or self._queue.qsize() >= self._max_queued:
             self.stats.refused += 1
             return False
-        self._queue.put_nowait((decision_id, claim, decision, registry_version, decided_at))
+        self._queue.put_nowait(Entry(decision_id, claim, decision, registry_version, int(decided_at * 1000)))
         return True
 
     def start(self) -> None:
@@ -298,14 +327,14 @@ class AuditLog:
             pending, stopping = await self._collect()
             try:
                 if pending:
-                    self._unsaved.append(Batch(uuid.uuid4().hex, tuple(audit_record(*p) for p in pending)))
+                    self._unsaved.append(Batch(uuid.uuid4().hex, tuple(pending)))
                 if self._replay_due() and not stopping:
                     await self._replay()
                 await self._save()
             except Exception:  # a bug: keep the writer alive for the decisions still to come
                 log.exception("audit writer failed; carrying on")
         if self._unsaved:
-            records = sum(len(batch.records) for batch in self._unsaved)
+            records = sum(len(batch.entries) for batch in self._unsaved)
             log.error("audit: %d decision(s) neither written nor spooled (spool unwritable): lost", records)
 
     async def _save(self) -> None:
@@ -342,7 +371,7 @@ class AuditLog:
     def _replay_due(self) -> bool:
         return (self._orphans_pending or self.spool.depth > 0) and self._clock() - self._last_attempt >= self._retry
 
-    async def _collect(self) -> tuple[list[_Pending], bool]:
+    async def _collect(self) -> tuple[list[Entry], bool]:
         """Up to a batch of decisions: wait for the first (only so long when a replay is
         due), then linger a little for more. True when the stop marker was reached."""
         waiting = None
@@ -354,7 +383,7 @@ class AuditLog:
             return [], False
         if first is _STOP:
             return [], True
-        pending: list[_Pending] = [first]  # type: ignore[list-item]  # not the marker
+        pending: list[Entry] = [first]  # type: ignore[list-item]  # not the marker
         deadline = asyncio.get_running_loop().time() + self._linger
         while len(pending) < self._batch_size:
             try:
@@ -386,7 +415,7 @@ class AuditLog:
             self._store_failing = False
             log.info("audit: the database takes batches again")
         if written:
-            self.stats.appended += len(batch.records)
+            self.stats.appended += len(batch.entries)
         else:
             self.stats.duplicates += 1
         return True

@@ -4,6 +4,7 @@ recorded, and Redis lost and restarted empty under traffic."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -25,11 +26,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatekeeper.audit.database import ensure_partitions, partition_days
 from gatekeeper.audit.export import Period, records_in
-from gatekeeper.audit.records import AuditRecord, Batch
+from gatekeeper.audit.records import AuditItem, AuditRecord, Batch, Entry, entry_of
 from gatekeeper.audit.spool import SPOOL_PATTERN, Spool
+from gatekeeper.audit.writer import PostgresRecordStore
 from gatekeeper.cli import main
 from gatekeeper.core.cst import CST, format_cst, parse_cst
 from gatekeeper.core.policy import Policy, RegionPolicy, Unrecorded
+from gatekeeper.core.records import PractitionerRecord, Status, StatusPeriod
+from gatekeeper.core.rules import Claim, Item, decide_claim
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from tests.integration.conftest import StartGatekeeper
@@ -55,6 +59,61 @@ def audited(database_url: str) -> list[AuditRecord]:
     """Every decision in the record, oldest first."""
     with psycopg.connect(database_url, autocommit=True) as connection:
         return list(records_in(connection, EVERYTHING))
+
+
+def test_the_database_records_each_decision_and_every_item_with_its_inputs(database_url: str) -> None:
+    """The writer hands the database entries (the claim and its decision as decided); the
+    database expands them into the rows review and the export read."""
+    regular, suspended, unread = "D110105000001", "D410102000002", "D330522000006"
+    when = parse_cst("2026-11-20 10:00:00")
+    held = {
+        regular: PractitionerRecord(1, (StatusPeriod(Status.REGISTERED, parse_cst("2020-01-01 00:00:00"), 1, 1),)),
+        suspended: PractitionerRecord(
+            1,
+            (StatusPeriod(Status.SUSPENDED, parse_cst("2026-10-01 00:00:00"), 2, 1, parse_cst("2027-01-01 00:00:00")),),
+        ),
+    }
+    degraded = Claim(
+        "CLAIM-1",
+        "H41130200746",
+        (
+            Item("1", when, 100, (regular,), False),
+            Item("2", when, 200, (regular, suspended), True),  # an emergency: exempt from the suspension
+            Item("3", when, 400, (unread,), False),
+            Item("4", when, -50, ("", regular), False),  # a refund, its ordering practitioner missing
+        ),
+    )
+    decision = decide_claim(degraded, held, RegionPolicy(), frozenset({unread}))
+    decided_at_ms = parse_cst("2026-11-20 10:00:05") * 1000 + 250
+    entry = Entry("d-1", degraded, decision, "snap@7", decided_at_ms)
+
+    async def write() -> bool:
+        store = PostgresRecordStore(database_url)
+        try:
+            return await store.write(Batch("b-1", (entry,)))
+        finally:
+            await store.close()
+
+    assert asyncio.run(write()) is True
+    [recorded] = audited(database_url)
+    assert recorded == AuditRecord(
+        "d-1",
+        "CLAIM-1",
+        "H41130200746",
+        decided_at_ms,
+        "snap@7",
+        "PARTIAL",
+        True,
+        700,  # 100 + 200 + 400
+        -50,  # the refund's line is blocked
+        (
+            AuditItem("1", when, 100, False, regular, "", "ALLOW", "OK", "", True),
+            AuditItem("2", when, 200, True, regular, suspended, "ALLOW_EXEMPT", "EMERGENCY_EXEMPT", suspended, True),
+            AuditItem("3", when, 400, False, unread, "", "ALLOW", "UNVERIFIED", unread, False),
+            AuditItem("4", when, -50, False, "", regular, "BLOCK", "MISSING_PRACTITIONER", "", True),
+        ),
+    )
+    assert asyncio.run(write()) is False  # the same batch again: already written
 
 
 def claim_request(
@@ -146,11 +205,16 @@ def test_the_audit_commands_export_look_up_and_count(
     assert run("export", *earlier)[1] == ""  # selected by decision time
 
 
-def write_orphan(directory: Path, batch: Batch) -> Path:
-    """A spool file left by a process that is gone."""
+def write_orphan(directory: Path, batch_id: str, records: list[AuditRecord], spooled_as: str) -> Path:
+    """A spool file left by a process that is gone: a batch of entries, or of records as an
+    earlier version spooled them."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "audit-1-crashed.spool"
-    path.write_bytes(msgspec.json.encode(batch) + b"\n")
+    if spooled_as == "entries":
+        line = msgspec.json.encode(Batch(batch_id, tuple(entry_of(r) for r in records)))
+    else:
+        line = msgspec.json.encode({"batch_id": batch_id, "records": records})
+    path.write_bytes(line + b"\n")
     return path
 
 
@@ -159,29 +223,30 @@ def forget_everything(database_url: str) -> None:
         connection.execute("TRUNCATE decisions, decision_items, audit_batches")
 
 
+@pytest.mark.parametrize("spooled_as", ["entries", "records"])
 def test_a_dead_process_spool_is_replayed_once_even_when_replayed_twice(
-    start_gatekeeper: StartGatekeeper, redis_client: redis.Redis, database_url: str, tmp_path: Path
+    start_gatekeeper: StartGatekeeper, redis_client: redis.Redis, database_url: str, tmp_path: Path, spooled_as: str
 ) -> None:
     load(redis_client, DEMO_REGISTRY)
     gatekeeper = start_gatekeeper()
     for n in range(2):
         gatekeeper.stub.CheckClaim(claim_request(f"s{n}"), timeout=5)
     wait_until(lambda: len(audited(database_url)) == 2, "the decisions are in the record")
-    batch = Batch("batch-from-a-crash", tuple(audited(database_url)))
+    records = audited(database_url)
     forget_everything(database_url)
     spool_dir = tmp_path / "shared-spool"
 
-    orphan = write_orphan(spool_dir, batch)
+    orphan = write_orphan(spool_dir, "batch-from-a-crash", records, spooled_as)
     start_gatekeeper(audit_spool_dir=spool_dir)
     wait_until(lambda: not orphan.exists(), "the orphan spool is replayed and removed")
-    assert Counter(r.decision_id for r in audited(database_url)) == Counter(r.decision_id for r in batch.records)
-    assert audited(database_url) == list(batch.records)  # the same records, items and all
+    assert Counter(r.decision_id for r in audited(database_url)) == Counter(r.decision_id for r in records)
+    assert audited(database_url) == records  # the same records, items and all
 
     # A process that crashed after the database committed the batch but before it removed the file.
-    orphan = write_orphan(spool_dir, batch)
+    orphan = write_orphan(spool_dir, "batch-from-a-crash", records, spooled_as)
     start_gatekeeper(audit_spool_dir=spool_dir)
     wait_until(lambda: not orphan.exists(), "the orphan spool is replayed again and removed")
-    assert len(audited(database_url)) == len(batch.records)  # the batch id was already there
+    assert len(audited(database_url)) == len(records)  # the batch id was already there
 
 
 def health(target: str) -> int:
@@ -293,7 +358,7 @@ def test_sigterm_while_the_database_is_away_spools_every_decision_for_the_next_s
 
     spooled = set()
     for orphan in Spool(spool_dir).orphans():
-        spooled |= {record.decision_id for batch in orphan.batches for record in batch.records}
+        spooled |= {entry.decision_id for batch in orphan.batches for entry in batch.entries}
         orphan.release()
     assert {d.decision_id for d in during} <= spooled  # on disk before the process ended
 

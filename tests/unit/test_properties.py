@@ -7,6 +7,7 @@ from dataclasses import replace
 from builders import at
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec import structs
 
 from gatekeeper.core.codes import DEFAULT_PRACTITIONER_PREFIXES as NATIONAL
 from gatekeeper.core.policy import Mode, RegionPolicy
@@ -167,7 +168,7 @@ def test_adding_a_practitioner_never_turns_a_block_into_an_allow(
     line: Item, extra: str, registry: dict[str, PractitionerRecord], policy: RegionPolicy
 ) -> None:
     before = decide_item(line, registry, policy)
-    after = decide_item(replace(line, practitioners=(*line.practitioners, extra)), registry, policy)
+    after = decide_item(structs.replace(line, practitioners=(*line.practitioners, extra)), registry, policy)
 
     if before.verdict is Verdict.BLOCK:
         assert after.verdict is Verdict.BLOCK
@@ -183,8 +184,8 @@ def test_adding_a_practitioner_never_turns_a_blocked_claim_into_an_allowed_one(
     index = data.draw(st.integers(0, len(claim.items) - 1))
     extra = data.draw(codes)
     target = claim.items[index]
-    widened = replace(target, practitioners=(*target.practitioners, extra))
-    other = replace(claim, items=(*claim.items[:index], widened, *claim.items[index + 1 :]))
+    widened = structs.replace(target, practitioners=(*target.practitioners, extra))
+    other = structs.replace(claim, items=(*claim.items[:index], widened, *claim.items[index + 1 :]))
 
     before = decide_claim(claim, registry, policy)
     after = decide_claim(other, registry, policy)
