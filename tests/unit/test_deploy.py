@@ -15,7 +15,8 @@ from gatekeeper.core.policy import load_policy
 from gatekeeper.settings import ENVIRONMENT, split_host_port
 
 REPO = Path(__file__).resolve().parents[2]
-KUBERNETES = REPO / "deploy" / "kubernetes"
+KUBERNETES = REPO / "deploy" / "kubernetes" / "base"
+OVERLAYS = REPO / "deploy" / "kubernetes"  # province/, nation/: each applies the base
 DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 
@@ -28,7 +29,7 @@ SERVER = "gatekeeper"  # the Deployment, Service, PDB and HPA of the gatekeeper 
 
 
 def manifests() -> list[dict[str, Any]]:
-    """Every document of every manifest under deploy/kubernetes (overlays excluded)."""
+    """Every document of every manifest of the base."""
     documents = []
     for path in sorted(KUBERNETES.glob("*.yaml")):
         if path.name == "kustomization.yaml":
@@ -79,9 +80,12 @@ def test_the_kustomization_lists_every_manifest_and_the_config_files_exist() -> 
             assert (KUBERNETES / file).is_file(), file
 
 
-def test_the_national_overlay_patches_the_autoscaler_that_exists() -> None:
-    overlay = yaml.safe_load((KUBERNETES / "nation" / "kustomization.yaml").read_text(encoding="utf-8"))
-    assert overlay["resources"] == [".."]
+def test_the_overlays_apply_the_base_and_the_nation_patches_the_autoscaler_that_exists() -> None:
+    province = yaml.safe_load((OVERLAYS / "province" / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert province["resources"] == ["../base"]
+    assert "patches" not in province  # the base is shaped for a province
+    overlay = yaml.safe_load((OVERLAYS / "nation" / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert overlay["resources"] == ["../base"]
     hpa = one("HorizontalPodAutoscaler", SERVER)
     for patch in overlay["patches"]:
         target = patch["target"]
