@@ -15,11 +15,12 @@ _KEY_OF_BLOCK = {
     Reason.MISSING_PRACTITIONER: "missing_practitioner",
 }
 
-# Filled messages by (wording, reason, verdict, role, code, window). Claims repeat a few
-# practitioners and windows, so a message is formatted once and then looked up. Emptied
-# when full rather than evicted one by one: refilling costs a format per entry.
+# Filled messages by (wording, reason, verdict, role, code, window). Barred practitioners
+# are few and claims repeat them, so a message is formatted once and then looked up.
+# Bounded (an entry is ~350 bytes, so at most ~6 MB per worker) and emptied when full
+# rather than evicted one by one: refilling costs one format per entry.
 _FILLED: dict[tuple[object, ...], str] = {}
-FILLED_KEPT = 65_536
+FILLED_KEPT = 16_384
 
 
 def item_message(decision: ItemDecision, wording: Wording) -> str:
@@ -43,14 +44,14 @@ def fill(decision: ItemDecision, wording: Wording) -> str:
     unrecorded) gets the block's words inside the "monitor" template.
     """
     templates, reason = wording.templates, decision.reason
+    if reason is Reason.OK:
+        return wording.ok
     values = {
         "role": wording.ordering if decision.role is Role.ORDERING else wording.executing,
         "code": decision.prac_psn_code,
     }
     if decision.window is not None:
         values.update(_window_values(decision.window, wording))
-    if reason is Reason.OK:
-        return wording.ok
     if reason is Reason.EMERGENCY_EXEMPT:
         return templates["emergency_exempt"].format_map(values)
     if reason is Reason.UNVERIFIED:

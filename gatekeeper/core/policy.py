@@ -147,11 +147,12 @@ def _region_from_table(base: RegionPolicy, table: object, where: str) -> RegionP
         changes["stand_in_per_minute"] = limit
     if "language" in table:
         changes["language"] = _choice(Language, table["language"], f"{where}.language")
-    language = changes.get("language", base.language)
-    # Overrides are words of one language: a region that speaks another starts afresh.
-    inherited = base.messages if language is base.language else {}
-    if "messages" in table or inherited is not base.messages:
-        changes["messages"] = {**inherited, **_messages_from_table(table.get("messages", {}), f"{where}.messages")}
+    own = _messages_from_table(table["messages"], f"{where}.messages") if "messages" in table else {}
+    if changes.get("language", base.language) is not base.language:
+        # Templates are words of one language: a region that speaks another does not inherit them.
+        changes["messages"] = own
+    elif own:
+        changes["messages"] = {**base.messages, **own}
     return replace(base, **changes)
 
 
