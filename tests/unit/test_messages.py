@@ -103,6 +103,12 @@ def test_a_malformed_code_is_named_as_sent() -> None:
     assert message_for(REGULAR, "009999").startswith("受单医生代码 009999 ")
 
 
+def test_a_code_that_looks_like_a_placeholder_is_shown_as_sent_not_filled() -> None:
+    # Codes come from the HIS; a template is filled once, and its values are never read as templates.
+    assert message_for("{window}") == "开单医生代码 {window} 不符合国家医保相关人员代码格式，本项目不予医保结算"
+    assert message_for(REGULAR, "{0.__class__}").startswith("受单医生代码 {0.__class__} 不符合")
+
+
 def test_a_missing_ordering_doctor_is_asked_for() -> None:
     assert message_for("") == "未填写开单医生代码，本项目不予医保结算"
 
