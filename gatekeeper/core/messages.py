@@ -21,11 +21,14 @@ _KEY_OF_BLOCK = {
 # rather than evicted one by one: refilling costs one format per entry.
 _FILLED: dict[tuple[object, ...], str] = {}
 FILLED_KEPT = 16_384
+# An enum member read through its class (Reason.OK) costs ~0.1 µs on Python 3.11, as much
+# as the rest of an allowed item's message: read it once.
+_OK = Reason.OK
 
 
 def item_message(decision: ItemDecision, wording: Wording) -> str:
     """The text a HIS can show the cashier for ``decision``, in the region's ``wording``."""
-    if decision.reason is Reason.OK:
+    if decision.reason is _OK:
         return wording.ok
     key = (wording, decision.reason, decision.verdict, decision.role, decision.prac_psn_code, decision.window)
     message = _FILLED.get(key)
