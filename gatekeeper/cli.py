@@ -369,6 +369,10 @@ def format_claim_table(response: pb.CheckClaimResponse) -> str:
             )
         )
     lines = format_table(header, rows).split("\n")
+    # What the cashier reads, for the items that are not simply approved.
+    words = [(item.feedetl_sn, item.message) for item in response.items if item.reason != pb.REASON_OK]
+    if words:
+        lines += ["", *format_table(("feedetl_sn", "message"), words).split("\n")]
     verdict = _enum_name(pb.ClaimVerdict, response.verdict, "CLAIM_VERDICT_")
     mode = "" if response.enforced else "  (monitor mode: nothing blocked)"
     lines.append("")

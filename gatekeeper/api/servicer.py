@@ -18,6 +18,7 @@ from gatekeeper.core.codes import division_of
 from gatekeeper.core.cst import format_cst
 from gatekeeper.core.eligibility import EligibilityStore, Lookup, version_seq
 from gatekeeper.core.errors import CacheUnavailable, GatekeeperError, InvalidArgument, RegistryBehind, Unrecordable
+from gatekeeper.core.messages import item_message
 from gatekeeper.core.policy import Policy, RegionPolicy, Unrecorded
 from gatekeeper.core.records import MAX_CHG_REA_LENGTH, OPEN_ENDED, StatusPeriod
 from gatekeeper.core.rules import (
@@ -31,6 +32,7 @@ from gatekeeper.core.rules import (
     unenforced,
 )
 from gatekeeper.core.standin import StandInLimiter
+from gatekeeper.core.wording import Wording
 from gatekeeper.ops import metrics
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
@@ -51,15 +53,17 @@ def _time_text(epoch_seconds: int) -> str:
     return "" if epoch_seconds == OPEN_ENDED else format_cst(epoch_seconds)
 
 
-def fill_item(message: pb.ItemDecision, decision: ItemDecision) -> None:
+def fill_item(message: pb.ItemDecision, decision: ItemDecision, wording: Wording) -> None:
     """Write one item decision into ``message`` (one added to a response's items in place:
-    cheaper than building each with keyword arguments and copying it in)."""
+    cheaper than building each with keyword arguments and copying it in), its text in the
+    region's ``wording``."""
     message.feedetl_sn = decision.feedetl_sn
     message.verdict = decision.verdict  # type: ignore[assignment]  # an IntEnum with the proto's numbers
     message.reason = decision.reason  # type: ignore[assignment]
     message.prac_psn_code = decision.prac_psn_code
     message.enforced = decision.enforced
     message.amount_fen = decision.amount_fen
+    message.message = item_message(decision, wording)
     window = decision.window
     if window is not None:
         message.begntime = format_cst(window.begntime)
@@ -75,7 +79,7 @@ def new_decision_id() -> str:
 
 
 def fill_claim_response(
-    message: pb.CheckClaimResponse, decision: ClaimDecision, decision_id: str, registry_version: str
+    message: pb.CheckClaimResponse, decision: ClaimDecision, decision_id: str, registry_version: str, wording: Wording
 ) -> pb.CheckClaimResponse:
     """Write a claim decision into ``message`` (a new one, or one inside a batch result)."""
     message.decision_id = decision_id
@@ -86,13 +90,15 @@ def fill_claim_response(
     message.enforced = decision.enforced
     add = message.items.add
     for item in decision.items:
-        fill_item(add(), item)
+        fill_item(add(), item, wording)
     return message
 
 
-def claim_response(decision: ClaimDecision, decision_id: str, registry_version: str) -> pb.CheckClaimResponse:
-    """The protobuf form of a claim decision."""
-    return fill_claim_response(pb.CheckClaimResponse(), decision, decision_id, registry_version)
+def claim_response(
+    decision: ClaimDecision, decision_id: str, registry_version: str, wording: Wording
+) -> pb.CheckClaimResponse:
+    """The protobuf form of a claim decision, its item messages in the region's ``wording``."""
+    return fill_claim_response(pb.CheckClaimResponse(), decision, decision_id, registry_version, wording)
 
 
 def window_message(period: StatusPeriod) -> pb.StatusWindow:
@@ -228,7 +234,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
             claim, region, codes, min_seq = self._prepare(request, self._caller(context))
             lookup = await self._store.lookup(codes, min_seq)
             decision = self._recorded(decision_id, claim, region, self._decide(claim, region, lookup), lookup)
-            return claim_response(decision, decision_id, lookup.registry_version)
+            return claim_response(decision, decision_id, lookup.registry_version, region.wording)
         except Exception as error:
             await fail(context, "CheckClaim", error, decision_id)
 
@@ -277,7 +283,9 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                     except Unrecordable as error:
                         result.error.CopyFrom(claim_error(error))
                     else:
-                        fill_claim_response(result.response, decision, decision_id, lookup.registry_version)
+                        fill_claim_response(
+                            result.response, decision, decision_id, lookup.registry_version, region.wording
+                        )
                 results.append(result)
             return pb.CheckClaimsResponse(results=results)
         except Exception as error:

@@ -1,4 +1,4 @@
-"""Region policy: enforce or monitor, the emergency exemption's reach, accepted code prefixes, degraded mode."""
+"""Region policy: enforce or monitor, the emergency exemption's reach, accepted code prefixes, degraded mode, words."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gatekeeper.core.codes import DEFAULT_PRACTITIONER_PREFIXES, PractitionerCodeFormat
+from gatekeeper.core.wording import Language, TemplateError, Wording, check_template, compile_wording
 
 
 class Mode(enum.Enum):
@@ -55,10 +56,17 @@ class RegionPolicy:
     # unverified items per institution per minute are settled, the rest are blocked.
     # 0: no limit. Counted per worker process.
     stand_in_per_minute: int = 0
+    # The language of item messages, and templates in place of its built-in ones (by message:
+    # "suspended", "ok", ...; see gatekeeper/core/wording.py).
+    language: Language = Language.ZH
+    messages: Mapping[str, str] = field(default_factory=dict)
     code_format: PractitionerCodeFormat = field(init=False, repr=False, compare=False)
+    wording: Wording = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "code_format", PractitionerCodeFormat(self.practitioner_prefixes))
+        wording = compile_wording(self.language, self.messages, self.emergency_exempts_termination)
+        object.__setattr__(self, "wording", wording)
 
     @property
     def enforced(self) -> bool:
@@ -137,7 +145,28 @@ def _region_from_table(base: RegionPolicy, table: object, where: str) -> RegionP
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise PolicyError(f"{where}.stand_in_per_minute: expected a whole number, 0 for no limit")
         changes["stand_in_per_minute"] = limit
+    if "language" in table:
+        changes["language"] = _choice(Language, table["language"], f"{where}.language")
+    own = _messages_from_table(table["messages"], f"{where}.messages") if "messages" in table else {}
+    if changes.get("language", base.language) is not base.language:
+        # Templates are words of one language: a region that speaks another does not inherit them.
+        changes["messages"] = own
+    elif own:
+        changes["messages"] = {**base.messages, **own}
     return replace(base, **changes)
+
+
+def _messages_from_table(table: object, where: str) -> dict[str, str]:
+    """Message templates, each checked, or a PolicyError naming the first bad one."""
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"{where}: expected a table of message templates")
+    messages = {}
+    for key, template in table.items():
+        try:
+            messages[key] = check_template(key, template)
+        except TemplateError as error:
+            raise PolicyError(f"{where}.{key}: {error}") from None
+    return messages
 
 
 def parse_policy(document: Mapping[str, Any]) -> Policy:

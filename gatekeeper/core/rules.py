@@ -45,6 +45,13 @@ class Reason(enum.IntEnum):
     UNVERIFIED = 8  # degraded mode: the practitioner's record could not be read
 
 
+class Role(enum.IntEnum):
+    """Which field of a line item named the practitioner a decision is about (rule 9)."""
+
+    ORDERING = 1  # bilg_dr_codg, 开单医生 (also when the same code is in both fields)
+    EXECUTING = 2  # orders_dr_code, 受单医生
+
+
 # Rule 9: when several practitioners on an item are barred, the most severe wins. A
 # status that could not be checked ranks below every known block: a practitioner known
 # to be barred decides the item whatever the others' unknown status.
@@ -100,6 +107,7 @@ class ItemDecision(msgspec.Struct, array_like=True, frozen=True, gc=False):
     window: StatusPeriod | None  # the window that caused a block or exemption
     enforced: bool
     amount_fen: int
+    role: Role = Role.ORDERING  # the field that named prac_psn_code
 
 
 class ClaimDecision(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -173,6 +181,11 @@ def _exempt(standing: Standing, policy: RegionPolicy) -> bool:
     return standing.reason is Reason.TERMINATED and policy.emergency_exempts_termination
 
 
+def _role(item: Item, code: str) -> Role:
+    """The ordering practitioner is first on an item; a second code is the executing one."""
+    return Role.ORDERING if code == item.practitioners[0] else Role.EXECUTING
+
+
 def decide_item(
     item: Item,
     records: Mapping[str, PractitionerRecord],
@@ -214,6 +227,7 @@ def decide_item(
                 window=None,
                 enforced=False,
                 amount_fen=amount,
+                role=_role(item, code),
             )
         # Rule 11: in monitor mode the block is computed and recorded, not applied.
         return ItemDecision(
@@ -224,6 +238,7 @@ def decide_item(
             window=standing.window,
             enforced=enforced,
             amount_fen=amount,
+            role=_role(item, code),
         )
     if exemption is not None:
         standing, code = exemption
@@ -235,6 +250,7 @@ def decide_item(
             window=standing.window,
             enforced=enforced,
             amount_fen=amount,
+            role=_role(item, code),
         )
     return ItemDecision(
         feedetl_sn=sn,
@@ -297,6 +313,7 @@ def unenforced(decision: ClaimDecision) -> ClaimDecision:
             window=d.window,
             enforced=False,
             amount_fen=d.amount_fen,
+            role=d.role,
         )
         for d in decision.items
     )

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egatekeeper/v1/gatekeeper.proto\x12\rgatekeeper.v1\"\xba\x01\n\x11\x43heckClaimRequest\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66ixmedins_code\x18\x02 \x01(\t\x12\x10\n\x08med_type\x18\x03 \x01(\t\x12\x11\n\temergency\x18\x04 \x01(\x08\x12&\n\x05items\x18\x05 \x03(\x0b\x32\x17.gatekeeper.v1.LineItem\x12\x10\n\x08mdtrt_id\x18\x06 \x01(\t\x12\x1c\n\x14min_registry_version\x18\x07 \x01(\t\"\xa1\x01\n\x08LineItem\x12\x12\n\nfeedetl_sn\x18\x01 \x01(\t\x12\x15\n\rfee_ocur_time\x18\x02 \x01(\t\x12\x15\n\rmed_list_codg\x18\x03 \x01(\t\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0c\x62ilg_dr_codg\x18\x05 \x01(\t\x12\x16\n\x0eorders_dr_code\x18\x06 \x01(\t\x12\x11\n\temergency\x18\x07 \x01(\x08\"\xe7\x01\n\x12\x43heckClaimResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x18\n\x10registry_version\x18\x02 \x01(\t\x12,\n\x07verdict\x18\x03 \x01(\x0e\x32\x1b.gatekeeper.v1.ClaimVerdict\x12\x1a\n\x12\x61llowed_amount_fen\x18\x04 \x01(\x03\x12\x1a\n\x12\x62locked_amount_fen\x18\x05 \x01(\x03\x12*\n\x05items\x18\x06 \x03(\x0b\x32\x1b.gatekeeper.v1.ItemDecision\x12\x10\n\x08\x65nforced\x18\x07 \x01(\x08\"\xe3\x01\n\x0cItemDecision\x12\x12\n\nfeedetl_sn\x18\x01 \x01(\t\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.gatekeeper.v1.Verdict\x12%\n\x06reason\x18\x03 \x01(\x0e\x32\x15.gatekeeper.v1.Reason\x12\x15\n\rprac_psn_code\x18\x04 \x01(\t\x12\x10\n\x08\x62\x65gntime\x18\x05 \x01(\t\x12\x0f\n\x07\x65ndtime\x18\x06 \x01(\t\x12\x0f\n\x07\x63hg_rea\x18\x07 \x01(\t\x12\x10\n\x08\x65nforced\x18\x08 \x01(\x08\x12\x12\n\namount_fen\x18\t \x01(\x03\"v\n\x16GetPractitionerRequest\x12\x15\n\rprac_psn_code\x18\x01 \x01(\t\x12\x0f\n\x07\x61t_time\x18\x02 \x01(\t\x12\x16\n\x0e\x66ixmedins_code\x18\x03 \x01(\t\x12\x1c\n\x14min_registry_version\x18\x04 \x01(\t\"d\n\x12\x43heckClaimsRequest\x12\x30\n\x06\x63laims\x18\x01 \x03(\x0b\x32 .gatekeeper.v1.CheckClaimRequest\x12\x1c\n\x14min_registry_version\x18\x02 \x01(\t\"+\n\nClaimError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8c\x01\n\x0b\x43laimResult\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x35\n\x08response\x18\x02 \x01(\x0b\x32!.gatekeeper.v1.CheckClaimResponseH\x00\x12*\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x19.gatekeeper.v1.ClaimErrorH\x00\x42\x08\n\x06result\"B\n\x13\x43heckClaimsResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.gatekeeper.v1.ClaimResult\"\x8a\x01\n\x0cStatusWindow\x12\x31\n\x06status\x18\x01 \x01(\x0e\x32!.gatekeeper.v1.PractitionerStatus\x12\x10\n\x08\x62\x65gntime\x18\x02 \x01(\t\x12\x0f\n\x07\x65ndtime\x18\x03 \x01(\t\x12\x13\n\x0b\x62\x61n_endtime\x18\x04 \x01(\t\x12\x0f\n\x07\x63hg_rea\x18\x05 \x01(\t\"\xb0\x02\n\x17GetPractitionerResponse\x12\x15\n\rprac_psn_code\x18\x01 \x01(\t\x12\x15\n\rprac_psn_type\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.gatekeeper.v1.PractitionerStatus\x12\x10\n\x08may_bill\x18\x04 \x01(\x08\x12\x1a\n\x12may_bill_emergency\x18\x05 \x01(\x08\x12,\n\x07\x63urrent\x18\x06 \x01(\x0b\x32\x1b.gatekeeper.v1.StatusWindow\x12-\n\x08upcoming\x18\x07 \x03(\x0b\x32\x1b.gatekeeper.v1.StatusWindow\x12\x0f\n\x07\x61t_time\x18\x08 \x01(\t\x12\x18\n\x10registry_version\x18\t \x01(\t*z\n\x0c\x43laimVerdict\x12\x1d\n\x19\x43LAIM_VERDICT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43LAIM_VERDICT_ALLOW\x10\x01\x12\x19\n\x15\x43LAIM_VERDICT_PARTIAL\x10\x02\x12\x17\n\x13\x43LAIM_VERDICT_BLOCK\x10\x03*b\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_ALLOW\x10\x01\x12\x18\n\x14VERDICT_ALLOW_EXEMPT\x10\x02\x12\x11\n\rVERDICT_BLOCK\x10\x03*\xe5\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\r\n\tREASON_OK\x10\x01\x12\x1b\n\x17REASON_EMERGENCY_EXEMPT\x10\x02\x12\x14\n\x10REASON_SUSPENDED\x10\x03\x12\x15\n\x11REASON_TERMINATED\x10\x04\x12\x17\n\x13REASON_UNREGISTERED\x10\x05\x12\x19\n\x15REASON_MALFORMED_CODE\x10\x06\x12\x1f\n\x1bREASON_MISSING_PRACTITIONER\x10\x07\x12\x15\n\x11REASON_UNVERIFIED\x10\x08*\xed\x01\n\x12PractitionerStatus\x12#\n\x1fPRACTITIONER_STATUS_UNSPECIFIED\x10\x00\x12\"\n\x1ePRACTITIONER_STATUS_REGISTERED\x10\x01\x12!\n\x1dPRACTITIONER_STATUS_SUSPENDED\x10\x02\x12\"\n\x1ePRACTITIONER_STATUS_TERMINATED\x10\x03\x12$\n PRACTITIONER_STATUS_UNREGISTERED\x10\x04\x12!\n\x1dPRACTITIONER_STATUS_MALFORMED\x10\x05\x32\x97\x02\n\nGatekeeper\x12Q\n\nCheckClaim\x12 .gatekeeper.v1.CheckClaimRequest\x1a!.gatekeeper.v1.CheckClaimResponse\x12`\n\x0fGetPractitioner\x12%.gatekeeper.v1.GetPractitionerRequest\x1a&.gatekeeper.v1.GetPractitionerResponse\x12T\n\x0b\x43heckClaims\x12!.gatekeeper.v1.CheckClaimsRequest\x1a\".gatekeeper.v1.CheckClaimsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egatekeeper/v1/gatekeeper.proto\x12\rgatekeeper.v1\"\xba\x01\n\x11\x43heckClaimRequest\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66ixmedins_code\x18\x02 \x01(\t\x12\x10\n\x08med_type\x18\x03 \x01(\t\x12\x11\n\temergency\x18\x04 \x01(\x08\x12&\n\x05items\x18\x05 \x03(\x0b\x32\x17.gatekeeper.v1.LineItem\x12\x10\n\x08mdtrt_id\x18\x06 \x01(\t\x12\x1c\n\x14min_registry_version\x18\x07 \x01(\t\"\xa1\x01\n\x08LineItem\x12\x12\n\nfeedetl_sn\x18\x01 \x01(\t\x12\x15\n\rfee_ocur_time\x18\x02 \x01(\t\x12\x15\n\rmed_list_codg\x18\x03 \x01(\t\x12\x12\n\namount_fen\x18\x04 \x01(\x03\x12\x14\n\x0c\x62ilg_dr_codg\x18\x05 \x01(\t\x12\x16\n\x0eorders_dr_code\x18\x06 \x01(\t\x12\x11\n\temergency\x18\x07 \x01(\x08\"\xe7\x01\n\x12\x43heckClaimResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x18\n\x10registry_version\x18\x02 \x01(\t\x12,\n\x07verdict\x18\x03 \x01(\x0e\x32\x1b.gatekeeper.v1.ClaimVerdict\x12\x1a\n\x12\x61llowed_amount_fen\x18\x04 \x01(\x03\x12\x1a\n\x12\x62locked_amount_fen\x18\x05 \x01(\x03\x12*\n\x05items\x18\x06 \x03(\x0b\x32\x1b.gatekeeper.v1.ItemDecision\x12\x10\n\x08\x65nforced\x18\x07 \x01(\x08\"\xf4\x01\n\x0cItemDecision\x12\x12\n\nfeedetl_sn\x18\x01 \x01(\t\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.gatekeeper.v1.Verdict\x12%\n\x06reason\x18\x03 \x01(\x0e\x32\x15.gatekeeper.v1.Reason\x12\x15\n\rprac_psn_code\x18\x04 \x01(\t\x12\x10\n\x08\x62\x65gntime\x18\x05 \x01(\t\x12\x0f\n\x07\x65ndtime\x18\x06 \x01(\t\x12\x0f\n\x07\x63hg_rea\x18\x07 \x01(\t\x12\x10\n\x08\x65nforced\x18\x08 \x01(\x08\x12\x12\n\namount_fen\x18\t \x01(\x03\x12\x0f\n\x07message\x18\n \x01(\t\"v\n\x16GetPractitionerRequest\x12\x15\n\rprac_psn_code\x18\x01 \x01(\t\x12\x0f\n\x07\x61t_time\x18\x02 \x01(\t\x12\x16\n\x0e\x66ixmedins_code\x18\x03 \x01(\t\x12\x1c\n\x14min_registry_version\x18\x04 \x01(\t\"d\n\x12\x43heckClaimsRequest\x12\x30\n\x06\x63laims\x18\x01 \x03(\x0b\x32 .gatekeeper.v1.CheckClaimRequest\x12\x1c\n\x14min_registry_version\x18\x02 \x01(\t\"+\n\nClaimError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8c\x01\n\x0b\x43laimResult\x12\x10\n\x08\x63laim_id\x18\x01 \x01(\t\x12\x35\n\x08response\x18\x02 \x01(\x0b\x32!.gatekeeper.v1.CheckClaimResponseH\x00\x12*\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x19.gatekeeper.v1.ClaimErrorH\x00\x42\x08\n\x06result\"B\n\x13\x43heckClaimsResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.gatekeeper.v1.ClaimResult\"\x8a\x01\n\x0cStatusWindow\x12\x31\n\x06status\x18\x01 \x01(\x0e\x32!.gatekeeper.v1.PractitionerStatus\x12\x10\n\x08\x62\x65gntime\x18\x02 \x01(\t\x12\x0f\n\x07\x65ndtime\x18\x03 \x01(\t\x12\x13\n\x0b\x62\x61n_endtime\x18\x04 \x01(\t\x12\x0f\n\x07\x63hg_rea\x18\x05 \x01(\t\"\xb0\x02\n\x17GetPractitionerResponse\x12\x15\n\rprac_psn_code\x18\x01 \x01(\t\x12\x15\n\rprac_psn_type\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.gatekeeper.v1.PractitionerStatus\x12\x10\n\x08may_bill\x18\x04 \x01(\x08\x12\x1a\n\x12may_bill_emergency\x18\x05 \x01(\x08\x12,\n\x07\x63urrent\x18\x06 \x01(\x0b\x32\x1b.gatekeeper.v1.StatusWindow\x12-\n\x08upcoming\x18\x07 \x03(\x0b\x32\x1b.gatekeeper.v1.StatusWindow\x12\x0f\n\x07\x61t_time\x18\x08 \x01(\t\x12\x18\n\x10registry_version\x18\t \x01(\t*z\n\x0c\x43laimVerdict\x12\x1d\n\x19\x43LAIM_VERDICT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43LAIM_VERDICT_ALLOW\x10\x01\x12\x19\n\x15\x43LAIM_VERDICT_PARTIAL\x10\x02\x12\x17\n\x13\x43LAIM_VERDICT_BLOCK\x10\x03*b\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_ALLOW\x10\x01\x12\x18\n\x14VERDICT_ALLOW_EXEMPT\x10\x02\x12\x11\n\rVERDICT_BLOCK\x10\x03*\xe5\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\r\n\tREASON_OK\x10\x01\x12\x1b\n\x17REASON_EMERGENCY_EXEMPT\x10\x02\x12\x14\n\x10REASON_SUSPENDED\x10\x03\x12\x15\n\x11REASON_TERMINATED\x10\x04\x12\x17\n\x13REASON_UNREGISTERED\x10\x05\x12\x19\n\x15REASON_MALFORMED_CODE\x10\x06\x12\x1f\n\x1bREASON_MISSING_PRACTITIONER\x10\x07\x12\x15\n\x11REASON_UNVERIFIED\x10\x08*\xed\x01\n\x12PractitionerStatus\x12#\n\x1fPRACTITIONER_STATUS_UNSPECIFIED\x10\x00\x12\"\n\x1ePRACTITIONER_STATUS_REGISTERED\x10\x01\x12!\n\x1dPRACTITIONER_STATUS_SUSPENDED\x10\x02\x12\"\n\x1ePRACTITIONER_STATUS_TERMINATED\x10\x03\x12$\n PRACTITIONER_STATUS_UNREGISTERED\x10\x04\x12!\n\x1dPRACTITIONER_STATUS_MALFORMED\x10\x05\x32\x97\x02\n\nGatekeeper\x12Q\n\nCheckClaim\x12 .gatekeeper.v1.CheckClaimRequest\x1a!.gatekeeper.v1.CheckClaimResponse\x12`\n\x0fGetPractitioner\x12%.gatekeeper.v1.GetPractitionerRequest\x1a&.gatekeeper.v1.GetPractitionerResponse\x12T\n\x0b\x43heckClaims\x12!.gatekeeper.v1.CheckClaimsRequest\x1a\".gatekeeper.v1.CheckClaimsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gatekeeper.v1.gatekeeper_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLAIMVERDICT']._serialized_start=1792
-  _globals['_CLAIMVERDICT']._serialized_end=1914
-  _globals['_VERDICT']._serialized_start=1916
-  _globals['_VERDICT']._serialized_end=2014
-  _globals['_REASON']._serialized_start=2017
-  _globals['_REASON']._serialized_end=2246
-  _globals['_PRACTITIONERSTATUS']._serialized_start=2249
-  _globals['_PRACTITIONERSTATUS']._serialized_end=2486
+  _globals['_CLAIMVERDICT']._serialized_start=1809
+  _globals['_CLAIMVERDICT']._serialized_end=1931
+  _globals['_VERDICT']._serialized_start=1933
+  _globals['_VERDICT']._serialized_end=2031
+  _globals['_REASON']._serialized_start=2034
+  _globals['_REASON']._serialized_end=2263
+  _globals['_PRACTITIONERSTATUS']._serialized_start=2266
+  _globals['_PRACTITIONERSTATUS']._serialized_end=2503
   _globals['_CHECKCLAIMREQUEST']._serialized_start=50
   _globals['_CHECKCLAIMREQUEST']._serialized_end=236
   _globals['_LINEITEM']._serialized_start=239
@@ -46,21 +46,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKCLAIMRESPONSE']._serialized_start=403
   _globals['_CHECKCLAIMRESPONSE']._serialized_end=634
   _globals['_ITEMDECISION']._serialized_start=637
-  _globals['_ITEMDECISION']._serialized_end=864
-  _globals['_GETPRACTITIONERREQUEST']._serialized_start=866
-  _globals['_GETPRACTITIONERREQUEST']._serialized_end=984
-  _globals['_CHECKCLAIMSREQUEST']._serialized_start=986
-  _globals['_CHECKCLAIMSREQUEST']._serialized_end=1086
-  _globals['_CLAIMERROR']._serialized_start=1088
-  _globals['_CLAIMERROR']._serialized_end=1131
-  _globals['_CLAIMRESULT']._serialized_start=1134
-  _globals['_CLAIMRESULT']._serialized_end=1274
-  _globals['_CHECKCLAIMSRESPONSE']._serialized_start=1276
-  _globals['_CHECKCLAIMSRESPONSE']._serialized_end=1342
-  _globals['_STATUSWINDOW']._serialized_start=1345
-  _globals['_STATUSWINDOW']._serialized_end=1483
-  _globals['_GETPRACTITIONERRESPONSE']._serialized_start=1486
-  _globals['_GETPRACTITIONERRESPONSE']._serialized_end=1790
-  _globals['_GATEKEEPER']._serialized_start=2489
-  _globals['_GATEKEEPER']._serialized_end=2768
+  _globals['_ITEMDECISION']._serialized_end=881
+  _globals['_GETPRACTITIONERREQUEST']._serialized_start=883
+  _globals['_GETPRACTITIONERREQUEST']._serialized_end=1001
+  _globals['_CHECKCLAIMSREQUEST']._serialized_start=1003
+  _globals['_CHECKCLAIMSREQUEST']._serialized_end=1103
+  _globals['_CLAIMERROR']._serialized_start=1105
+  _globals['_CLAIMERROR']._serialized_end=1148
+  _globals['_CLAIMRESULT']._serialized_start=1151
+  _globals['_CLAIMRESULT']._serialized_end=1291
+  _globals['_CHECKCLAIMSRESPONSE']._serialized_start=1293
+  _globals['_CHECKCLAIMSRESPONSE']._serialized_end=1359
+  _globals['_STATUSWINDOW']._serialized_start=1362
+  _globals['_STATUSWINDOW']._serialized_end=1500
+  _globals['_GETPRACTITIONERRESPONSE']._serialized_start=1503
+  _globals['_GETPRACTITIONERRESPONSE']._serialized_end=1807
+  _globals['_GATEKEEPER']._serialized_start=2506
+  _globals['_GATEKEEPER']._serialized_end=2785
 # @@protoc_insertion_point(module_scope)

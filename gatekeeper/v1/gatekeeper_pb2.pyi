@@ -120,7 +120,7 @@ class CheckClaimResponse(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., registry_version: _Optional[str] = ..., verdict: _Optional[_Union[ClaimVerdict, str]] = ..., allowed_amount_fen: _Optional[int] = ..., blocked_amount_fen: _Optional[int] = ..., items: _Optional[_Iterable[_Union[ItemDecision, _Mapping]]] = ..., enforced: _Optional[bool] = ...) -> None: ...
 
 class ItemDecision(_message.Message):
-    __slots__ = ("feedetl_sn", "verdict", "reason", "prac_psn_code", "begntime", "endtime", "chg_rea", "enforced", "amount_fen")
+    __slots__ = ("feedetl_sn", "verdict", "reason", "prac_psn_code", "begntime", "endtime", "chg_rea", "enforced", "amount_fen", "message")
     FEEDETL_SN_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class ItemDecision(_message.Message):
     CHG_REA_FIELD_NUMBER: _ClassVar[int]
     ENFORCED_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FEN_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     feedetl_sn: str
     verdict: Verdict
     reason: Reason
@@ -139,7 +140,8 @@ class ItemDecision(_message.Message):
     chg_rea: str
     enforced: bool
     amount_fen: int
-    def __init__(self, feedetl_sn: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., prac_psn_code: _Optional[str] = ..., begntime: _Optional[str] = ..., endtime: _Optional[str] = ..., chg_rea: _Optional[str] = ..., enforced: _Optional[bool] = ..., amount_fen: _Optional[int] = ...) -> None: ...
+    message: str
+    def __init__(self, feedetl_sn: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., prac_psn_code: _Optional[str] = ..., begntime: _Optional[str] = ..., endtime: _Optional[str] = ..., chg_rea: _Optional[str] = ..., enforced: _Optional[bool] = ..., amount_fen: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class GetPractitionerRequest(_message.Message):
     __slots__ = ("prac_psn_code", "at_time", "fixmedins_code", "min_registry_version")

@@ -63,6 +63,19 @@ def test_demo_claim_is_decided_as_the_rules_say(gatekeeper: RunningGatekeeper, r
     assert len(response.decision_id) == 32
 
 
+def test_each_item_carries_the_words_for_the_cashier(gatekeeper: RunningGatekeeper, redis_client: redis.Redis) -> None:
+    load(redis_client, DEMO_REGISTRY)
+    single = gatekeeper.stub.CheckClaim(demo_claim(), timeout=5)
+    batched = gatekeeper.stub.CheckClaims(pb.CheckClaimsRequest(claims=[demo_claim()]), timeout=5)
+
+    assert single.items[1].message == (
+        "开单医生 D410102000002 医保支付资格暂停（2026-10-01 至 2027-01-01），本项目不予医保结算；急诊、抢救除外"
+    )
+    assert single.items[6].message == "受单医生 D410102000003 医保支付资格终止（2026-06-01 起），本项目不予医保结算"
+    assert single.items[0].message == "审核通过"
+    assert [i.message for i in batched.results[0].response.items] == [i.message for i in single.items]
+
+
 def test_monitor_mode_region_blocks_nothing_but_keeps_reasons(
     start_gatekeeper: StartGatekeeper, redis_client: redis.Redis
 ) -> None:
@@ -79,6 +92,7 @@ def test_monitor_mode_region_blocks_nothing_but_keeps_reasons(
     assert response.items[1].reason == pb.REASON_SUSPENDED
     assert response.items[3].reason == pb.REASON_TERMINATED
     assert not any(i.enforced for i in response.items)
+    assert response.items[1].message.startswith("【仅提示，照常结算】开单医生 D410102000002 医保支付资格暂停")
 
 
 def test_region_policy_can_exempt_terminations_in_emergencies(

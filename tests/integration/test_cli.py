@@ -72,6 +72,10 @@ def test_load_serve_check_and_drain_on_sigterm(cli_env: dict[str, str]) -> None:
         assert rows["3"] == ["ALLOW_EXEMPT", "EMERGENCY_EXEMPT"]
         assert rows["6"] == ["BLOCK", "MALFORMED_CODE"]
         assert "claim PARTIAL: allowed 156.00, blocked 175.50" in checked.stdout
+        words = (
+            "开单医生 D410102000002 医保支付资格暂停（2026-10-01 至 2027-01-01），本项目不予医保结算；急诊、抢救除外"
+        )
+        assert f"2           {words}" in lines  # the cashier's words under the table
 
         looked_up = run(
             str(BIN / "gatekeeper"), "practitioner", "D410102000002", "--at", "2026-11-20 09:00:00", env=cli_env

@@ -12,6 +12,7 @@ import redis
 
 from gatekeeper.cache import keys
 from gatekeeper.core.records import MAX_CHG_REA_LENGTH, PractitionerRecord, StatusPeriod, encode_record
+from gatekeeper.core.wording import MAX_TEMPLATE_LENGTH
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.cache import MAX_PERIODS, read_state
 from loader.changes import apply_change_files
@@ -94,7 +95,9 @@ def test_a_stored_record_with_a_huge_reason_never_blows_up_a_response(
     )
     response = gatekeeper.stub.CheckClaim(request, timeout=30)
     assert all(len(item.chg_rea) == MAX_CHG_REA_LENGTH for item in response.items)
-    assert response.ByteSize() < items * (3 * MAX_CHG_REA_LENGTH + 200)
+    # Per item: the cut reason, the cashier's message (a template's length and its filled
+    # code and window), and 200 bytes for the rest; UTF-8 takes 3 bytes a character.
+    assert response.ByteSize() < items * (3 * MAX_CHG_REA_LENGTH + 3 * MAX_TEMPLATE_LENGTH + 200)
 
     practitioner = gatekeeper.stub.GetPractitioner(
         pb.GetPractitionerRequest(prac_psn_code=CODE, at_time="2026-11-08 10:00:00"), timeout=10

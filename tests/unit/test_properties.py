@@ -10,9 +10,21 @@ from hypothesis import strategies as st
 from msgspec import structs
 
 from gatekeeper.core.codes import DEFAULT_PRACTITIONER_PREFIXES as NATIONAL
-from gatekeeper.core.policy import Mode, RegionPolicy
+from gatekeeper.core.messages import item_message
+from gatekeeper.core.policy import Mode, RegionPolicy, Unverified
 from gatekeeper.core.records import OPEN_ENDED, PractitionerRecord, Status, StatusPeriod, merge_period
-from gatekeeper.core.rules import SEVERITY, Claim, ClaimVerdict, Item, Reason, Verdict, decide_claim, decide_item
+from gatekeeper.core.rules import (
+    SEVERITY,
+    Claim,
+    ClaimVerdict,
+    Item,
+    Reason,
+    Verdict,
+    decide_claim,
+    decide_item,
+    unenforced,
+)
+from gatekeeper.core.wording import Language
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 
@@ -269,3 +281,34 @@ def test_merge_period_keeps_one_period_per_change_id(changes: list[StatusPeriod]
     if merged is not None:
         assert incoming in merged
         assert len({p.chg_key for p in merged}) == len(merged)
+
+
+@settings(max_examples=100, deadline=None)  # the words are one lookup per reason: fewer examples suffice
+@given(
+    claims(),
+    registries,
+    policies,
+    st.sampled_from(Language),
+    st.sampled_from(Unverified),
+    st.booleans(),
+    st.sets(st.sampled_from(WELL_FORMED)),
+)
+def test_every_item_gets_words_naming_its_practitioner_with_every_placeholder_filled(
+    claim: Claim,
+    registry: dict[str, PractitionerRecord],
+    policy: RegionPolicy,
+    language: Language,
+    unverified: Unverified,
+    unrecorded: bool,
+    cannot_read: set[str],
+) -> None:
+    region = replace(policy, language=language, unverified=unverified)
+    readable = {code: found for code, found in registry.items() if code not in cannot_read}
+    decision = decide_claim(claim, readable, region, frozenset(cannot_read))
+    if unrecorded:
+        decision = unenforced(decision)
+
+    for outcome in decision.items:
+        text = item_message(outcome, region.wording)
+        assert text and "{" not in text and "}" not in text
+        assert outcome.prac_psn_code in text
