@@ -66,7 +66,7 @@ class AdmissionInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.request_read_seconds = request_read_seconds
         self.active = 0  # RPCs admitted and not yet answered
-        self._refusals = refusals or RefusalLog()
+        self.refusals = refusals or RefusalLog()  # the JSON-over-HTTP door's refusals too
         # A method's handler is one object for the server's life: wrap it once, not per call.
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
@@ -92,7 +92,7 @@ class AdmissionInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         async def admitted(requests: AsyncIterator[Any], context: aio.ServicerContext) -> Any:  # type: ignore[type-arg]
             if limited and self.active >= self.max_concurrent_rpcs:
                 limit = self.max_concurrent_rpcs
-                self._refusals.note(name, "RESOURCE_EXHAUSTED", "concurrency_limit", f"{limit} RPCs in progress")
+                self.refusals.note(name, "RESOURCE_EXHAUSTED", "concurrency_limit", f"{limit} RPCs in progress")
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"the server is working on its limit of {limit} RPCs; retry after a backoff, or another instance",
@@ -110,7 +110,7 @@ class AdmissionInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                     raise
                 except TimeoutError:
                     seconds = self.request_read_seconds
-                    self._refusals.note(
+                    self.refusals.note(
                         name, "DEADLINE_EXCEEDED", "request_read_timeout", f"no whole request within {seconds:g} s"
                     )
                     await context.abort(
