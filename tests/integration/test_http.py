@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
+import grpc
 import pytest
 import redis
 from google.protobuf import json_format
 
+from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.certs import Issued
 from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY, load
@@ -278,3 +280,22 @@ def test_a_certificate_with_a_nul_in_its_name_is_401(pki: Pki) -> None:  # noqa:
     reply = post(check, claim_for("H41010200001"), context=tls_context(pki, forged))
 
     assert (reply.status, reply.body["error"]["status"]) == (401, "UNAUTHENTICATED")
+
+
+def test_http_and_grpc_share_the_workers_slots(start_gatekeeper: StartGatekeeper, redis_client: redis.Redis) -> None:
+    load(redis_client, DEMO_REGISTRY)
+    gatekeeper = start_gatekeeper(http_listen="127.0.0.1:0", max_concurrent_rpcs=1, request_read_seconds=5)
+    assert gatekeeper.http_port is not None
+    claim = one_item_claim("C1", "D110105000001")
+    head = b"POST /v1/claims:check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+
+    with socket.create_connection(("127.0.0.1", gatekeeper.http_port), timeout=10) as holder:
+        holder.sendall(head + b"{")  # admitted, its body still to come: it holds the one slot
+        wait_until(lambda: post(url(gatekeeper, "/v1/claims:check"), claim).status == 429, "HTTP is refused")
+        refused = post(url(gatekeeper, "/v1/claims:check"), claim)
+        with pytest.raises(grpc.RpcError) as over_grpc:
+            gatekeeper.stub.CheckClaim(json_format.ParseDict(claim, pb.CheckClaimRequest()), timeout=5)
+
+    assert (refused.body["error"]["status"], refused.headers["Retry-After"]) == ("RESOURCE_EXHAUSTED", "1")
+    assert over_grpc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    wait_until(lambda: post(url(gatekeeper, "/v1/claims:check"), claim).status == 200, "the slot is free again")
