@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -36,12 +35,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import h11
-from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from gatekeeper.api.admission import AdmissionInterceptor
 from gatekeeper.api.callers import caller_from_certificate
+from gatekeeper.api.json_mapping import from_json, to_json
 from gatekeeper.api.servicer import CallerOf, GatekeeperServicer, new_decision_id
 from gatekeeper.api.validation import Limits
 from gatekeeper.core.errors import GatekeeperError, InvalidArgument
@@ -92,98 +90,6 @@ JSON_TYPE = b"application/json; charset=utf-8"
 # A request's line and headers together; more is 431-worthy garbage, answered 400 and closed.
 MAX_HEAD_BYTES = 16 * 1024
 READ_BYTES = 64 * 1024
-
-
-# --- JSON and protobuf: pure functions -----------------------------------------------
-
-
-def to_json(message: Message) -> bytes:
-    """A response message as JSON: snake_case names, every field (a false ``may_bill`` too),
-    enums by name, int64 as numbers (amounts are bounded far below 2**53)."""
-    document = json_format.MessageToDict(
-        message,
-        always_print_fields_with_no_presence=True,
-        preserving_proto_field_name=True,
-        unquote_int64_if_possible=True,
-    )
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def from_json(body: bytes, message: Message) -> Message:
-    """Parse a request body into ``message``, or InvalidArgument naming the field."""
-    try:
-        document = json.loads(body)
-    except ValueError as error:  # not UTF-8 (UnicodeDecodeError), or not JSON
-        raise InvalidArgument("request", f"not JSON ({str(error)[:120]})") from None
-    if not isinstance(document, dict):
-        raise InvalidArgument("request", f"expected a JSON object, got {type(document).__name__}")
-    try:
-        json_format.ParseDict(document, message)
-    except json_format.ParseError as error:
-        # json_format names neither the path nor the index: find the field ourselves.
-        located = locate_problem(document, message.DESCRIPTOR)
-        raise (InvalidArgument(*located) if located else InvalidArgument("request", str(error)[:200])) from None
-    return message
-
-
-_INTEGER_TEXT = re.compile(r"-?[0-9]+")
-_INTEGER_RANGES = {
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-}
-
-
-def _value_problem(value: object, field: FieldDescriptor, where: str) -> tuple[str, str] | None:
-    """(where, what is wrong) when ``value`` is not a JSON value of ``field``'s type."""
-    kind = field.type
-    if kind == FieldDescriptor.TYPE_MESSAGE:
-        return locate_problem(value, field.message_type, where)
-    if kind == FieldDescriptor.TYPE_STRING:
-        return None if isinstance(value, str) else (where, "expected a string")
-    if kind == FieldDescriptor.TYPE_BOOL:
-        return None if isinstance(value, bool) else (where, "expected true or false")
-    if kind == FieldDescriptor.TYPE_ENUM:
-        enum = field.enum_type
-        assert enum is not None  # an enum field has its type
-        names = [v.name for v in enum.values]
-        if value in names or (type(value) is int and value in enum.values_by_number):
-            return None
-        return where, f"expected one of {', '.join(names)}"
-    if kind in _INTEGER_RANGES:
-        low, high = _INTEGER_RANGES[kind]
-        integral = type(value) is int or (isinstance(value, float) and value.is_integer())
-        if not (integral or (isinstance(value, str) and _INTEGER_TEXT.fullmatch(value))):
-            return where, "expected an integer (a JSON number, or a string of digits)"
-        if not low <= int(value) <= high:  # type: ignore[call-overload]  # an int, float or str, as checked
-            return where, f"is outside {low} to {high}"
-    return None
-
-
-def locate_problem(document: object, descriptor: Any, path: str = "") -> tuple[str, str] | None:
-    """The first field of a JSON object that is not what the message ``descriptor`` expects, as
-    (``items[3].amount_fen``, what is wrong); None when no such field is found."""
-    if not isinstance(document, dict):
-        return path or "request", "expected a JSON object"
-    fields = {f.name: f for f in descriptor.fields} | {f.json_name: f for f in descriptor.fields}
-    for name, value in document.items():
-        where = f"{path}.{name}" if path else str(name)
-        field = fields.get(name)
-        if field is None:
-            return where, f"is not a field of {descriptor.full_name}"
-        if value is None:  # null: the field's default
-            continue
-        if field.is_repeated:
-            if not isinstance(value, list):
-                return where, "expected a JSON array"
-            for index, element in enumerate(value):
-                problem = _value_problem(element, field, f"{where}[{index}]")
-                if problem:
-                    return problem
-        else:
-            problem = _value_problem(value, field, where)
-            if problem:
-                return problem
-    return None
 
 
 def error_body(http_status: int, status: str, message: str, field: str = "") -> bytes:

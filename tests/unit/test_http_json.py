@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.api.http_json import HTTP_STATUS, PATHS, SERVICE, error_body, from_json, locate_problem, to_json
+from gatekeeper.api.http_json import HTTP_STATUS, PATHS, SERVICE, error_body
+from gatekeeper.api.json_mapping import from_json, locate_problem, to_json
 from gatekeeper.core import errors
 from gatekeeper.core.errors import InvalidArgument
 from gatekeeper.v1 import gatekeeper_pb2 as pb
