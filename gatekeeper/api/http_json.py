@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -177,12 +178,20 @@ def routes(servicer: GatekeeperServicer, limits: Limits) -> dict[str, Route]:
     return table
 
 
+# Linux only. Many clients send a request's head and body in two writes with Nagle's algorithm
+# on (Java's HttpURLConnection; h2load --h1): the body waits for the ACK of the head, which the
+# kernel delays up to 40 ms, since the server has nothing to send yet. Asking for quick ACKs
+# after each read (the kernel turns the mode off again by itself) removes the stall.
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
 class _Incoming:
     """One connection's side of HTTP/1.1: h11's state, and the time its current request has to arrive."""
 
-    def __init__(self, reader: asyncio.StreamReader, idle_seconds: float, read_seconds: float) -> None:
+    def __init__(self, reader: asyncio.StreamReader, sock: Any, idle_seconds: float, read_seconds: float) -> None:
         self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._reader = reader
+        self._quickack = sock if _QUICKACK is not None and sock is not None else None
         self._idle_seconds = idle_seconds
         self._read_seconds = read_seconds
         self._deadline = 0.0
@@ -201,6 +210,9 @@ class _Incoming:
                             self._deadline = loop.time() + self._read_seconds
                         return event
                     data = await self._reader.read(READ_BYTES)
+                    if self._quickack is not None:
+                        with contextlib.suppress(OSError):
+                            self._quickack.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
                     if waiting:
                         waiting = False
                         self._deadline = loop.time() + self._read_seconds
@@ -294,7 +306,7 @@ class HttpDoor:
         task = asyncio.current_task()
         assert task is not None  # a connection callback runs as a task
         self._idle.add(task)
-        incoming = _Incoming(reader, self._idle_seconds, self._read_seconds)
+        incoming = _Incoming(reader, writer.get_extra_info("socket"), self._idle_seconds, self._read_seconds)
         ssl_object = writer.get_extra_info("ssl_object")
         certificate = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         opened = time.monotonic()
