@@ -350,10 +350,10 @@ class HttpDoor:
         started = time.perf_counter()
         target = request.target.decode("ascii", "replace").split("?", 1)[0]
         route = self._routes.get(target)
-        if target == HEALTH_PATH and request.method in (b"GET", b"HEAD"):
+        if target == HEALTH_PATH and request.method == b"GET":
             await incoming.body(0)
             serving = self._serving()
-            body = json.dumps({"status": "SERVING" if serving else "NOT_SERVING"}).encode()
+            body = b'{"status":"SERVING"}' if serving else b'{"status":"NOT_SERVING"}'
             return Answer(200 if serving else 503, "OK" if serving else "UNAVAILABLE", body)
         if route is None:
             known = ", ".join([*self._routes, HEALTH_PATH])

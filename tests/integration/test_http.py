@@ -299,3 +299,34 @@ def test_http_and_grpc_share_the_workers_slots(start_gatekeeper: StartGatekeeper
     assert (refused.body["error"]["status"], refused.headers["Retry-After"]) == ("RESOURCE_EXHAUSTED", "1")
     assert over_grpc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     wait_until(lambda: post(url(gatekeeper, "/v1/claims:check"), claim).status == 200, "the slot is free again")
+
+
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(door: RunningGatekeeper) -> None:
+    assert door.http_port is not None
+    body = json.dumps(one_item_claim("C1", "D110105000001")).encode()
+    head = b"POST /v1/claims:check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    head += b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+
+    with socket.create_connection(("127.0.0.1", door.http_port), timeout=10) as connection:
+        connection.sendall(head)
+        interim = connection.recv(65536)
+        connection.sendall(body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"CLAIM_VERDICT_ALLOW" in answer
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(door: RunningGatekeeper) -> None:
+    assert door.http_port is not None
+    head = b"POST /v1/claims:check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Transfer-Encoding: chunked\r\n\r\n"
+    chunk = b" " * 60_000
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(2))  # 120,000 > 64 KiB, never ended
+
+    answer = raw_exchange(door.http_port, head + chunks)
+
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"more than the maximum of 65536" in answer and b"connection: close" in answer.lower()
