@@ -330,3 +330,20 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(door: RunningGatekee
 
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b"more than the maximum of 65536" in answer and b"connection: close" in answer.lower()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"\x16\x03\x01\x02\x00garbage\r\n\r\n",
+        b"POST /v1/claims:check HTTP/1.1\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n",
+    ],
+    ids=["not-http", "head-over-16KiB"],
+)
+def test_what_is_not_http_1_1_is_400_and_closed(door: RunningGatekeeper, request_bytes: bytes) -> None:
+    assert door.http_port is not None
+
+    answer = raw_exchange(door.http_port, request_bytes)
+
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b'"field":"request"' in answer and b"connection: close" in answer.lower()
