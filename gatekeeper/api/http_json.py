@@ -151,7 +151,8 @@ Decide = Callable[[Any, CallerOf, str], Awaitable[Message]]
 class Route:
     """One POST path: the RPC it stands for, its request type, its body limit, how to decide."""
 
-    method: str  # gatekeeper.v1.Gatekeeper/CheckClaim: the label metrics know RPCs by
+    method: str  # gatekeeper.v1.Gatekeeper/CheckClaim: the label its duration is timed under
+    refused_as: str  # "POST /v1/claims:check": the label its refusals are counted under
     request_type: type[Message]
     max_body_bytes: int
     for_batch: bool
@@ -168,8 +169,10 @@ def routes(servicer: GatekeeperServicer, limits: Limits) -> dict[str, Route]:
     table = {}
     for method in SERVICE.methods:
         batch = method.name == "CheckClaims"
-        table[PATHS[method.name]] = Route(
+        path = PATHS[method.name]
+        table[path] = Route(
             f"{SERVICE.full_name}/{method.name}",
+            f"POST {path}",
             getattr(pb, method.input_type.name),
             limits.max_batch_bytes if batch else limits.max_request_bytes,
             batch,
@@ -393,7 +396,7 @@ class HttpDoor:
         admission = self._admission
         if admission.active >= admission.max_concurrent_rpcs:
             limit = admission.max_concurrent_rpcs
-            admission.refusals.note(f"POST {target}", "RESOURCE_EXHAUSTED", "concurrency_limit", f"{limit} in progress")
+            admission.refusals.note(route.refused_as, "RESOURCE_EXHAUSTED", "concurrency_limit", f"{limit} in progress")
             message = f"the server is working on its limit of {limit} RPCs; retry after a backoff, or another instance"
             return _failure(Refused("RESOURCE_EXHAUSTED", message), close=True)
         admission.active += 1  # one pool of slots for both doors: the worker's CPU is one
@@ -405,7 +408,7 @@ class HttpDoor:
             except _RequestTimedOut:
                 seconds = self._read_seconds
                 detail = f"no whole request within {seconds:g} s"
-                admission.refusals.note(f"POST {target}", "DEADLINE_EXCEEDED", "request_read_timeout", detail)
+                admission.refusals.note(route.refused_as, "DEADLINE_EXCEEDED", "request_read_timeout", detail)
                 late = Refused("DEADLINE_EXCEEDED", f"request: not received in full within {seconds:g} s")
                 return _failure(late, status=408, close=True)
             except TooLarge as error:
@@ -418,7 +421,7 @@ class HttpDoor:
         """The servicer's answer to a request read in full, within the caller's deadline."""
         if deadline is not None and asyncio.get_running_loop().time() >= deadline:
             # Nobody is waiting for the answer any more: not worked on.
-            metrics.RPC_REFUSED.labels(route.method, "DEADLINE_EXCEEDED", "deadline_passed").inc()
+            metrics.RPC_REFUSED.labels(route.refused_as, "DEADLINE_EXCEEDED", "deadline_passed").inc()
             return _failure(Refused("DEADLINE_EXCEEDED", "the deadline passed before the request was read"))
         decision_id = new_decision_id()
         try:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis
 from google.protobuf import json_format
+from prometheus_client import REGISTRY
 
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.certs import Issued
@@ -197,13 +198,23 @@ def test_a_request_not_received_in_time_is_408_and_closed(door: RunningGatekeepe
     assert door.http_port is not None
     head = b"POST /v1/claims:check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
 
+    counted = refused("request_read_timeout", "DEADLINE_EXCEEDED")
+
     answer = raw_exchange(door.http_port, head + b'{"claim_id":')  # and then nothing: 0.5 s allowed
 
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"not received in full within 0.5 s" in answer and b"connection: close" in answer.lower()
+    assert refused("request_read_timeout", "DEADLINE_EXCEEDED") == counted + 1
+
+
+def refused(reason: str, code: str, path: str = "/v1/claims:check") -> float:
+    """Requests refused before any work, as metrics count them (the server runs in this process)."""
+    labels = {"method": f"POST {path}", "code": code, "reason": reason}
+    return REGISTRY.get_sample_value("gatekeeper_rpc_refused_total", labels) or 0.0
 
 
 def test_a_deadline_already_passed_is_not_worked_on(door: RunningGatekeeper, database_url: str) -> None:
+    counted = refused("deadline_passed", "DEADLINE_EXCEEDED")
     headers = {**JSON, "X-Server-Timeout": "0.000001"}
     late = post(url(door, "/v1/claims:check"), one_item_claim("late", "D110105000001"), headers=headers)
     bad = post(
@@ -213,6 +224,7 @@ def test_a_deadline_already_passed_is_not_worked_on(door: RunningGatekeeper, dat
     )
 
     assert (late.status, late.body["error"]["status"]) == (504, "DEADLINE_EXCEEDED")
+    assert refused("deadline_passed", "DEADLINE_EXCEEDED") == counted + 1
     assert (bad.status, bad.body["error"]["field"]) == (400, "X-Server-Timeout")
 
 
