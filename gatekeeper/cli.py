@@ -91,6 +91,7 @@ _SERVE_FIELDS = (
     "tls_client_ca_path",
     "callers_path",
     "metrics_listen",
+    "http_listen",
     "log_format",
 )
 
@@ -489,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url", help=f"the decision record, PostgreSQL (env DATABASE_URL, default {defaults.DATABASE_URL})"
     )
     serve.add_argument("--listen", help=f"HOST:PORT (env GATEKEEPER_LISTEN, default {defaults.LISTEN})")
+    serve.add_argument(
+        "--http-listen",
+        help="HOST:PORT for JSON over HTTP (POST /v1/claims:check, …), beside gRPC, with its TLS and callers "
+        "(env GATEKEEPER_HTTP_LISTEN; default off)",
+    )
     serve.add_argument(
         "--policy", dest="policy_path", type=Path, help="region policy file (TOML); default: DOMAIN.md defaults"
     )

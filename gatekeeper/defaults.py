@@ -27,6 +27,9 @@ REQUEST_READ_SECONDS = 10.0
 # Callers reconnect at once, which also spreads them over workers restarted since.
 MAX_CONNECTION_AGE_SECONDS = 300.0
 MAX_CONNECTION_AGE_GRACE_SECONDS = 30.0
+# The JSON-over-HTTP door: a keep-alive connection with no request in progress is closed
+# after this long (an HTTP/1.1 client reconnects; a gRPC client is pinged instead).
+HTTP_IDLE_SECONDS = 60.0
 
 # Requests.
 MAX_ITEMS = 5_000

@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ from grpc_health.v1 import health, health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 from grpc_reflection.v1alpha import reflection
 
-from gatekeeper import console
+from gatekeeper import console, defaults
 from gatekeeper.api.admission import Admission
 from gatekeeper.api.callers import load_callers
 from gatekeeper.api.handlers import add_gatekeeper_servicer, add_health_servicer
+from gatekeeper.api.http_json import HttpDoor
 from gatekeeper.api.servicer import GatekeeperServicer
 from gatekeeper.api.validation import Limits
 from gatekeeper.audit.writer import AuditLog
@@ -69,6 +71,7 @@ class GatekeeperServer:
     metrics_endpoint: metrics.MetricsEndpoint | None = field(default=None, repr=False)
     audit: AuditLog | None = None
     admission: Admission | None = None
+    http: HttpDoor | None = None  # the JSON-over-HTTP door, with settings.http_listen
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -87,6 +90,9 @@ class GatekeeperServer:
             self.metrics_state.audit_spool_bytes = lambda audit=self.audit: audit.spool.size
             self.audit.start()
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
+            log.info("JSON over HTTP on port %d", self.http.port)
         self._health_task = asyncio.create_task(self._watch_registry(), name="registry-health")
 
     async def _set_health(self, serving: bool) -> None:
@@ -132,7 +138,11 @@ class GatekeeperServer:
         if self._health_task is not None:
             await stop_task(self._health_task)
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        if self.http is None:
+            await self.server.stop(grace)
+        else:
+            await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         if self.admission is not None:
             await self.admission.close()
         metrics.SERVERS.detach(self.metrics_state)
@@ -172,6 +182,20 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         return grpc.ssl_server_credentials([(key, cert)])
     client_ca = settings.tls_client_ca_path.read_bytes()
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
+
+
+def http_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The JSON-over-HTTP door's TLS: the gRPC port's certificate, and with a client CA the
+    same demand for a client certificate it signed; None for plain text (as for gRPC)."""
+    if settings.tls_cert_path is None or settings.tls_key_path is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(settings.tls_cert_path, settings.tls_key_path)
+    context.set_alpn_protocols(["http/1.1"])
+    if settings.tls_client_ca_path is not None:
+        context.load_verify_locations(settings.tls_client_ca_path)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def connection_options(settings: Settings) -> list[tuple[str, int]]:
@@ -215,7 +239,8 @@ async def create_server(
     limits = Limits(settings.max_items, settings.max_request_bytes, settings.max_batch_claims, settings.max_batch_bytes)
     audit = AuditLog.from_url(settings.database_url, settings.audit_spool_dir, settings.database_timeout_seconds)
     # Overload is refused at once (RESOURCE_EXHAUSTED) rather than queued without bound; the
-    # admission counts it, and bounds the time a request may take to arrive.
+    # admission counts it, and bounds the time a request may take to arrive. Its slots are
+    # the HTTP door's too.
     admission = Admission(settings.max_concurrent_rpcs, settings.request_read_seconds)
     servicer = GatekeeperServicer(store, policy, audit, limits, callers=callers)
     add_gatekeeper_servicer(servicer, server, admission, limits)
@@ -227,6 +252,20 @@ async def create_server(
     else:
         port = server.add_secure_port(settings.listen, credentials)
     gk = GatekeeperServer(server, port, health_servicer, store, settings, audit=audit, admission=admission)
+    if settings.http_listen:
+        # The same worker, the same servicer and the same slots as gRPC: no gRPC hop.
+        gk.http = HttpDoor(
+            servicer,
+            admission,
+            limits,
+            serving=lambda: gk.metrics_state.serving,
+            request_read_seconds=settings.request_read_seconds,
+            max_connection_age_seconds=settings.max_connection_age_seconds,
+            idle_seconds=defaults.HTTP_IDLE_SECONDS,
+            ssl_context=http_ssl_context(settings),
+        )
+        host, http_port = split_host_port(settings.http_listen)
+        await gk.http.bind(host, http_port, reuse_port=settings.workers > 1)
     await gk._set_health(False)
     return gk
 
@@ -347,6 +386,8 @@ def claim_ports(settings: Settings) -> socket.socket | None:
         raise PortTaken(f"port {port} is already served by another gatekeeper on this host") from None
     try:
         _probe(host, port, "gRPC")
+        if settings.http_listen:
+            _probe(*split_host_port(settings.http_listen), "HTTP")
         if settings.metrics_listen:
             metrics_host, metrics_port = split_host_port(settings.metrics_listen)
             for index in range(settings.workers if metrics_port else 0):
@@ -378,6 +419,9 @@ def serve(settings: Settings) -> int:
     """Run ``settings.workers`` server processes on one port until SIGTERM or SIGINT."""
     if settings.workers > 1 and settings.listen.endswith(":0"):
         log.error("--workers > 1 needs a fixed port: each worker binds the same one")
+        return 2
+    if settings.workers > 1 and settings.http_listen.endswith(":0"):
+        log.error("--workers > 1 needs a fixed HTTP port: each worker binds the same one")
         return 2
     if settings.workers > 1 and settings.metrics_listen.endswith(":0"):
         log.error("--workers > 1 needs a fixed metrics port: worker i serves its metrics on that port + i")

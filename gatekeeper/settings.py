@@ -85,6 +85,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "tls_client_ca_path": ("GATEKEEPER_TLS_CLIENT_CA", Path),
     "callers_path": ("GATEKEEPER_CALLERS", Path),
     "metrics_listen": ("GATEKEEPER_METRICS_LISTEN", str),
+    "http_listen": ("GATEKEEPER_HTTP_LISTEN", str),
     "log_format": ("GATEKEEPER_LOG_FORMAT", _log_format),
 }
 
@@ -138,6 +139,9 @@ class Settings:
     tls_client_ca_path: Path | None = None  # mutual TLS: callers must present a certificate it signed
     callers_path: Path | None = None  # which caller identity may submit for which institutions
     metrics_listen: str = ""  # HOST:PORT of the Prometheus endpoint; "" turns it off
+    # HOST:PORT of the JSON-over-HTTP door (gatekeeper/api/http_json.py); "" turns it off.
+    # Workers share it as they share the gRPC port; TLS and callers are the gRPC port's.
+    http_listen: str = ""
     log_format: str = defaults.LOG_FORMAT
 
     def __post_init__(self) -> None:
@@ -151,6 +155,8 @@ class Settings:
             raise SettingsError("--callers and --tls-client-ca go together")
         if self.metrics_listen:
             split_host_port(self.metrics_listen)
+        if self.http_listen:
+            split_host_port(self.http_listen)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

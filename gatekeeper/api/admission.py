@@ -152,7 +152,7 @@ class Admission:
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self.active = 0  # RPCs admitted and not yet answered
         self._reads = ReadDeadlines(request_read_seconds)
-        self._refusals = refusals or RefusalLog()
+        self.refusals = refusals or RefusalLog()  # the JSON-over-HTTP door's refusals too
 
     async def close(self) -> None:
         """Stop the admission's background work, once the server has stopped."""
@@ -176,7 +176,7 @@ class Admission:
         deserializer) are INVALID_ARGUMENT and requests whose deadline passed while they
         waited are not worked on (nobody is waiting for the answer any more). The
         behaviour's duration is observed by status code."""
-        reads, refusals = self._reads, self._refusals
+        reads, refusals = self._reads, self.refusals
         observe_duration = metrics.observe_duration
         max_active = self.max_concurrent_rpcs
 

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 COMMON_NAME = "CN="
 DNS_NAME = "DNS:"
+NUL_IN_NAME = "client certificate: a common name or DNS name contains a NUL byte"
 # "*" (every institution), "H*", "H4101*", "P330522*": a letter and up to 10 digits, then "*".
 _PREFIX_PATTERN = re.compile(r"(?:[HP][0-9]{0,10})?\*")
 
@@ -76,15 +77,18 @@ def _identity(text: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=1024)
-def _has_name_with_nul(pem: bytes) -> bool:
-    """True when a common name or DNS name of the certificate contains a NUL byte (logged
-    once per certificate: callers keep their certificate for many RPCs)."""
-    certificate = x509.load_pem_x509_certificate(pem)
-    names = [str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+def _names(certificate: x509.Certificate) -> tuple[list[str], list[str]]:
+    """The subject common names and subjectAltName DNS names of a certificate."""
+    common_names = [str(a.value) for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    dns_names: list[str] = []
     with contextlib.suppress(x509.ExtensionNotFound):
         alt_names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names += alt_names.get_values_for_type(x509.DNSName)
+        dns_names = alt_names.get_values_for_type(x509.DNSName)
+    return common_names, dns_names
+
+
+def _refuses_nul(certificate: x509.Certificate, names: list[str]) -> bool:
+    """True (and a warning) when one of ``names`` of the certificate contains a NUL byte."""
     bad = [name for name in names if "\0" in name]
     if bad:
         log.warning(
@@ -97,6 +101,15 @@ def _has_name_with_nul(pem: bytes) -> bool:
     return bool(bad)
 
 
+@functools.lru_cache(maxsize=1024)
+def _has_name_with_nul(pem: bytes) -> bool:
+    """True when a common name or DNS name of the certificate contains a NUL byte (logged
+    once per certificate: callers keep their certificate for many RPCs)."""
+    certificate = x509.load_pem_x509_certificate(pem)
+    common_names, dns_names = _names(certificate)
+    return _refuses_nul(certificate, common_names + dns_names)
+
+
 def caller_from_auth_context(auth_context: Mapping[str, Iterable[bytes]]) -> Caller:
     """The caller of an RPC, from ``ServicerContext.auth_context()`` of a TLS connection.
 
@@ -107,10 +120,33 @@ def caller_from_auth_context(auth_context: Mapping[str, Iterable[bytes]]) -> Cal
     """
     for pem in auth_context.get("x509_pem_cert", ()):
         if _has_name_with_nul(bytes(pem)):
-            raise Unauthenticated("client certificate: a common name or DNS name contains a NUL byte")
+            raise Unauthenticated(NUL_IN_NAME)
     names = [COMMON_NAME + cn.decode("utf-8", "replace") for cn in auth_context.get("x509_common_name", ())]
     names += [_identity(DNS_NAME + dns.decode("utf-8", "replace")) for dns in auth_context.get("peer_dns", ())]
     return Caller(tuple(names))
+
+
+@functools.lru_cache(maxsize=1024)
+def _certificate_caller(der: bytes) -> Caller | None:
+    """The caller a DER certificate names; None (logged once) when a name holds a NUL byte."""
+    certificate = x509.load_der_x509_certificate(der)
+    common_names, dns_names = _names(certificate)
+    if _refuses_nul(certificate, common_names + dns_names):
+        return None
+    names = [COMMON_NAME + cn for cn in common_names] + [_identity(DNS_NAME + dns) for dns in dns_names]
+    return Caller(tuple(names))
+
+
+def caller_from_certificate(der: bytes | None) -> Caller:
+    """The caller of a TLS connection from its peer's certificate (DER, as
+    ``ssl.SSLObject.getpeercert(binary_form=True)`` gives it; None without one): the same
+    names, and the same refusal of a NUL byte, as :func:`caller_from_auth_context`."""
+    if der is None:
+        return ANONYMOUS
+    caller = _certificate_caller(der)
+    if caller is None:
+        raise Unauthenticated(NUL_IN_NAME)
+    return caller
 
 
 class Callers:

@@ -163,6 +163,15 @@ def min_seq_of(version: str, field: str = "min_registry_version") -> int:
         raise InvalidArgument(field, str(error)) from None
 
 
+# Says who is calling (or raises Unauthenticated): asked only when callers are checked.
+CallerOf = Callable[[], Caller]
+
+
+def _grpc_caller(context: aio.ServicerContext) -> CallerOf:  # type: ignore[type-arg]
+    """Who calls an RPC, from its TLS connection's auth context."""
+    return lambda: caller_from_auth_context(context.auth_context())
+
+
 class GatekeeperServicer(pb_grpc.GatekeeperServicer):
     """Decides claims with the records of an injected store under a region policy."""
 
@@ -187,9 +196,9 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
     def _region(self, fixmedins_code: str) -> RegionPolicy:
         return self._policy.for_division(division_of(fixmedins_code))
 
-    def _caller(self, context: aio.ServicerContext) -> Caller:  # type: ignore[type-arg]
+    def _identify(self, caller: CallerOf) -> Caller:
         """Who is calling, from the client certificate; not looked at when callers are not checked."""
-        return caller_from_auth_context(context.auth_context()) if self._callers.identifies else ANONYMOUS
+        return caller() if self._callers.identifies else ANONYMOUS
 
     def _prepare(self, request: pb.CheckClaimRequest, caller: Caller) -> tuple[Claim, RegionPolicy, set[str], int]:
         """Validate a claim and its caller: the claim, its region's policy, the codes to look up, its min seq."""
@@ -224,6 +233,82 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         metrics.count_claim(decision.verdict, [(item.verdict, item.reason, item.enforced) for item in decision.items])
         return decision
 
+    # The decision path, shared by the gRPC methods below and the JSON-over-HTTP door
+    # (gatekeeper/api/http_json.py): each takes the request message and a function that says
+    # who is calling (asked only when callers are checked, and only when needed), and raises
+    # an expected error (GatekeeperError) or a bug; the door reports it in its own way.
+
+    async def check_claim(
+        self, request: pb.CheckClaimRequest, caller: CallerOf, decision_id: str
+    ) -> pb.CheckClaimResponse:
+        """Decide one claim."""
+        claim, region, codes, min_seq = self._prepare(request, self._identify(caller))
+        lookup = await self._store.lookup(codes, min_seq)
+        decision = self._recorded(decision_id, claim, region, self._decide(claim, region, lookup), lookup)
+        return claim_response(decision, decision_id, lookup.registry_version, region.wording)
+
+    async def check_claims(self, request: pb.CheckClaimsRequest, caller: CallerOf) -> pb.CheckClaimsResponse:
+        """Decide each claim as check_claim would, with one lookup for the whole batch."""
+        if len(request.claims) > self._limits.max_batch_claims:
+            count, most = len(request.claims), self._limits.max_batch_claims
+            raise InvalidArgument("claims", f"has {count} claims, more than the maximum of {most}")
+        batch_min_seq = min_seq_of(request.min_registry_version)
+        who = self._identify(caller)
+        prepared: list[tuple[Claim, RegionPolicy, int] | GatekeeperError] = []
+        codes: set[str] = set()
+        for claim_request in request.claims:
+            try:
+                claim, region, claim_codes, min_seq = self._prepare(claim_request, who)
+            except GatekeeperError as error:
+                prepared.append(error)
+                continue
+            prepared.append((claim, region, max(min_seq, batch_min_seq)))
+            codes |= claim_codes
+        demanded = max((p[2] for p in prepared if not isinstance(p, GatekeeperError)), default=0)
+        try:
+            lookup = await self._store.lookup(codes, demanded)
+        except RegistryBehind:
+            # Some claims demand more than the cache has: decide the others.
+            lookup = await self._store.lookup(codes, batch_min_seq)
+        results = []
+        for claim_request, item in zip(request.claims, prepared, strict=True):
+            result = pb.ClaimResult(claim_id=claim_request.claim_id)
+            if isinstance(item, GatekeeperError):
+                result.error.CopyFrom(claim_error(item))
+            elif item[2] > lookup.applied_seq:
+                result.error.CopyFrom(claim_error(RegistryBehind(item[2], lookup.applied_seq)))
+            else:
+                claim, region, _ = item
+                decision_id = new_decision_id()
+                try:
+                    decision = self._recorded(decision_id, claim, region, self._decide(claim, region, lookup), lookup)
+                except Unrecordable as error:
+                    result.error.CopyFrom(claim_error(error))
+                else:
+                    fill_claim_response(result.response, decision, decision_id, lookup.registry_version, region.wording)
+            results.append(result)
+        return pb.CheckClaimsResponse(results=results)
+
+    async def get_practitioner(
+        self, request: pb.GetPractitionerRequest, caller: CallerOf
+    ) -> pb.GetPractitionerResponse:
+        """One practitioner's standing at a time (default now)."""
+        code = practitioner_code(request.prac_psn_code)
+        moment = service_time(request.at_time, "at_time") if request.at_time else int(self._clock())
+        region = self._policy.default
+        if request.fixmedins_code:
+            institution = institution_code(request.fixmedins_code)
+            self._callers.authorize(self._identify(caller), institution)
+            region = self._region(institution)
+        min_seq = min_seq_of(request.min_registry_version)
+        lookup = await self._store.lookup([code] if region.is_practitioner_code(code) else [], min_seq)
+        if code in lookup.unverified:  # degraded mode, and no recent record of this code held
+            raise CacheUnavailable("eligibility cache unavailable: the practitioner's status cannot be checked")
+        record = lookup.records.get(code)
+        view = describe_practitioner(code, record, moment, region)
+        prac_psn_type = record.prac_psn_type if record is not None else 0
+        return practitioner_response(code, prac_psn_type, view, format_cst(moment), lookup.registry_version)
+
     async def CheckClaim(  # noqa: N802 - the gRPC method name
         self,
         request: pb.CheckClaimRequest,
@@ -231,10 +316,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
     ) -> pb.CheckClaimResponse:
         decision_id = new_decision_id()
         try:
-            claim, region, codes, min_seq = self._prepare(request, self._caller(context))
-            lookup = await self._store.lookup(codes, min_seq)
-            decision = self._recorded(decision_id, claim, region, self._decide(claim, region, lookup), lookup)
-            return claim_response(decision, decision_id, lookup.registry_version, region.wording)
+            return await self.check_claim(request, _grpc_caller(context), decision_id)
         except Exception as error:
             await fail(context, "CheckClaim", error, decision_id)
 
@@ -243,51 +325,8 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         request: pb.CheckClaimsRequest,
         context: aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.CheckClaimsResponse:
-        """Decide each claim as CheckClaim would, with one lookup for the whole batch."""
         try:
-            if len(request.claims) > self._limits.max_batch_claims:
-                count, most = len(request.claims), self._limits.max_batch_claims
-                raise InvalidArgument("claims", f"has {count} claims, more than the maximum of {most}")
-            batch_min_seq = min_seq_of(request.min_registry_version)
-            caller = self._caller(context)
-            prepared: list[tuple[Claim, RegionPolicy, int] | GatekeeperError] = []
-            codes: set[str] = set()
-            for claim_request in request.claims:
-                try:
-                    claim, region, claim_codes, min_seq = self._prepare(claim_request, caller)
-                except GatekeeperError as error:
-                    prepared.append(error)
-                    continue
-                prepared.append((claim, region, max(min_seq, batch_min_seq)))
-                codes |= claim_codes
-            demanded = max((p[2] for p in prepared if not isinstance(p, GatekeeperError)), default=0)
-            try:
-                lookup = await self._store.lookup(codes, demanded)
-            except RegistryBehind:
-                # Some claims demand more than the cache has: decide the others.
-                lookup = await self._store.lookup(codes, batch_min_seq)
-            results = []
-            for claim_request, item in zip(request.claims, prepared, strict=True):
-                result = pb.ClaimResult(claim_id=claim_request.claim_id)
-                if isinstance(item, GatekeeperError):
-                    result.error.CopyFrom(claim_error(item))
-                elif item[2] > lookup.applied_seq:
-                    result.error.CopyFrom(claim_error(RegistryBehind(item[2], lookup.applied_seq)))
-                else:
-                    claim, region, _ = item
-                    decision_id = new_decision_id()
-                    try:
-                        decision = self._recorded(
-                            decision_id, claim, region, self._decide(claim, region, lookup), lookup
-                        )
-                    except Unrecordable as error:
-                        result.error.CopyFrom(claim_error(error))
-                    else:
-                        fill_claim_response(
-                            result.response, decision, decision_id, lookup.registry_version, region.wording
-                        )
-                results.append(result)
-            return pb.CheckClaimsResponse(results=results)
+            return await self.check_claims(request, _grpc_caller(context))
         except Exception as error:
             await fail(context, "CheckClaims", error)
 
@@ -297,20 +336,6 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         context: aio.ServicerContext,  # type: ignore[type-arg]
     ) -> pb.GetPractitionerResponse:
         try:
-            code = practitioner_code(request.prac_psn_code)
-            moment = service_time(request.at_time, "at_time") if request.at_time else int(self._clock())
-            region = self._policy.default
-            if request.fixmedins_code:
-                institution = institution_code(request.fixmedins_code)
-                self._callers.authorize(self._caller(context), institution)
-                region = self._region(institution)
-            min_seq = min_seq_of(request.min_registry_version)
-            lookup = await self._store.lookup([code] if region.is_practitioner_code(code) else [], min_seq)
-            if code in lookup.unverified:  # degraded mode, and no recent record of this code held
-                raise CacheUnavailable("eligibility cache unavailable: the practitioner's status cannot be checked")
-            record = lookup.records.get(code)
-            view = describe_practitioner(code, record, moment, region)
-            prac_psn_type = record.prac_psn_type if record is not None else 0
-            return practitioner_response(code, prac_psn_type, view, format_cst(moment), lookup.registry_version)
+            return await self.get_practitioner(request, _grpc_caller(context))
         except Exception as error:
             await fail(context, "GetPractitioner", error)

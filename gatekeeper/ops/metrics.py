@@ -52,11 +52,18 @@ ITEM_DECISIONS = Counter(
     ["verdict", "reason", "enforced"],
 )
 CLAIM_DECISIONS = Counter("gatekeeper_claim_decisions", "Claims decided, by claim verdict", ["verdict"])
+DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 RPC_DURATION = Histogram(
     "gatekeeper_rpc_duration_seconds",
     "Time from receiving a unary RPC to its answer, by method and gRPC status code",
     ["method", "code"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+    buckets=DURATION_BUCKETS,
+)
+HTTP_DURATION = Histogram(
+    "gatekeeper_http_duration_seconds",
+    "Time from a JSON-over-HTTP request's head to its answer, by the RPC it stands for and the gRPC status name",
+    ["method", "code"],
+    buckets=DURATION_BUCKETS,
 )
 
 UNRECORDED = Counter(
@@ -224,6 +231,14 @@ def observe_duration(method: str, code: str, seconds: float) -> None:
     histogram = _duration_histograms.get((method, code))
     if histogram is None:
         histogram = _duration_histograms[method, code] = RPC_DURATION.labels(method, code)
+    histogram.observe(seconds)
+
+
+def observe_http(method: str, code: str, seconds: float) -> None:
+    """Time one JSON-over-HTTP request by its RPC's name and gRPC status name."""
+    histogram = _duration_histograms.get((f"http:{method}", code))
+    if histogram is None:
+        histogram = _duration_histograms[f"http:{method}", code] = HTTP_DURATION.labels(method, code)
     histogram.observe(seconds)
 
 

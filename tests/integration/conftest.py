@@ -76,6 +76,7 @@ class ServerThread:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.port = 0
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -91,6 +92,7 @@ class ServerThread:
             raise
         endpoint = self._server.metrics_endpoint
         self.metrics_port = endpoint.port if endpoint is not None else None
+        self.http_port = self._server.http.port if self._server.http is not None else None
         self._ready.put(self._server.port)
         await self._stop.wait()
         await self._server.stop(grace=1)
@@ -115,6 +117,7 @@ class RunningGatekeeper:
     channel: grpc.Channel
     stub: pb_grpc.GatekeeperStub
     metrics_port: int | None = None  # with metrics_listen="127.0.0.1:0"
+    http_port: int | None = None  # with http_listen="127.0.0.1:0"
 
     @property
     def target(self) -> str:
@@ -144,7 +147,7 @@ def start_gatekeeper(redis_server: RedisServer, database_url: str, tmp_path: Pat
         port = thread.start()
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         started.append((thread, channel))
-        return RunningGatekeeper(port, channel, pb_grpc.GatekeeperStub(channel), thread.metrics_port)
+        return RunningGatekeeper(port, channel, pb_grpc.GatekeeperStub(channel), thread.metrics_port, thread.http_port)
 
     yield start
     for thread, channel in started:

@@ -40,6 +40,7 @@ class Pki:
     stranger: Issued  # signed by another CA, with an identity the callers file knows
     target: str
     client_ca: CertificateAuthority  # the CA the server trusts for callers
+    http_port: int  # the JSON-over-HTTP door, with the same TLS and callers (test_http.py)
 
 
 @pytest.fixture
@@ -56,7 +57,9 @@ def pki(tmp_path: Path, start_gatekeeper: StartGatekeeper, redis_client: redis.R
         tls_key_path=server.key_path,
         tls_client_ca_path=client_ca.cert_path,
         callers_path=callers,
+        http_listen="127.0.0.1:0",
     )
+    assert gatekeeper.http_port is not None
     yield Pki(
         server_ca,
         client_ca.issue("his.hospital-a.example"),
@@ -65,6 +68,7 @@ def pki(tmp_path: Path, start_gatekeeper: StartGatekeeper, redis_client: redis.R
         rogue_ca.issue("his.hospital-a.example"),
         gatekeeper.target,
         client_ca,
+        gatekeeper.http_port,
     )
 
 

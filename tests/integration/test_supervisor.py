@@ -151,13 +151,14 @@ def test_a_second_instance_on_the_same_port_fails_with_one_line(
     assert len(first.workers()) == 2 and first.process.poll() is None
 
 
-def test_a_port_another_program_listens_on_fails_with_one_line(cli_env: dict[str, str]) -> None:  # noqa: F811
+@pytest.mark.parametrize("door", ["GATEKEEPER_LISTEN", "GATEKEEPER_HTTP_LISTEN"], ids=["grpc", "http"])
+def test_a_port_another_program_listens_on_fails_with_one_line(cli_env: dict[str, str], door: str) -> None:  # noqa: F811
     port = free_port()
     with socket.socket() as holder:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as a gatekeeper worker would
         holder.bind(("127.0.0.1", port))
         holder.listen()
-        env = cli_env | {"GATEKEEPER_LISTEN": f"127.0.0.1:{port}"}
+        env = cli_env | {door: f"127.0.0.1:{port}"}
         result = serve_once(env, "--workers", "2")
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1, result.stderr

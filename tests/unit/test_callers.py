@@ -7,6 +7,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from gatekeeper.api.callers import (
     ANONYMOUS,
@@ -14,11 +16,13 @@ from gatekeeper.api.callers import (
     Caller,
     CallersError,
     caller_from_auth_context,
+    caller_from_certificate,
     load_callers,
     parse_callers,
 )
 from gatekeeper.api.errors import status_code
-from gatekeeper.core.errors import PermissionDenied
+from gatekeeper.core.errors import PermissionDenied, Unauthenticated
+from tests.certs import CertificateAuthority
 
 CALLERS = tomllib.loads(
     """
@@ -138,3 +142,16 @@ def test_the_example_file_loads() -> None:
     callers = load_callers(Path(__file__).resolve().parents[2] / "callers.example.toml")
     assert callers.may_submit(PLATFORM, "P41010200001")
     assert not callers.may_submit(Caller(("CN=gatekeeper-healthcheck",)), "H41010200001")
+
+
+def test_a_peer_certificate_names_the_caller_as_grpcs_auth_context_does(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path, "client-ca")
+    issued = ca.issue("zz-platform-1", dns_names=("Settlement.Zhengzhou.example",))
+    der = x509.load_pem_x509_certificate(issued.cert_pem).public_bytes(serialization.Encoding.DER)
+    forged = ca.issue("his.hospital-a.example\0.evil")
+    forged_der = x509.load_pem_x509_certificate(forged.cert_pem).public_bytes(serialization.Encoding.DER)
+
+    assert caller_from_certificate(der).identities == ("CN=zz-platform-1", "DNS:settlement.zhengzhou.example")
+    assert caller_from_certificate(None) is ANONYMOUS  # plain text, or TLS without client certificates
+    with pytest.raises(Unauthenticated):
+        caller_from_certificate(forged_der)
