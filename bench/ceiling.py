@@ -21,17 +21,20 @@ from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 
 log = logging.getLogger("ceiling")
+APPROVED = "审核通过"  # what the gatekeeper says of an item allowed without remark (core/wording.py)
 
 
 def constant_response(items: int = 10) -> pb.CheckClaimResponse:
-    """A response shaped like the gatekeeper's for an all-clear claim."""
+    """A response shaped like the gatekeeper's for an all-clear claim (the cashier's words included)."""
     return pb.CheckClaimResponse(
         decision_id="0" * 32,
         registry_version="ceiling@0",
         verdict=pb.CLAIM_VERDICT_ALLOW,
         allowed_amount_fen=1000 * items,
         items=[
-            pb.ItemDecision(feedetl_sn=str(n), verdict=pb.VERDICT_ALLOW, reason=pb.REASON_OK, enforced=True)
+            pb.ItemDecision(
+                feedetl_sn=str(n), verdict=pb.VERDICT_ALLOW, reason=pb.REASON_OK, enforced=True, message=APPROVED
+            )
             for n in range(items)
         ],
         enforced=True,

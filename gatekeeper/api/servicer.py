@@ -200,12 +200,16 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         """Who is calling, from the client certificate; not looked at when callers are not checked."""
         return caller() if self._callers.identifies else ANONYMOUS
 
-    def _prepare(self, request: pb.CheckClaimRequest, caller: Caller) -> tuple[Claim, RegionPolicy, set[str], int]:
-        """Validate a claim and its caller: the claim, its region's policy, the codes to look up, its min seq."""
-        claim = claim_from_request(request, self._limits)
+    def _prepare(
+        self, request: pb.CheckClaimRequest, caller: Caller, sized: bool = False
+    ) -> tuple[Claim, RegionPolicy, set[str], int]:
+        """Validate a claim and its caller: the claim, its region's policy, the codes to look up,
+        its min seq. ``sized``: the request's size was checked when it arrived."""
+        claim = claim_from_request(request, self._limits, sized=sized)
         self._callers.authorize(caller, claim.fixmedins_code)
         region = self._region(claim.fixmedins_code)
-        codes = {c for item in claim.items for c in item.practitioners if region.is_practitioner_code(c)}
+        named = {c for item in claim.items for c in item.practitioners}
+        codes = {c for c in named if region.is_practitioner_code(c)}
         return claim, region, codes, min_seq_of(request.min_registry_version)
 
     def _decide(self, claim: Claim, region: RegionPolicy, lookup: Lookup) -> ClaimDecision:
@@ -239,10 +243,10 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
     # an expected error (GatekeeperError) or a bug; the door reports it in its own way.
 
     async def check_claim(
-        self, request: pb.CheckClaimRequest, caller: CallerOf, decision_id: str
+        self, request: pb.CheckClaimRequest, caller: CallerOf, decision_id: str, *, sized: bool = False
     ) -> pb.CheckClaimResponse:
-        """Decide one claim."""
-        claim, region, codes, min_seq = self._prepare(request, self._identify(caller))
+        """Decide one claim (``sized``: its size was checked when it arrived)."""
+        claim, region, codes, min_seq = self._prepare(request, self._identify(caller), sized)
         lookup = await self._store.lookup(codes, min_seq)
         decision = self._recorded(decision_id, claim, region, self._decide(claim, region, lookup), lookup)
         return claim_response(decision, decision_id, lookup.registry_version, region.wording)
@@ -316,7 +320,8 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
     ) -> pb.CheckClaimResponse:
         decision_id = new_decision_id()
         try:
-            return await self.check_claim(request, _grpc_caller(context), decision_id)
+            # Its size was checked before it was decoded (api/handlers.py).
+            return await self.check_claim(request, _grpc_caller(context), decision_id, sized=True)
         except Exception as error:
             await fail(context, "CheckClaim", error, decision_id)
 

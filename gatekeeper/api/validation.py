@@ -95,6 +95,12 @@ def service_time(value: str, field: str) -> int:
     return moment
 
 
+def _reject_serial_number(feedetl_sn: str, field: str) -> NoReturn:
+    """Say what is wrong with a line item's trimmed serial number: missing, too long, or repeated."""
+    _require_id(feedetl_sn, field)
+    raise InvalidArgument(field, f"{feedetl_sn!r} appears more than once in the claim")
+
+
 def _reject_line(line: pb.LineItem, where: str) -> NoReturn:
     """Say which bounded field of a line item is out of bounds."""
     _bounded(line.bilg_dr_codg.strip(), f"{where}.bilg_dr_codg", MAX_CODE_LENGTH)
@@ -103,11 +109,14 @@ def _reject_line(line: pb.LineItem, where: str) -> NoReturn:
     raise InvalidArgument(f"{where}.amount_fen", f"is beyond ±{MAX_AMOUNT_FEN} fen")
 
 
-def claim_from_request(request: pb.CheckClaimRequest, limits: Limits) -> Claim:
-    """Validate a request. A bad practitioner code is not an error here: it is decided."""
-    size = request.ByteSize()
-    if size > limits.max_request_bytes:
-        raise InvalidArgument("request", f"is {size} bytes, more than the maximum of {limits.max_request_bytes}")
+def claim_from_request(request: pb.CheckClaimRequest, limits: Limits, *, sized: bool = False) -> Claim:
+    """Validate a request. A bad practitioner code is not an error here: it is decided.
+    ``sized``: the transport has already refused requests above ``limits.max_request_bytes``
+    (gRPC's deserializer, before decoding): the message is not measured again."""
+    if not sized:
+        size = request.ByteSize()
+        if size > limits.max_request_bytes:
+            raise InvalidArgument("request", f"is {size} bytes, more than the maximum of {limits.max_request_bytes}")
     claim_id = _require_id(request.claim_id, "claim_id")
     fixmedins_code = institution_code(request.fixmedins_code)
     _bounded(request.mdtrt_id, "mdtrt_id", MAX_ID_LENGTH)
@@ -119,32 +128,27 @@ def claim_from_request(request: pb.CheckClaimRequest, limits: Limits) -> Claim:
             "items", f"has {len(request.items)} line items, more than the maximum of {limits.max_items}"
         )
 
+    # Once per line item: each field read once, field names spelled only for an error.
     seen: set[str] = set()
     items = []
+    claim_emergency = request.emergency
     for index, line in enumerate(request.items):
-        where = f"items[{index}]"
-        feedetl_sn = _require_id(line.feedetl_sn, f"{where}.feedetl_sn")
-        if feedetl_sn in seen:
-            raise InvalidArgument(f"{where}.feedetl_sn", f"{feedetl_sn!r} appears more than once in the claim")
+        feedetl_sn = line.feedetl_sn.strip()
+        if not feedetl_sn or len(feedetl_sn) > MAX_ID_LENGTH or feedetl_sn in seen:
+            _reject_serial_number(feedetl_sn, f"items[{index}].feedetl_sn")
         seen.add(feedetl_sn)
-        ordering, executing = line.bilg_dr_codg.strip(), line.orders_dr_code.strip()
+        ordering, executing, amount = line.bilg_dr_codg.strip(), line.orders_dr_code.strip(), line.amount_fen
         if (
             len(ordering) > MAX_CODE_LENGTH
             or len(executing) > MAX_CODE_LENGTH
             or len(line.med_list_codg) > MAX_TEXT_LENGTH
-            or not -MAX_AMOUNT_FEN <= line.amount_fen <= MAX_AMOUNT_FEN
+            or not -MAX_AMOUNT_FEN <= amount <= MAX_AMOUNT_FEN
         ):
-            _reject_line(line, where)
-        practitioners: tuple[str, ...] = (ordering,)
-        if executing and executing != practitioners[0]:
-            practitioners += (executing,)
-        items.append(
-            Item(
-                feedetl_sn=feedetl_sn,
-                service_time=service_time(line.fee_ocur_time, f"{where}.fee_ocur_time"),
-                amount_fen=line.amount_fen,
-                practitioners=practitioners,
-                emergency=request.emergency or line.emergency,
-            )
-        )
+            _reject_line(line, f"items[{index}]")
+        text = line.fee_ocur_time
+        moment = _PARSED_TIMES.get(text)
+        if moment is None:
+            moment = service_time(text, f"items[{index}].fee_ocur_time")
+        practitioners = (ordering, executing) if executing and executing != ordering else (ordering,)
+        items.append(Item(feedetl_sn, moment, amount, practitioners, claim_emergency or line.emergency))
     return Claim(claim_id=claim_id, fixmedins_code=fixmedins_code, items=tuple(items))

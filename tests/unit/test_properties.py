@@ -162,6 +162,15 @@ def test_decide_claim_never_raises_and_answers_every_item_in_order(
 
 @EXAMPLES
 @given(claims(), registries, policies)
+def test_a_claim_decides_each_item_as_the_item_alone_would_be(
+    claim: Claim, registry: dict[str, PractitionerRecord], policy: RegionPolicy
+) -> None:
+    # decide_claim takes a shortcut for items whose practitioners have only ever been registered.
+    assert list(decide_claim(claim, registry, policy).items) == [decide_item(i, registry, policy) for i in claim.items]
+
+
+@EXAMPLES
+@given(claims(), registries, policies)
 def test_allowed_and_blocked_amounts_add_up_to_the_claim(
     claim: Claim, registry: dict[str, PractitionerRecord], policy: RegionPolicy
 ) -> None:
