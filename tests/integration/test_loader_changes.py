@@ -218,7 +218,7 @@ def test_changes_before_any_snapshot_are_refused(
 ) -> None:
     with pytest.raises(NoSnapshot):
         apply(redis_client, [change_files["first"]], tmp_path / "q.jsonl")
-    assert redis_client.keys("gk:*") == []  # nothing was written, not even to the change log
+    assert redis_client.keys("{gk}:*") == []  # nothing was written, not even to the change log
 
 
 def test_applied_seq_advances_and_every_applied_change_is_logged_once(

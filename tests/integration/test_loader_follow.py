@@ -149,7 +149,7 @@ def test_follow_before_any_snapshot_refuses_to_apply(
 ) -> None:
     with pytest.raises(NoSnapshot):
         follow(redis_client, feed.url, threading.Event(), Quarantine(tmp_path / "q.jsonl"), FAST)
-    assert redis_client.keys("gk:*") == []
+    assert redis_client.keys("{gk}:*") == []
 
 
 def test_the_follow_command_stops_cleanly_on_sigterm(

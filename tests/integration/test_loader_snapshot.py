@@ -53,7 +53,7 @@ def standing(redis_url: str, code: str, moment: str = MAY) -> Reason:
 
 def generation_keys(client: redis.Redis) -> set[int]:
     """The generations that still have keys in Redis."""
-    return {int(key.split(b":")[1][1:]) for key in client.scan_iter(match="gk:g[0-9]*:*", count=1000)}
+    return {int(key.split(b":")[1][1:]) for key in client.scan_iter(match=keys.PREFIX + ":g[0-9]*:*", count=1000)}
 
 
 # --- every malformed input of REGISTRY_FORMAT.md, in one file written byte by byte -------

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import redis
 
+from gatekeeper.cache import keys
 from gatekeeper.core.cst import format_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.feed import ChangeFeedServer
@@ -111,7 +112,7 @@ def publish_by_follow(client: redis.Redis, directory: Path, server: RedisServer)
     write_changes(feed_dir / "changes-7-9.jsonl", CHANGES)
 
     def publish() -> None:
-        client.set("gk:follow:after", 6)  # the snapshot's watermark: what follow resumes after
+        client.set(keys.FOLLOW_CURSOR, 6)  # the snapshot's watermark: what follow resumes after
         with ChangeFeedServer(feed_dir) as feed:
             follower = start_follower(server.port, feed.url, directory / "follow.quarantine.jsonl")
             try:
