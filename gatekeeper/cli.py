@@ -32,6 +32,7 @@ from gatekeeper.audit.export import (
     records_in,
     records_of_claim,
 )
+from gatekeeper.cache.client import command_client
 from gatekeeper.console import CommandFailed
 from gatekeeper.core.cst import CST, TIME_FORMAT, parse_cst
 from gatekeeper.core.policy import Policy, PolicyError, load_policy
@@ -326,7 +327,7 @@ def _review(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     policy = _load_policy_or_exit(args.policy, "review")
     redis_url = args.redis_url or redis_url_from(environ)
-    console.redis_client(redis_url).close()  # a URL that is not a Redis URL is a usage error, before anything runs
+    command_client(redis_url).close()  # a URL that is not a Redis URL is a usage error, before anything runs
     if not args.follow and (args.since is None or args.until is None):
         raise CommandFailed("give --since and --until, or --follow", exit_code=2)
     period = None if args.follow else _audit_period(args)

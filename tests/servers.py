@@ -10,11 +10,13 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
 from loader.cache import LISTPACK_SETTINGS
 
@@ -128,3 +130,107 @@ def start_postgres(port: int | None = None) -> PostgresServer:
     options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
     server.pg_ctl("start", "-l", str(directory / "postgres.log"), "-o", options)
     return server
+
+
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+CLUSTER_READY_SECONDS = 30.0
+
+
+@dataclass
+class RedisCluster:
+    """Six redis-server processes of our own in one Redis Cluster: three masters, each with a replica."""
+
+    nodes: list[RedisServer]
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        """The gatekeeper's URL for the cluster: any node will do."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
+
+    def running(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.process.poll() is None]
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node serving ``key``'s slot as master, as the nodes themselves say."""
+        slot = key_slot(key.encode())
+        for node in self.running():
+            with redis.Redis(port=node.port) as client:
+                for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS", NEVER_DECODE=True):
+                    if start <= slot <= end:
+                        return next(n for n in self.nodes if n.port == int(master[1]))
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def wait_healthy(self, timeout: float = CLUSTER_READY_SECONDS) -> None:
+        """Until every running node says ``cluster_state:ok``, all 16384 slots served, and
+        each master has a replica linked to it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            problem = self._problem()
+            if problem is None:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster did not become healthy: {problem}")
+            time.sleep(0.05)
+
+    def _problem(self) -> str | None:
+        masters = 0
+        for node in self.running():
+            try:
+                with redis.Redis(port=node.port, socket_timeout=1) as client:
+                    info = client.cluster("info")
+                    replication = client.info("replication")
+            except redis.RedisError as error:
+                return f"node {node.port}: {error}"
+            if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
+                return f"node {node.port}: {info.get('cluster_state')}, {info.get('cluster_slots_ok')} slots ok"
+            if replication["role"] == "master":
+                masters += 1
+                if replication.get("connected_slaves", 0) < 1:
+                    return f"master {node.port} has no replica yet"
+            elif replication.get("master_link_status") != "up":
+                return f"replica {node.port} is not linked to its master yet"
+        if masters != 3:
+            return f"{masters} masters"
+        return None
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_cluster_node(directory: Path, port: int | None = None) -> RedisServer:
+    """One cluster-enabled redis-server (its nodes.conf in ``directory``, which a restart reuses)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    options = ["--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf")]
+    # The bus port is the client port + 10000 unless named: a free port of its own.
+    options += ["--cluster-port", str(free_port())]
+    # Fail over within a second of a master going silent; tests wait on that.
+    options += ["--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0"]
+    return start_redis(directory, port, options)
+
+
+def start_cluster(directory: Path) -> RedisCluster:
+    """Six nodes on free loopback ports, made a cluster by ``redis-cli --cluster create``."""
+    nodes: list[RedisServer] = []
+    try:
+        for number in range(6):
+            nodes.append(start_cluster_node(directory / f"node-{number}"))
+        cluster = RedisCluster(nodes, directory)
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        cluster.wait_healthy()
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return cluster

@@ -20,12 +20,11 @@ from collections import defaultdict
 from collections.abc import Callable, Collection
 
 import msgspec
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from gatekeeper import defaults
 from gatekeeper.cache import keys
-from gatekeeper.cache.client import redis_client
+from gatekeeper.cache.client import AsyncClient, redis_client
 from gatekeeper.cache.follower import BLOCK_MILLISECONDS, STREAM_CLIENT_NAME, ChangeFollower
 from gatekeeper.cache.layout import READ_FIELDS, Meta
 from gatekeeper.cache.nearcache import NearCache
@@ -57,7 +56,7 @@ class RedisEligibilityStore:
     raising CacheUnavailable; the near cache (nearcache.py) does better.
     """
 
-    def __init__(self, client: redis.Redis, degraded: bool = False, stats: StoreStats | None = None) -> None:
+    def __init__(self, client: AsyncClient, degraded: bool = False, stats: StoreStats | None = None) -> None:
         self._redis = client
         self._meta: Meta | None = None  # the generation read last
         self._degraded = degraded
@@ -165,7 +164,7 @@ class CachingEligibilityStore:
     def __init__(
         self,
         backing: RedisEligibilityStore,
-        stream_client: redis.Redis,
+        stream_client: AsyncClient,
         max_entries: int = defaults.NEAR_CACHE_ENTRIES,
         max_age_seconds: float = defaults.NEAR_CACHE_MAX_AGE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
