@@ -18,6 +18,8 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
+from gatekeeper.cache import keys
+from gatekeeper.cache.client import sync_client
 from loader.cache import LISTPACK_SETTINGS
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -44,6 +46,10 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
+
+    def flushall(self) -> None:
+        with self.client() as client:
+            client.flushall()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -148,8 +154,19 @@ class RedisCluster:
         """The gatekeeper's URL for the cluster: any node will do."""
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
-    def client(self) -> redis.RedisCluster:
-        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
+    @property
+    def port(self) -> int:
+        """The port of the master that holds the cache (every key is in the slot of ``{gk}``)."""
+        return self.master_of(keys.META).port
+
+    def client(self) -> redis.Redis:
+        """What the loader and the commands use: a client of the master owning the cache's slot."""
+        return sync_client(self.url)
+
+    def flushall(self) -> None:
+        """Empty every master (replicas follow)."""
+        with redis.RedisCluster(host="127.0.0.1", port=self.running()[0].port) as client:
+            client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
 
     def running(self) -> list[RedisServer]:
         return [node for node in self.nodes if node.process.poll() is None]

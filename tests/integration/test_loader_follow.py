@@ -25,6 +25,7 @@ from loader.follow import FollowOptions, follow
 from loader.generate import GeneratedRegistry, generate
 from loader.quarantine import Quarantine
 from loader.snapshot import load_snapshot
+from tests.integration.conftest import on_both_redis
 from tests.integration.follower import Follower, cursor
 from tests.integration.registry import (
     expected_records,
@@ -36,6 +37,8 @@ from tests.integration.registry import (
     write_changes,
 )
 from tests.servers import RedisServer
+
+pytestmark = on_both_redis  # the core cases run against one Redis and the Redis Cluster
 
 CLI = Path(sys.executable).parent / "gatekeeper-loader"
 FAST = FollowOptions(limit=50, poll_seconds=0.02, backoff_initial_seconds=0.01, backoff_max_seconds=0.05)

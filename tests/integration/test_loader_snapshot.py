@@ -28,7 +28,7 @@ from loader.progress import Progress
 from loader.quarantine import Quarantine
 from loader.rows import FIELDS
 from loader.snapshot import SnapshotOptions, SnapshotRefused, SnapshotResult, load_snapshot
-from tests.integration.conftest import StartGatekeeper
+from tests.integration.conftest import StartGatekeeper, on_both_redis
 from tests.integration.registry import (
     expected_records,
     lookup,
@@ -41,6 +41,8 @@ from tests.integration.registry import (
     write_snapshot,
 )
 from tests.servers import RedisServer
+
+pytestmark = on_both_redis  # the core cases run against one Redis and the Redis Cluster
 
 MAY = "2026-05-01 00:00:00"  # when the tests decide: inside every suspension below
 HEADER = ",".join(FIELDS)
