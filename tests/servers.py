@@ -51,6 +51,11 @@ class RedisServer:
         with self.client() as client:
             client.flushall()
 
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine would go: no goodbye to the cluster."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -175,11 +180,25 @@ class RedisCluster:
         """The node serving ``key``'s slot as master, as the nodes themselves say."""
         slot = key_slot(key.encode())
         for node in self.running():
-            with redis.Redis(port=node.port) as client:
+            with redis.Redis(port=node.port, socket_timeout=1) as client:
                 for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS", NEVER_DECODE=True):
                     if start <= slot <= end:
                         return next(n for n in self.nodes if n.port == int(master[1]))
         raise RuntimeError(f"no node serves slot {slot}")
+
+    def wait_slot_served(self, key: str, timeout: float = CLUSTER_READY_SECONDS) -> RedisServer:
+        """Until a running master serves ``key``'s slot and the cluster says ok (after a
+        failover: the replica was promoted); returns that master."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(redis.RedisError, RuntimeError, StopIteration):
+                master = self.master_of(key)
+                with redis.Redis(port=master.port, socket_timeout=1) as client:
+                    if master.process.poll() is None and client.cluster("info")["cluster_state"] == "ok":
+                        return master
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no running master took over the slot of {key}")
+            time.sleep(0.05)
 
     def wait_healthy(self, timeout: float = CLUSTER_READY_SECONDS) -> None:
         """Until every running node says ``cluster_state:ok``, all 16384 slots served, and
@@ -214,18 +233,27 @@ class RedisCluster:
             return f"{masters} masters"
         return None
 
+    def restart(self, node: RedisServer) -> RedisServer:
+        """Start a stopped node again on its port, bus port and nodes.conf: it rejoins the
+        cluster (a master that was failed over comes back as its replacement's replica)."""
+        args = [str(arg) for arg in node.process.args]  # type: ignore[union-attr]
+        bus_port = int(args[args.index("--cluster-port") + 1])
+        restarted = start_cluster_node(node.directory, node.port, bus_port)
+        self.nodes[self.nodes.index(node)] = restarted
+        return restarted
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_cluster_node(directory: Path, port: int | None = None) -> RedisServer:
+def start_cluster_node(directory: Path, port: int | None = None, bus_port: int | None = None) -> RedisServer:
     """One cluster-enabled redis-server (its nodes.conf in ``directory``, which a restart reuses)."""
     directory.mkdir(parents=True, exist_ok=True)
     options = ["--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf")]
     # The bus port is the client port + 10000 unless named: a free port of its own.
-    options += ["--cluster-port", str(free_port())]
+    options += ["--cluster-port", str(bus_port or free_port())]
     # Fail over within a second of a master going silent; tests wait on that.
     options += ["--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0"]
     return start_redis(directory, port, options)
