@@ -180,9 +180,8 @@ def test_a_snapshot_load_cut_by_a_failover_is_refused_cleanly_and_a_rerun_finish
     assert not loading.is_alive()
 
     (result,) = outcome
-    print(
-        f"\nsnapshot load cut by a failover: {'refused: ' + repr(result) if isinstance(result, BaseException) else 'completed'}"
-    )
+    cut = f"refused: {result!r}" if isinstance(result, BaseException) else "completed"
+    print(f"\nsnapshot load cut by a failover: {cut}")
     with own_cluster.client() as client:
         if isinstance(result, BaseException):  # refused: readers are still on the old snapshot
             assert isinstance(result, redis.RedisError), result
