@@ -25,7 +25,7 @@ from loader.snapshot import SnapshotOptions, load_snapshot
 from tests.integration.conftest import StartGatekeeper
 from tests.integration.follower import Follower
 from tests.integration.registry import load, period, write_changes, write_snapshot
-from tests.integration.test_audit import wait_until
+from tests.integration.test_audit import audited, wait_until
 from tests.integration.test_degraded import COLD, REDIS_TIMEOUT, claim, registry
 from tests.integration.test_loader_snapshot import PausingProgress
 from tests.servers import RedisCluster, start_cluster
@@ -92,7 +92,7 @@ class Traffic:
 
 
 def test_a_master_killed_mid_traffic_fails_over_with_no_failed_rpc_and_no_wrong_decision(
-    own_cluster: RedisCluster, start_gatekeeper: StartGatekeeper, tmp_path: Path
+    own_cluster: RedisCluster, start_gatekeeper: StartGatekeeper, tmp_path: Path, database_url: str
 ) -> None:
     own_cluster.flushall()
     load(own_cluster.client(), registry(tmp_path))
@@ -141,6 +141,10 @@ def test_a_master_killed_mid_traffic_fails_over_with_no_failed_rpc_and_no_wrong_
         assert cold.reason in (pb.REASON_OK, pb.REASON_UNVERIFIED)
         if cold.reason == pb.REASON_UNVERIFIED:  # marked as degraded mode marks it
             assert (cold.verdict, cold.enforced) == (pb.VERDICT_ALLOW, False)
+    wait_until(
+        lambda: {a.decision_id for _, a in degraded} <= {r.decision_id for r in audited(database_url)},
+        "the decisions made while the slot moved are in the decision record",
+    )
     first, last = degraded[0][0], degraded[-1][0]
     print(
         f"\nfailover: degraded for {last - first:.2f} s ({len(degraded)} of {len(traffic.answers)} claims), "

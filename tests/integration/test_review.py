@@ -150,7 +150,12 @@ def findings_continuous(env: dict[str, str], database_url: str) -> dict[tuple[st
     return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
 
 
-@pytest.mark.parametrize("publish_with", [publish_by_apply, publish_by_follow], ids=["apply", "follow"])
+@pytest.mark.parametrize(
+    ("publish_with", "redis_server"),
+    [(publish_by_apply, "single"), (publish_by_follow, "single"), (publish_by_follow, "cluster")],
+    ids=["apply", "follow", "follow-cluster"],
+    indirect=["redis_server"],
+)
 def test_review_finds_exactly_the_items_the_published_windows_affect(
     publish_with: Callable[[redis.Redis, Path, RedisServer], Callable[[], None]],
     start_gatekeeper: StartGatekeeper,
