@@ -84,6 +84,7 @@ _SERVE_FIELDS = (
     "near_cache_entries",
     "near_cache_max_age_seconds",
     "redis_timeout_seconds",
+    "redis_replica_reads",
     "degraded_max_age_seconds",
     "audit_spool_dir",
     "max_registry_age_seconds",
@@ -511,6 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds a claim may wait for Redis (connecting included) before degraded mode answers "
         f"(default {defaults.REDIS_TIMEOUT_SECONDS})",
+    )
+    serve.add_argument(
+        "--redis-replica-reads",
+        action="store_true",
+        default=None,
+        help="with a Redis Cluster: lookups read the replicas, one replication lag behind the masters "
+        "(GATEKEEPER_REDIS_REPLICA_READS=yes)",
     )
     serve.add_argument(
         "--degraded-max-age",

@@ -186,6 +186,12 @@ class RedisCluster:
                         return next(n for n in self.nodes if n.port == int(master[1]))
         raise RuntimeError(f"no node serves slot {slot}")
 
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """The node replicating ``master``, as the master says."""
+        with redis.Redis(port=master.port, socket_timeout=1) as client:
+            replica = client.info("replication")["slave0"]
+        return next(n for n in self.nodes if n.port == int(replica["port"]))
+
     def wait_slot_served(self, key: str, timeout: float = CLUSTER_READY_SECONDS) -> RedisServer:
         """Until a running master serves ``key``'s slot and the cluster says ok (after a
         failover: the replica was promoted); returns that master."""
@@ -219,10 +225,13 @@ class RedisCluster:
                 with redis.Redis(port=node.port, socket_timeout=1) as client:
                     info = client.cluster("info")
                     replication = client.info("replication")
+                    slots = client.execute_command("CLUSTER", "SLOTS")
             except redis.RedisError as error:
                 return f"node {node.port}: {error}"
             if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
                 return f"node {node.port}: {info.get('cluster_state')}, {info.get('cluster_slots_ok')} slots ok"
+            if any(len(served) < 4 for served in slots):  # start, end, master, replica: what clients learn
+                return f"node {node.port} does not list a replica for every slot yet"
             if replication["role"] == "master":
                 masters += 1
                 if replication.get("connected_slaves", 0) < 1:

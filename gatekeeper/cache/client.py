@@ -49,7 +49,7 @@ def redis_client(
     A cluster client learns the slot map from the node in the URL, sends a pipeline's
     commands to their nodes in one round trip each, and after a failed command relearns
     the map before its next one, so a promoted replica is found without a restart. With
-    ``replica_reads`` it spreads reads over each slot's master and replicas.
+    ``replica_reads`` its reads go to the replicas of their slot (in turn, when there are several).
     """
     read_timeout = timeout_seconds if read_timeout_seconds is None else read_timeout_seconds
     plain = cluster_url(url)
@@ -66,7 +66,7 @@ def redis_client(
         socket_timeout=read_timeout,
         socket_connect_timeout=timeout_seconds,
         retry=AsyncRetry(NoBackoff(), 0),
-        load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN if replica_reads else None,
+        load_balancing_strategy=LoadBalancingStrategy.ROUND_ROBIN_REPLICAS if replica_reads else None,
         **options,
     )
 

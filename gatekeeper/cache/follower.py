@@ -111,9 +111,7 @@ class ChangeFollower:
         """(Re)start following: remember where the stream ends, then what is loaded."""
         latest = cast(
             list[Any],
-            await self._stream.execute_command(
-                "XREVRANGE", keys.CHANGES, "+", "-", "COUNT", 1
-            ),
+            await self._stream.execute_command("XREVRANGE", keys.CHANGES, "+", "-", "COUNT", 1),
         )
         self._last_id = latest[0][0] if latest else b"0-0"
         meta = Meta.from_hash(cast(dict[bytes, bytes], await self._stream.hgetall(keys.META)))
