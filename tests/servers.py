@@ -286,5 +286,6 @@ def start_cluster(directory: Path) -> RedisCluster:
     except BaseException:
         for node in nodes:
             node.stop()
+        shutil.rmtree(directory, ignore_errors=True)
         raise
     return cluster

@@ -77,7 +77,9 @@ def command_client(url: str) -> redis.Redis:
     try:
         return sync_client(url)
     except (ValueError, redis.RedisClusterException) as error:
-        raise CommandFailed(f"--redis-url {url_shown(url)!r}: {error}", exit_code=2) from None
+        schemes = ", ".join(f"{scheme}://" for scheme in CLUSTER_SCHEMES)
+        message = f"--redis-url {url_shown(url)!r}: {error}; for a Redis Cluster: {schemes}"
+        raise CommandFailed(message, exit_code=2) from None
 
 
 def sync_client(url: str, **options: Any) -> redis.Redis:

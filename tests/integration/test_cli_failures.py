@@ -118,6 +118,7 @@ def test_a_redis_url_that_is_not_one_is_a_usage_error(command: tuple[str, ...], 
     result = run(*command, env=os.environ | {"REDIS_URL": "http://127.0.0.1:6379"}, cwd=tmp_path)
     assert result.returncode == 2
     assert "'http://127.0.0.1:6379'" in one_line(result) and "redis://" in one_line(result)
+    assert "redis+cluster://" in one_line(result)  # the schemes of a Redis Cluster are named too
 
 
 def test_serve_starts_without_redis_and_logs_no_traceback(env_without_redis: dict[str, str]) -> None:
