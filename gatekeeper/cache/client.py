@@ -13,7 +13,8 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.cluster import LoadBalancingStrategy, RedisCluster
-from redis.connection import Connection, SSLConnection
+from redis.connection import AbstractConnection, Connection, SSLConnection
+from redis.exceptions import MovedError
 from redis.retry import Retry
 
 from gatekeeper.cache import keys
@@ -83,53 +84,80 @@ def command_client(url: str) -> redis.Redis:
 
 
 def sync_client(url: str, **options: Any) -> redis.Redis:
-    """A client for the loader and the command line. For a cluster, a one-Redis client of the
-    master that owns the cache's slot (every key is tagged ``{gk}``, docs/cache-layout.md):
-    it asks the cluster which node that is whenever it opens a connection, so after a
-    failover its next connection goes to the promoted replica, as redis-py's Sentinel pool
-    does. The loader's pipelined Function calls and raw connections then work unchanged."""
+    """A client for the loader and the command line (nothing connects yet). For a cluster, a
+    one-Redis client of the master that owns the cache's slot (every key is tagged ``{gk}``,
+    docs/cache-layout.md): it asks the cluster which node that is whenever it opens a
+    connection, so after a failover its next connection goes to the promoted replica, as
+    redis-py's Sentinel pool does. The loader's pipelined Function calls and raw
+    connections then work unchanged."""
     plain = cluster_url(url)
     if plain is None:
         return redis.Redis.from_url(url, **options)
-    parts = urlsplit(plain)
-    tls = parts.scheme == "rediss"
-    cluster = RedisCluster.from_url(plain, **options)
+    tls = urlsplit(plain).scheme == "rediss"
+    owner = SlotOwner(plain, options)
     pool = redis.ConnectionPool.from_url(
-        plain, connection_class=SlotOwnerSSLConnection if tls else SlotOwnerConnection, cluster=cluster, **options
+        plain, connection_class=SlotOwnerSSLConnection if tls else SlotOwnerConnection, slot_owner=owner, **options
     )
     return redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
-class SlotOwnerConnection(Connection):
-    """A connection to whichever node is the master of the cache's slot when it connects."""
+class SlotOwner:
+    """Finds the master serving the cache's slot, through a cluster client made on first use
+    (redis-py's cluster client connects as it is made)."""
 
-    def __init__(self, *, cluster: RedisCluster, **kwargs: Any) -> None:
-        self.cluster = cluster
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        self._url = url
+        self._options = options
+        self._cluster: RedisCluster | None = None
+
+    def address(self) -> tuple[str, int]:
+        """Host and port of that master, from a freshly read slot map; ConnectionError when
+        no node answers or none serves the slot."""
+        try:
+            if self._cluster is None:
+                self._cluster = RedisCluster.from_url(self._url, **self._options)
+            else:
+                self._cluster.nodes_manager.initialize()
+        except redis.RedisClusterException as error:  # no startup node answered
+            raise redis.ConnectionError(str(error)) from error
+        node = self._cluster.get_node_from_key(keys.META)  # type: ignore[no-untyped-call]
+        if node is None or node.host is None or node.port is None:
+            raise redis.ConnectionError(f"no Redis Cluster node serves the slot of {keys.META}")
+        return node.host, int(node.port)
+
+
+class SlotOwnerMixin(AbstractConnection):
+    """Connects to whichever node is the master of the cache's slot at that moment, as
+    redis-py's SentinelManagedConnection connects to the master Sentinel names. A MOVED
+    reply (the master was failed over and is now a replica) is a lost connection: it is
+    closed, the command fails like one, and the next connection asks the cluster again."""
+
+    slot_owner: SlotOwner
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock is None:
+            self.host, self.port = self.slot_owner.address()
+        super().connect_check_health(check_health, retry_socket_connect)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except MovedError as error:
+            self.disconnect()  # type: ignore[no-untyped-call]
+            raise redis.ConnectionError(f"the cache's slot moved to another node ({error})") from error
+
+
+class SlotOwnerConnection(SlotOwnerMixin, Connection):
+    """A connection to the master of the cache's slot."""
+
+    def __init__(self, *, slot_owner: SlotOwner, **kwargs: Any) -> None:
+        self.slot_owner = slot_owner
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
 
-    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
-        if self._sock is None:
-            self.host, self.port = slot_owner(self.cluster)
-        super().connect_check_health(check_health, retry_socket_connect)
 
+class SlotOwnerSSLConnection(SlotOwnerMixin, SSLConnection):
+    """A TLS connection to the master of the cache's slot."""
 
-class SlotOwnerSSLConnection(SSLConnection):
-    """:class:`SlotOwnerConnection` over TLS."""
-
-    def __init__(self, *, cluster: RedisCluster, **kwargs: Any) -> None:
-        self.cluster = cluster
+    def __init__(self, *, slot_owner: SlotOwner, **kwargs: Any) -> None:
+        self.slot_owner = slot_owner
         super().__init__(**kwargs)
-
-    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
-        if self._sock is None:
-            self.host, self.port = slot_owner(self.cluster)
-        super().connect_check_health(check_health, retry_socket_connect)
-
-
-def slot_owner(cluster: RedisCluster) -> tuple[str, int]:
-    """Host and port of the master serving the cache's slot, from a freshly read slot map."""
-    cluster.nodes_manager.initialize()
-    node = cluster.get_node_from_key(keys.META)  # type: ignore[no-untyped-call]
-    if node is None or node.host is None or node.port is None:
-        raise redis.ConnectionError(f"no Redis Cluster node serves the slot of {keys.META}")
-    return node.host, int(node.port)

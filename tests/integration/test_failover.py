@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 import redis
 
 from gatekeeper.cache import keys
@@ -200,3 +201,27 @@ def _load(client: redis.Redis, path: Path, options: SnapshotOptions, progress: P
         return load_snapshot(client, path, options, progress=progress)
     except BaseException as error:
         return error
+
+
+def test_after_a_planned_failover_the_loaders_client_reconnects_to_the_new_master(redis_cluster: RedisCluster) -> None:
+    """A connection to a master that became a replica gets MOVED: that is a lost connection
+    (commands report Redis unreachable, follow retries), and the next one finds the new master."""
+    master = redis_cluster.master_of(keys.META)
+    replica = redis_cluster.replica_of(master)
+    with redis_cluster.client() as client:
+        client.set(keys.FOLLOW_CURSOR, 7)
+        with redis.Redis(port=master.port) as old:
+            old.wait(1, 5_000)
+        try:
+            with redis.Redis(port=replica.port) as promoted:
+                promoted.execute_command("CLUSTER", "FAILOVER")  # planned: the old master stays up
+            wait_until(lambda: redis_cluster.master_of(keys.META).port == replica.port, "the replica took over")
+            with pytest.raises(redis.ConnectionError, match="moved"):
+                client.get(keys.FOLLOW_CURSOR)
+            assert client.get(keys.FOLLOW_CURSOR) == b"7"  # from the new master
+        finally:
+            redis_cluster.wait_healthy(FAILOVER_SECONDS)  # the old master is linked as a replica
+            with redis.Redis(port=master.port) as old:
+                old.execute_command("CLUSTER", "FAILOVER")  # give the slot back
+            wait_until(lambda: redis_cluster.master_of(keys.META).port == master.port, "the slot is back")
+            redis_cluster.wait_healthy(FAILOVER_SECONDS)
