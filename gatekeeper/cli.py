@@ -32,6 +32,7 @@ from gatekeeper.audit.export import (
     records_in,
     records_of_claim,
 )
+from gatekeeper.cache.client import command_client
 from gatekeeper.console import CommandFailed
 from gatekeeper.core.cst import CST, TIME_FORMAT, parse_cst
 from gatekeeper.core.policy import Policy, PolicyError, load_policy
@@ -83,6 +84,7 @@ _SERVE_FIELDS = (
     "near_cache_entries",
     "near_cache_max_age_seconds",
     "redis_timeout_seconds",
+    "redis_replica_reads",
     "degraded_max_age_seconds",
     "audit_spool_dir",
     "max_registry_age_seconds",
@@ -327,7 +329,7 @@ def _review(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     policy = _load_policy_or_exit(args.policy, "review")
     redis_url = args.redis_url or redis_url_from(environ)
-    console.redis_client(redis_url).close()  # a URL that is not a Redis URL is a usage error, before anything runs
+    command_client(redis_url).close()  # a URL that is not a Redis URL is a usage error, before anything runs
     if not args.follow and (args.since is None or args.until is None):
         raise CommandFailed("give --since and --until, or --follow", exit_code=2)
     period = None if args.follow else _audit_period(args)
@@ -520,6 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds a claim may wait for Redis (connecting included) before degraded mode answers "
         f"(default {defaults.REDIS_TIMEOUT_SECONDS})",
+    )
+    serve.add_argument(
+        "--redis-replica-reads",
+        action="store_true",
+        default=None,
+        help="with a Redis Cluster: lookups read the replicas, one replication lag behind the masters "
+        "(GATEKEEPER_REDIS_REPLICA_READS=yes)",
     )
     serve.add_argument(
         "--degraded-max-age",

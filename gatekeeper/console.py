@@ -36,14 +36,6 @@ def url_shown(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A client for ``url`` (nothing connects yet); a URL that is not a Redis URL is a usage error."""
-    try:
-        return redis.Redis.from_url(url)
-    except ValueError as error:
-        raise CommandFailed(f"--redis-url {url_shown(url)!r}: {error}", exit_code=2) from None
-
-
 def redis_unreachable(url: str, error: redis.RedisError) -> str:
     """One line for a Redis connection that failed: where, and the operating system's reason if there is one."""
     cause = error.__cause__ or error.__context__

@@ -162,9 +162,12 @@ def build_store(settings: Settings) -> EligibilityStore:
             settings.near_cache_max_age_seconds,
             settings.redis_timeout_seconds,
             settings.degraded_max_age_seconds,
+            settings.redis_replica_reads,
         )
     degraded = settings.degraded_max_age_seconds > 0
-    return RedisEligibilityStore.from_url(settings.redis_url, settings.redis_timeout_seconds, degraded)
+    return RedisEligibilityStore.from_url(
+        settings.redis_url, settings.redis_timeout_seconds, degraded, settings.redis_replica_reads
+    )
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

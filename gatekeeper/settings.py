@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gatekeeper import defaults
+from gatekeeper.cache.client import cluster_url
 from gatekeeper.defaults import LOG_FORMATS
 
 _T = TypeVar("_T")
@@ -72,6 +73,12 @@ def _log_format(text: str) -> str:
     return text
 
 
+def _yes_or_no(text: str) -> bool:
+    if text.lower() not in ("yes", "no"):
+        raise ValueError("expected yes or no")
+    return text.lower() == "yes"
+
+
 # Settings field <- environment variable, and how its text becomes a value.
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "redis_url": ("REDIS_URL", str),
@@ -87,6 +94,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "metrics_listen": ("GATEKEEPER_METRICS_LISTEN", str),
     "http_listen": ("GATEKEEPER_HTTP_LISTEN", str),
     "log_format": ("GATEKEEPER_LOG_FORMAT", _log_format),
+    "redis_replica_reads": ("GATEKEEPER_REDIS_REPLICA_READS", _yes_or_no),
 }
 
 
@@ -124,6 +132,8 @@ class Settings:
     near_cache_entries: int = defaults.NEAR_CACHE_ENTRIES  # 0: no near cache, every claim reads Redis
     near_cache_max_age_seconds: float = defaults.NEAR_CACHE_MAX_AGE_SECONDS
     redis_timeout_seconds: float = defaults.REDIS_TIMEOUT_SECONDS
+    # A Redis Cluster's replicas answer lookups (one replication lag behind the masters).
+    redis_replica_reads: bool = False
     # Degraded mode (Redis unreadable): records held up to this age are used, other codes
     # are unverified and the region policy decides. 0: no degraded mode, UNAVAILABLE.
     degraded_max_age_seconds: float = defaults.DEGRADED_MAX_AGE_SECONDS
@@ -157,6 +167,10 @@ class Settings:
             split_host_port(self.metrics_listen)
         if self.http_listen:
             split_host_port(self.http_listen)
+        if self.redis_replica_reads and cluster_url(self.redis_url) is None:
+            raise SettingsError(
+                "--redis-replica-reads needs a Redis Cluster: a redis+cluster:// or rediss+cluster:// URL"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

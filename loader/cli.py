@@ -16,6 +16,7 @@ import redis
 
 from gatekeeper import console, defaults
 from gatekeeper.cache import keys
+from gatekeeper.cache.client import command_client
 from gatekeeper.console import CommandFailed
 from gatekeeper.settings import redis_url_from
 from loader.cache import LeaseLost, LegacyChangeLog, LoaderBusy, NoSnapshot, read_lease, read_state
@@ -29,7 +30,7 @@ log = logging.getLogger("loader")
 
 
 def _client(args: argparse.Namespace) -> redis.Redis:
-    return console.redis_client(args.redis_url)
+    return command_client(args.redis_url)
 
 
 def _cut(rows: int) -> str:

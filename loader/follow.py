@@ -11,7 +11,7 @@ import redis
 from redis.backoff import FullJitterBackoff
 
 from gatekeeper.cache import keys
-from loader.cache import ApplyStats, ChangeApplier, read_state, refused_reason
+from loader.cache import ApplyStats, ChangeApplier, NoSnapshot, read_state, refused_reason
 from loader.feed import FeedPage, MalformedPage, changes_url, check_paging, parse_page
 from loader.feed_client import DEFAULT_MAX_PAGE_BYTES, DEFAULT_TIMEOUT_SECONDS, FeedError, get_page, origin_of
 from loader.quarantine import Quarantine
@@ -45,6 +45,7 @@ class FollowStats:
     truncated_rows: int = 0  # applied with a field cut to its limit (and reported)
     applied: ApplyStats = field(default_factory=ApplyStats)
     after: int = 0
+    redis_errors: int = 0  # pages whose writes Redis failed (a failover, a restart): sent again
 
 
 def fetch_page(
@@ -91,8 +92,22 @@ def follow(
     # Full jitter keeps many loaders from retrying in step.
     backoff = FullJitterBackoff(cap=options.backoff_max_seconds, base=options.backoff_initial_seconds)
     failures = 0
+    redis_failures = 0
     log.info("following %s after seq %d", base_url, stats.after)
     while not stop.is_set():
+        if redis_failures:
+            try:
+                client.connection_pool.disconnect()  # for a cluster, the next connection finds the new master
+                applier = ChangeApplier(client)
+                # Where Redis says, not where this process got to: writes a failed master had
+                # acknowledged but not passed to its replica are gone with it, and the changes
+                # behind them are fetched and applied again.
+                stats.after = starting_seq(client)
+            except redis.RedisError as error:
+                redis_failures = _wait_for_redis(error, redis_failures, backoff, stop)
+                continue
+            log.info("Redis answers again: following after seq %d", stats.after)
+            redis_failures = 0
         stats.requests += 1
         try:
             page = fetch_page(base_url, stats.after, options, stop)
@@ -126,11 +141,22 @@ def follow(
                 stats.bad_rows += 1
                 quarantine.add(base_url, stats.after, f"{error}: {json.dumps(change, ensure_ascii=False)[:200]}")
         before = stats.applied.applied
-        for _, code in applier.apply(rows, stats.applied):
+        try:
+            refused = applier.apply(rows, stats.applied)
+            # The cursor moves only after the page is applied: a crash re-applies, harmlessly.
+            client.set(keys.FOLLOW_CURSOR, page.next_after)
+        except NoSnapshot:
+            raise
+        except redis.RedisError as error:
+            # A failover or a restart: the page is fetched and applied again once Redis
+            # answers. What of it was applied already is stale then: merged by seq, not
+            # logged to gk:changes a second time.
+            stats.redis_errors += 1
+            redis_failures = _wait_for_redis(error, redis_failures, backoff, stop)
+            continue
+        for _, code in refused:
             stats.bad_rows += 1
             quarantine.add(base_url, stats.after, refused_reason(code))
-        # The cursor moves only after the page is applied: a crash re-applies, harmlessly.
-        client.set(keys.FOLLOW_CURSOR, page.next_after)
         if page.changes:
             log.info(
                 "applied %d of %d changes up to seq %d",
@@ -142,3 +168,11 @@ def follow(
         if not page.has_more:
             stop.wait(options.poll_seconds)
     return stats
+
+
+def _wait_for_redis(error: redis.RedisError, failures: int, backoff: FullJitterBackoff, stop: threading.Event) -> int:
+    """Back off after a Redis failure; returns the failures counted so far."""
+    delay = backoff.compute(min(failures, _MAX_BACKOFF_EXPONENT))
+    log.warning("Redis unavailable (%s); retrying in %.1f s", error, delay)
+    stop.wait(delay)
+    return failures + 1

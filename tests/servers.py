@@ -10,12 +10,16 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
+from gatekeeper.cache import keys
+from gatekeeper.cache.client import sync_client
 from loader.cache import LISTPACK_SETTINGS
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -42,6 +46,15 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
+
+    def flushall(self) -> None:
+        with self.client() as client:
+            client.flushall()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine would go: no goodbye to the cluster."""
+        self.process.kill()
+        self.process.wait(timeout=10)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -128,3 +141,151 @@ def start_postgres(port: int | None = None) -> PostgresServer:
     options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
     server.pg_ctl("start", "-l", str(directory / "postgres.log"), "-o", options)
     return server
+
+
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+CLUSTER_READY_SECONDS = 30.0
+
+
+@dataclass
+class RedisCluster:
+    """Six redis-server processes of our own in one Redis Cluster: three masters, each with a replica."""
+
+    nodes: list[RedisServer]
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        """The gatekeeper's URL for the cluster: any node will do."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    @property
+    def port(self) -> int:
+        """The port of the master that holds the cache (every key is in the slot of ``{gk}``)."""
+        return self.master_of(keys.META).port
+
+    def client(self) -> redis.Redis:
+        """What the loader and the commands use: a client of the master owning the cache's slot."""
+        return sync_client(self.url)
+
+    def flushall(self) -> None:
+        """Empty every master (replicas follow)."""
+        with redis.RedisCluster(host="127.0.0.1", port=self.running()[0].port) as client:
+            client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+
+    def running(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.process.poll() is None]
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node serving ``key``'s slot as master, as the nodes themselves say."""
+        slot = key_slot(key.encode())
+        for node in self.running():
+            with redis.Redis(port=node.port, socket_timeout=1) as client:
+                for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS", NEVER_DECODE=True):
+                    if start <= slot <= end:
+                        return next(n for n in self.nodes if n.port == int(master[1]))
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """The node replicating ``master``, as the master says."""
+        with redis.Redis(port=master.port, socket_timeout=1) as client:
+            replica = client.info("replication")["slave0"]
+        return next(n for n in self.nodes if n.port == int(replica["port"]))
+
+    def wait_slot_served(self, key: str, timeout: float = CLUSTER_READY_SECONDS) -> RedisServer:
+        """Until a running master serves ``key``'s slot and the cluster says ok (after a
+        failover: the replica was promoted); returns that master."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(redis.RedisError, RuntimeError, StopIteration):
+                master = self.master_of(key)
+                with redis.Redis(port=master.port, socket_timeout=1) as client:
+                    if master.process.poll() is None and client.cluster("info")["cluster_state"] == "ok":
+                        return master
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no running master took over the slot of {key}")
+            time.sleep(0.05)
+
+    def wait_healthy(self, timeout: float = CLUSTER_READY_SECONDS) -> None:
+        """Until every running node says ``cluster_state:ok``, all 16384 slots served, and
+        each master has a replica linked to it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            problem = self._problem()
+            if problem is None:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster did not become healthy: {problem}")
+            time.sleep(0.05)
+
+    def _problem(self) -> str | None:
+        masters = 0
+        for node in self.running():
+            try:
+                with redis.Redis(port=node.port, socket_timeout=1) as client:
+                    info = client.cluster("info")
+                    replication = client.info("replication")
+                    slots = client.execute_command("CLUSTER", "SLOTS")
+            except redis.RedisError as error:
+                return f"node {node.port}: {error}"
+            if info.get("cluster_state") != "ok" or int(info.get("cluster_slots_ok", 0)) != 16384:
+                return f"node {node.port}: {info.get('cluster_state')}, {info.get('cluster_slots_ok')} slots ok"
+            if any(len(served) < 4 for served in slots):  # start, end, master, replica: what clients learn
+                return f"node {node.port} does not list a replica for every slot yet"
+            if replication["role"] == "master":
+                masters += 1
+                if replication.get("connected_slaves", 0) < 1:
+                    return f"master {node.port} has no replica yet"
+            elif replication.get("master_link_status") != "up":
+                return f"replica {node.port} is not linked to its master yet"
+        if masters != 3:
+            return f"{masters} masters"
+        return None
+
+    def restart(self, node: RedisServer) -> RedisServer:
+        """Start a stopped node again on its port, bus port and nodes.conf: it rejoins the
+        cluster (a master that was failed over comes back as its replacement's replica)."""
+        args = [str(arg) for arg in node.process.args]  # type: ignore[union-attr]
+        bus_port = int(args[args.index("--cluster-port") + 1])
+        restarted = start_cluster_node(node.directory, node.port, bus_port)
+        self.nodes[self.nodes.index(node)] = restarted
+        return restarted
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_cluster_node(directory: Path, port: int | None = None, bus_port: int | None = None) -> RedisServer:
+    """One cluster-enabled redis-server (its nodes.conf in ``directory``, which a restart reuses)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    options = ["--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf")]
+    # The bus port is the client port + 10000 unless named: a free port of its own.
+    options += ["--cluster-port", str(bus_port or free_port())]
+    # Fail over within a second of a master going silent; tests wait on that.
+    options += ["--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0"]
+    return start_redis(directory, port, options)
+
+
+def start_cluster(directory: Path) -> RedisCluster:
+    """Six nodes on free loopback ports, made a cluster by ``redis-cli --cluster create``."""
+    nodes: list[RedisServer] = []
+    try:
+        for number in range(6):
+            nodes.append(start_cluster_node(directory / f"node-{number}"))
+        cluster = RedisCluster(nodes, directory)
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        cluster.wait_healthy()
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return cluster

@@ -28,7 +28,7 @@ from gatekeeper.audit.review import (
     save_findings,
 )
 from gatekeeper.cache import changelog, keys
-from gatekeeper.cache.client import redis_client
+from gatekeeper.cache.client import AsyncClient, redis_client
 from gatekeeper.cache.store import RedisEligibilityStore
 from gatekeeper.core.errors import GatekeeperError
 from gatekeeper.core.policy import Policy
@@ -81,10 +81,10 @@ def review_period(
     return 0
 
 
-async def _read(stream: redis.Redis, after: bytes) -> list[changelog.Entry]:
+async def _read(stream: AsyncClient, after: bytes) -> list[changelog.Entry]:
     reply = cast(
         Any,
-        await stream.execute_command(  # type: ignore[no-untyped-call]
+        await stream.execute_command(
             "XREAD", "COUNT", 100, "BLOCK", BLOCK_MILLISECONDS, "STREAMS", keys.CHANGES, after
         ),
     )

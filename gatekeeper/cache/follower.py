@@ -14,10 +14,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
-import redis.asyncio as redis
 from redis.backoff import AbstractBackoff, EqualJitterBackoff
 
 from gatekeeper.cache import changelog, keys
+from gatekeeper.cache.client import AsyncClient
 from gatekeeper.cache.layout import Meta
 from gatekeeper.cache.nearcache import NearCache
 from gatekeeper.core.eligibility import StoreStats
@@ -48,7 +48,7 @@ class ChangeFollower:
 
     def __init__(
         self,
-        stream_client: redis.Redis,
+        stream_client: AsyncClient,
         cache: NearCache,
         stats: StoreStats,
         backoff: AbstractBackoff | None = None,
@@ -111,9 +111,7 @@ class ChangeFollower:
         """(Re)start following: remember where the stream ends, then what is loaded."""
         latest = cast(
             list[Any],
-            await self._stream.execute_command(  # type: ignore[no-untyped-call]
-                "XREVRANGE", keys.CHANGES, "+", "-", "COUNT", 1
-            ),
+            await self._stream.execute_command("XREVRANGE", keys.CHANGES, "+", "-", "COUNT", 1),
         )
         self._last_id = latest[0][0] if latest else b"0-0"
         meta = Meta.from_hash(cast(dict[bytes, bytes], await self._stream.hgetall(keys.META)))
@@ -129,7 +127,7 @@ class ChangeFollower:
     async def _missed_entries(self) -> bool:
         info = cast(
             dict[bytes, Any] | list[Any],
-            await self._stream.execute_command("XINFO STREAM", keys.CHANGES),  # type: ignore[no-untyped-call]
+            await self._stream.execute_command("XINFO STREAM", keys.CHANGES),
         )
         fields = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2], strict=True))
         deleted = fields.get(b"max-deleted-entry-id", b"0-0")
@@ -155,7 +153,7 @@ class ChangeFollower:
                 if not self.trusted:
                     await self._catch_up()
                     failures = 0
-                reply = await self._stream.execute_command(  # type: ignore[no-untyped-call]
+                reply = await self._stream.execute_command(
                     "XREAD", "COUNT", 1000, "BLOCK", BLOCK_MILLISECONDS, "STREAMS", keys.CHANGES, self._last_id
                 )
                 self.last_heard = self._clock()

@@ -2,27 +2,31 @@
 
 Layout (see docs/cache-layout.md):
 
-- ``gk:meta`` (hash): the current generation and what it was loaded from.
-- ``gk:loading``, ``gk:changes``, ``gk:generations``, ``gk:follow:after``: the loader's
-  bookkeeping, below.
-- ``gk:g<generation>:b<bucket>`` (hash): practitioner code -> encoded record, for the
+- ``{gk}:meta`` (hash): the current generation and what it was loaded from.
+- ``{gk}:loading``, ``{gk}:changes``, ``{gk}:generations``, ``{gk}:follow:after``: the
+  loader's bookkeeping, below.
+- ``{gk}:g<generation>:b<bucket>`` (hash): practitioner code -> encoded record, for the
   codes whose :func:`bucket_of` is ``bucket``; plus the field :data:`BUCKET_SENTINEL`,
   present in every bucket of a complete generation.
-- ``gk:g<generation>:c<bucket>`` (hash): the generation's chg_id index, chg_id -> where its
+- ``{gk}:g<generation>:c<bucket>`` (hash): the generation's chg_id index, chg_id -> where its
   period lives, for the chg_ids whose :func:`chg_bucket_of` is ``bucket``. Only the
   loader's Redis Functions read it; they find an indexed code's bucket key by replacing
   the number after ``:b`` in a bucket key of the same generation.
 
-No key carries a hash tag: buckets spread over Redis Cluster slots, and the hot path only
-sends single-key commands (one HMGET per bucket). Redis holds nothing the loader cannot
-rebuild: the decision record lives in PostgreSQL (gatekeeper/audit/).
+Every key carries the hash tag ``{gk}``, so in a Redis Cluster they all live in one slot
+(docs/cache-layout.md, "Redis Cluster"): each loader Function call touches one slot, a
+claim's pipeline is one round trip to one node, and the snapshot switch stays a single
+atomic command. Redis holds nothing the loader cannot rebuild: the decision record lives
+in PostgreSQL (gatekeeper/audit/).
 """
 
 from __future__ import annotations
 
 import zlib
 
-PREFIX = "gk"
+# The hash tag every key starts with: Redis Cluster hashes only what is inside the braces,
+# so the whole cache is in one slot (the Functions need their keys in one slot).
+PREFIX = "{gk}"
 META = f"{PREFIX}:meta"
 GENERATION_COUNTER = f"{PREFIX}:generation-counter"
 GENERATIONS = f"{PREFIX}:generations"  # every generation not yet dropped

@@ -20,12 +20,11 @@ from collections import defaultdict
 from collections.abc import Callable, Collection
 
 import msgspec
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from gatekeeper import defaults
 from gatekeeper.cache import keys
-from gatekeeper.cache.client import redis_client
+from gatekeeper.cache.client import AsyncClient, redis_client
 from gatekeeper.cache.follower import BLOCK_MILLISECONDS, STREAM_CLIENT_NAME, ChangeFollower
 from gatekeeper.cache.layout import READ_FIELDS, Meta
 from gatekeeper.cache.nearcache import NearCache
@@ -57,8 +56,17 @@ class RedisEligibilityStore:
     raising CacheUnavailable; the near cache (nearcache.py) does better.
     """
 
-    def __init__(self, client: redis.Redis, degraded: bool = False, stats: StoreStats | None = None) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        degraded: bool = False,
+        stats: StoreStats | None = None,
+        fresh_client: AsyncClient | None = None,
+    ) -> None:
         self._redis = client
+        # With replica reads, the masters' client: a lookup asking for a minimum registry
+        # version reads there, never from a replica that may not have caught up.
+        self._fresh = fresh_client
         self._meta: Meta | None = None  # the generation read last
         self._degraded = degraded
         # Of the last lookup that read Redis: what degraded answers show. None: no registry
@@ -67,9 +75,16 @@ class RedisEligibilityStore:
         self.stats = StoreStats() if stats is None else stats
 
     @classmethod
-    def from_url(cls, url: str, timeout_seconds: float | None = None, degraded: bool = False) -> RedisEligibilityStore:
-        """A store on a new connection pool for ``url``; ``timeout_seconds`` bounds each command."""
-        return cls(redis_client(url, timeout_seconds), degraded)
+    def from_url(
+        cls, url: str, timeout_seconds: float | None = None, degraded: bool = False, replica_reads: bool = False
+    ) -> RedisEligibilityStore:
+        """A store on a new connection pool for ``url``; ``timeout_seconds`` bounds each command.
+        With ``replica_reads`` (a cluster URL) lookups read the replicas, except those that
+        ask for a minimum registry version."""
+        if not replica_reads:
+            return cls(redis_client(url, timeout_seconds), degraded)
+        replicas = redis_client(url, timeout_seconds, replica_reads=True)
+        return cls(replicas, degraded, fresh_client=redis_client(url, timeout_seconds))
 
     def start(self) -> None:
         pass  # nothing runs in the background
@@ -101,17 +116,18 @@ class RedisEligibilityStore:
         return lookup
 
     async def _read(self, codes: Collection[str], min_seq: int) -> Lookup:
+        client = self._fresh if min_seq and self._fresh is not None else self._redis
         try:
             for _ in range(MAX_READ_ATTEMPTS):
                 if self._meta is None:
-                    self._meta = _loaded(Meta.from_read(await self._redis.hmget(keys.META, READ_FIELDS)))  # type: ignore[arg-type]
+                    self._meta = _loaded(Meta.from_read(await client.hmget(keys.META, READ_FIELDS)))  # type: ignore[arg-type]
                 expected = self._meta
                 generation, buckets = expected.generation, expected.buckets
                 assert generation is not None
                 by_bucket: dict[int, list[str]] = defaultdict(list)
                 for code in codes:
                     by_bucket[keys.bucket_of(code, buckets)].append(code)
-                pipe = self._redis.pipeline(transaction=False)
+                pipe = client.pipeline(transaction=False)
                 pipe.hmget(keys.META, READ_FIELDS)
                 for bucket, bucket_codes in by_bucket.items():
                     pipe.hmget(keys.bucket_key(generation, bucket), keys.BUCKET_SENTINEL, *bucket_codes)
@@ -156,6 +172,8 @@ class RedisEligibilityStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        if self._fresh is not None:
+            await self._fresh.aclose()
 
 
 class CachingEligibilityStore:
@@ -165,7 +183,7 @@ class CachingEligibilityStore:
     def __init__(
         self,
         backing: RedisEligibilityStore,
-        stream_client: redis.Redis,
+        stream_client: AsyncClient,
         max_entries: int = defaults.NEAR_CACHE_ENTRIES,
         max_age_seconds: float = defaults.NEAR_CACHE_MAX_AGE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
@@ -186,10 +204,12 @@ class CachingEligibilityStore:
         max_age_seconds: float,
         timeout_seconds: float | None = None,
         degraded_max_age_seconds: float = 0.0,
+        replica_reads: bool = False,
     ) -> CachingEligibilityStore:
         """A caching store over Redis at ``url``; the stream reader has its own connection,
-        whose reads wait out XREAD's BLOCK before they time out."""
-        backing = RedisEligibilityStore.from_url(url, timeout_seconds)
+        whose reads wait out XREAD's BLOCK before they time out. The stream is read from the
+        master even with ``replica_reads``: a notification never comes from a replica."""
+        backing = RedisEligibilityStore.from_url(url, timeout_seconds, replica_reads=replica_reads)
         read_timeout = None if timeout_seconds is None else timeout_seconds + BLOCK_MILLISECONDS / 1000
         stream = redis_client(url, timeout_seconds, read_timeout, client_name=STREAM_CLIENT_NAME)
         return cls(backing, stream, max_entries, max_age_seconds, degraded_max_age_seconds=degraded_max_age_seconds)
@@ -259,7 +279,11 @@ class CachingEligibilityStore:
                 # never half from the cached one.
                 return await self._backing.lookup(codes, min_seq)
             found.update(fetched.records)
-            if follower.trusted:
+            # A replica may answer from before a change this worker has already been told
+            # of: that read serves this claim (it is one replication lag old) but is not
+            # kept, or the cache would hold it until the maximum age. From a master, and
+            # from a replica that has caught up, applied_seq is never behind seen_seq.
+            if follower.trusted and fetched.applied_seq >= follower.seen_seq:
                 self.cache.put_many(missing, fetched.records, epoch)
         return Lookup(found, follower.snapshot_id, follower.seen_seq, follower.generation)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 import psycopg
@@ -21,16 +23,40 @@ from gatekeeper.core.policy import Policy
 from gatekeeper.server import GatekeeperServer, create_server
 from gatekeeper.settings import Settings
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
-from tests.servers import PostgresServer, RedisServer, start_postgres, start_redis
+from tests.servers import PostgresServer, RedisCluster, RedisServer, start_cluster, start_postgres, start_redis
 
 TEMPLATE = "gk_template"  # a migrated database each test's database is copied from
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def single_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The session's one Redis."""
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """The session's Redis Cluster: six nodes, three masters with a replica each. Tests may
+    fail its masters over; they leave it healthy (RedisCluster.wait_healthy)."""
+    cluster = start_cluster(Path(tempfile.mkdtemp(prefix="gk-cluster-")))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> RedisServer | RedisCluster:
+    """The Redis tests run against: the session's one Redis, or with ``@on_both_redis`` (an
+    indirect parameter ``"cluster"``) the session's Redis Cluster."""
+    if getattr(request, "param", "single") == "cluster":
+        return cast(RedisCluster, request.getfixturevalue("redis_cluster"))
+    return cast(RedisServer, request.getfixturevalue("single_redis"))
+
+
+# Runs a test (or, as a module's pytestmark, every test of the module) against one Redis
+# and against the Redis Cluster: the redis_server and redis_client fixtures follow.
+on_both_redis = pytest.mark.parametrize("redis_server", ["single", "cluster"], indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +83,10 @@ def database_url(postgres_server: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+def redis_client(redis_server: RedisServer | RedisCluster) -> Iterator[redis.Redis]:
+    """A client of the test's Redis (for a cluster, of the master owning the cache's slot), emptied."""
+    redis_server.flushall()
     client = redis_server.client()
-    client.flushall()
     yield client
     client.close()
 
@@ -128,7 +155,9 @@ StartGatekeeper = Callable[..., RunningGatekeeper]
 
 
 @pytest.fixture
-def start_gatekeeper(redis_server: RedisServer, database_url: str, tmp_path: Path) -> Iterator[StartGatekeeper]:
+def start_gatekeeper(
+    redis_server: RedisServer | RedisCluster, database_url: str, tmp_path: Path
+) -> Iterator[StartGatekeeper]:
     """Start gatekeepers (real gRPC on 127.0.0.1 port 0) against the test Redis."""
     started: list[tuple[ServerThread, grpc.Channel]] = []
 

@@ -22,12 +22,21 @@ def cursor(client: redis.Redis) -> int:
 class Follower:
     """``follow`` in a daemon thread until :meth:`stop`, which must end it within ``stop_within`` seconds."""
 
-    def __init__(self, port: int, url: str, quarantine: Path, options: FollowOptions, *, stop_within: float) -> None:
+    def __init__(
+        self,
+        port: int,
+        url: str,
+        quarantine: Path,
+        options: FollowOptions,
+        *,
+        stop_within: float,
+        client: redis.Redis | None = None,
+    ) -> None:
         self.stop_event = threading.Event()
         self.stats: FollowStats | None = None
         self.error: BaseException | None = None
         self._stop_within = stop_within
-        self._client = redis.Redis(port=port)
+        self._client = redis.Redis(port=port) if client is None else client
         self._quarantine = Quarantine(quarantine)
         self._thread = threading.Thread(target=self._run, args=(url, options), daemon=True)
         self._thread.start()

@@ -14,8 +14,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gatekeeper.core.policy import parse_policy
 from gatekeeper.v1 import gatekeeper_pb2 as pb
-from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
+from tests.integration.conftest import RunningGatekeeper, StartGatekeeper, on_both_redis
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY, load, period, write_snapshot
+
+pytestmark = on_both_redis  # the core cases run against one Redis and the Redis Cluster
 
 ALLOW, EXEMPT, BLOCK = pb.VERDICT_ALLOW, pb.VERDICT_ALLOW_EXEMPT, pb.VERDICT_BLOCK
 

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.integration.conftest import on_both_redis
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY
 from tests.servers import PostgresServer, RedisServer, free_port
 
@@ -57,6 +58,7 @@ def test_a_bad_environment_value_is_one_line_not_a_traceback(cli_env: dict[str, 
     ]
 
 
+@on_both_redis
 def test_load_serve_check_and_drain_on_sigterm(cli_env: dict[str, str]) -> None:
     loaded = run(str(BIN / "gatekeeper-loader"), "snapshot", str(DEMO_REGISTRY), env=cli_env)
     assert loaded.returncode == 0, loaded.stderr

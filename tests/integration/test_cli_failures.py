@@ -103,6 +103,14 @@ def test_the_loader_names_the_redis_it_cannot_reach(
     assert one_line(result) == f"gatekeeper-loader {name}: cannot reach Redis at {url}: Connection refused"
 
 
+@pytest.mark.parametrize("name", ["status", "snapshot", "follow"])
+def test_the_loader_names_the_redis_cluster_it_cannot_reach(name: str, nowhere: str, tmp_path: Path) -> None:
+    url = f"redis+cluster://{nowhere}"
+    result = run(LOADER, *loader_redis_commands(tmp_path)[name], env=os.environ | {"REDIS_URL": url}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert one_line(result).startswith(f"gatekeeper-loader {name}: cannot reach Redis at {url}: ")
+
+
 def test_a_redis_password_is_not_printed(nowhere: str, tmp_path: Path) -> None:
     env = os.environ | {"REDIS_URL": f"redis://reader:s3cret@{nowhere}/0"}
     result = run(LOADER, "status", env=env, cwd=tmp_path)
@@ -118,6 +126,7 @@ def test_a_redis_url_that_is_not_one_is_a_usage_error(command: tuple[str, ...], 
     result = run(*command, env=os.environ | {"REDIS_URL": "http://127.0.0.1:6379"}, cwd=tmp_path)
     assert result.returncode == 2
     assert "'http://127.0.0.1:6379'" in one_line(result) and "redis://" in one_line(result)
+    assert "redis+cluster://" in one_line(result)  # the schemes of a Redis Cluster are named too
 
 
 def test_serve_starts_without_redis_and_logs_no_traceback(env_without_redis: dict[str, str]) -> None:

@@ -16,6 +16,7 @@ from gatekeeper.core.rules import Reason, standing_at
 from loader.cache import NoSnapshot, read_state
 from loader.changes import ApplyResult, apply_change_files
 from loader.quarantine import Quarantine
+from tests.integration.conftest import on_both_redis
 from tests.integration.registry import (
     expected_records,
     lookup,
@@ -25,6 +26,8 @@ from tests.integration.registry import (
     write_snapshot,
 )
 from tests.servers import RedisServer
+
+pytestmark = on_both_redis  # the core cases run against one Redis and the Redis Cluster
 
 MAY = "2026-05-01 00:00:00"
 A1, A2, A3, A4 = (f"D1101050001{n:02d}" for n in range(1, 5))  # in the snapshot
@@ -218,7 +221,7 @@ def test_changes_before_any_snapshot_are_refused(
 ) -> None:
     with pytest.raises(NoSnapshot):
         apply(redis_client, [change_files["first"]], tmp_path / "q.jsonl")
-    assert redis_client.keys("gk:*") == []  # nothing was written, not even to the change log
+    assert redis_client.keys("{gk}:*") == []  # nothing was written, not even to the change log
 
 
 def test_applied_seq_advances_and_every_applied_change_is_logged_once(

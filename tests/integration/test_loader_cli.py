@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import on_both_redis
 from tests.servers import RedisServer
 
 CLI = Path(sys.executable).parent / "gatekeeper-loader"
@@ -35,6 +36,7 @@ def status(env: dict[str, str], cwd: Path) -> tuple[int, dict[str, Any]]:
     return result.returncode, json.loads(result.stdout)
 
 
+@on_both_redis
 def test_generate_snapshot_apply_and_status(cli_env: dict[str, str], tmp_path: Path) -> None:
     code, empty = status(cli_env, tmp_path)
     assert (code, empty["snapshot_id"], empty["generation"]) == (1, None, None)  # nothing loaded yet

@@ -25,6 +25,7 @@ from loader.follow import FollowOptions, follow
 from loader.generate import GeneratedRegistry, generate
 from loader.quarantine import Quarantine
 from loader.snapshot import load_snapshot
+from tests.integration.conftest import on_both_redis
 from tests.integration.follower import Follower, cursor
 from tests.integration.registry import (
     expected_records,
@@ -36,6 +37,8 @@ from tests.integration.registry import (
     write_changes,
 )
 from tests.servers import RedisServer
+
+pytestmark = on_both_redis  # the core cases run against one Redis and the Redis Cluster
 
 CLI = Path(sys.executable).parent / "gatekeeper-loader"
 FAST = FollowOptions(limit=50, poll_seconds=0.02, backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
@@ -149,7 +152,7 @@ def test_follow_before_any_snapshot_refuses_to_apply(
 ) -> None:
     with pytest.raises(NoSnapshot):
         follow(redis_client, feed.url, threading.Event(), Quarantine(tmp_path / "q.jsonl"), FAST)
-    assert redis_client.keys("gk:*") == []
+    assert redis_client.keys("{gk}:*") == []
 
 
 def test_the_follow_command_stops_cleanly_on_sigterm(

@@ -28,7 +28,7 @@ from loader.progress import Progress
 from loader.quarantine import Quarantine
 from loader.rows import FIELDS
 from loader.snapshot import SnapshotOptions, SnapshotRefused, SnapshotResult, load_snapshot
-from tests.integration.conftest import StartGatekeeper
+from tests.integration.conftest import StartGatekeeper, on_both_redis
 from tests.integration.registry import (
     expected_records,
     lookup,
@@ -42,6 +42,8 @@ from tests.integration.registry import (
 )
 from tests.servers import RedisServer
 
+pytestmark = on_both_redis  # the core cases run against one Redis and the Redis Cluster
+
 MAY = "2026-05-01 00:00:00"  # when the tests decide: inside every suspension below
 HEADER = ",".join(FIELDS)
 
@@ -53,7 +55,7 @@ def standing(redis_url: str, code: str, moment: str = MAY) -> Reason:
 
 def generation_keys(client: redis.Redis) -> set[int]:
     """The generations that still have keys in Redis."""
-    return {int(key.split(b":")[1][1:]) for key in client.scan_iter(match="gk:g[0-9]*:*", count=1000)}
+    return {int(key.split(b":")[1][1:]) for key in client.scan_iter(match=keys.PREFIX + ":g[0-9]*:*", count=1000)}
 
 
 # --- every malformed input of REGISTRY_FORMAT.md, in one file written byte by byte -------

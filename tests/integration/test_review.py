@@ -17,6 +17,7 @@ import psycopg
 import pytest
 import redis
 
+from gatekeeper.cache import keys
 from gatekeeper.core.cst import format_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.feed import ChangeFeedServer
@@ -111,7 +112,7 @@ def publish_by_follow(client: redis.Redis, directory: Path, server: RedisServer)
     write_changes(feed_dir / "changes-7-9.jsonl", CHANGES)
 
     def publish() -> None:
-        client.set("gk:follow:after", 6)  # the snapshot's watermark: what follow resumes after
+        client.set(keys.FOLLOW_CURSOR, 6)  # the snapshot's watermark: what follow resumes after
         with ChangeFeedServer(feed_dir) as feed:
             follower = start_follower(server.port, feed.url, directory / "follow.quarantine.jsonl")
             try:
@@ -149,7 +150,12 @@ def findings_continuous(env: dict[str, str], database_url: str) -> dict[tuple[st
     return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
 
 
-@pytest.mark.parametrize("publish_with", [publish_by_apply, publish_by_follow], ids=["apply", "follow"])
+@pytest.mark.parametrize(
+    ("publish_with", "redis_server"),
+    [(publish_by_apply, "single"), (publish_by_follow, "single"), (publish_by_follow, "cluster")],
+    ids=["apply", "follow", "follow-cluster"],
+    indirect=["redis_server"],
+)
 def test_review_finds_exactly_the_items_the_published_windows_affect(
     publish_with: Callable[[redis.Redis, Path, RedisServer], Callable[[], None]],
     start_gatekeeper: StartGatekeeper,

@@ -67,5 +67,5 @@ def test_a_reader_polling_during_reloads_never_sees_a_mixed_snapshot(
         loader.join()
     assert loads >= 2
     assert set(seen) == set(expected), seen  # the reader really saw both snapshots
-    generations = {int(g) for g in redis_client.smembers("gk:generations")}
+    generations = {int(g) for g in redis_client.smembers(keys.GENERATIONS)}
     assert generations == {int(redis_client.hget(keys.META, keys.MetaField.GENERATION))}  # old ones dropped

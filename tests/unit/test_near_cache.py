@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection
+
+import pytest
+import redis.asyncio
+
 from gatekeeper.cache.nearcache import NearCache
+from gatekeeper.cache.store import CachingEligibilityStore
+from gatekeeper.core.eligibility import Lookup, StoreStats
 from gatekeeper.core.records import PractitionerRecord, StatusPeriod
 
 REGISTERED = PractitionerRecord(1, (StatusPeriod(1, 1_000, 1, 1),))
@@ -137,3 +145,34 @@ def test_records_read_while_not_trusted_are_held_for_degraded_mode_only() -> Non
     assert found == {"D110105000001": REGISTERED}
     cache.hold_many(["D110105000002"], {})
     assert len(cache.held_many(["D110105000001", "D110105999999", "D110105000002"], {}, max_age=600)) == 1
+
+
+class Replica:
+    """A backing store answering as a Redis node whose data is at ``applied_seq``."""
+
+    def __init__(self, applied_seq: int) -> None:
+        self.applied_seq = applied_seq
+        self.reads = 0
+        self.stats = StoreStats()
+        self.last_version: tuple[str, int] | None = None
+
+    async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
+        self.reads += 1
+        return Lookup({code: REGISTERED for code in codes}, "A", self.applied_seq, 1)
+
+
+@pytest.mark.parametrize(("replica_seq", "reads"), [(10, 2), (11, 1), (12, 1)])
+def test_a_read_from_a_replica_behind_the_notifications_is_used_once_not_kept(replica_seq: int, reads: int) -> None:
+    """The worker has been told of changes up to seq 11: a replica still at 10 answers the
+    claim, but what it said is not cached; one that has caught up is."""
+
+    async def two_lookups() -> int:
+        replica = Replica(replica_seq)
+        store = CachingEligibilityStore(replica, redis.asyncio.Redis(), clock=Clock())  # type: ignore[arg-type]
+        follower = store.follower
+        follower.trusted, follower.generation, follower.seen_seq, follower.last_heard = True, 1, 11, 100.0
+        for _ in range(2):
+            assert (await store.lookup(["D110105000001"])).records == {"D110105000001": REGISTERED}
+        return replica.reads
+
+    assert asyncio.run(two_lookups()) == reads

@@ -26,6 +26,7 @@ def test_plain_text_is_the_default_and_says_so() -> None:
         ({"tls_cert_path": CERT, "tls_key_path": KEY, "callers_path": CALLERS}, "--callers and --tls-client-ca"),
         ({"metrics_listen": "9464"}, "is not HOST:PORT"),
         ({"metrics_listen": "127.0.0.1:http"}, "is not HOST:PORT"),
+        ({"redis_replica_reads": True}, "--redis-replica-reads needs a Redis Cluster"),
     ],
 )
 def test_settings_that_do_not_fit_are_refused(options: dict[str, object], complaint: str) -> None:
@@ -70,8 +71,14 @@ def test_settings_come_from_the_environment_then_the_flags() -> None:
         ("GATEKEEPER_MAX_REGISTRY_AGE", "nan"),
         ("GATEKEEPER_LOG_FORMAT", "xml"),
         ("GATEKEEPER_METRICS_LISTEN", "9464"),
+        ("GATEKEEPER_REDIS_REPLICA_READS", "maybe"),
     ],
 )
 def test_a_bad_environment_value_is_one_error_naming_the_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable if variable != "GATEKEEPER_METRICS_LISTEN" else "HOST:PORT"):
         Settings.from_env({variable: value})
+
+
+def test_replica_reads_come_with_a_cluster_url() -> None:
+    environ = {"REDIS_URL": "redis+cluster://10.0.0.1:6379", "GATEKEEPER_REDIS_REPLICA_READS": "yes"}
+    assert Settings.from_env(environ).redis_replica_reads

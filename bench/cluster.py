@@ -1,0 +1,176 @@
+"""The read path on one Redis against a six-node Redis Cluster, in the same run.
+
+Starts a private redis-server and a private cluster (three masters, three replicas), loads
+the same synthetic registry into both with the loader, and looks up a 10-item claim's
+practitioners (three codes) one claim at a time through the service's own store:
+
+- ``one Redis``: ``redis://``, every lookup read from Redis (no near cache);
+- ``cluster``: ``redis+cluster://``, the same;
+- ``cluster, replica reads``: the same, read from the replicas;
+- ``cluster, warm near cache``: the near cache in front, every code already held.
+
+For each it reports lookups/s, latency, the client's CPU per lookup, and what the Redis
+nodes saw per lookup: commands, and how many nodes (a pipeline to one node is one round
+trip). Writes bench/results/cluster.json and .md.
+
+    .venv/bin/python -m bench.cluster [--people 100000] [--lookups 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis
+
+from bench.check_claim import practitioner_code, write_registry
+from gatekeeper.cache import keys
+from gatekeeper.cache.store import CachingEligibilityStore, RedisEligibilityStore
+from gatekeeper.core.eligibility import EligibilityStore
+from loader.snapshot import load_snapshot
+from tests.servers import RedisServer, start_cluster, start_redis
+
+RESULTS = Path(__file__).parent / "results"
+TIMEOUT_SECONDS = 0.5
+
+
+def commands_by_node(nodes: Sequence[RedisServer]) -> dict[int, int]:
+    """Commands each node has processed (INFO stats), the benchmark's own INFO calls included."""
+    counts = {}
+    for node in nodes:
+        with redis.Redis(port=node.port) as client:
+            counts[node.port] = int(client.info("stats")["total_commands_processed"])
+    return counts
+
+
+def claims(people: int, count: int, rng: random.Random) -> list[list[str]]:
+    """The practitioners of ``count`` 10-item claims: two doctors and a nurse each."""
+    return [[practitioner_code(rng.randrange(people)) for _ in range(3)] for _ in range(count)]
+
+
+async def measure(
+    name: str, store: EligibilityStore, lookups: list[list[str]], nodes: Sequence[RedisServer], warm: bool = False
+) -> dict[str, object]:
+    store.start()
+    if isinstance(store, CachingEligibilityStore):
+        await asyncio.wait_for(store.caught_up.wait(), 10)
+    for codes in lookups[:1_000] if not warm else lookups:  # warm-up: connections and slot map; all codes if warm
+        await store.lookup(codes)
+    before = commands_by_node(nodes)
+    cpu_before = time.process_time()
+    latencies = []
+    started = time.perf_counter()
+    for codes in lookups:
+        t0 = time.perf_counter()
+        await store.lookup(codes)
+        latencies.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_before
+    after = commands_by_node(nodes)
+    await store.close()
+    # Less the INFO that commands_by_node sent to each node after the run.
+    seen = {port: after[port] - before[port] - 1 for port in after}
+    busy = {port: count for port, count in seen.items() if count > len(lookups) // 100}
+    ordered = sorted(latencies)
+    return {
+        "read_path": name,
+        "lookups": len(lookups),
+        "lookups_per_s_sequential": round(len(lookups) / elapsed, 1),
+        "p50_us": round(ordered[len(ordered) // 2] * 1e6, 1),
+        "p99_us": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e6, 1),
+        "mean_us": round(statistics.fmean(latencies) * 1e6, 1),
+        "client_cpu_us_per_lookup": round(cpu / len(lookups) * 1e6, 1),
+        "redis_commands_per_lookup": round(sum(seen.values()) / len(lookups), 2),
+        "nodes_serving_lookups": len(busy),
+        "commands_by_node": seen,
+    }
+
+
+async def run(
+    args: argparse.Namespace, single: RedisServer, cluster_url: str, nodes: list[RedisServer]
+) -> list[dict[str, object]]:
+    lookups = claims(args.people, args.lookups, random.Random(args.seed))
+    return [
+        await measure("one Redis", RedisEligibilityStore.from_url(single.url, TIMEOUT_SECONDS), lookups, [single]),
+        await measure("cluster", RedisEligibilityStore.from_url(cluster_url, TIMEOUT_SECONDS), lookups, nodes),
+        await measure(
+            "cluster, replica reads",
+            RedisEligibilityStore.from_url(cluster_url, TIMEOUT_SECONDS, replica_reads=True),
+            lookups,
+            nodes,
+        ),
+        await measure(
+            "cluster, warm near cache",
+            CachingEligibilityStore.from_url(cluster_url, 1_000_000, 3_600, TIMEOUT_SECONDS),
+            lookups,
+            nodes,
+            warm=True,
+        ),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--people", type=int, default=100_000)
+    parser.add_argument("--lookups", type=int, default=5_000)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / "single").mkdir()
+        single = start_redis(Path(directory) / "single")
+        cluster = start_cluster(Path(directory) / "cluster")
+        try:
+            registry = Path(directory) / "registry.csv"
+            write_registry(registry, args.people, random.Random(args.seed))
+            load_snapshot(single.client(), registry)
+            load_snapshot(cluster.client(), registry)
+            with redis.Redis(port=cluster.master_of(keys.META).port) as master:
+                master.wait(1, 60_000)  # the replica has the registry too before anything is timed
+            rows = asyncio.run(run(args, single, cluster.url, cluster.nodes))
+        finally:
+            single.stop()
+            cluster.stop()
+
+    result = {
+        "benchmark": "cluster",
+        "command": "python -m bench.cluster " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "people": args.people,
+        "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "cluster.json").write_text(json.dumps(result, indent=2) + "\n")
+    columns = (
+        "read_path",
+        "lookups_per_s_sequential",
+        "p50_us",
+        "p99_us",
+        "client_cpu_us_per_lookup",
+        "redis_commands_per_lookup",
+        "nodes_serving_lookups",
+    )
+    table = (
+        "| read path | lookups/s (sequential) | p50 µs | p99 µs | client CPU µs/lookup | Redis commands/lookup "
+        "| nodes serving lookups |\n|---|---|---|---|---|---|---|\n"
+    )
+    table += "".join("| " + " | ".join(str(r[c]) for c in columns) + " |\n" for r in rows)
+    title = f"# The read path: one Redis against a Redis Cluster\n\n`{result['command']}` on {result['machine']}, "
+    title += f"{args.people} practitioners, one claim's three codes per lookup, all in one process.\n\n"
+    (RESULTS / "cluster.md").write_text(title + table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The Redis URL alone chooses one Redis or a Redis Cluster; nothing connects until a command runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+from gatekeeper.cache.client import cluster_url, redis_client
+
+
+@pytest.mark.parametrize(
+    ("url", "plain"),
+    [
+        ("redis://127.0.0.1:6379/0", None),
+        ("rediss://cache:6380/0", None),
+        ("redis+cluster://10.0.0.1:7000", "redis://10.0.0.1:7000"),
+        ("rediss+cluster://reader:secret@10.0.0.1:7000", "rediss://reader:secret@10.0.0.1:7000"),
+        ("REDIS+CLUSTER://10.0.0.1:7000", "redis://10.0.0.1:7000"),
+    ],
+)
+def test_a_cluster_url_is_the_plain_url_with_cluster_in_its_scheme(url: str, plain: str | None) -> None:
+    assert cluster_url(url) == plain
+
+
+def test_the_service_gets_a_cluster_client_for_a_cluster_url() -> None:
+    async def clients() -> tuple[object, object]:
+        cluster = redis_client("redis+cluster://127.0.0.1:7000", 0.5)
+        single = redis_client("redis://127.0.0.1:6379/0", 0.5)
+        return cluster, single
+
+    cluster, single = asyncio.run(clients())
+    assert isinstance(cluster, AsyncRedisCluster)
+    assert isinstance(single, redis.asyncio.Redis)
