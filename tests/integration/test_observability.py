@@ -91,6 +91,13 @@ def test_metrics_count_decisions_time_rpcs_and_report_the_cache(
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
+    # An RPC's duration is observed once its status is sent: the caller may see the status first.
+    deadline = time.monotonic() + 5
+    while not moved("gatekeeper_rpc_duration_seconds_count", method=CHECK_CLAIM, code="INVALID_ARGUMENT"):
+        assert time.monotonic() < deadline, "the refused RPC's duration was never observed"
+        time.sleep(0.02)
+        after = scrape(gatekeeper.metrics_port)
+
     items = "gatekeeper_item_decisions_total"
     assert moved(items, verdict="BLOCK", reason="SUSPENDED", enforced="true") == 3  # demo item 2
     assert moved(items, verdict="BLOCK", reason="TERMINATED", enforced="true") == 6  # items 4 and 7
