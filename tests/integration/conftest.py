@@ -26,6 +26,12 @@ from tests.servers import PostgresServer, RedisServer, start_postgres, start_red
 TEMPLATE = "gk_template"  # a migrated database each test's database is copied from
 
 
+@pytest.fixture(autouse=True)
+def no_demo_state(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Commands run by tests never read the addresses of a scripts/demo a developer has running."""
+    monkeypatch.setenv("GATEKEEPER_DEMO_STATE", str(tmp_path_factory.getbasetemp() / "no-demo" / "state.json"))
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = start_redis(tmp_path_factory.mktemp("redis"))
