@@ -201,7 +201,7 @@ def _unreachable(args: argparse.Namespace, target: Address, details: str) -> str
         return None
     tls = args.tls_ca is not None or args.tls_cert is not None
     if "Connection refused" in details:
-        why = "Connection refused; is the gatekeeper running there (`gatekeeper serve`, or scripts/demo)?"
+        why = "Connection refused; is the gatekeeper running there?"
     elif "WRONG_VERSION_NUMBER" in details:
         why = "the server speaks plain text, not TLS (leave out --tls-ca, --tls-cert and --tls-key)"
     elif "CERTIFICATE_VERIFY_FAILED" in details:
