@@ -342,13 +342,11 @@ def _audit_prune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     kept = f"keeping the last {keep} day(s)"
     if args.json:
         print(json.dumps({"dropped": [str(day) for day in dropped], "retention_days": keep}))
-        _tell(args, f"pruned {_record_shown(args, environ)}")
-        return 0
-    print(f"{_record_shown(args, environ)}:")
-    if dropped:
+    elif dropped:
         print(f"dropped {len(dropped)} day(s) of decisions, {dropped[0]} to {dropped[-1]}; {kept}")
     else:
         print(f"nothing older to drop; {kept}")
+    _tell(args, f"in {_record_shown(args, environ)}")
     return 0
 
 
