@@ -438,7 +438,7 @@ def _asked(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     return f"the gatekeeper at {target_address(args.target, environ).shown}"
 
 
-def _read_json_input(path: str, command: str) -> str:
+def _read_json_input(path: str) -> str:
     """The text of ``path``, or of stdin for ``-``; CommandFailed (usage) if it cannot be read."""
     try:
         if path == "-":
@@ -466,7 +466,7 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 
     where = "stdin" if args.claim_file == "-" else args.claim_file
-    request = _parse_claim(_read_json_input(args.claim_file, "check"), where)
+    request = _parse_claim(_read_json_input(args.claim_file), where)
     response = _call(
         args, environ, lambda channel: pb_grpc.GatekeeperStub(channel).CheckClaim(request, timeout=args.timeout)
     )
@@ -534,7 +534,7 @@ def _check_batch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 
     where = "stdin" if args.claims_file == "-" else args.claims_file
-    claims = _claims_in(_read_json_input(args.claims_file, "check-batch"), where)
+    claims = _claims_in(_read_json_input(args.claims_file), where)
     if not claims:
         raise CommandFailed(f"{where}: no claims", exit_code=2)
     request = pb.CheckClaimsRequest(claims=claims)

@@ -24,25 +24,9 @@ class SettingsError(ValueError):
     """Settings that do not fit together, or an environment value that is not one; the message says which."""
 
 
-def redis_url_from(environ: Mapping[str, str]) -> str:
-    """REDIS_URL, else a Redis on this machine: every command takes --redis-url this way."""
-    return environ.get("REDIS_URL") or defaults.REDIS_URL
-
-
-def database_url_from(environ: Mapping[str, str]) -> str:
-    """DATABASE_URL, else a PostgreSQL on this machine: every command that writes or reads the
-    decision record takes --database-url this way."""
-    return environ.get("DATABASE_URL") or defaults.DATABASE_URL
-
-
 def retention_days_from(environ: Mapping[str, str]) -> int:
     """GATEKEEPER_AUDIT_RETENTION_DAYS, else a year and the weeks a late window reaches back."""
     return env_value(environ, "GATEKEEPER_AUDIT_RETENTION_DAYS", _positive_int) or defaults.AUDIT_RETENTION_DAYS
-
-
-def listen_from(environ: Mapping[str, str]) -> str:
-    """GATEKEEPER_LISTEN, else loopback port 50051: where ``serve`` listens and client commands connect."""
-    return environ.get("GATEKEEPER_LISTEN") or defaults.LISTEN
 
 
 def demo_state_path(environ: Mapping[str, str]) -> Path:
