@@ -277,6 +277,12 @@ def _feed_server(args: argparse.Namespace) -> int:
     return 0
 
 
+# The global options, by destination; each command says which it uses, and one it does not
+# use is refused rather than silently ignored.
+_GLOBAL_FLAGS = {"redis_url": "--redis-url", "json": "--json"}
+_REDIS_AND_JSON = frozenset(_GLOBAL_FLAGS)
+
+
 def _global_options(*, top: bool) -> argparse.ArgumentParser:
     """The options every command takes, before or after its name (``top``: for the main parser)."""
     options = argparse.ArgumentParser(add_help=False)
@@ -304,11 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for_subcommand = _global_options(top=False)
 
-    def command(name: str, help_text: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    def command(
+        name: str, help_text: str, run: Callable[[argparse.Namespace], int], uses: frozenset[str] = _REDIS_AND_JSON
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name, help=help_text, description=help_text, parents=[for_subcommand], formatter_class=HelpFormatter
         )
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, uses=uses)
         return sub
 
     snapshot = command("snapshot", "load a full snapshot (.csv or .csv.gz beside its manifest)", _snapshot)
@@ -343,14 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status", "what is loaded, and in which Redis; exit 1 when nothing is", _status)
 
-    generate = command("generate", "write a synthetic registry (snapshot, manifest, change files)", _generate)
+    generate = command(
+        "generate", "write a synthetic registry (snapshot, manifest, change files)", _generate, frozenset({"json"})
+    )
     generate.add_argument("directory", help="created if missing")
     generate.add_argument("--people", type=int, default=10_000, help="practitioners")
     generate.add_argument("--changes", type=int, help="change-feed records (default: people / 100)")
     generate.add_argument("--seed", type=int, default=1, help="the same seed writes the same registry")
     generate.add_argument("--gzip", action="store_true", help="write .csv.gz")
 
-    feed = command("feed-server", "serve change files over HTTP for demos and tests of follow", _feed_server)
+    feed = command(
+        "feed-server", "serve change files over HTTP for demos and tests of follow", _feed_server, frozenset()
+    )
     feed.add_argument("directory", help="its *.jsonl change files are served, re-read when they change")
     feed.add_argument("--host", default="127.0.0.1", help="a loopback address")
     feed.add_argument("--port", type=int, default=8808, help="0: any free port (printed)")
@@ -376,6 +388,10 @@ def _run(args: argparse.Namespace) -> int:
         # A file named on the command line; any other OSError is unexpected: keep its traceback.
         return console.file_error(error) if isinstance(error, OSError) and error.filename is not None else None
 
-    return console.run_command(
-        f"gatekeeper-loader {args.command}", lambda: int(args.run(args)), lambda: args.redis.shown, described
-    )
+    def run() -> int:
+        for name, flag in _GLOBAL_FLAGS.items():
+            if name not in args.uses and getattr(args, name) not in (None, False):
+                raise CommandFailed(f"{flag} means nothing to this command", exit_code=2)
+        return int(args.run(args))
+
+    return console.run_command(f"gatekeeper-loader {args.command}", run, lambda: args.redis.shown, described)

@@ -197,12 +197,20 @@ def test_an_option_given_after_the_command_wins(demo_gatekeeper: RunningGatekeep
     assert result.stdout == f"SERVING: the gatekeeper at {demo_gatekeeper.target} (--target)\n"
 
 
-def test_a_global_option_a_command_does_not_use_is_refused() -> None:
+def test_a_global_option_a_command_does_not_use_is_refused(tmp_path: Path) -> None:
     result = gatekeeper("--target", "127.0.0.1:1", "audit", "migrate")
     assert (result.returncode, result.stderr) == (
         2,
         "gatekeeper audit migrate: --target means nothing to this command\n",
     )
+    result = loader(
+        "generate", str(tmp_path / "registry"), "--redis-url", "redis://127.0.0.1:1/0", env=dict(os.environ)
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "gatekeeper-loader generate: --redis-url means nothing to this command\n",
+    )
+    assert not (tmp_path / "registry").exists()
 
 
 def test_check_reads_a_claim_from_stdin_and_says_whom_it_asked(demo_gatekeeper: RunningGatekeeper) -> None:
