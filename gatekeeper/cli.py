@@ -450,12 +450,27 @@ def _read_json_input(path: str) -> str:
         raise CommandFailed(f"{path}: not UTF-8 ({error.reason} at byte {error.start})", exit_code=2) from None
 
 
+_UNKNOWN_FIELD = re.compile(r'Message type "gatekeeper\.v1\.(\w+)" has no field named "([^"]*)" at "([^"]*)"')
+
+
+def _parse_error(error: json_format.ParseError) -> str:
+    """The message protobuf gives for a claim that does not parse, in one line and with the proto's
+    field names: it lists the fields a message has in their camelCase JSON names."""
+    text = str(error)
+    unknown = _UNKNOWN_FIELD.search(text)
+    if unknown is None:
+        return " ".join(text.split())
+    message, field, path = unknown.groups()
+    names = ", ".join(f.name for f in pb.DESCRIPTOR.message_types_by_name[message].fields)
+    return f'{path}: no field named "{field}"; {message} has {names}'
+
+
 def _parse_claim(text: str, where: str) -> pb.CheckClaimRequest:
     """A CheckClaimRequest from JSON with the proto's field names; errors name the field (snake_case)."""
     try:
         return json_format.Parse(text, pb.CheckClaimRequest())
     except json_format.ParseError as error:
-        raise CommandFailed(f"{where}: {error}", exit_code=2) from None
+        raise CommandFailed(f"{where}: {_parse_error(error)}", exit_code=2) from None
 
 
 def _json(message: Message) -> str:
@@ -486,9 +501,12 @@ def _claims_in(text: str, where: str) -> list[pb.CheckClaimRequest]:
             documents = json.loads(text)
         except ValueError as error:
             raise CommandFailed(f"{where}: not JSON: {error}", exit_code=2) from None
-        return [
-            _parse_claim(json.dumps(d, ensure_ascii=False), f"{where}: claims[{i}]") for i, d in enumerate(documents)
-        ]
+        claims = []
+        for index, document in enumerate(documents):
+            if not isinstance(document, dict):
+                raise CommandFailed(f"{where}: claims[{index}]: not a JSON object (a claim)", exit_code=2)
+            claims.append(_parse_claim(json.dumps(document, ensure_ascii=False), f"{where}: claims[{index}]"))
+        return claims
     return [
         _parse_claim(line, f"{where}: line {number}")
         for number, line in enumerate(text.splitlines(), start=1)

@@ -235,6 +235,15 @@ def test_a_parse_error_names_the_field_in_snake_case(tmp_path: Path) -> None:
     assert result.stderr.startswith("gatekeeper check: stdin: ") and "Traceback" not in result.stderr
     assert "amount_fen" in result.stderr and "amountFen" not in result.stderr
 
+    # A field the message does not have: named, with the ones it has, in one line.
+    misspelt = json.loads(DEMO_CLAIM.read_text(encoding="utf-8"))
+    misspelt["items"][0]["bilg_dr_code"] = misspelt["items"][0].pop("bilg_dr_codg")
+    result = gatekeeper("check", "-", "--target", "127.0.0.1:1", stdin=json.dumps(misspelt))
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert 'no field named "bilg_dr_code"' in result.stderr
+    assert "bilg_dr_codg" in result.stderr and "orders_dr_code" in result.stderr and "bilgDrCodg" not in result.stderr
+
 
 @pytest.mark.parametrize("form", ["json lines", "json array"])
 def test_check_batch_sends_many_claims_in_one_call(
