@@ -70,6 +70,7 @@ def demo(
         "REDIS_URL": redis_server.url,
         "DATABASE_URL": database_url,
         "GATEKEEPER_LISTEN": f"127.0.0.1:{free_port()}",
+        "GATEKEEPER_HTTP_LISTEN": f"127.0.0.1:{free_port()}",  # where serve has a JSON-over-HTTP door: never 8080
         "GATEKEEPER_WORKERS": "1",
         "GATEKEEPER_AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
         "GATEKEEPER_DEMO_STATE": str(state),
