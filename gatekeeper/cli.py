@@ -33,20 +33,21 @@ from gatekeeper.audit.export import (
     records_of_claim,
 )
 from gatekeeper.cache.client import command_client
-from gatekeeper.console import CommandFailed
+from gatekeeper.console import CommandFailed, HelpFormatter, global_option
 from gatekeeper.core.cst import CST, TIME_FORMAT, parse_cst
 from gatekeeper.core.policy import Policy, PolicyError, load_policy
 from gatekeeper.core.tables import format_table
 from gatekeeper.defaults import LOG_FORMATS
 from gatekeeper.ops.logs import setup_logging
 from gatekeeper.settings import (
+    Address,
     Settings,
     SettingsError,
-    database_url_from,
-    listen_from,
-    redis_url_from,
+    database_address,
+    redis_address,
     retention_days_from,
     split_host_port,
+    target_address,
 )
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
@@ -88,8 +89,6 @@ _SERVE_FIELDS = (
     "degraded_max_age_seconds",
     "audit_spool_dir",
     "max_registry_age_seconds",
-    "tls_cert_path",
-    "tls_key_path",
     "tls_client_ca_path",
     "callers_path",
     "metrics_listen",
@@ -102,7 +101,9 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from gatekeeper.server import serve
 
     try:
-        settings = Settings.from_env(environ, **{name: getattr(args, name) for name in _SERVE_FIELDS})
+        flags = {name: getattr(args, name) for name in _SERVE_FIELDS}
+        flags.update(tls_cert_path=args.tls_cert, tls_key_path=args.tls_key)  # the global --tls-cert, --tls-key
+        settings = Settings.from_env(environ, **flags)
         setup_logging(settings.log_format)
         # Read every file now, so that a mistake is one line here rather than a traceback per worker.
         load_policy(settings.policy_path)
@@ -197,13 +198,13 @@ def _speaks_tls(target: str, timeout: float) -> bool:
 _NOT_CONNECTED = ("failed to connect to all addresses", "errors resolving", "DNS resolution failed")
 
 
-def _unreachable(args: argparse.Namespace, target: str, details: str) -> str | None:
+def _unreachable(args: argparse.Namespace, target: Address, details: str) -> str | None:
     """Why the gatekeeper at ``target`` could not be reached, from gRPC's ``details``; None if it was."""
     if not any(marker in details for marker in _NOT_CONNECTED):
         return None
     tls = args.tls_ca is not None or args.tls_cert is not None
     if "Connection refused" in details:
-        why = "Connection refused; is it running there (--target, env GATEKEEPER_LISTEN)?"
+        why = "Connection refused; is the gatekeeper running there?"
     elif "WRONG_VERSION_NUMBER" in details:
         why = "the server speaks plain text, not TLS (leave out --tls-ca, --tls-cert and --tls-key)"
     elif "CERTIFICATE_VERIFY_FAILED" in details:
@@ -218,7 +219,7 @@ def _unreachable(args: argparse.Namespace, target: str, details: str) -> str | N
                 "the server closed the connection in the TLS handshake: it requires a client certificate "
                 "(--tls-cert, --tls-key) signed by a CA it trusts"
             )
-        elif _speaks_tls(target, args.timeout):
+        elif _speaks_tls(target.value, args.timeout):
             why = "the server expects TLS (give --tls-ca; --tls-cert and --tls-key if it asks for a client certificate)"
         else:
             why = "the server closed the connection"
@@ -226,7 +227,7 @@ def _unreachable(args: argparse.Namespace, target: str, details: str) -> str | N
         why = f"the host name cannot be resolved ({details})"
     else:
         why = details
-    return f"cannot reach the gatekeeper at {target}: {why}"
+    return f"cannot reach the gatekeeper at {target.shown}: {why}"
 
 
 def _cst_milliseconds(text: str) -> int:
@@ -257,22 +258,39 @@ def _audit_period(args: argparse.Namespace) -> Period:
 
 
 def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> psycopg.Connection:
-    """A connection to the decision record (--database-url, env DATABASE_URL)."""
-    url = args.database_url or database_url_from(environ)
+    """A connection to the decision record (--database-url, env DATABASE_URL, the demo's)."""
+    where = database_address(args.database_url, environ)
     try:
-        return psycopg.connect(url, connect_timeout=10, autocommit=True)
+        return psycopg.connect(where.value, connect_timeout=10, autocommit=True)
     except psycopg.Error as error:
-        raise CommandFailed(
-            f"cannot reach the decision record at {console.url_shown(url)}: {console.first_line(error)}"
-        ) from None
+        raise CommandFailed(f"cannot reach the decision record at {where.shown}: {console.first_line(error)}") from None
+
+
+def _record_shown(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    return f"the decision record at {database_address(args.database_url, environ).shown}"
+
+
+def _tell(args: argparse.Namespace, line: str) -> None:
+    """A line for people beside the result: on stdout after a table, on stderr beside JSON."""
+    if args.json:
+        print(f"{_command_name(args)}: {line}", file=sys.stderr)
+    else:
+        print(line)
+
+
+def _record_format(args: argparse.Namespace) -> str:
+    """--format, with --json meaning jsonl (JSON Lines)."""
+    if args.json and args.format not in (None, "jsonl"):
+        raise CommandFailed(f"--json and --format {args.format} disagree; give one", exit_code=2)
+    return "jsonl" if args.json else str(args.format or args.default_format)
 
 
 def _audit_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     period = _audit_period(args)
     with _database(args, environ) as connection:
         records = records_in(connection, period, args.institution or ())
-        count = WRITERS[args.format](records, sys.stdout)
-    print(f"gatekeeper audit export: {count} decision(s)", file=sys.stderr)
+        count = WRITERS[_record_format(args)](records, sys.stdout)
+    print(f"gatekeeper audit export: {count} decision(s) from {_record_shown(args, environ)}", file=sys.stderr)
     return 0
 
 
@@ -281,10 +299,14 @@ def _audit_claim(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         raise CommandFailed("give both --since and --until, or neither", exit_code=2)
     period = None if args.since is None else _audit_period(args)
     with _database(args, environ) as connection:
-        count = WRITERS[args.format](records_of_claim(connection, args.claim_id, period), sys.stdout)
+        count = WRITERS[_record_format(args)](records_of_claim(connection, args.claim_id, period), sys.stdout)
     if count == 0:
-        print(f"gatekeeper audit claim: no decision on claim {args.claim_id!r} in the record", file=sys.stderr)
+        print(
+            f"gatekeeper audit claim: no decision on claim {args.claim_id!r} in {_record_shown(args, environ)}",
+            file=sys.stderr,
+        )
         return 1
+    print(f"gatekeeper audit claim: {count} decision(s) from {_record_shown(args, environ)}", file=sys.stderr)
     return 0
 
 
@@ -296,6 +318,7 @@ def _audit_counts(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(json.dumps([c.as_row() for c in counts], ensure_ascii=False, indent=2))
     else:
         print(format_counts(counts))
+    _tell(args, f"from {_record_shown(args, environ)}")
     return 0
 
 
@@ -306,9 +329,12 @@ def _audit_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         except SchemaError as error:
             raise CommandFailed(str(error)) from None
         version = schema_version(connection)
-    for migration in applied:
-        print(f"applied {migration.version:04d}_{migration.name}")
-    print(f"the decision record is at schema version {version}")
+    names = [f"{migration.version:04d}_{migration.name}" for migration in applied]
+    if args.json:
+        print(json.dumps({"applied": names, "schema_version": version}))
+    for name in names if not args.json else ():
+        print(f"applied {name}")
+    _tell(args, f"{_record_shown(args, environ)} is at schema version {version}")
     return 0
 
 
@@ -317,10 +343,13 @@ def _audit_prune(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     with _database(args, environ) as connection:
         dropped = prune(connection, keep, datetime.now(CST).date())
     kept = f"keeping the last {keep} day(s)"
-    if dropped:
+    if args.json:
+        print(json.dumps({"dropped": [str(day) for day in dropped], "retention_days": keep}))
+    elif dropped:
         print(f"dropped {len(dropped)} day(s) of decisions, {dropped[0]} to {dropped[-1]}; {kept}")
     else:
         print(f"nothing older to drop; {kept}")
+    _tell(args, f"in {_record_shown(args, environ)}")
     return 0
 
 
@@ -328,15 +357,21 @@ def _review(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from gatekeeper.audit.follow_review import follow_review, review_period
 
     policy = _load_policy_or_exit(args.policy, "review")
-    redis_url = args.redis_url or redis_url_from(environ)
-    command_client(redis_url).close()  # a URL that is not a Redis URL is a usage error, before anything runs
+    redis = redis_address(args.redis_url, environ)
+    command_client(redis.value).close()  # a URL that is not a Redis URL is a usage error, before anything runs
     if not args.follow and (args.since is None or args.until is None):
         raise CommandFailed("give --since and --until, or --follow", exit_code=2)
     period = None if args.follow else _audit_period(args)
+    output = "table" if args.format is None and not args.json else _record_format(args)
+    read = f"gatekeeper review: read Redis at {redis.shown} and {_record_shown(args, environ)}"
     with _database(args, environ) as connection:
         if period is None:
-            return follow_review(connection, redis_url, policy, once=args.once)
-        return review_period(connection, redis_url, policy, period, args.institution or (), args.format)
+            print(read, file=sys.stderr)
+            return follow_review(connection, redis.value, policy, once=args.once)
+        code = review_period(connection, redis.value, policy, period, args.institution or (), output)
+    if code == 0:
+        print(read, file=sys.stderr)
+    return code
 
 
 def _load_policy_or_exit(path: Path | None, command: str) -> Policy:
@@ -388,50 +423,196 @@ def format_claim_table(response: pb.CheckClaimResponse) -> str:
 Response = TypeVar("Response", bound=Message)
 
 
-def _call(
-    args: argparse.Namespace, environ: Mapping[str, str], command: str, invoke: Callable[[grpc.Channel], Response]
-) -> Response | None:
-    """Make one call on a channel to ``--target``; None (the error printed) if it fails."""
+def _call(args: argparse.Namespace, environ: Mapping[str, str], invoke: Callable[[grpc.Channel], Response]) -> Response:
+    """Make one call on a channel to the gatekeeper (``--target``, env, the demo's); CommandFailed if it fails."""
     import grpc
 
-    target = args.target or listen_from(environ)
-    with _channel(args, target) as channel:
+    target = target_address(args.target, environ)
+    with _channel(args, target.value) as channel:
         try:
             return invoke(channel)
         except grpc.RpcError as error:
             code, details = error.code(), error.details() or ""
             unreachable = _unreachable(args, target, details) if code == grpc.StatusCode.UNAVAILABLE else None
             if unreachable is not None:
-                print(f"gatekeeper {command}: {unreachable}", file=sys.stderr)
-            elif code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
-                print(f"gatekeeper {command}: no answer from {target} within {args.timeout:g} s", file=sys.stderr)
-            else:
-                print(f"gatekeeper {command}: {code.name}: {details}", file=sys.stderr)
-            return None
+                raise CommandFailed(unreachable) from None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
+                raise CommandFailed(f"no answer from {target.shown} within {args.timeout:g} s") from None
+            raise CommandFailed(f"{code.name}: {details}") from None
+
+
+def _asked(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    return f"the gatekeeper at {target_address(args.target, environ).shown}"
+
+
+def _read_json_input(path: str) -> str:
+    """The text of ``path``, or of stdin for ``-``; CommandFailed (usage) if it cannot be read."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise CommandFailed(f"{path}: {error.strerror}", exit_code=2) from None
+    except UnicodeDecodeError as error:
+        raise CommandFailed(f"{path}: not UTF-8 ({error.reason} at byte {error.start})", exit_code=2) from None
+
+
+_UNKNOWN_FIELD = re.compile(r'Message type "gatekeeper\.v1\.(\w+)" has no field named "([^"]*)" at "([^"]*)"')
+
+
+def _parse_error(error: json_format.ParseError) -> str:
+    """The message protobuf gives for a claim that does not parse, in one line and with the proto's
+    field names: it lists the fields a message has in their camelCase JSON names."""
+    text = str(error)
+    unknown = _UNKNOWN_FIELD.search(text)
+    if unknown is None:
+        return " ".join(text.split())
+    message, field, path = unknown.groups()
+    names = ", ".join(f.name for f in pb.DESCRIPTOR.message_types_by_name[message].fields)
+    return f'{path}: no field named "{field}"; {message} has {names}'
+
+
+def _parse_claim(text: str, where: str) -> pb.CheckClaimRequest:
+    """A CheckClaimRequest from JSON with the proto's field names; errors name the field (snake_case)."""
+    try:
+        return json_format.Parse(text, pb.CheckClaimRequest())
+    except json_format.ParseError as error:
+        raise CommandFailed(f"{where}: {_parse_error(error)}", exit_code=2) from None
+
+
+def _json(message: Message) -> str:
+    return json_format.MessageToJson(message, ensure_ascii=False, preserving_proto_field_name=True)
 
 
 def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    try:
-        document = json.loads(Path(args.claim_file).read_text(encoding="utf-8"))
-        request = json_format.ParseDict(document, pb.CheckClaimRequest())
-    except (OSError, ValueError, json_format.ParseError) as error:
-        print(f"gatekeeper check: {args.claim_file}: {error}", file=sys.stderr)
-        return 2
     from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 
+    where = "stdin" if args.claim_file == "-" else args.claim_file
+    request = _parse_claim(_read_json_input(args.claim_file), where)
     response = _call(
-        args,
-        environ,
-        "check",
-        lambda channel: pb_grpc.GatekeeperStub(channel).CheckClaim(request, timeout=args.timeout),
+        args, environ, lambda channel: pb_grpc.GatekeeperStub(channel).CheckClaim(request, timeout=args.timeout)
     )
-    if response is None:
-        return 1
     if args.json:
-        print(json_format.MessageToJson(response, ensure_ascii=False, preserving_proto_field_name=True))
+        print(_json(response))
     else:
         print(format_claim_table(response))
+    _tell(args, f"asked {_asked(args, environ)}")
     return 0
+
+
+def _claims_in(text: str, where: str) -> list[pb.CheckClaimRequest]:
+    """Claims from a JSON array of claims, or JSON Lines (one claim a line)."""
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            documents = json.loads(text)
+        except ValueError as error:
+            raise CommandFailed(f"{where}: not JSON: {error}", exit_code=2) from None
+        claims = []
+        for index, document in enumerate(documents):
+            if not isinstance(document, dict):
+                raise CommandFailed(f"{where}: claims[{index}]: not a JSON object (a claim)", exit_code=2)
+            claims.append(_parse_claim(json.dumps(document, ensure_ascii=False), f"{where}: claims[{index}]"))
+        return claims
+    return [
+        _parse_claim(line, f"{where}: line {number}")
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip()
+    ]
+
+
+def format_batch_table(response: pb.CheckClaimsResponse) -> str:
+    """A CheckClaims answer as a table: one row per claim, its verdict or its error."""
+    header = ("claim_id", "verdict", "items", "blocked items", "allowed", "blocked", "error")
+    rows = []
+    for result in response.results:
+        if result.HasField("error"):
+            code = _status_name(result.error.code)
+            rows.append((result.claim_id, "ERROR", "", "", "", "", f"{code}: {result.error.message}"))
+            continue
+        claim = result.response
+        blocked = sum(1 for item in claim.items if item.verdict == pb.VERDICT_BLOCK)
+        rows.append(
+            (
+                result.claim_id,
+                _enum_name(pb.ClaimVerdict, claim.verdict, "CLAIM_VERDICT_"),
+                str(len(claim.items)),
+                str(blocked),
+                _yuan(claim.allowed_amount_fen),
+                _yuan(claim.blocked_amount_fen),
+                "",
+            )
+        )
+    return format_table(header, rows)
+
+
+def _status_name(code: int) -> str:
+    import grpc
+
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return str(status.name)
+    return str(code)
+
+
+def _check_batch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
+
+    where = "stdin" if args.claims_file == "-" else args.claims_file
+    claims = _claims_in(_read_json_input(args.claims_file), where)
+    if not claims:
+        raise CommandFailed(f"{where}: no claims", exit_code=2)
+    request = pb.CheckClaimsRequest(claims=claims)
+    response = _call(
+        args, environ, lambda channel: pb_grpc.GatekeeperStub(channel).CheckClaims(request, timeout=args.timeout)
+    )
+    errors = sum(1 for result in response.results if result.HasField("error"))
+    if args.json:
+        for result in response.results:
+            print(json_format.MessageToJson(result, ensure_ascii=False, preserving_proto_field_name=True, indent=None))
+    else:
+        print(format_batch_table(response))
+        print()
+    _tell(args, f"{len(claims)} claim(s), {errors} refused, asked {_asked(args, environ)}")
+    return 1 if errors else 0
+
+
+def _window(window: pb.StatusWindow) -> tuple[str, ...]:
+    return (
+        _enum_name(pb.PractitionerStatus, window.status, "PRACTITIONER_STATUS_"),
+        window.begntime,
+        window.endtime or "open",
+        window.ban_endtime,
+        window.chg_rea,
+    )
+
+
+_PRACTITIONER_TYPES = {"1": "doctor", "2": "nurse", "3": "pharmacist", "4": "technician"}
+
+
+def format_practitioner(response: pb.GetPractitionerResponse) -> str:
+    """A practitioner's status at a time, and the windows that decide it, for people."""
+    kind = _PRACTITIONER_TYPES.get(response.prac_psn_type, response.prac_psn_type)
+    facts = [
+        ("prac_psn_code", f"{response.prac_psn_code} ({kind})" if kind else response.prac_psn_code),
+        ("at_time", response.at_time),
+        ("status", _enum_name(pb.PractitionerStatus, response.status, "PRACTITIONER_STATUS_")),
+        ("may_bill", "yes" if response.may_bill else "no"),
+        ("may_bill_emergency", "yes" if response.may_bill_emergency else "no"),
+    ]
+    width = max(len(name) for name, _ in facts)
+    lines = [f"{name.ljust(width)}  {value}" for name, value in facts]
+    windows = [("current", *_window(response.current))] if response.HasField("current") else []
+    windows += [("upcoming", *_window(window)) for window in response.upcoming]
+    lines.append("")
+    if windows:
+        header = ("window", "status", "begntime", "endtime", "ban_endtime", "chg_rea")
+        lines.append(format_table(header, windows))
+    else:
+        lines.append("no status window: the registry does not know this code at that time")
+    lines.append("")
+    lines.append(f"registry {response.registry_version}")
+    return "\n".join(lines)
 
 
 def _practitioner(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -441,14 +622,21 @@ def _practitioner(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         prac_psn_code=args.code, at_time=args.at or "", fixmedins_code=args.institution or ""
     )
     response = _call(
-        args,
-        environ,
-        "practitioner",
-        lambda channel: pb_grpc.GatekeeperStub(channel).GetPractitioner(request, timeout=args.timeout),
+        args, environ, lambda channel: pb_grpc.GatekeeperStub(channel).GetPractitioner(request, timeout=args.timeout)
     )
-    if response is None:
-        return 1
-    print(json_format.MessageToJson(response, ensure_ascii=False, preserving_proto_field_name=True))
+    if args.json:
+        # Every field, a false may_bill included: absent would read as unknown.
+        print(
+            json_format.MessageToJson(
+                response,
+                ensure_ascii=False,
+                preserving_proto_field_name=True,
+                always_print_fields_with_no_presence=True,
+            )
+        )
+    else:
+        print(format_practitioner(response))
+    _tell(args, f"asked {_asked(args, environ)}")
     return 0
 
 
@@ -457,40 +645,100 @@ def _health(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     request = health_pb2.HealthCheckRequest(service=args.service)
     response = _call(
-        args,
-        environ,
-        "health",
-        lambda channel: health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout),
+        args, environ, lambda channel: health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
     )
-    if response is None:
-        return 1
-    print(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    target = target_address(args.target, environ)
+    if args.json:
+        print(json.dumps({"status": status, "target": target.value, "target_from": target.source}))
+    else:
+        print(f"{status}: {_asked(args, environ)}")
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def _client_options() -> argparse.ArgumentParser:
-    """Options of the commands that call a running gatekeeper."""
-    client = argparse.ArgumentParser(add_help=False)
-    client.add_argument("--target", help=f"gatekeeper HOST:PORT (env GATEKEEPER_LISTEN, default {defaults.LISTEN})")
-    client.add_argument("--timeout", type=float, default=5.0, help="seconds")
-    client.add_argument("--tls-ca", type=Path, help="CA that signed the server's certificate: connect with TLS")
-    client.add_argument("--tls-cert", type=Path, help="client certificate, for a server that requires one")
-    client.add_argument("--tls-key", type=Path, help="the client certificate's private key")
-    client.add_argument("--tls-server-name", help="the name the server's certificate must carry, if not --target's")
-    return client
+# The global options: every subcommand takes them, before or after its name. Each command
+# says which it uses; one it does not use is refused rather than silently ignored.
+_GLOBAL_FLAGS = {
+    "redis_url": "--redis-url",
+    "database_url": "--database-url",
+    "target": "--target",
+    "tls_ca": "--tls-ca",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "tls_server_name": "--tls-server-name",
+    "json": "--json",
+}
+_CLIENT = {"target", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "json"}
+
+
+def _global_options(*, top: bool) -> argparse.ArgumentParser:
+    """The options every command takes (``top``: for the main parser, else for a subcommand's)."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("global options (before or after the command)")
+    demo = "the running scripts/demo's"
+    global_option(
+        group,
+        "--redis-url",
+        top=top,
+        help=f"the eligibility cache (else env REDIS_URL, else {demo}, else {defaults.REDIS_URL})",
+    )
+    global_option(
+        group,
+        "--database-url",
+        top=top,
+        help=f"the decision record, PostgreSQL (else env DATABASE_URL, else {demo}, else {defaults.DATABASE_URL})",
+    )
+    global_option(
+        group,
+        "--target",
+        top=top,
+        help=f"the gatekeeper to call, HOST:PORT (else env GATEKEEPER_LISTEN, else {demo}, else {defaults.LISTEN})",
+    )
+    global_option(group, "--tls-ca", type=Path, top=top, help="CA that signed the server's certificate: call with TLS")
+    global_option(
+        group,
+        "--tls-cert",
+        type=Path,
+        top=top,
+        help="this command's certificate (PEM): a client's, for a server that requires one; serve's own",
+    )
+    global_option(group, "--tls-key", type=Path, top=top, help="the private key of --tls-cert (PEM, unencrypted)")
+    global_option(
+        group, "--tls-server-name", top=top, help="the name the server's certificate must carry, if not --target's"
+    )
+    global_option(
+        group, "--json", action="store_true", top=top, help="print for machines: JSON (JSON Lines for many records)"
+    )
+    return options
+
+
+def _timeout(parser: argparse.ArgumentParser, seconds: float) -> None:
+    parser.add_argument("--timeout", type=float, default=seconds, help="seconds to wait for the answer")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``gatekeeper``."""
-    parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__)
-    parser.add_argument("--version", action="version", version=__version__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run the gRPC service")
-    serve.add_argument("--redis-url", help=f"eligibility cache (env REDIS_URL, default {defaults.REDIS_URL})")
-    serve.add_argument(
-        "--database-url", help=f"the decision record, PostgreSQL (env DATABASE_URL, default {defaults.DATABASE_URL})"
+    parser = argparse.ArgumentParser(
+        prog="gatekeeper", description=__doc__, formatter_class=HelpFormatter, parents=[_global_options(top=True)]
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for_subcommand = _global_options(top=False)
+
+    def command(
+        name: str,
+        help_text: str,
+        run: Callable[[argparse.Namespace, Mapping[str, str]], int],
+        uses: set[str],
+        under: argparse._SubParsersAction[argparse.ArgumentParser] = commands,
+    ) -> argparse.ArgumentParser:
+        sub = under.add_parser(
+            name, help=help_text, description=help_text, parents=[for_subcommand], formatter_class=HelpFormatter
+        )
+        sub.set_defaults(run=run, uses=uses)
+        return sub
+
+    serve = command("serve", "run the gRPC service", _serve, {"redis_url", "database_url", "tls_cert", "tls_key"})
     serve.add_argument("--listen", help=f"HOST:PORT (env GATEKEEPER_LISTEN, default {defaults.LISTEN})")
     serve.add_argument(
         "--http-listen",
@@ -599,9 +847,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds since the registry data was last updated before health turns NOT_SERVING; 0: no bound "
         "(env GATEKEEPER_MAX_REGISTRY_AGE, default 2 days)",
     )
-    tls = serve.add_argument_group("TLS (without --tls-cert: plain text, for local development only)")
-    tls.add_argument("--tls-cert", dest="tls_cert_path", type=Path, help="PEM certificate (env GATEKEEPER_TLS_CERT)")
-    tls.add_argument("--tls-key", dest="tls_key_path", type=Path, help="its private key (env GATEKEEPER_TLS_KEY)")
+    tls = serve.add_argument_group(
+        "TLS: --tls-cert and --tls-key (global options, env GATEKEEPER_TLS_CERT, GATEKEEPER_TLS_KEY) are the "
+        "server's certificate; without them plain text, for local development only"
+    )
     tls.add_argument(
         "--tls-client-ca",
         dest="tls_client_ca_path",
@@ -625,94 +874,111 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOG_FORMATS,
         help="json: one object per line (default; env GATEKEEPER_LOG_FORMAT); text: for people",
     )
-    serve.set_defaults(run=_serve)
 
-    client = _client_options()
-    check = commands.add_parser("check", parents=[client], help="send a claim from a JSON file and print the decisions")
-    check.add_argument("claim_file", help="JSON with the fields of CheckClaimRequest")
-    check.add_argument("--json", action="store_true", help="print the response as JSON")
-    check.set_defaults(run=_check)
+    check = command("check", "send a claim (JSON, the proto's field names) and print the decisions", _check, _CLIENT)
+    check.add_argument("claim_file", metavar="FILE", help="a JSON CheckClaimRequest; - reads stdin")
+    _timeout(check, 5.0)
 
-    practitioner = commands.add_parser(
-        "practitioner", parents=[client], help="a practitioner's status (GetPractitioner)"
+    batch = command(
+        "check-batch",
+        "send many claims in one CheckClaims call and print one row per claim; exit 1 if any was refused",
+        _check_batch,
+        _CLIENT,
     )
-    practitioner.add_argument("code")
+    batch.add_argument(
+        "claims_file",
+        metavar="FILE",
+        help="a JSON array of CheckClaimRequest, or JSON Lines (one a line); - reads stdin",
+    )
+    _timeout(batch, 30.0)
+
+    practitioner = command(
+        "practitioner",
+        "a practitioner's status now (or --at), and its windows (GetPractitioner)",
+        _practitioner,
+        _CLIENT,
+    )
+    practitioner.add_argument("code", help="prac_psn_code, e.g. D410102000002")
     practitioner.add_argument("--at", help="yyyy-MM-dd HH:mm:ss CST; default now")
-    practitioner.add_argument("--institution", help="fixmedins_code, for the region's policy")
-    practitioner.set_defaults(run=_practitioner)
+    practitioner.add_argument("--institution", help="fixmedins_code, for the region's policy; default none")
+    _timeout(practitioner, 5.0)
 
-    health = commands.add_parser(
-        "health", parents=[client], help="exit 0 when the gatekeeper reports SERVING (for container health checks)"
+    health = command(
+        "health", "exit 0 when the gatekeeper reports SERVING (for container health checks)", _health, _CLIENT
     )
-    health.add_argument("--service", default="", help="service name; default: the whole server")
-    health.set_defaults(run=_health, timeout=3.0)
-    audit = commands.add_parser("audit", help="the decision record in PostgreSQL: read it, migrate it, prune it")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    health.add_argument("--service", default="", help="service name; empty: the whole server")
+    _timeout(health, 3.0)
+
+    audit = commands.add_parser(
+        "audit",
+        help="the decision record in PostgreSQL: read it, migrate it, prune it",
+        parents=[for_subcommand],
+        formatter_class=HelpFormatter,
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     when = {"type": _cst_milliseconds, "metavar": '"yyyy-MM-dd HH:mm:ss"'}
-    database = argparse.ArgumentParser(add_help=False)
-    database.add_argument(
-        "--database-url", help=f"the decision record (env DATABASE_URL, default {defaults.DATABASE_URL})"
-    )
+    record = {"database_url", "json"}
 
-    export = audit_commands.add_parser("export", parents=[database], help="decisions made in a period, for reviewers")
+    def audit_command(
+        name: str, help_text: str, run: Callable[[argparse.Namespace, Mapping[str, str]], int]
+    ) -> argparse.ArgumentParser:
+        return command(name, help_text, run, record, audit_commands)
+
+    def record_format(sub: argparse.ArgumentParser, default: str, choices: tuple[str, ...]) -> None:
+        sub.add_argument(
+            "--format",
+            choices=choices,
+            help=f"default {default}; jsonl: one decision a line (as --json); csv: one line item a row",
+        )
+        sub.set_defaults(default_format=default)
+
+    export = audit_command("export", "decisions made in a period, for reviewers", _audit_export)
     export.add_argument("--since", required=True, help="decided at or after (CST)", **when)  # type: ignore[arg-type]
     export.add_argument("--until", required=True, help="decided before (CST)", **when)  # type: ignore[arg-type]
-    export.add_argument("--institution", action="append", help="fixmedins_code; repeat for several")
-    export.add_argument(
-        "--format", choices=sorted(WRITERS), default="jsonl", help="jsonl: one decision a line; csv: one item a row"
-    )
-    export.set_defaults(run=_audit_export)
+    export.add_argument("--institution", action="append", help="fixmedins_code; repeat for several; default all")
+    record_format(export, "jsonl", tuple(sorted(WRITERS)))
 
-    claim = audit_commands.add_parser("claim", parents=[database], help="every decision on one claim")
-    claim.add_argument("claim_id")
+    claim = audit_command("claim", "every decision on one claim; exit 1 if none", _audit_claim)
+    claim.add_argument("claim_id", help="the claim_id the HIS sent")
     claim.add_argument("--since", help="only decisions at or after (CST); default: the whole record", **when)  # type: ignore[arg-type]
     claim.add_argument("--until", help="only decisions before (CST)", **when)  # type: ignore[arg-type]
-    claim.add_argument("--format", choices=sorted(WRITERS), default="jsonl")
-    claim.set_defaults(run=_audit_claim)
+    record_format(claim, "jsonl", tuple(sorted(WRITERS)))
 
-    counts = audit_commands.add_parser(
-        "counts", parents=[database], help="line items per institution and reason over a period (one query)"
-    )
+    counts = audit_command("counts", "line items per institution and reason over a period (one query)", _audit_counts)
     counts.add_argument("--since", required=True, help="decided at or after (CST)", **when)  # type: ignore[arg-type]
     counts.add_argument("--until", required=True, help="decided before (CST)", **when)  # type: ignore[arg-type]
-    counts.add_argument("--institution", action="append", help="fixmedins_code; repeat for several")
-    counts.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    counts.set_defaults(run=_audit_counts)
+    counts.add_argument("--institution", action="append", help="fixmedins_code; repeat for several; default all")
 
-    migrate_command = audit_commands.add_parser(
-        "migrate", parents=[database], help="apply the schema migrations the database lacks (serve needs the latest)"
-    )
-    migrate_command.set_defaults(run=_audit_migrate)
+    audit_command("migrate", "apply the schema migrations the database lacks (serve needs the latest)", _audit_migrate)
 
-    prune_command = audit_commands.add_parser(
-        "prune", parents=[database], help="drop the daily partitions older than the retention"
-    )
+    prune_command = audit_command("prune", "drop the daily partitions older than the retention", _audit_prune)
     prune_command.add_argument(
         "--retention-days",
         type=_positive,
         help=f"days of decisions to keep, today included (env GATEKEEPER_AUDIT_RETENTION_DAYS, "
         f"default {defaults.AUDIT_RETENTION_DAYS})",
     )
-    prune_command.set_defaults(run=_audit_prune)
 
-    review = commands.add_parser(
+    review = command(
         "review",
-        parents=[database],
-        help="decide recorded items again against the registry now: what to recover, what to pay after all",
+        "decide recorded items again against the registry now: what to recover, what to pay after all",
+        _review,
+        {"redis_url", "database_url", "json"},
     )
     review.add_argument("--since", help="decisions made at or after (CST)", **when)  # type: ignore[arg-type]
     review.add_argument("--until", help="decisions made before (CST)", **when)  # type: ignore[arg-type]
-    review.add_argument("--institution", action="append", help="fixmedins_code; repeat for several")
+    review.add_argument("--institution", action="append", help="fixmedins_code; repeat for several; default all")
     review.add_argument("--policy", type=Path, help="region policy file (TOML); default: DOMAIN.md defaults")
-    review.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
-    review.add_argument("--redis-url", help=f"the eligibility cache (env REDIS_URL, default {defaults.REDIS_URL})")
+    review.add_argument(
+        "--format", choices=("table", "jsonl", "csv"), help="default table; jsonl: one finding a line (as --json)"
+    )
+    review.set_defaults(default_format="table")
     review.add_argument(
         "--follow",
         action="store_true",
         help="keep reviewing: every change whose window reaches into the past, into review_findings",
     )
     review.add_argument("--once", action="store_true", help=argparse.SUPPRESS)  # --follow: stop when caught up
-    review.set_defaults(run=_review)
     return parser
 
 
@@ -727,18 +993,29 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(_run(args, os.environ))
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    return " ".join(["gatekeeper", args.command] + ([args.audit_command] if args.command == "audit" else []))
+
+
+def _refuse_unused_options(args: argparse.Namespace) -> None:
+    """CommandFailed (usage) for a global option the command has no use for: never silently ignored."""
+    for name, flag in _GLOBAL_FLAGS.items():
+        if name not in args.uses and getattr(args, name) not in (None, False):
+            raise CommandFailed(f"{flag} means nothing to this command", exit_code=2)
+
+
 def _run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """Run the command; an expected failure is one line ``gatekeeper COMMAND: what``, never a traceback."""
-    command = " ".join(["gatekeeper", args.command] + ([args.audit_command] if args.command == "audit" else []))
 
     def described(error: Exception) -> str | None:
         if isinstance(error, psycopg.OperationalError):  # the database went away mid-command
             return f"lost the decision record: {console.first_line(error)}"
         return None
 
+    def run() -> int:
+        _refuse_unused_options(args)
+        return int(args.run(args, environ))
+
     return console.run_command(
-        command,
-        lambda: int(args.run(args, environ)),
-        lambda: getattr(args, "redis_url", None) or redis_url_from(environ),
-        described,
+        _command_name(args), run, lambda: redis_address(args.redis_url, environ).shown, described
     )

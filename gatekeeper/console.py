@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -36,11 +37,12 @@ def url_shown(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def redis_unreachable(url: str, error: redis.RedisError) -> str:
-    """One line for a Redis connection that failed: where, and the operating system's reason if there is one."""
+def redis_unreachable(where: str, error: redis.RedisError) -> str:
+    """One line for a Redis connection that failed: ``where`` (its URL as shown, password
+    hidden, and where it came from), and the operating system's reason if there is one."""
     cause = error.__cause__ or error.__context__
     reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(error)
-    return f"cannot reach Redis at {url_shown(url)}: {reason}"
+    return f"cannot reach Redis at {where}: {reason}"
 
 
 def first_line(error: BaseException) -> str:
@@ -57,12 +59,12 @@ def file_error(error: OSError) -> str:
 def run_command(
     command: str,
     run: Callable[[], int],
-    redis_url: Callable[[], str],
+    redis_where: Callable[[], str],
     describe: Callable[[Exception], str | None] = lambda error: None,
 ) -> int:
     """Run one command of an entry point and return its exit status. An expected failure is
     one line ``COMMAND: what`` on stderr, never a traceback: CommandFailed, Redis unreachable
-    (at ``redis_url()``), and whatever ``describe`` puts into words; any other error is a bug
+    (at ``redis_where()``, the URL as shown), and whatever ``describe`` puts into words; any other error is a bug
     and keeps its traceback. A closed stdout ends the command quietly."""
     try:
         code = run()
@@ -73,7 +75,7 @@ def run_command(
         print(f"{command}: {error}", file=sys.stderr)
         return error.exit_code
     except REDIS_UNREACHABLE as error:
-        print(f"{command}: {redis_unreachable(redis_url(), error)}", file=sys.stderr)
+        print(f"{command}: {redis_unreachable(redis_where(), error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -96,3 +98,24 @@ def exit_on_closed_pipe() -> NoReturn:
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
     sys.exit(CLOSED_PIPE_EXIT)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of both commands: each option's default shown, except where there is none to
+    show (None, off) and the help text says what happens instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def global_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *flags: str, top: bool, **options: Any
+) -> None:
+    """Add an option every subcommand takes, before or after its name (``top``: on the main
+    parser). A subcommand's copy has no default, so that it does not undo the same option
+    given before the subcommand; given after, it wins."""
+    if not top:
+        options["default"] = argparse.SUPPRESS
+    parser.add_argument(*flags, **options)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# Where scripts/demo writes the addresses of its Redis, PostgreSQL, gatekeeper and feed; the
+# client commands read it when neither a flag nor the environment names a server.
+DEMO_STATE = ".demo/state.json"
 LISTEN = "127.0.0.1:50051"
 WORKERS = os.cpu_count() or 1
 SHUTDOWN_GRACE_SECONDS = 10.0

@@ -6,6 +6,8 @@ point passes in (``os.environ``); nothing deeper in the code reads the environme
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any, TypeVar
 
 from gatekeeper import defaults
 from gatekeeper.cache.client import cluster_url
+from gatekeeper.console import url_shown
 from gatekeeper.defaults import LOG_FORMATS
 
 _T = TypeVar("_T")
@@ -22,25 +25,81 @@ class SettingsError(ValueError):
     """Settings that do not fit together, or an environment value that is not one; the message says which."""
 
 
-def redis_url_from(environ: Mapping[str, str]) -> str:
-    """REDIS_URL, else a Redis on this machine: every command takes --redis-url this way."""
-    return environ.get("REDIS_URL") or defaults.REDIS_URL
-
-
-def database_url_from(environ: Mapping[str, str]) -> str:
-    """DATABASE_URL, else a PostgreSQL on this machine: every command that writes or reads the
-    decision record takes --database-url this way."""
-    return environ.get("DATABASE_URL") or defaults.DATABASE_URL
-
-
 def retention_days_from(environ: Mapping[str, str]) -> int:
     """GATEKEEPER_AUDIT_RETENTION_DAYS, else a year and the weeks a late window reaches back."""
     return env_value(environ, "GATEKEEPER_AUDIT_RETENTION_DAYS", _positive_int) or defaults.AUDIT_RETENTION_DAYS
 
 
-def listen_from(environ: Mapping[str, str]) -> str:
-    """GATEKEEPER_LISTEN, else loopback port 50051: where ``serve`` listens and client commands connect."""
-    return environ.get("GATEKEEPER_LISTEN") or defaults.LISTEN
+def demo_state_path(environ: Mapping[str, str]) -> Path:
+    """GATEKEEPER_DEMO_STATE, else ``.demo/state.json`` in the current directory: what scripts/demo writes."""
+    return Path(environ.get("GATEKEEPER_DEMO_STATE") or defaults.DEMO_STATE)
+
+
+def read_demo_state(path: Path) -> dict[str, str]:
+    """The addresses a running scripts/demo wrote to ``path``; empty when there is no demo
+    running (no file, not a JSON object, or the demo's process is gone)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(state, dict):
+        return {}
+    pid = state.get("pid")
+    if isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, 0)  # signal 0: only whether the process exists
+        except ProcessLookupError:
+            return {}  # left behind by a demo that was killed
+        except PermissionError:
+            pass  # it exists, run by another user
+    return {key: value for key, value in state.items() if isinstance(value, str)}
+
+
+@dataclass(frozen=True)
+class Address:
+    """A server a command talks to, and where that address came from (for its messages)."""
+
+    value: str
+    source: str  # "--redis-url", "env REDIS_URL", "scripts/demo (.demo/state.json)" or "default"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def shown(self) -> str:
+        """The address, its password hidden, and where it came from: ``redis://…/0 (env REDIS_URL)``."""
+        return f"{url_shown(self.value)} ({self.source})"
+
+
+def address(
+    given: str | None, flag: str, environ: Mapping[str, str], variable: str, demo_key: str, default: str
+) -> Address:
+    """A server's address: the flag, else the environment variable, else the running demo's
+    (scripts/demo), else the default."""
+    if given:
+        return Address(given, flag)
+    if environ.get(variable):
+        return Address(environ[variable], f"env {variable}")
+    path = demo_state_path(environ)
+    demo = read_demo_state(path).get(demo_key)
+    if demo:
+        return Address(demo, f"scripts/demo, {path}")
+    return Address(default, "default")
+
+
+def redis_address(given: str | None, environ: Mapping[str, str]) -> Address:
+    """The eligibility cache: --redis-url, env REDIS_URL, the demo's, or a Redis on this machine."""
+    return address(given, "--redis-url", environ, "REDIS_URL", "redis_url", defaults.REDIS_URL)
+
+
+def database_address(given: str | None, environ: Mapping[str, str]) -> Address:
+    """The decision record: --database-url, env DATABASE_URL, the demo's, or a PostgreSQL on this machine."""
+    return address(given, "--database-url", environ, "DATABASE_URL", "database_url", defaults.DATABASE_URL)
+
+
+def target_address(given: str | None, environ: Mapping[str, str]) -> Address:
+    """The gatekeeper a client command calls: --target, env GATEKEEPER_LISTEN, the demo's, or loopback 50051."""
+    return address(given, "--target", environ, "GATEKEEPER_LISTEN", "target", defaults.LISTEN)
 
 
 def split_host_port(listen: str) -> tuple[str, int]:

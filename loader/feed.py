@@ -316,13 +316,47 @@ class ChangeFeedServer:
         self.stop()
 
 
-def serve_feed(directory: Path, host: str = "127.0.0.1", port: int = 8808, *, allow_non_loopback: bool = False) -> None:
-    """Serve the change files of ``directory`` in the foreground until Ctrl-C."""
+def publish_later(changes: Path, directory: Path, after_seconds: float) -> threading.Timer:
+    """Copy the change file ``changes`` into the feed's ``directory`` in ``after_seconds`` (a
+    daemon timer, already started): the demo's suspension, published while it runs. The copy
+    appears whole (written aside, then renamed), so the feed never serves half of it."""
+    data = changes.read_bytes()  # now: a missing file is a mistake at start, not a minute later
+    count = sum(1 for line in data.splitlines() if line.strip())
+
+    def publish() -> None:
+        aside = directory / f".{changes.name}.publishing"
+        aside.write_bytes(data)
+        os.replace(aside, directory / changes.with_suffix(".jsonl").name)
+        print(f"published {count} change(s) from {changes} on the feed", flush=True)
+
+    timer = threading.Timer(after_seconds, publish)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def serve_feed(
+    directory: Path,
+    host: str = "127.0.0.1",
+    port: int = 8808,
+    *,
+    allow_non_loopback: bool = False,
+    publish: Path | None = None,
+    publish_after: float = 60.0,
+) -> None:
+    """Serve the change files of ``directory`` in the foreground until Ctrl-C or SIGTERM; with
+    ``publish``, copy that change file into it ``publish_after`` seconds in."""
     server = ChangeFeedServer(directory, host=host, port=port, allow_non_loopback=allow_non_loopback)
     print(f"serving the change files of {directory} at {server.url}{CHANGES_PATH} (Ctrl-C to stop)", flush=True)
+    timer = None
+    if publish is not None:
+        timer = publish_later(publish, directory, publish_after)
+        print(f"publishing {publish} in {publish_after:g} s", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if timer is not None:
+            timer.cancel()
         server.stop()

@@ -99,9 +99,9 @@ class ChangeFollower:
         self._lags_ms.clear()
         return lags
 
-    def _distrust(self, why: str) -> None:
+    def _distrust(self, why: str, level: int = logging.WARNING) -> None:
         if self.trusted:
-            log.warning("near cache dropped: %s", why)
+            log.log(level, "near cache dropped: %s", why)
         self.trusted = False
         self.caught_up.clear()
         self.cache.retire()  # no longer used for ordinary lookups; held for degraded mode
@@ -165,7 +165,8 @@ class ChangeFollower:
                         if not self._apply(changelog.parse_entry(entry_id, fields)):
                             switched = True
                 if switched:
-                    self._distrust("the registry snapshot switched")
+                    # Routine (a daily snapshot): nothing for the on-call to look at.
+                    self._distrust("the registry snapshot switched", logging.INFO)
                     self.cache.clear()  # a new snapshot: nothing held from the old one is kept
                 elif reply and await self._missed_entries():
                     self._distrust("change notifications were trimmed before they were read")

@@ -28,6 +28,12 @@ from tests.servers import PostgresServer, RedisCluster, RedisServer, start_clust
 TEMPLATE = "gk_template"  # a migrated database each test's database is copied from
 
 
+@pytest.fixture(autouse=True)
+def no_demo_state(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Commands run by tests never read the addresses of a scripts/demo a developer has running."""
+    monkeypatch.setenv("GATEKEEPER_DEMO_STATE", str(tmp_path_factory.getbasetemp() / "no-demo" / "state.json"))
+
+
 @pytest.fixture(scope="session")
 def single_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """The session's one Redis."""

@@ -71,7 +71,9 @@ def test_gatekeeper_names_the_decision_record_it_cannot_reach(
     result = run(GATEKEEPER, *GATEKEEPER_RECORD_COMMANDS[name], env=env_without_redis | {"DATABASE_URL": url})
     assert result.returncode == 1
     shown = f"postgresql://reader:***@{nowhere}/gatekeeper"
-    assert one_line(result).startswith(f"gatekeeper {name}: cannot reach the decision record at {shown}: ")
+    assert one_line(result).startswith(
+        f"gatekeeper {name}: cannot reach the decision record at {shown} (env DATABASE_URL): "
+    )
     assert "Connection refused" in one_line(result) and "s3cret" not in result.stderr
 
 
@@ -100,7 +102,9 @@ def test_the_loader_names_the_redis_it_cannot_reach(
     result = run(LOADER, *loader_redis_commands(tmp_path)[name], env=env_without_redis, cwd=tmp_path)
     assert result.returncode == 1
     url = env_without_redis["REDIS_URL"]
-    assert one_line(result) == f"gatekeeper-loader {name}: cannot reach Redis at {url}: Connection refused"
+    assert (
+        one_line(result) == f"gatekeeper-loader {name}: cannot reach Redis at {url} (env REDIS_URL): Connection refused"
+    )
 
 
 @pytest.mark.parametrize("name", ["status", "snapshot", "follow"])
@@ -108,14 +112,15 @@ def test_the_loader_names_the_redis_cluster_it_cannot_reach(name: str, nowhere: 
     url = f"redis+cluster://{nowhere}"
     result = run(LOADER, *loader_redis_commands(tmp_path)[name], env=os.environ | {"REDIS_URL": url}, cwd=tmp_path)
     assert result.returncode == 1
-    assert one_line(result).startswith(f"gatekeeper-loader {name}: cannot reach Redis at {url}: ")
+    assert one_line(result).startswith(f"gatekeeper-loader {name}: cannot reach Redis at {url} (env REDIS_URL): ")
 
 
 def test_a_redis_password_is_not_printed(nowhere: str, tmp_path: Path) -> None:
     env = os.environ | {"REDIS_URL": f"redis://reader:s3cret@{nowhere}/0"}
     result = run(LOADER, "status", env=env, cwd=tmp_path)
     assert result.returncode == 1
-    assert one_line(result) == f"gatekeeper-loader status: cannot reach Redis at redis://reader:***@{nowhere}/0: " + (
+    assert one_line(result) == (
+        f"gatekeeper-loader status: cannot reach Redis at redis://reader:***@{nowhere}/0 (env REDIS_URL): "
         "Connection refused"
     )
     assert "s3cret" not in result.stderr
@@ -149,7 +154,8 @@ def test_serve_starts_without_redis_and_logs_no_traceback(env_without_redis: dic
     redis_address = env_without_redis["REDIS_URL"].removeprefix("redis://").removesuffix("/0")
     assert f"could not check the registry data's age: Error 111 connecting to {redis_address}" in log
     assert "Traceback" not in log
-    assert (health.returncode, health.stdout.strip()) == (1, "NOT_SERVING")  # serving, but not SERVING
+    assert health.returncode == 1  # serving, but not SERVING
+    assert health.stdout.strip() == f"NOT_SERVING: the gatekeeper at {listen} (--target)"
 
 
 def test_an_audit_period_that_ends_before_it_starts_is_a_usage_error(env_without_redis: dict[str, str]) -> None:
@@ -173,8 +179,8 @@ def test_a_client_names_the_gatekeeper_it_cannot_reach(name: str, nowhere: str) 
     result = run(GATEKEEPER, *CLIENT_COMMANDS[name], "--target", nowhere, env=dict(os.environ))
     assert result.returncode == 1
     assert one_line(result) == (
-        f"gatekeeper {name}: cannot reach the gatekeeper at {nowhere}: Connection refused; "
-        "is it running there (--target, env GATEKEEPER_LISTEN)?"
+        f"gatekeeper {name}: cannot reach the gatekeeper at {nowhere} (--target): Connection refused; "
+        "is the gatekeeper running there?"
     )
 
 
@@ -182,7 +188,7 @@ def test_a_client_says_when_the_target_is_not_a_grpc_server(redis_server: RedisS
     target = f"127.0.0.1:{redis_server.port}"
     result = run(GATEKEEPER, "health", "--target", target, env=dict(os.environ))
     assert result.returncode == 1
-    assert one_line(result).startswith(f"gatekeeper health: cannot reach the gatekeeper at {target}: ")
+    assert one_line(result).startswith(f"gatekeeper health: cannot reach the gatekeeper at {target} (--target): ")
     assert "not a gRPC server" in one_line(result)
 
 
@@ -294,7 +300,7 @@ def test_plain_text_to_a_tls_server_says_it_expects_tls(tls_gatekeeper: RunningG
     result = run(GATEKEEPER, "health", "--target", tls_gatekeeper.target, env=dict(os.environ))
     assert result.returncode == 1
     line = one_line(result)
-    assert line.startswith(f"gatekeeper health: cannot reach the gatekeeper at {tls_gatekeeper.target}: ")
+    assert line.startswith(f"gatekeeper health: cannot reach the gatekeeper at {tls_gatekeeper.target} (--target): ")
     assert "the server expects TLS" in line and "--tls-ca" in line
 
 

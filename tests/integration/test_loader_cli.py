@@ -32,7 +32,7 @@ def run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProce
 
 
 def status(env: dict[str, str], cwd: Path) -> tuple[int, dict[str, Any]]:
-    result = run("status", env=env, cwd=cwd)
+    result = run("status", "--json", env=env, cwd=cwd)
     return result.returncode, json.loads(result.stdout)
 
 

@@ -166,7 +166,9 @@ def test_the_cli_speaks_mutual_tls(pki: Pki) -> None:
     checked = run(str(BIN / "gatekeeper"), "check", str(DEMO_CLAIM), *tls, env=env)
     anonymous = run(str(BIN / "gatekeeper"), "health", *tls[:4], "--timeout", "1", env=env)
 
-    assert (health.returncode, health.stdout.strip()) == (0, "SERVING"), health.stderr
+    assert (health.returncode, health.stdout.strip()) == (0, f"SERVING: the gatekeeper at {pki.target} (--target)"), (
+        health.stderr
+    )
     assert checked.returncode == 0, checked.stderr
     assert "claim PARTIAL: allowed 156.00, blocked 175.50" in checked.stdout
     assert anonymous.returncode == 1 and "requires a client certificate" in anonymous.stderr

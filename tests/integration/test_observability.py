@@ -236,7 +236,10 @@ def test_serve_logs_one_json_object_per_line_and_health_answers_the_container(
         _, rest = server.communicate(timeout=30)
     logged += [json.loads(line) for line in rest.splitlines()]
 
-    assert (healthy.returncode, healthy.stdout.strip()) == (0, "SERVING")
+    assert (healthy.returncode, healthy.stdout.strip()) == (
+        0,
+        f"SERVING: the gatekeeper at {listen} (env GATEKEEPER_LISTEN)",
+    )
     assert nobody.returncode == 1 and "cannot reach the gatekeeper" in nobody.stderr
     assert server.returncode == 0
     assert {"time", "level", "logger", "message", "pid"} <= set(logged[0])

@@ -273,7 +273,7 @@ def test_a_snapshot_older_than_the_loaded_one_is_refused_unless_forced(
     forced = cli("snapshot", "--force", str(old), redis_url=redis_server.url, cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert "warning: forced past a failed check: the snapshot's watermark_seq 50" in forced.stderr
-    status = json.loads(cli("status", redis_url=redis_server.url, cwd=tmp_path).stdout)
+    status = json.loads(cli("status", "--json", redis_url=redis_server.url, cwd=tmp_path).stdout)
     assert (status["snapshot_id"], status["applied_seq"], status["registry_version"]) == ("old", 50, "old@50")
     assert lookup(redis_server.url, [A]).registry_version == "old@50"
     assert redis_client.get(keys.FOLLOW_CURSOR) == b"50"  # the changes after 50 must come again

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from gatekeeper.cache import keys
@@ -69,3 +72,19 @@ def test_a_reader_polling_during_reloads_never_sees_a_mixed_snapshot(
     assert set(seen) == set(expected), seen  # the reader really saw both snapshots
     generations = {int(g) for g in redis_client.smembers(keys.GENERATIONS)}
     assert generations == {int(redis_client.hget(keys.META, keys.MetaField.GENERATION))}  # old ones dropped
+
+
+def test_a_routine_snapshot_switch_is_logged_at_info_not_warning(
+    gatekeeper: RunningGatekeeper, redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gatekeeper.cache.follower")
+    load(redis_client, snapshot(tmp_path, "A", suspended="D110105000001", registered="D110105000002", seq=10_000))
+    # The worker is following the change stream once a claim has been answered from the snapshot.
+    gatekeeper.stub.GetPractitioner(pb.GetPractitionerRequest(prac_psn_code="D110105000001"), timeout=5)
+    load(redis_client, snapshot(tmp_path, "B", suspended="D110105000002", registered="D110105000001", seq=20_000))
+    deadline = time.monotonic() + 10
+    while not [r for r in caplog.records if "snapshot switched" in r.getMessage()]:
+        assert time.monotonic() < deadline, "the worker never noticed the switch"
+        threading.Event().wait(0.02)
+    switched = [r for r in caplog.records if "snapshot switched" in r.getMessage()]
+    assert [r.levelname for r in switched] == ["INFO"]

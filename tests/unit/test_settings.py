@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
-from gatekeeper.settings import Settings, SettingsError, split_host_port
+from gatekeeper import defaults
+from gatekeeper.settings import Settings, SettingsError, redis_address, split_host_port
 
 CERT, KEY, CA, CALLERS = Path("server.crt"), Path("server.key"), Path("clients.crt"), Path("callers.toml")
 
@@ -82,3 +85,24 @@ def test_a_bad_environment_value_is_one_error_naming_the_variable(variable: str,
 def test_replica_reads_come_with_a_cluster_url() -> None:
     environ = {"REDIS_URL": "redis+cluster://10.0.0.1:6379", "GATEKEEPER_REDIS_REPLICA_READS": "yes"}
     assert Settings.from_env(environ).redis_replica_reads
+
+
+def test_an_address_comes_from_the_flag_then_the_environment_then_a_running_demo_then_the_default(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"pid": os.getpid(), "redis_url": "redis://127.0.0.1:7001/0"}), encoding="utf-8")
+    demo = {"GATEKEEPER_DEMO_STATE": str(state)}
+    given = redis_address("redis://127.0.0.1:7000/0", demo | {"REDIS_URL": "redis://127.0.0.1:7002/0"})
+    assert (given.value, given.source) == ("redis://127.0.0.1:7000/0", "--redis-url")
+    from_env = redis_address(None, demo | {"REDIS_URL": "redis://127.0.0.1:7002/0"})
+    assert (from_env.value, from_env.source) == ("redis://127.0.0.1:7002/0", "env REDIS_URL")
+    from_demo = redis_address(None, demo)
+    assert (from_demo.value, from_demo.source) == ("redis://127.0.0.1:7001/0", f"scripts/demo, {state}")
+    default = redis_address(None, {"GATEKEEPER_DEMO_STATE": str(tmp_path / "none.json")})
+    assert (default.value, default.source) == (defaults.REDIS_URL, "default")
+
+
+def test_a_password_is_hidden_where_an_address_is_shown() -> None:
+    shown = redis_address("redis://reader:s3cret@127.0.0.1:7000/0", {}).shown
+    assert shown == "redis://reader:***@127.0.0.1:7000/0 (--redis-url)"
