@@ -84,6 +84,7 @@ _SERVE_FIELDS = (
     "shutdown_grace_seconds",
     "near_cache_entries",
     "near_cache_max_age_seconds",
+    "near_cache_warm",
     "redis_timeout_seconds",
     "redis_replica_reads",
     "degraded_max_age_seconds",
@@ -770,6 +771,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds a claim may wait for Redis (connecting included) before degraded mode answers "
         f"(default {defaults.REDIS_TIMEOUT_SECONDS})",
+    )
+    serve.add_argument(
+        "--near-cache-warm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fill the near cache with every practitioner of each snapshot (up to --near-cache-entries), so that the "
+        f"first claims and degraded mode find them (GATEKEEPER_NEAR_CACHE_WARM; default {defaults.NEAR_CACHE_WARM})",
     )
     serve.add_argument(
         "--redis-replica-reads",

@@ -46,6 +46,7 @@ MAX_BATCH_BYTES = 1024 * 1024
 # safety net for a notification path that fails silently.
 NEAR_CACHE_ENTRIES = 1_000_000
 NEAR_CACHE_MAX_AGE_SECONDS = 120.0
+NEAR_CACHE_WARM = True  # filled from each snapshot at start and after each switch
 # Registry changes are decided days ahead and arrive a few a minute: a record an hour old
 # is almost always still right, and far better than none while Redis is away.
 DEGRADED_MAX_AGE_SECONDS = 3600.0

@@ -163,6 +163,7 @@ def build_store(settings: Settings) -> EligibilityStore:
             settings.redis_timeout_seconds,
             settings.degraded_max_age_seconds,
             settings.redis_replica_reads,
+            warm=settings.near_cache_warm,
         )
     degraded = settings.degraded_max_age_seconds > 0
     return RedisEligibilityStore.from_url(

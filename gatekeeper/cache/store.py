@@ -14,6 +14,7 @@ cache, and those it stopped trusting when notifications broke off) answers for u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -33,6 +34,10 @@ from gatekeeper.core.errors import CacheCorrupt, CacheUnavailable, NeverRead, Re
 from gatekeeper.core.records import PractitionerRecord, decode_record
 
 log = logging.getLogger(__name__)
+SENTINEL = keys.BUCKET_SENTINEL.encode()
+# Warming reads this many buckets (about 48 practitioners each) per round trip.
+WARM_BUCKETS_PER_READ = 64
+WARM_POLL_SECONDS = 1.0  # how often the warmer looks for a new snapshot to warm from
 
 # A snapshot switch between reading gk:meta and reading the buckets makes a reader read
 # again; more than this many switches in a row (snapshots load minutes apart) means
@@ -155,6 +160,31 @@ class RedisEligibilityStore:
             raise CacheCorrupt(f"eligibility cache holds an undecodable record: {error}") from error
         raise CacheUnavailable("the registry snapshot kept switching during the read")
 
+    async def read_buckets(self, generation: int, buckets: range) -> tuple[Meta, dict[str, PractitionerRecord]]:
+        """Every record in ``buckets`` of ``generation``, and gk:meta as read with them (in
+        one round trip): the caller checks that the generation is still the one read."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hmget(keys.META, READ_FIELDS)
+        for bucket in buckets:
+            pipe.hgetall(keys.bucket_key(generation, bucket))
+        try:
+            values, *contents = await pipe.execute()
+            records = {
+                code.decode(): decode_record(value)
+                for content in contents
+                for code, value in content.items()
+                if code != SENTINEL
+            }
+        except RedisError as error:
+            self.stats.redis_error("warm")
+            raise CacheUnavailable(f"eligibility cache unavailable: {error}") from error
+        except msgspec.DecodeError as error:
+            raise CacheCorrupt(f"eligibility cache holds an undecodable record: {error}") from error
+        meta = Meta.from_read(values)
+        if meta.generation is not None and meta.snapshot_id is not None:
+            self.last_version = (meta.snapshot_id, meta.applied_seq)  # a registry was read: one to stand in for
+        return meta, records
+
     async def registry_updated_at(self) -> float | None:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hmget(keys.META, [keys.MetaField.GENERATION, keys.MetaField.SWITCHED_AT])
@@ -188,13 +218,17 @@ class CachingEligibilityStore:
         max_age_seconds: float = defaults.NEAR_CACHE_MAX_AGE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         degraded_max_age_seconds: float = 0.0,
+        warm: bool = True,
     ) -> None:
         self._backing = backing
+        self._warm = warm  # fill the near cache from each snapshot (bounded by max_entries)
         self.degraded_max_age_seconds = degraded_max_age_seconds  # 0: no degraded mode
         self.degraded = False  # the last read of Redis failed
         self.cache = NearCache(max_entries, max_age_seconds, clock)
         self.stats = backing.stats  # one set of counters for the store and its backing
         self.follower = ChangeFollower(stream_client, self.cache, self.stats, clock=clock)
+        self.warmed_generation = 0  # the last snapshot the near cache was filled from
+        self._warmer: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(
@@ -205,6 +239,7 @@ class CachingEligibilityStore:
         timeout_seconds: float | None = None,
         degraded_max_age_seconds: float = 0.0,
         replica_reads: bool = False,
+        warm: bool = True,
     ) -> CachingEligibilityStore:
         """A caching store over Redis at ``url``; the stream reader has its own connection,
         whose reads wait out XREAD's BLOCK before they time out. The stream is read from the
@@ -212,7 +247,9 @@ class CachingEligibilityStore:
         backing = RedisEligibilityStore.from_url(url, timeout_seconds, replica_reads=replica_reads)
         read_timeout = None if timeout_seconds is None else timeout_seconds + BLOCK_MILLISECONDS / 1000
         stream = redis_client(url, timeout_seconds, read_timeout, client_name=STREAM_CLIENT_NAME)
-        return cls(backing, stream, max_entries, max_age_seconds, degraded_max_age_seconds=degraded_max_age_seconds)
+        return cls(
+            backing, stream, max_entries, max_age_seconds, degraded_max_age_seconds=degraded_max_age_seconds, warm=warm
+        )
 
     @property
     def caught_up(self) -> asyncio.Event:
@@ -221,9 +258,52 @@ class CachingEligibilityStore:
 
     def start(self) -> None:
         self.follower.start()
+        if self._warm and self._warmer is None:
+            self._warmer = asyncio.create_task(self._warm_each_snapshot(), name="near-cache-warmer")
 
     def notification_lags_ms(self) -> list[float]:
         return self.follower.take_lags_ms()
+
+    async def _warm_each_snapshot(self) -> None:
+        """Fill the near cache from each snapshot the follower reaches (at start, and after
+        every switch, which empties it), so that a worker answers from memory from the first
+        claim rather than after it has seen every practitioner once (with a Zipf law of use,
+        a long time: the rarely seen make up much of the claims)."""
+        while True:
+            await self.follower.caught_up.wait()
+            generation = self.follower.generation
+            if generation and generation != self.warmed_generation:
+                try:
+                    added = await self.warm(generation)
+                except CacheUnavailable as error:  # lookups read through meanwhile; tried again later
+                    log.warning("near cache: not warmed from snapshot %d yet: %s", generation, error)
+                else:
+                    self.warmed_generation = generation
+                    log.info("near cache: warmed with %d practitioners of snapshot %d", added, generation)
+            await asyncio.sleep(WARM_POLL_SECONDS)
+
+    async def warm(self, generation: int) -> int:
+        """Read ``generation``'s records into the near cache, bucket by bucket, until it is
+        full; how many were added. A read that an invalidation, a switch or a lagging replica
+        overtook is dropped, as a lookup's would be (put_many's epoch); the codes it held are
+        then read on demand."""
+        follower, cache = self.follower, self.cache
+        meta, _ = await self._backing.read_buckets(generation, range(0))
+        if meta.generation != generation:
+            return 0
+        added = 0
+        for first in range(0, meta.buckets, WARM_BUCKETS_PER_READ):
+            if len(cache) >= cache.max_entries or follower.generation != generation or not follower.trusted:
+                break
+            epoch = cache.epoch
+            buckets = range(first, min(first + WARM_BUCKETS_PER_READ, meta.buckets))
+            read, records = await self._backing.read_buckets(generation, buckets)
+            if read.generation != generation:
+                break
+            if follower.trusted and read.applied_seq >= follower.seen_seq and cache.epoch == epoch:
+                cache.put_many(records, records, epoch)
+                added += len(records)
+        return added
 
     async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
         try:
@@ -291,5 +371,9 @@ class CachingEligibilityStore:
         return await self._backing.registry_updated_at()
 
     async def close(self) -> None:
+        if self._warmer is not None:
+            self._warmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warmer
         await self.follower.close()
         await self._backing.close()

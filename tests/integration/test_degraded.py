@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gatekeeper.core.policy import parse_policy
 from gatekeeper.v1 import gatekeeper_pb2 as pb
@@ -30,6 +32,9 @@ SERVICE_TIME = "2026-11-20 10:00:00"
 # acknowledged is lost by the stop.
 PERSISTENT = ("--appendonly", "yes", "--appendfsync", "always")
 REDIS_TIMEOUT = 0.2
+# The cases below need practitioners the process has never read: a warmed near cache holds
+# the whole snapshot (the last test shows what that buys in an outage).
+COLD_START = {"near_cache_warm": False}
 
 
 def registry(directory: Path) -> Path:
@@ -93,7 +98,7 @@ def test_redis_stopped_and_restarted_mid_traffic(
 ) -> None:
     spool_dir = tmp_path / "spool"
     gatekeeper = start_gatekeeper(
-        redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, audit_spool_dir=spool_dir
+        redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, audit_spool_dir=spool_dir, **COLD_START
     )
     warm = gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)  # REGISTERED and SUSPENDED now held
     assert [i.reason for i in warm.items] == [pb.REASON_OK, pb.REASON_SUSPENDED, pb.REASON_OK]
@@ -160,7 +165,9 @@ POLICY = parse_policy({"regions": {"41": {"unverified": "block"}, "11": {"stand_
 def test_the_region_policy_decides_what_cannot_be_checked(
     start_gatekeeper: StartGatekeeper, own_redis: RedisServer
 ) -> None:
-    gatekeeper = start_gatekeeper(redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, policy=POLICY)
+    gatekeeper = start_gatekeeper(
+        redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, policy=POLICY, **COLD_START
+    )
     gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)
     own_redis.stop()
 
@@ -187,7 +194,7 @@ def test_the_region_policy_decides_what_cannot_be_checked(
 def test_a_hung_redis_holds_a_claim_no_longer_than_the_redis_timeout(
     start_gatekeeper: StartGatekeeper, own_redis: RedisServer
 ) -> None:
-    gatekeeper = start_gatekeeper(redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT)
+    gatekeeper = start_gatekeeper(redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, **COLD_START)
     gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)
     os.kill(own_redis.process.pid, signal.SIGSTOP)  # hung: connections are accepted, nothing is answered
     try:
@@ -214,7 +221,9 @@ def test_a_hung_redis_holds_a_claim_no_longer_than_the_redis_timeout(
 def test_degraded_mode_without_held_records_or_turned_off(
     start_gatekeeper: StartGatekeeper, own_redis: RedisServer, settings: dict[str, float], expected: str
 ) -> None:
-    gatekeeper = start_gatekeeper(redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, **settings)
+    gatekeeper = start_gatekeeper(
+        redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, **COLD_START, **settings
+    )
     gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)
     own_redis.stop()
     if expected == "unavailable":
@@ -225,3 +234,36 @@ def test_degraded_mode_without_held_records_or_turned_off(
         answer = gatekeeper.stub.CheckClaim(claim("down", COLD[0]), timeout=5)
         assert [i.reason for i in answer.items] == [pb.REASON_UNVERIFIED] * 3
         assert answer.registry_version == "outage@500"  # the last version this process read
+
+
+def near_cache_misses(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gatekeeper_near_cache_lookups_total" and sample.labels.get("result") == "miss":
+                return sample.value
+    return 0.0
+
+
+def test_a_warmed_near_cache_decides_every_practitioner_of_the_snapshot_through_an_outage(
+    start_gatekeeper: StartGatekeeper, own_redis: RedisServer
+) -> None:
+    load(own_redis.client(), registry(own_redis.directory))
+    gatekeeper = start_gatekeeper(
+        redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, metrics_listen="127.0.0.1:0"
+    )
+    assert gatekeeper.metrics_port is not None
+    probes = iter(COLD[:200])
+
+    def warmed() -> bool:
+        """A claim naming a practitioner never asked for is answered without reading Redis."""
+        before = near_cache_misses(gatekeeper.metrics_port)
+        gatekeeper.stub.CheckClaim(claim("probe", next(probes)), timeout=5)
+        return near_cache_misses(gatekeeper.metrics_port) == before
+
+    wait_until(warmed, "the near cache is warmed from the snapshot")
+    own_redis.stop()
+    answers = [gatekeeper.stub.CheckClaim(claim(f"o{n}", code), timeout=5) for n, code in enumerate(COLD[-20:])]
+    assert [[i.reason for i in a.items] for a in answers] == [[pb.REASON_OK, pb.REASON_SUSPENDED, pb.REASON_OK]] * 20
+    assert all(a.items[2].enforced for a in answers)  # checked against the record held, not stood in for

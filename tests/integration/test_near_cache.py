@@ -45,11 +45,18 @@ def reason(lookup_records: dict, code: str = CODE) -> Reason:  # type: ignore[ty
 
 
 async def started(
-    url: str, max_age_seconds: float = 30.0, clock: Callable[[], float] | None = None, name: str = STREAM_CLIENT_NAME
+    url: str,
+    max_age_seconds: float = 30.0,
+    clock: Callable[[], float] | None = None,
+    name: str = STREAM_CLIENT_NAME,
+    warm: bool = False,
 ) -> CachingEligibilityStore:
+    """A caching store that has caught up; not warmed unless asked (most cases here are about
+    what a lookup fetches)."""
     backing = RedisEligibilityStore.from_url(url)
     stream = redis_client(url, None, client_name=name)
-    store = CachingEligibilityStore(backing, stream, 1000, max_age_seconds, **({"clock": clock} if clock else {}))
+    clocked = {"clock": clock} if clock else {}
+    store = CachingEligibilityStore(backing, stream, 1000, max_age_seconds, warm=warm, **clocked)
     store.start()
     await asyncio.wait_for(store.caught_up.wait(), POLL_SECONDS)
     return store
@@ -167,6 +174,43 @@ def test_a_snapshot_switch_drops_everything(
             return lookup.registry_version == "B@900" and reason(lookup.records) is Reason.TERMINATED
 
         await until(switched, "the near cache follows the switch")
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_near_cache_is_warmed_from_each_snapshot_and_answers_the_first_lookup(
+    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    load(redis_client, registry(tmp_path))
+    everyone = [CODE] + [f"D1101050{n:05d}" for n in range(2, 60)]
+
+    async def scenario() -> None:
+        store = await started(redis_server.url, warm=True)
+        await until(lambda: len(store.cache) == len(everyone), "the near cache holds the whole snapshot")
+        before = (store.stats.hits, store.stats.misses)
+        lookup = await store.lookup(everyone)  # never asked for before
+        assert len(lookup.records) == len(everyone)
+        assert (store.stats.hits - before[0], store.stats.misses - before[1]) == (len(everyone), 0)
+
+        # A change after warming is seen (notifications keep the warmed entries coherent) ...
+        await asyncio.to_thread(suspend, redis_client, 500)
+        await until(
+            lambda: CODE not in store.cache._entries,
+            "the change's notification drops the warmed entry",
+        )
+        assert reason((await store.lookup([CODE])).records) is Reason.SUSPENDED
+
+        # ... and a new snapshot is warmed in its turn.
+        rows = [period(CODE, "t1", 3, "2026-06-01 00:00:00", seq=900, chg_rea="记满12分")]
+        rows += [period(f"D1101050{n:05d}", f"y{n}", 1, "2021-01-01 00:00:00", seq=1 + n) for n in range(2, 60)]
+        snapshot = write_snapshot(tmp_path, rows, snapshot_id="B", watermark_seq=1000, name="b.csv")
+        await asyncio.to_thread(load, redis_client, snapshot)
+        await until(lambda: store.warmed_generation == store.follower.generation, "the new snapshot is warmed")
+        assert len(store.cache) == len(rows)
+        before = (store.stats.hits, store.stats.misses)
+        assert reason((await store.lookup([CODE])).records) is Reason.TERMINATED
+        assert (store.stats.hits - before[0], store.stats.misses - before[1]) == (1, 0)
         await store.close()
 
     asyncio.run(scenario())
