@@ -18,6 +18,7 @@ from redis.connection import Connection
 
 from gatekeeper.cache import changelog, keys
 from gatekeeper.cache.layout import Lease, Meta
+from loader.chunks import Batch, Target, pack_batch
 from loader.rows import EncodedRow
 
 # Listpack hashes are what keep a practitioner under 64 bytes; a record with a long
@@ -161,10 +162,14 @@ class GenerationWriter:
         self._lease.start_renewing()
         self.abandoned = drop_abandoned_generations(client)  # ours is kept: it holds the lease
         self._connection: Connection | None = None
-        # The gk_insert call awaiting its answer: its rows and where each came from.
-        self._in_flight: tuple[Sequence[EncodedRow], Sequence[int]] | None = None
+        self._in_flight: Batch | None = None  # the gk_insert call awaiting its answer
         client.sadd(keys.GENERATIONS, self.generation)
         self._write_sentinels()
+
+    @property
+    def target(self) -> Target:
+        """Where this generation's rows go, for :func:`loader.chunks.pack_batch`."""
+        return Target(self.generation, self.buckets)
 
     def _keys(self, code: str, chg_id: str) -> tuple[str, str]:
         """The bucket of ``code`` and the chg_id index hash of ``chg_id`` in this generation."""
@@ -181,34 +186,26 @@ class GenerationWriter:
                 pipe.execute()
         pipe.execute()
 
-    def add(self, rows: Sequence[EncodedRow], stats: WriteStats, origins: Sequence[int] = ()) -> None:
-        """Write snapshot rows (code, chg_id, one-period record, seq): a code's first row as
-        it is, later ones merged by chg_id and seq. One gk_insert call per batch. ``origins``
-        (the line of each row) name the rows refused in ``stats.refused``.
+    def send(self, batch: Batch, stats: WriteStats) -> None:
+        """Send one packed gk_insert call of snapshot rows (code, chg_id, one-period record,
+        seq): a code's first row as it is, later ones merged by chg_id and seq. Rows Redis
+        refuses are counted in ``stats.refused`` by the line they came from.
 
         The call is sent without waiting for its answer, which is read when the next
         batch is sent (or by :meth:`flush`): Redis merges one batch while Python parses
-        the next, each on its own core.
+        the next. One call at a time, so rows are merged in the file's order.
         """
         if self._connection is None:
             self._connection = self._redis.connection_pool.get_connection()
         self.flush(stats)
-        self._send_insert(rows, origins)
-
-    def _send_insert(self, rows: Sequence[EncodedRow], origins: Sequence[int]) -> None:
-        assert self._connection is not None
-        bucket_keys = [key for code, chg_id, _, _ in rows for key in self._keys(code, chg_id)]
-        arguments = [value for row in rows for value in row]
-        self._connection.send_command(  # type: ignore[no-untyped-call]
-            "FCALL", "gk_insert", len(bucket_keys), *bucket_keys, *arguments
-        )
-        self._in_flight = (rows, origins)
+        self._connection.send_packed_command([batch.command], check_health=False)  # type: ignore[no-untyped-call]
+        self._in_flight = batch
 
     def flush(self, stats: WriteStats) -> None:
         """Wait for the batch in flight and count what it did; send again, and wait for,
         what a call handed back for lack of budget."""
         while self._in_flight is not None and self._connection is not None:
-            rows, origins = self._in_flight
+            batch = self._in_flight
             self._in_flight = None
             reply = self._connection.read_response()
             if isinstance(reply, redis.ResponseError):
@@ -218,10 +215,14 @@ class GenerationWriter:
             stats.merged += merged
             stats.stale += stale
             stats.findings.update(code.decode() for code in findings)
-            for index in refused:  # from 1, in this call's rows
-                stats.refused.append((origins[index - 1] if origins else -1, rows[index - 1][0]))
-            if handled < len(rows):
-                self._send_insert(rows[handled:], origins[handled:])
+            if refused or handled < len(batch.lines):
+                rows = batch.rows()
+                for index in refused:  # from 1, in this call's rows
+                    stats.refused.append((batch.lines[index - 1], rows[index - 1][0]))
+                if handled < len(rows):
+                    rest = pack_batch(rows[handled:], batch.lines[handled:], self.target)
+                    self._connection.send_packed_command([rest.command], check_health=False)  # type: ignore[no-untyped-call]
+                    self._in_flight = rest
 
     def _release_connection(self) -> None:
         if self._connection is not None:

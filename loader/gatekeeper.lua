@@ -100,17 +100,21 @@ end
 -- if none), and the bytes of records and index entries it read or wrote (the caller's
 -- budget). A refused version changes nothing: the cap is checked before the period is
 -- taken from its old code or the index is updated. The common snapshot row (a chg_id and
--- a code both new) costs two HSETNX and no record decoding.
-local function merge(bucket, index, code, chg_id, incoming, seq, watermark)
+-- a code both new) costs two HSETNX and no decoding or encoding at all when the caller
+-- passes `entry`, the index entry {code, bucket number, seq} it would get.
+local function merge(bucket, index, code, chg_id, incoming, seq, watermark, entry)
   if seq <= watermark then
     return 0, 0, false, 0
   end
   local spent = #incoming
+  local new_chg_id = redis.call('HSETNX', index, chg_id, entry or index_entry(code, bucket, seq, 0, 0)) == 1
+  if new_chg_id and redis.call('HSETNX', bucket, code, incoming) == 1 then
+    return 1, 0, false, spent
+  end
   local update = cmsgpack.unpack(incoming)
   local period = update[2][1]
   local crc_key = period[3]
   local known_key, moved = nil, nil
-  local new_chg_id = redis.call('HSETNX', index, chg_id, index_entry(code, bucket, seq, crc_key, crc_key)) == 1
   if not new_chg_id then
     local entry = redis.call('HGET', index, chg_id)
     spent = spent + #entry
@@ -179,7 +183,7 @@ local function merge(bucket, index, code, chg_id, incoming, seq, watermark)
 end
 
 -- KEYS: the bucket and the chg_id index hash of each row. ARGV: code, chg_id, encoded
--- one-period record and seq of each row. The snapshot loader's bulk write into a
+-- one-period record, seq and index entry {code, bucket number, seq} of each row. The snapshot loader's bulk write into a
 -- generation being loaded (standalone Redis: the keys span slots). Returns {new codes,
 -- merged, stale, codes with integrity findings, rows handled (the first ones; the caller
 -- sends the rest again), indexes of rows refused}.
@@ -190,8 +194,9 @@ local function gk_insert(keys, args)
     if spent >= CALL_BUDGET_BYTES then
       return {inserted, merged, stale, findings, i - 1, refused}
     end
-    local changed, finding, _, cost = merge(keys[2 * i - 1], keys[2 * i], args[4 * i - 3], args[4 * i - 2],
-      args[4 * i - 1], tonumber(args[4 * i]), -1)
+    local j = 5 * i - 4
+    local changed, finding, _, cost =
+      merge(keys[2 * i - 1], keys[2 * i], args[j], args[j + 1], args[j + 2], tonumber(args[j + 3]), -1, args[j + 4])
     spent = spent + cost
     if changed == 0 then
       stale = stale + 1
@@ -203,7 +208,7 @@ local function gk_insert(keys, args)
       merged = merged + 1
     end
     if finding == 1 then
-      findings[#findings + 1] = args[4 * i - 3]
+      findings[#findings + 1] = args[j]
     end
   end
   return {inserted, merged, stale, findings, rows, refused}

@@ -1,0 +1,127 @@
+"""A snapshot's rows in line-aligned chunks, each parsed into ready-to-send gk_insert calls."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import hiredis
+import msgspec
+
+from gatekeeper.cache import keys
+from loader.rows import EncodedRow, RowError, RowParser
+
+CHUNK_BYTES = 1 << 20  # of CSV text per chunk: about 12,000 rows, tens of milliseconds to parse
+
+_rows_encoder = msgspec.msgpack.Encoder()
+_rows_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, bytes, int]])
+_entry_encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where rows go: the generation being loaded and its bucket count."""
+
+    generation: int
+    buckets: int
+
+
+@dataclass
+class Batch:
+    """One gk_insert call, packed: its command bytes, and its rows for when Redis refuses
+    some or hands some back (decoded only then)."""
+
+    command: bytes
+    packed_rows: bytes
+    lines: list[int]
+
+    def rows(self) -> list[EncodedRow]:
+        """The rows of the call, in order."""
+        return _rows_decoder.decode(self.packed_rows)
+
+
+@dataclass
+class ParsedChunk:
+    """What parsing one chunk gave: calls to send, rows to quarantine, counts."""
+
+    batches: list[Batch] = field(default_factory=list)
+    rows: int = 0  # data rows read, good and bad
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (line, what was cut to fit)
+    truncated: int = 0  # rows loaded with a field cut
+    unreadable: str = ""  # the CSV could not be read on from here (nothing after it is loaded)
+
+
+def split_lines(stream: BinaryIO, block_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The stream in pieces of about ``block_bytes``, each ending at a line end outside any
+    quoted field (an even number of quote characters before it), the last one as it is.
+
+    Quotes inside a quoted field are doubled, so a quoted field always holds an even
+    number of them: a piece with an odd count ends inside a quoted newline and is grown.
+    """
+    pending = b""
+    while block := stream.read(block_bytes):
+        pending += block
+        end = pending.rfind(b"\n")
+        if end < 0 or pending.count(b'"', 0, end + 1) % 2:
+            continue  # no line end yet, or one inside a quoted field: read on
+        yield pending[: end + 1]
+        pending = pending[end + 1 :]
+    if pending:
+        yield pending
+
+
+def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target, batch_rows: int) -> ParsedChunk:
+    """Parse the CSV records of one chunk (starting at ``first_line`` of the file) into
+    gk_insert calls of at most ``batch_rows`` rows; bad rows are reported with their line."""
+    parser = RowParser(header)
+    parsed = ParsedChunk()
+    reader = csv.reader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""))
+    rows: list[EncodedRow] = []
+    lines: list[int] = []
+    notes: list[str] = []
+    end_of_previous = 0
+    try:
+        for values in reader:
+            # A record with a quoted newline spans lines: report the one it starts on.
+            line, end_of_previous = first_line + end_of_previous, reader.line_num
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue  # blank line
+            parsed.rows += 1
+            try:
+                rows.append(parser.encode(values, notes))
+            except RowError as error:
+                parsed.bad.append((line, str(error)))
+                continue
+            lines.append(line)
+            if notes:
+                parsed.truncated += 1
+                parsed.notes.extend((line, note) for note in notes)
+                notes.clear()
+            if len(rows) == batch_rows:
+                parsed.batches.append(pack_batch(rows, lines, target))
+                rows, lines = [], []
+    except csv.Error as error:
+        parsed.unreadable = f"unreadable: {error}"
+    if rows:
+        parsed.batches.append(pack_batch(rows, lines, target))
+    return parsed
+
+
+def pack_batch(rows: list[EncodedRow], lines: list[int], target: Target) -> Batch:
+    """One gk_insert call for ``rows``: each row's bucket and chg_id index hash, then its
+    code, chg_id, record, seq and index entry (the one gk_insert writes for a new chg_id)."""
+    generation, buckets = target.generation, target.buckets
+    bucket_keys: list[str] = []
+    arguments: list[str | bytes | int] = []
+    for code, chg_id, record, seq in rows:
+        bucket = keys.bucket_of(code, buckets)
+        bucket_keys.append(keys.bucket_key(generation, bucket))
+        bucket_keys.append(keys.chg_index_key(generation, keys.chg_bucket_of(chg_id, buckets)))
+        arguments += (code, chg_id, record, seq, _entry_encoder.encode((code, bucket, seq)))
+    # hiredis types its argument as a one-element tuple; it packs any number of values.
+    command = hiredis.pack_command(("FCALL", "gk_insert", len(bucket_keys), *bucket_keys, *arguments))  # type: ignore[arg-type]
+    return Batch(command, _rows_encoder.encode(rows), lines)
