@@ -6,7 +6,6 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 import hiredis
 import msgspec
@@ -15,6 +14,7 @@ from gatekeeper.cache import keys
 from loader.rows import EncodedRow, RowError, RowParser
 
 CHUNK_BYTES = 1 << 20  # of CSV text per chunk: about 12,000 rows, tens of milliseconds to parse
+READ_BYTES = 1 << 16  # per read: what a broken gzip stream gave before it broke is kept
 
 _rows_encoder = msgspec.msgpack.Encoder()
 _rows_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, bytes, int]])
@@ -55,21 +55,36 @@ class ParsedChunk:
     unreadable: str = ""  # the CSV could not be read on from here (nothing after it is loaded)
 
 
-def split_lines(stream: BinaryIO, block_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The stream in pieces of about ``block_bytes``, each ending at a line end outside any
-    quoted field (an even number of quote characters before it), the last one as it is.
+def split_lines(stream: io.BufferedIOBase, block_bytes: int | None = None) -> Iterator[bytes]:
+    """The stream in pieces of at least ``block_bytes`` (CHUNK_BYTES), each ending at a line
+    end outside any quoted field, the last one as it is. When the stream breaks (a gzip
+    file cut short), the whole lines read before are yielded before the error is raised.
 
     Quotes inside a quoted field are doubled, so a quoted field always holds an even
-    number of them: a piece with an odd count ends inside a quoted newline and is grown.
+    number of them: a line end with an odd count before it is inside a quoted field.
     """
     pending = b""
-    while block := stream.read(block_bytes):
-        pending += block
-        end = pending.rfind(b"\n")
-        if end < 0 or pending.count(b'"', 0, end + 1) % 2:
-            continue  # no line end yet, or one inside a quoted field: read on
-        yield pending[: end + 1]
-        pending = pending[end + 1 :]
+
+    def whole_lines() -> int:
+        """The length of the longest prefix of ``pending`` that ends a record; 0 if none."""
+        end = pending.rfind(b"\n") + 1
+        quotes = pending.count(b'"', 0, end)
+        while end and quotes % 2:  # that line end is inside a quoted field: try the one before
+            previous = pending.rfind(b"\n", 0, end - 1) + 1
+            quotes -= pending.count(b'"', previous, end)
+            end = previous
+        return end
+
+    try:
+        while block := stream.read1(READ_BYTES):  # one read of the file at most: none lost if it fails
+            pending += block
+            if len(pending) >= (block_bytes or CHUNK_BYTES) and (end := whole_lines()):
+                yield pending[:end]
+                pending = pending[end:]
+    except (EOFError, OSError):
+        if end := whole_lines():
+            yield pending[:end]
+        raise
     if pending:
         yield pending
 

@@ -131,12 +131,10 @@ class _HashingReader(io.RawIOBase):
         super().close()
 
 
-def _open_text(path: Path, hasher: _HashingReader) -> BinaryIO:
+def _open_text(path: Path, hasher: _HashingReader) -> io.BufferedIOBase:
     """The snapshot's bytes as delivered, decompressed if it is a .gz file."""
-    raw: BinaryIO = io.BufferedReader(hasher, buffer_size=1 << 20)
-    if path.suffix == ".gz":
-        raw = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
-    return raw
+    raw = io.BufferedReader(hasher, buffer_size=1 << 20)
+    return gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
 
 
 def _header(piece: bytes) -> tuple[list[str], bytes]:

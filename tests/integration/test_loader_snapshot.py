@@ -131,9 +131,21 @@ def malformed_export(directory: Path) -> tuple[Path, dict[str, int]]:
     return path, lines
 
 
+@pytest.mark.parametrize("parsers", ["in-process", "worker-processes"])
 def test_every_malformed_input_is_quarantined_and_the_good_rows_load(
-    redis_client: redis.Redis, redis_server: RedisServer, start_gatekeeper: StartGatekeeper, tmp_path: Path
+    redis_client: redis.Redis,
+    redis_server: RedisServer,
+    start_gatekeeper: StartGatekeeper,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    parsers: str,
 ) -> None:
+    if parsers == "worker-processes":
+        # As a large snapshot is loaded: parsed by workers, in pieces cut at line ends
+        # (64 bytes: every record in a piece of its own, the quoted newline kept whole).
+        monkeypatch.setattr("loader.snapshot.PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr("loader.snapshot.PARSERS", 2)
+        monkeypatch.setattr("loader.chunks.CHUNK_BYTES", 64)
     path, lines = malformed_export(tmp_path)
     report = tmp_path / "quarantine.jsonl"
     result = load_snapshot(redis_client, path, SnapshotOptions(max_bad_share=0.9, quarantine=report))
