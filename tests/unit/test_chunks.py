@@ -9,7 +9,11 @@ from loader.rows import FIELDS
 
 HEADER = list(FIELDS)
 QUOTED = b'D110105000002,1,c2,2,2026-01-01 00:00:00,,,"a ""b""\nc",1,2\n'  # a record on two lines
-TEXT = b"D110105000001,1,c1,1,2020-01-01 00:00:00,,,,1,1\n" + QUOTED + b"\nD110105000003,1,c3,9,2020-01-01 00:00:00,,,,1,3\n"
+TEXT = (
+    b"D110105000001,1,c1,1,2020-01-01 00:00:00,,,,1,1\n"
+    + QUOTED
+    + b"\nD110105000003,1,c3,9,2020-01-01 00:00:00,,,,1,3\n"
+)
 
 
 def test_pieces_end_at_record_ends_never_inside_a_quoted_field() -> None:
@@ -24,7 +28,7 @@ def test_pieces_end_at_record_ends_never_inside_a_quoted_field() -> None:
 def test_a_chunk_reports_lines_from_where_it_starts_and_batches_its_rows() -> None:
     parsed = parse_chunk(TEXT, 10, HEADER, Target(generation=7, buckets=3), batch_rows=1)
     assert parsed.rows == 3  # the blank line is no row
-    assert parsed.bad == [(13, "status '9' is not 1, 2 or 3")]  # after the two-line record
+    assert parsed.bad == [(14, "status '9' is not 1, 2 or 3")]  # after the two-line record and a blank line
     assert [batch.lines for batch in parsed.batches] == [[10], [11]]
     assert [row[:2] for batch in parsed.batches for row in batch.rows()] == [
         ("D110105000001", "c1"),
