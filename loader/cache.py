@@ -17,7 +17,7 @@ import redis
 from redis.connection import Connection
 
 from gatekeeper.cache import changelog, keys
-from gatekeeper.cache.layout import Lease, Meta
+from gatekeeper.cache.layout import BULK, Lease, Meta
 from loader.chunks import Batch, Target, pack_batch
 from loader.rows import EncodedRow
 
@@ -25,6 +25,7 @@ from loader.rows import EncodedRow
 # reason would otherwise turn its whole bucket into a hashtable (see docs/cache-layout.md).
 LISTPACK_SETTINGS = {"hash-max-listpack-entries": "512", "hash-max-listpack-value": "1024"}
 SENTINEL_BATCH = 2_000
+BULK_PIPELINE = 200  # bulk HSETs sent before their answers are read
 APPLY_BATCH = 200  # changes per gk_apply call; gk_apply logs them in one XADD of 8 fields each (10 with moved_from)
 DEFAULT_LEASE_SECONDS = 30.0
 LEASE_WAIT_MARGIN_SECONDS = 5.0
@@ -121,6 +122,14 @@ class _Lease:
             with contextlib.suppress(redis.RedisError):
                 self._redis.fcall("gk_renew", 1, keys.LOADING, self.value, self._milliseconds)
 
+    def relabel(self, value: str) -> None:
+        """Replace our lease's value (and extend it)."""
+        try:
+            self._redis.fcall("gk_relabel", 1, keys.LOADING, self.value, value, self._milliseconds)
+        except redis.ResponseError as error:
+            raise LeaseLost(str(error)) from error
+        self.value = value
+
     def release(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
@@ -146,8 +155,9 @@ class GenerationWriter:
         load_functions(client)
         self.generation = int(client.incr(keys.GENERATION_COUNTER))
         self._token = secrets.token_hex(8)
-        lease = Lease(self.generation, buckets, watermark_seq, self._token)
-        self._lease = _Lease(client, lease.format(), lease_seconds)
+        # Bulk-written first: changes are logged but not written here until end_bulk.
+        self._lease_value = Lease(self.generation, buckets, watermark_seq, self._token, BULK)
+        self._lease = _Lease(client, self._lease_value.format(), lease_seconds)
         # A load killed mid-way leaves its lease to expire: wait as long as it has left, no
         # longer, since a live loader keeps renewing its own.
         deadline: float | None = None
@@ -185,6 +195,25 @@ class GenerationWriter:
             if bucket % SENTINEL_BATCH == SENTINEL_BATCH - 1:
                 pipe.execute()
         pipe.execute()
+
+    def write_bulk(self, commands: Iterable[bytes]) -> int:
+        """Send packed HSETs of first rows (loader/bulk.py), pipelined; returns how many
+        fields they added. Only before :meth:`end_bulk`: nothing else writes here then."""
+        assert self._lease_value.phase == BULK, "bulk writes end with end_bulk"
+        if self._connection is None:
+            self._connection = self._redis.connection_pool.get_connection()
+        added = 0
+        for group in _groups(commands, BULK_PIPELINE):
+            self._connection.send_packed_command(group, check_health=False)  # type: ignore[no-untyped-call]
+            for _ in group:
+                added += int(self._connection.read_response())
+        return added
+
+    def end_bulk(self) -> None:
+        """End the bulk phase: from now on changes are written into this generation as they
+        are applied (those applied meanwhile are in gk:changes, for :meth:`replay_changes`)."""
+        self._lease_value = replace(self._lease_value, phase="")
+        self._lease.relabel(self._lease_value.format())
 
     def send(self, batch: Batch, stats: WriteStats) -> None:
         """Send one packed gk_insert call of snapshot rows (code, chg_id, one-period record,
@@ -317,6 +346,13 @@ class GenerationWriter:
         drop_generation(self._redis, self.generation)
 
 
+def _groups(commands: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    """Lists of ``size`` commands (the last one shorter)."""
+    iterator = iter(commands)
+    while group := list(itertools.islice(iterator, size)):
+        yield group
+
+
 def drop_generation(client: redis.Redis, generation: int) -> int:
     """Delete every key of a generation that readers no longer use."""
     dropped = 0
@@ -376,7 +412,7 @@ class ChangeApplier:
         if state.generation is None:
             raise NoSnapshot("no registry snapshot is loaded: load one before applying changes")
         lease = read_lease(self._redis)
-        if lease is None:
+        if lease is None or not lease.takes_changes:  # in its bulk phase, a load replays them later
             return _Layout(state.generation, state.buckets, None, 0)
         return _Layout(state.generation, state.buckets, lease.generation, lease.buckets)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ READ_BYTES = 1 << 16  # per read: what a broken gzip stream gave before it broke
 _rows_encoder = msgspec.msgpack.Encoder()
 _rows_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, bytes, int]])
 _entry_encoder = msgspec.msgpack.Encoder()
+_FIELD = b"$%d\r\n%b\r\n$%d\r\n%b\r\n"  # a hash field and its value as RESP bulk strings
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,18 @@ class Batch:
 
 @dataclass
 class ParsedChunk:
-    """What parsing one chunk gave: calls to send, rows to quarantine, counts."""
+    """What parsing one chunk gave: its good rows with what bulk-writing each takes, rows to
+    quarantine, counts."""
 
-    batches: list[Batch] = field(default_factory=list)
-    rows: int = 0  # data rows read, good and bad
+    rows: list[EncodedRow] = field(default_factory=list)  # good rows, in the file's order
+    lines: list[int] = field(default_factory=list)  # of each good row
+    code_crcs: list[int] = field(default_factory=list)  # CRC-32 of each row's code (for FirstRows)
+    chg_crcs: list[int] = field(default_factory=list)  # CRC-32 of each row's chg_id (for FirstRows)
+    buckets: list[int] = field(default_factory=list)  # of each row's code
+    chg_buckets: list[int] = field(default_factory=list)  # chg_id index hash of each row's chg_id
+    record_fields: list[bytes] = field(default_factory=list)  # code and record, RESP-encoded
+    index_fields: list[bytes] = field(default_factory=list)  # chg_id and index entry, RESP-encoded
+    count: int = 0  # data rows read, good and bad
     bad: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
     notes: list[tuple[int, str]] = field(default_factory=list)  # (line, what was cut to fit)
     truncated: int = 0  # rows loaded with a field cut
@@ -89,15 +99,15 @@ def split_lines(stream: io.BufferedIOBase, block_bytes: int | None = None) -> It
         yield pending
 
 
-def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target, batch_rows: int) -> ParsedChunk:
-    """Parse the CSV records of one chunk (starting at ``first_line`` of the file) into
-    gk_insert calls of at most ``batch_rows`` rows; bad rows are reported with their line."""
+def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target) -> ParsedChunk:
+    """Parse the CSV records of one chunk (starting at ``first_line`` of the file); bad rows
+    are reported with their line. Each good row comes with the fields a bulk HSET of its
+    bucket and of its chg_id index hash would write for it."""
     parser = RowParser(header)
     parsed = ParsedChunk()
     reader = csv.reader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""))
-    rows: list[EncodedRow] = []
-    lines: list[int] = []
     notes: list[str] = []
+    buckets, crc32 = target.buckets, zlib.crc32
     end_of_previous = 0
     try:
         for values in reader:
@@ -105,24 +115,34 @@ def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target,
             line, end_of_previous = first_line + end_of_previous, reader.line_num
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue  # blank line
-            parsed.rows += 1
+            parsed.count += 1
             try:
-                rows.append(parser.encode(values, notes))
+                row = parser.encode(values, notes)
             except RowError as error:
                 parsed.bad.append((line, str(error)))
                 continue
-            lines.append(line)
             if notes:
                 parsed.truncated += 1
                 parsed.notes.extend((line, note) for note in notes)
                 notes.clear()
-            if len(rows) == batch_rows:
-                parsed.batches.append(pack_batch(rows, lines, target))
-                rows, lines = [], []
+            code, chg_id, record, seq = row
+            code_bytes, chg_id_bytes = code.encode(), chg_id.encode()
+            bucket = keys.bucket_of(code, buckets)
+            entry = _entry_encoder.encode((code, bucket, seq))
+            parsed.rows.append(row)
+            parsed.lines.append(line)
+            parsed.code_crcs.append(crc32(code_bytes))
+            parsed.chg_crcs.append(crc32(chg_id_bytes))
+            parsed.buckets.append(bucket)
+            parsed.chg_buckets.append(keys.chg_bucket_of(chg_id, buckets))
+            parsed.record_fields.append(
+                b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(code_bytes), code_bytes, len(record), record)
+            )
+            parsed.index_fields.append(
+                b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(chg_id_bytes), chg_id_bytes, len(entry), entry)
+            )
     except csv.Error as error:
         parsed.unreadable = f"unreadable: {error}"
-    if rows:
-        parsed.batches.append(pack_batch(rows, lines, target))
     return parsed
 
 

@@ -236,12 +236,17 @@ local function gk_merge(keys, args)
   return {changed, count}
 end
 
+-- The lease of gk:loading: "<generation> <buckets> <watermark> <token>[ bulk]". In the bulk
+-- phase the loader writes the snapshot's first rows with plain HSETs, which a change
+-- written into the generation meanwhile could lose: changes are only logged then, and the
+-- loader replays the log into the generation after the phase (docs/cache-layout.md).
 local function loading_generation(value)
   if not value then
     return nil
   end
-  local generation, buckets, watermark, token = string.match(value, '^(%d+) (%d+) (%d+) (%S+)$')
-  return {generation = generation, buckets = buckets, watermark = tonumber(watermark), token = token}
+  local generation, buckets, watermark, token, phase = string.match(value, '^(%d+) (%d+) (%d+) (%S+) ?(%l*)$')
+  return {generation = generation, buckets = buckets, watermark = tonumber(watermark), token = token,
+    bulk = phase == 'bulk'}
 end
 
 -- KEYS: gk:meta, gk:loading, gk:changes, then the current generation's bucket and chg_id
@@ -262,6 +267,10 @@ local function gk_apply(keys, args)
     return redis.error_reply('NOSNAPSHOT the loaded snapshot predates the chg_id index: load a snapshot again')
   end
   local loading = loading_generation(redis.call('GET', loading_key))
+  local bulk = loading and loading.bulk
+  if bulk then
+    loading = nil  -- logged below, and replayed into the loading generation after its bulk phase
+  end
   local layout = current[1] .. '/' .. (loading and loading.generation or '0')
   if layout ~= args[1] then
     return {-1, layout}
@@ -298,6 +307,12 @@ local function gk_apply(keys, args)
       stale = stale + 1
     elseif result == 3 then
       refused[#refused + 1] = i
+      if bulk then
+        -- Full in the current generation, perhaps not in the loading one: the replay decides.
+        for _, value in ipairs({'seq', seq_text, 'code', code, 'chg_id', chg_id, 'record', incoming}) do
+          logged[#logged + 1] = value
+        end
+      end
     else
       changed = changed + 1
       if seq > applied_seq then
@@ -369,7 +384,17 @@ local function gk_renew(keys, args)
   return 0
 end
 
+-- KEYS: gk:loading. ARGV: the lease value, the new value, lease milliseconds. Replaces our
+-- own lease (ending its bulk phase) and extends it.
+local function gk_relabel(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    return redis.call('SET', keys[1], args[2], 'PX', args[3])
+  end
+  return redis.error_reply('LEASE the loading lease was lost')
+end
+
 redis.register_function('gk_insert', gk_insert)
+redis.register_function('gk_relabel', gk_relabel)
 redis.register_function('gk_merge', gk_merge)
 redis.register_function('gk_renew', gk_renew)
 redis.register_function('gk_apply', gk_apply)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -20,6 +21,7 @@ import redis
 
 from gatekeeper.cache import keys
 from gatekeeper.cache.layout import Meta
+from loader.bulk import BulkBuffer, FirstRows, SlowRows
 from loader.cache import (
     DEFAULT_LEASE_SECONDS,
     GenerationWriter,
@@ -41,6 +43,7 @@ BATCH_ROWS = 1_000  # rows per gk_insert call: a few milliseconds of Redis time
 # they packed; spawning them costs about a second, so small files are parsed in process.
 PARSERS = min(2, os.cpu_count() or 1)
 PARALLEL_MIN_BYTES = 16 << 20
+BULK_BUFFER_BYTES = 64 << 20  # of first rows gathered before they are written
 
 
 class SnapshotRefused(RuntimeError):
@@ -170,7 +173,7 @@ def load_snapshot(
         client, keys.bucket_count_for(manifest.row_count), manifest.watermark_seq, options.lease_seconds
     )
     try:
-        stats, rows, bad, truncated, hasher = _write_rows(writer, path, quarantine, progress)
+        stats, rows, bad, truncated, hasher = _write_rows(writer, path, quarantine, progress, manifest.row_count)
         replay_started = progress.elapsed
         replayed = writer.replay_changes()
         replay_seconds = progress.elapsed - replay_started
@@ -217,11 +220,16 @@ def load_snapshot(
 
 
 def _write_rows(
-    writer: GenerationWriter, path: Path, quarantine: Quarantine, progress: Progress
+    writer: GenerationWriter, path: Path, quarantine: Quarantine, progress: Progress, expected_rows: int
 ) -> tuple[WriteStats, int, int, int, _HashingReader]:
+    """Write the snapshot's rows: the first of each code and chg_id with bulk HSETs while the
+    file is read (loader/bulk.py), then the others through gk_insert, in the file's order."""
     stats = WriteStats()
     rows = bad = truncated = 0
-    with path.open("rb") as raw:
+    first_rows = FirstRows(expected_rows)
+    bulk = BulkBuffer(writer.target)
+    slow = SlowRows(writer.target, BATCH_ROWS)
+    with path.open("rb") as raw, contextlib.closing(slow):
         hasher = _HashingReader(raw)
         stream = _open_text(path, hasher)  # held: collecting it would close the file
         pieces = split_lines(stream)
@@ -239,18 +247,27 @@ def _write_rows(
         except HeaderError as error:
             raise SnapshotRefused(f"{path}: {error}") from error
         for parsed in _parsed_chunks(path, header, rest, pieces, writer.target):
-            rows += parsed.rows
+            rows += parsed.count
             bad += len(parsed.bad)
             truncated += parsed.truncated
             for line, reason in (*parsed.bad, *parsed.notes):
                 quarantine.add(str(path), line, reason)
-            for batch in parsed.batches:
-                writer.send(batch, stats)
-                progress.advance(len(batch.lines))
-                bad += _report_refused(stats, path, quarantine)
+            firsts, others = first_rows.split(parsed)
+            bulk.add(parsed, firsts)
+            slow.add(parsed, others)
+            stats.practitioners += len(firsts)
+            if bulk.size >= BULK_BUFFER_BYTES:
+                _write_bulk(writer, bulk)
+            progress.advance(len(firsts))
             if parsed.unreadable:
                 unreadable = parsed.unreadable
                 break
+        _write_bulk(writer, bulk)
+        writer.end_bulk()
+        for batch in slow.batches():
+            writer.send(batch, stats)
+            progress.advance(len(batch.lines))
+            bad += _report_refused(stats, path, quarantine)
         writer.flush(stats)
         bad += _report_refused(stats, path, quarantine)
         if unreadable:
@@ -261,6 +278,14 @@ def _write_rows(
             pass
         del stream
     return stats, rows, bad, truncated, hasher
+
+
+def _write_bulk(writer: GenerationWriter, bulk: BulkBuffer) -> None:
+    """Write what ``bulk`` gathered; each of its fields must be new to the generation."""
+    fields = bulk.fields
+    added = writer.write_bulk(bulk.commands())
+    if added != fields:  # a first row is first: a field already there is a bug, not data
+        raise RuntimeError(f"bulk HSETs added {added} fields of {fields}: some were there already")
 
 
 def _parsed_chunks(
@@ -282,13 +307,13 @@ def _parsed_chunks(
     chunks = _guarded(numbered())
     if path.stat().st_size < PARALLEL_MIN_BYTES or PARSERS < 2:
         for text, line in chunks:
-            yield parse_chunk(text, line, header, target, BATCH_ROWS) if line else _unreadable(text)
+            yield parse_chunk(text, line, header, target) if line else _unreadable(text)
         return
     with multiprocessing.get_context("spawn").Pool(PARSERS) as pool:
         pending: deque[AsyncResult[ParsedChunk] | ParsedChunk] = deque()
         for text, line in chunks:
             if line:
-                pending.append(pool.apply_async(parse_chunk, (text, line, header, target, BATCH_ROWS)))
+                pending.append(pool.apply_async(parse_chunk, (text, line, header, target)))
             else:
                 pending.append(_unreadable(text))
             while len(pending) > 2 * PARSERS:  # bounded: the file is never read far ahead

@@ -1,0 +1,162 @@
+"""A snapshot's first rows of each code and chg_id, written with one HSET per bucket.
+
+Most snapshot rows are the only row of their code and of their chg_id: merging them is
+writing them. Such a row is written as it is, gathered with the others of its bucket into
+one plain HSET (and its index entry into one HSET of its chg_id index hash), which costs
+Redis a fifth of a gk_insert row. Every other row goes through gk_insert afterwards, in the
+file's order. That gives what merging every row in the file's order gives: a row written
+early touches a code and a chg_id that no earlier row named, so it commutes with every
+row before it (docs/cache-layout.md, "Snapshot load").
+"""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from collections.abc import Iterator
+
+from gatekeeper.cache import keys
+from loader.chunks import Batch, ParsedChunk, Target, pack_batch
+from loader.rows import EncodedRow
+
+# Bits of each FirstRows filter: a row is sent to gk_insert when either bit it maps to is
+# set, so a fuller filter sends more rows the slow way, never a wrong one. 2**28 bits
+# (32 MiB each) keep 15 million codes at about 5 % of the bits.
+MAX_FILTER_BITS = 1 << 28
+FILTER_BITS_PER_ROW = 16
+
+
+class FirstRows:
+    """Tells a row that is certainly the first of its code and of its chg_id in the file.
+
+    Two bit filters (one for codes, one for chg_ids) over CRC-32 values: a set bit means
+    "perhaps seen", so a row called first is first; one called not first may be first
+    too (it then takes the slow path, which gives the same result).
+    """
+
+    def __init__(self, expected_rows: int) -> None:
+        bits = 1 << 16
+        while bits < min(expected_rows * FILTER_BITS_PER_ROW, MAX_FILTER_BITS):
+            bits <<= 1
+        self._mask = bits - 1
+        self._codes = bytearray(bits >> 3)
+        self._chg_ids = bytearray(bits >> 3)
+
+    def split(self, parsed: ParsedChunk) -> tuple[list[int], list[int]]:
+        """The positions of ``parsed``'s rows that are first (bulk-written) and of the others
+        (merged by gk_insert), each in the file's order; all are marked seen."""
+        codes, chg_ids, mask = self._codes, self._chg_ids, self._mask
+        first: list[int] = []
+        others: list[int] = []
+        for position, (code_crc, chg_crc) in enumerate(zip(parsed.code_crcs, parsed.chg_crcs, strict=True)):
+            code_bit, chg_bit = code_crc & mask, chg_crc & mask
+            code_byte, code_flag = code_bit >> 3, 1 << (code_bit & 7)
+            chg_byte, chg_flag = chg_bit >> 3, 1 << (chg_bit & 7)
+            if codes[code_byte] & code_flag or chg_ids[chg_byte] & chg_flag:
+                others.append(position)
+            else:
+                first.append(position)
+            codes[code_byte] |= code_flag
+            chg_ids[chg_byte] |= chg_flag
+        return first, others
+
+
+class BulkBuffer:
+    """First rows gathered by bucket, as the fields of one HSET per bucket and one per chg_id
+    index hash; :meth:`commands` empties it."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._records: dict[int, bytearray] = {}
+        self._record_counts: dict[int, int] = {}
+        self._index: dict[int, bytearray] = {}
+        self._index_counts: dict[int, int] = {}
+        self.size = 0  # bytes gathered
+        self.fields = 0  # hash fields gathered, index entries included
+
+    def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
+        """Gather the rows of ``parsed`` at ``positions``."""
+        records, record_counts, index, index_counts = (
+            self._records,
+            self._record_counts,
+            self._index,
+            self._index_counts,
+        )
+        size = 0
+        for position in positions:
+            bucket, fields = parsed.buckets[position], parsed.record_fields[position]
+            if bucket in records:
+                records[bucket] += fields
+                record_counts[bucket] += 1
+            else:
+                records[bucket] = bytearray(fields)
+                record_counts[bucket] = 1
+            chg_bucket, entry = parsed.chg_buckets[position], parsed.index_fields[position]
+            if chg_bucket in index:
+                index[chg_bucket] += entry
+                index_counts[chg_bucket] += 1
+            else:
+                index[chg_bucket] = bytearray(entry)
+                index_counts[chg_bucket] = 1
+            size += len(fields) + len(entry)
+        self.size += size
+        self.fields += 2 * len(positions)
+
+    def commands(self) -> Iterator[bytes]:
+        """One packed HSET per bucket and per chg_id index hash gathered, then empty."""
+        generation = self._target.generation
+        for gathered, counts, key_of in (
+            (self._records, self._record_counts, keys.bucket_key),
+            (self._index, self._index_counts, keys.chg_index_key),
+        ):
+            for number, fields in gathered.items():
+                key = key_of(generation, number).encode()
+                yield b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n" % (2 + 2 * counts[number], len(key), key) + fields
+            gathered.clear()
+            counts.clear()
+        self.size = self.fields = 0
+
+
+class SlowRows:
+    """The rows merged by gk_insert after the bulk writes, kept in a temporary file as packed
+    calls of ``batch_rows`` rows, in the file's order."""
+
+    def __init__(self, target: Target, batch_rows: int) -> None:
+        self._target = target
+        self._batch_rows = batch_rows
+        self._rows: list[EncodedRow] = []
+        self._lines: list[int] = []
+        self._file = tempfile.TemporaryFile(prefix="gk-snapshot-")  # noqa: SIM115  # closed by close()
+        self.count = 0
+
+    def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
+        """Keep the rows of ``parsed`` at ``positions``."""
+        for position in positions:
+            self._rows.append(parsed.rows[position])
+            self._lines.append(parsed.lines[position])
+            if len(self._rows) == self._batch_rows:
+                self._spill()
+        self.count += len(positions)
+
+    def _spill(self) -> None:
+        pickle.dump(pack_batch(self._rows, self._lines, self._target), self._file)
+        self._rows, self._lines = [], []
+
+    def batches(self) -> Iterator[Batch]:
+        """Every call kept, in order; then the file is gone."""
+        if self._rows:
+            self._spill()
+        self._file.seek(0)
+        try:
+            while True:
+                try:
+                    batch = pickle.load(self._file)  # written by this process above
+                except EOFError:
+                    return
+                yield batch
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Delete the temporary file."""
+        self._file.close()
