@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 
 from gatekeeper.cache import keys
@@ -67,54 +68,34 @@ class BulkBuffer:
 
     def __init__(self, target: Target) -> None:
         self._target = target
-        self._records: dict[int, bytearray] = {}
-        self._record_counts: dict[int, int] = {}
-        self._index: dict[int, bytearray] = {}
-        self._index_counts: dict[int, int] = {}
-        self.size = 0  # bytes gathered
-        self.fields = 0  # hash fields gathered, index entries included
+        self._records: defaultdict[int, list[bytes]] = defaultdict(list)
+        self._index: defaultdict[int, list[bytes]] = defaultdict(list)
+        self.rows = 0  # rows gathered
+
+    @property
+    def fields(self) -> int:
+        """Hash fields gathered, index entries included."""
+        return 2 * self.rows
 
     def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
         """Gather the rows of ``parsed`` at ``positions``."""
-        records, record_counts, index, index_counts = (
-            self._records,
-            self._record_counts,
-            self._index,
-            self._index_counts,
-        )
-        size = 0
+        records, index = self._records, self._index
+        buckets, chg_buckets = parsed.buckets, parsed.chg_buckets
+        record_fields, index_fields = parsed.record_fields, parsed.index_fields
         for position in positions:
-            bucket, fields = parsed.buckets[position], parsed.record_fields[position]
-            if bucket in records:
-                records[bucket] += fields
-                record_counts[bucket] += 1
-            else:
-                records[bucket] = bytearray(fields)
-                record_counts[bucket] = 1
-            chg_bucket, entry = parsed.chg_buckets[position], parsed.index_fields[position]
-            if chg_bucket in index:
-                index[chg_bucket] += entry
-                index_counts[chg_bucket] += 1
-            else:
-                index[chg_bucket] = bytearray(entry)
-                index_counts[chg_bucket] = 1
-            size += len(fields) + len(entry)
-        self.size += size
-        self.fields += 2 * len(positions)
+            records[buckets[position]].append(record_fields[position])
+            index[chg_buckets[position]].append(index_fields[position])
+        self.rows += len(positions)
 
     def commands(self) -> Iterator[bytes]:
         """One packed HSET per bucket and per chg_id index hash gathered, then empty."""
         generation = self._target.generation
-        for gathered, counts, key_of in (
-            (self._records, self._record_counts, keys.bucket_key),
-            (self._index, self._index_counts, keys.chg_index_key),
-        ):
+        for gathered, key_of in ((self._records, keys.bucket_key), (self._index, keys.chg_index_key)):
             for number, fields in gathered.items():
                 key = key_of(generation, number).encode()
-                yield b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n" % (2 + 2 * counts[number], len(key), key) + fields
+                yield b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n" % (2 + 2 * len(fields), len(key), key) + b"".join(fields)
             gathered.clear()
-            counts.clear()
-        self.size = self.fields = 0
+        self.rows = 0
 
 
 class SlowRows:

@@ -127,14 +127,17 @@ def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target)
                 notes.clear()
             code, chg_id, record, seq = row
             code_bytes, chg_id_bytes = code.encode(), chg_id.encode()
-            bucket = keys.bucket_of(code, buckets)
+            # keys.bucket_of and keys.chg_bucket_of, from the CRCs computed once (a test
+            # checks they agree).
+            code_crc, chg_crc = crc32(code_bytes), crc32(chg_id_bytes)
+            bucket = code_crc % buckets
             entry = _entry_encoder.encode((code, bucket, seq))
             parsed.rows.append(row)
             parsed.lines.append(line)
-            parsed.code_crcs.append(crc32(code_bytes))
-            parsed.chg_crcs.append(crc32(chg_id_bytes))
+            parsed.code_crcs.append(code_crc)
+            parsed.chg_crcs.append(chg_crc)
             parsed.buckets.append(bucket)
-            parsed.chg_buckets.append(keys.chg_bucket_of(chg_id, buckets))
+            parsed.chg_buckets.append(chg_crc % buckets)
             parsed.record_fields.append(
                 b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(code_bytes), code_bytes, len(record), record)
             )

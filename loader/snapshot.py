@@ -43,7 +43,9 @@ BATCH_ROWS = 1_000  # rows per gk_insert call: a few milliseconds of Redis time
 # they packed; spawning them costs about a second, so small files are parsed in process.
 PARSERS = min(2, os.cpu_count() or 1)
 PARALLEL_MIN_BYTES = 16 << 20
-BULK_BUFFER_BYTES = 64 << 20  # of first rows gathered before they are written
+# First rows gathered before they are written (about 170 bytes each in this process):
+# the more, the more fields each HSET carries.
+BULK_BUFFER_ROWS = 400_000
 
 
 class SnapshotRefused(RuntimeError):
@@ -256,7 +258,7 @@ def _write_rows(
             bulk.add(parsed, firsts)
             slow.add(parsed, others)
             stats.practitioners += len(firsts)
-            if bulk.size >= BULK_BUFFER_BYTES:
+            if bulk.rows >= BULK_BUFFER_ROWS:
                 _write_bulk(writer, bulk)
             progress.advance(len(firsts))
             if parsed.unreadable:

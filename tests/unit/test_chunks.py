@@ -60,4 +60,4 @@ def test_a_bulk_buffer_sends_one_hset_per_bucket_and_per_index_hash() -> None:
     records, index = bulk.commands()
     assert records.startswith(b"*6\r\n$4\r\nHSET\r\n$8\r\ngk:g7:b0\r\n$13\r\nD110105000001\r\n")
     assert index.startswith(b"*6\r\n$4\r\nHSET\r\n$8\r\ngk:g7:c0\r\n$2\r\nc1\r\n")
-    assert (bulk.fields, bulk.size, list(bulk.commands())) == (0, 0, [])  # emptied
+    assert (bulk.fields, list(bulk.commands())) == (0, [])  # emptied
