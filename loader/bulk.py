@@ -15,6 +15,7 @@ import pickle
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 from gatekeeper.cache import keys
 from loader.chunks import Batch, ParsedChunk, Target, pack_batch
@@ -25,6 +26,8 @@ from loader.rows import EncodedRow
 # (32 MiB each) keep 15 million codes at about 5 % of the bits.
 MAX_FILTER_BITS = 1 << 28
 FILTER_BITS_PER_ROW = 16
+PARTITIONS = 64  # ranges of buckets the first rows are spilled in: 1/64 of them in memory at the end
+SPILL_ROWS = 2_000  # rows of one partition held before they are spilled
 
 
 class FirstRows:
@@ -64,12 +67,20 @@ class FirstRows:
 
 class BulkBuffer:
     """First rows gathered by bucket, as the fields of one HSET per bucket and one per chg_id
-    index hash; :meth:`commands` empties it."""
+    index hash, all written at the end by :meth:`commands`.
+
+    A national snapshot's first rows do not fit in memory, and written as they come each
+    HSET would carry one field: they are spilled to a temporary file in PARTITIONS ranges
+    of buckets, and each range is read back and grouped by bucket when written.
+    """
 
     def __init__(self, target: Target) -> None:
         self._target = target
-        self._records: defaultdict[int, list[bytes]] = defaultdict(list)
-        self._index: defaultdict[int, list[bytes]] = defaultdict(list)
+        self._width = -(-target.buckets // PARTITIONS)  # buckets per partition
+        # Per partition, records then chg_id index entries: [bucket, fields, bucket, fields, ...]
+        self._pending: list[list[Any]] = [[] for _ in range(2 * PARTITIONS)]
+        self._spilled: list[list[tuple[int, int]]] = [[] for _ in range(2 * PARTITIONS)]  # (offset, size)
+        self._file = tempfile.TemporaryFile(prefix="gk-snapshot-bulk-")  # noqa: SIM115  # closed by close()
         self.rows = 0  # rows gathered
 
     @property
@@ -79,23 +90,56 @@ class BulkBuffer:
 
     def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
         """Gather the rows of ``parsed`` at ``positions``."""
-        records, index = self._records, self._index
+        pending, width, limit = self._pending, self._width, 2 * SPILL_ROWS
         buckets, chg_buckets = parsed.buckets, parsed.chg_buckets
         record_fields, index_fields = parsed.record_fields, parsed.index_fields
         for position in positions:
-            records[buckets[position]].append(record_fields[position])
-            index[chg_buckets[position]].append(index_fields[position])
+            bucket = buckets[position]
+            part = bucket // width
+            gathered = pending[part]
+            gathered += (bucket, record_fields[position])
+            if len(gathered) >= limit:
+                self._spill(part)
+            bucket = chg_buckets[position]
+            part = PARTITIONS + bucket // width
+            gathered = pending[part]
+            gathered += (bucket, index_fields[position])
+            if len(gathered) >= limit:
+                self._spill(part)
         self.rows += len(positions)
+
+    def _spill(self, part: int) -> None:
+        data = pickle.dumps(self._pending[part], protocol=pickle.HIGHEST_PROTOCOL)
+        self._spilled[part].append((self._file.seek(0, 2), len(data)))
+        self._file.write(data)
+        self._pending[part] = []
 
     def commands(self) -> Iterator[bytes]:
         """One packed HSET per bucket and per chg_id index hash gathered, then empty."""
         generation = self._target.generation
-        for gathered, key_of in ((self._records, keys.bucket_key), (self._index, keys.chg_index_key)):
-            for number, fields in gathered.items():
+        for part in range(2 * PARTITIONS):
+            key_of = keys.bucket_key if part < PARTITIONS else keys.chg_index_key
+            by_bucket: defaultdict[int, list[bytes]] = defaultdict(list)
+            for gathered in self._gathered(part):
+                for index in range(0, len(gathered), 2):
+                    by_bucket[gathered[index]].append(gathered[index + 1])
+            for number, fields in by_bucket.items():
                 key = key_of(generation, number).encode()
                 yield b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n" % (2 + 2 * len(fields), len(key), key) + b"".join(fields)
-            gathered.clear()
         self.rows = 0
+        self._file.truncate(0)
+
+    def _gathered(self, part: int) -> Iterator[list[Any]]:
+        for offset, size in self._spilled[part]:
+            self._file.seek(offset)
+            yield pickle.loads(self._file.read(size))  # written by this process above
+        self._spilled[part] = []
+        yield self._pending[part]
+        self._pending[part] = []
+
+    def close(self) -> None:
+        """Delete the temporary file."""
+        self._file.close()
 
 
 class SlowRows:

@@ -43,9 +43,6 @@ BATCH_ROWS = 1_000  # rows per gk_insert call: a few milliseconds of Redis time
 # they packed; spawning them costs about a second, so small files are parsed in process.
 PARSERS = min(2, os.cpu_count() or 1)
 PARALLEL_MIN_BYTES = 16 << 20
-# First rows gathered before they are written (about 170 bytes each in this process):
-# the more, the more fields each HSET carries.
-BULK_BUFFER_ROWS = 400_000
 
 
 class SnapshotRefused(RuntimeError):
@@ -231,7 +228,7 @@ def _write_rows(
     first_rows = FirstRows(expected_rows)
     bulk = BulkBuffer(writer.target)
     slow = SlowRows(writer.target, BATCH_ROWS)
-    with path.open("rb") as raw, contextlib.closing(slow):
+    with path.open("rb") as raw, contextlib.closing(bulk), contextlib.closing(slow):
         hasher = _HashingReader(raw)
         stream = _open_text(path, hasher)  # held: collecting it would close the file
         pieces = split_lines(stream)
@@ -258,8 +255,6 @@ def _write_rows(
             bulk.add(parsed, firsts)
             slow.add(parsed, others)
             stats.practitioners += len(firsts)
-            if bulk.rows >= BULK_BUFFER_ROWS:
-                _write_bulk(writer, bulk)
             progress.advance(len(firsts))
             if parsed.unreadable:
                 unreadable = parsed.unreadable
