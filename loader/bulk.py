@@ -26,8 +26,8 @@ from loader.rows import EncodedRow
 # (32 MiB each) keep 15 million codes at about 5 % of the bits.
 MAX_FILTER_BITS = 1 << 28
 FILTER_BITS_PER_ROW = 16
-PARTITIONS = 64  # ranges of buckets the first rows are spilled in: 1/64 of them in memory at the end
-SPILL_ROWS = 2_000  # rows of one partition held before they are spilled
+PARTITIONS = 128  # ranges of buckets the first rows are spilled in: 1/128 of them in memory at the end
+SPILL_ROWS = 1_000  # rows of one partition held before they are spilled
 
 
 class FirstRows:
