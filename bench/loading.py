@@ -48,13 +48,26 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of a process (the loader's parsing workers)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
 def run_loader(redis_url: str, *args: str) -> tuple[dict[str, Any], float, int]:
-    """Run gatekeeper-loader; (its JSON summary, wall seconds, peak RSS in bytes)."""
+    """Run gatekeeper-loader; (its JSON summary, wall seconds, peak RSS in bytes of the
+    loader and its parsing workers together)."""
     started = time.monotonic()
     process = subprocess.Popen([LOADER, "--redis-url", redis_url, *args, "--json"], stdout=subprocess.PIPE, text=True)
     peak = 0
+    workers: dict[int, int] = {}  # each worker's own peak: they live as long as the parse
     while process.poll() is None:  # VmHWM only grows: the last reading is the peak but for ~0.1 s
-        peak = max(peak, peak_rss(process.pid))
+        own = peak_rss(process.pid)
+        for child in children(process.pid):
+            workers[child] = max(workers.get(child, 0), peak_rss(child))
+        peak = max(peak, own + sum(workers.values()))
         time.sleep(0.1)
     elapsed = time.monotonic() - started
     assert process.stdout is not None
@@ -134,7 +147,7 @@ def main() -> int:
         "load_rows_per_s": round(rows / load_seconds),
         "baseline_csv_rows_per_s": round(baseline_rate),
         "ratio_load_to_baseline": round(rows / load_seconds / baseline_rate, 3),
-        "loader_peak_rss_mb": round(load_rss / 2**20, 1),
+        "loader_peak_rss_mb": round(load_rss / 2**20, 1),  # with its parsing workers
         "redis_used_memory_before": before,
         "redis_used_memory_after": after,
         "redis_bytes_per_practitioner": round((after - before) / snapshot["practitioners"], 1),

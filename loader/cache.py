@@ -17,13 +17,15 @@ import redis
 from redis.connection import Connection
 
 from gatekeeper.cache import changelog, keys
-from gatekeeper.cache.layout import Lease, Meta
+from gatekeeper.cache.layout import BULK, Lease, Meta
+from loader.chunks import Batch, Target, pack_batch
 from loader.rows import EncodedRow
 
 # Listpack hashes are what keep a practitioner under 64 bytes; a record with a long
 # reason would otherwise turn its whole bucket into a hashtable (see docs/cache-layout.md).
 LISTPACK_SETTINGS = {"hash-max-listpack-entries": "512", "hash-max-listpack-value": "1024"}
 SENTINEL_BATCH = 2_000
+BULK_PIPELINE = 200  # bulk HSETs sent before their answers are read
 APPLY_BATCH = 200  # changes per gk_apply call; gk_apply logs them in one XADD of 8 fields each (10 with moved_from)
 DEFAULT_LEASE_SECONDS = 30.0
 LEASE_WAIT_MARGIN_SECONDS = 5.0
@@ -120,6 +122,14 @@ class _Lease:
             with contextlib.suppress(redis.RedisError):
                 self._redis.fcall("gk_renew", 1, keys.LOADING, self.value, self._milliseconds)
 
+    def relabel(self, value: str) -> None:
+        """Replace our lease's value (and extend it)."""
+        try:
+            self._redis.fcall("gk_relabel", 1, keys.LOADING, self.value, value, self._milliseconds)
+        except redis.ResponseError as error:
+            raise LeaseLost(str(error)) from error
+        self.value = value
+
     def release(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
@@ -145,8 +155,9 @@ class GenerationWriter:
         load_functions(client)
         self.generation = int(client.incr(keys.GENERATION_COUNTER))
         self._token = secrets.token_hex(8)
-        lease = Lease(self.generation, buckets, watermark_seq, self._token)
-        self._lease = _Lease(client, lease.format(), lease_seconds)
+        # Bulk-written first: changes are logged but not written here until end_bulk.
+        self._lease_value = Lease(self.generation, buckets, watermark_seq, self._token, BULK)
+        self._lease = _Lease(client, self._lease_value.format(), lease_seconds)
         # A load killed mid-way leaves its lease to expire: wait as long as it has left, no
         # longer, since a live loader keeps renewing its own.
         deadline: float | None = None
@@ -161,10 +172,14 @@ class GenerationWriter:
         self._lease.start_renewing()
         self.abandoned = drop_abandoned_generations(client)  # ours is kept: it holds the lease
         self._connection: Connection | None = None
-        # The gk_insert call awaiting its answer: its rows and where each came from.
-        self._in_flight: tuple[Sequence[EncodedRow], Sequence[int]] | None = None
+        self._in_flight: Batch | None = None  # the gk_insert call awaiting its answer
         client.sadd(keys.GENERATIONS, self.generation)
         self._write_sentinels()
+
+    @property
+    def target(self) -> Target:
+        """Where this generation's rows go, for :func:`loader.chunks.pack_batch`."""
+        return Target(self.generation, self.buckets)
 
     def _keys(self, code: str, chg_id: str) -> tuple[str, str]:
         """The bucket of ``code`` and the chg_id index hash of ``chg_id`` in this generation."""
@@ -181,34 +196,45 @@ class GenerationWriter:
                 pipe.execute()
         pipe.execute()
 
-    def add(self, rows: Sequence[EncodedRow], stats: WriteStats, origins: Sequence[int] = ()) -> None:
-        """Write snapshot rows (code, chg_id, one-period record, seq): a code's first row as
-        it is, later ones merged by chg_id and seq. One gk_insert call per batch. ``origins``
-        (the line of each row) name the rows refused in ``stats.refused``.
+    def write_bulk(self, commands: Iterable[bytes]) -> int:
+        """Send packed HSETs of first rows (loader/bulk.py), pipelined; returns how many
+        fields they added. Only before :meth:`end_bulk`: nothing else writes here then."""
+        assert self._lease_value.phase == BULK, "bulk writes end with end_bulk"
+        if self._connection is None:
+            self._connection = self._redis.connection_pool.get_connection()
+        added = 0
+        for group in _groups(commands, BULK_PIPELINE):
+            self._connection.send_packed_command(group, check_health=False)  # type: ignore[no-untyped-call]
+            for _ in group:
+                added += int(self._connection.read_response())
+        return added
+
+    def end_bulk(self) -> None:
+        """End the bulk phase: from now on changes are written into this generation as they
+        are applied (those applied meanwhile are in gk:changes, for :meth:`replay_changes`)."""
+        self._lease_value = replace(self._lease_value, phase="")
+        self._lease.relabel(self._lease_value.format())
+
+    def send(self, batch: Batch, stats: WriteStats) -> None:
+        """Send one packed gk_insert call of snapshot rows (code, chg_id, one-period record,
+        seq): a code's first row as it is, later ones merged by chg_id and seq. Rows Redis
+        refuses are counted in ``stats.refused`` by the line they came from.
 
         The call is sent without waiting for its answer, which is read when the next
         batch is sent (or by :meth:`flush`): Redis merges one batch while Python parses
-        the next, each on its own core.
+        the next. One call at a time, so rows are merged in the file's order.
         """
         if self._connection is None:
             self._connection = self._redis.connection_pool.get_connection()
         self.flush(stats)
-        self._send_insert(rows, origins)
-
-    def _send_insert(self, rows: Sequence[EncodedRow], origins: Sequence[int]) -> None:
-        assert self._connection is not None
-        bucket_keys = [key for code, chg_id, _, _ in rows for key in self._keys(code, chg_id)]
-        arguments = [value for row in rows for value in row]
-        self._connection.send_command(  # type: ignore[no-untyped-call]
-            "FCALL", "gk_insert", len(bucket_keys), *bucket_keys, *arguments
-        )
-        self._in_flight = (rows, origins)
+        self._connection.send_packed_command([batch.command], check_health=False)  # type: ignore[no-untyped-call]
+        self._in_flight = batch
 
     def flush(self, stats: WriteStats) -> None:
         """Wait for the batch in flight and count what it did; send again, and wait for,
         what a call handed back for lack of budget."""
         while self._in_flight is not None and self._connection is not None:
-            rows, origins = self._in_flight
+            batch = self._in_flight
             self._in_flight = None
             reply = self._connection.read_response()
             if isinstance(reply, redis.ResponseError):
@@ -218,10 +244,14 @@ class GenerationWriter:
             stats.merged += merged
             stats.stale += stale
             stats.findings.update(code.decode() for code in findings)
-            for index in refused:  # from 1, in this call's rows
-                stats.refused.append((origins[index - 1] if origins else -1, rows[index - 1][0]))
-            if handled < len(rows):
-                self._send_insert(rows[handled:], origins[handled:])
+            if refused or handled < len(batch.lines):
+                rows = batch.rows()
+                for index in refused:  # from 1, in this call's rows
+                    stats.refused.append((batch.lines[index - 1], rows[index - 1][0]))
+                if handled < len(rows):
+                    rest = pack_batch(rows[handled:], batch.lines[handled:], self.target)
+                    self._connection.send_packed_command([rest.command], check_health=False)  # type: ignore[no-untyped-call]
+                    self._in_flight = rest
 
     def _release_connection(self) -> None:
         if self._connection is not None:
@@ -316,6 +346,13 @@ class GenerationWriter:
         drop_generation(self._redis, self.generation)
 
 
+def _groups(commands: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    """Lists of ``size`` commands (the last one shorter)."""
+    iterator = iter(commands)
+    while group := list(itertools.islice(iterator, size)):
+        yield group
+
+
 def drop_generation(client: redis.Redis, generation: int) -> int:
     """Delete every key of a generation that readers no longer use."""
     dropped = 0
@@ -375,7 +412,7 @@ class ChangeApplier:
         if state.generation is None:
             raise NoSnapshot("no registry snapshot is loaded: load one before applying changes")
         lease = read_lease(self._redis)
-        if lease is None:
+        if lease is None or not lease.takes_changes:  # in its bulk phase, a load replays them later
             return _Layout(state.generation, state.buckets, None, 0)
         return _Layout(state.generation, state.buckets, lease.generation, lease.buckets)
 

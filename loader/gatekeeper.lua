@@ -100,17 +100,21 @@ end
 -- if none), and the bytes of records and index entries it read or wrote (the caller's
 -- budget). A refused version changes nothing: the cap is checked before the period is
 -- taken from its old code or the index is updated. The common snapshot row (a chg_id and
--- a code both new) costs two HSETNX and no record decoding.
-local function merge(bucket, index, code, chg_id, incoming, seq, watermark)
+-- a code both new) costs two HSETNX and no decoding or encoding at all when the caller
+-- passes `entry`, the index entry {code, bucket number, seq} it would get.
+local function merge(bucket, index, code, chg_id, incoming, seq, watermark, entry)
   if seq <= watermark then
     return 0, 0, false, 0
   end
   local spent = #incoming
+  local new_chg_id = redis.call('HSETNX', index, chg_id, entry or index_entry(code, bucket, seq, 0, 0)) == 1
+  if new_chg_id and redis.call('HSETNX', bucket, code, incoming) == 1 then
+    return 1, 0, false, spent
+  end
   local update = cmsgpack.unpack(incoming)
   local period = update[2][1]
   local crc_key = period[3]
   local known_key, moved = nil, nil
-  local new_chg_id = redis.call('HSETNX', index, chg_id, index_entry(code, bucket, seq, crc_key, crc_key)) == 1
   if not new_chg_id then
     local entry = redis.call('HGET', index, chg_id)
     spent = spent + #entry
@@ -179,7 +183,7 @@ local function merge(bucket, index, code, chg_id, incoming, seq, watermark)
 end
 
 -- KEYS: the bucket and the chg_id index hash of each row. ARGV: code, chg_id, encoded
--- one-period record and seq of each row. The snapshot loader's bulk write into a
+-- one-period record, seq and index entry {code, bucket number, seq} of each row. The snapshot loader's bulk write into a
 -- generation being loaded (standalone Redis: the keys span slots). Returns {new codes,
 -- merged, stale, codes with integrity findings, rows handled (the first ones; the caller
 -- sends the rest again), indexes of rows refused}.
@@ -190,8 +194,9 @@ local function gk_insert(keys, args)
     if spent >= CALL_BUDGET_BYTES then
       return {inserted, merged, stale, findings, i - 1, refused}
     end
-    local changed, finding, _, cost = merge(keys[2 * i - 1], keys[2 * i], args[4 * i - 3], args[4 * i - 2],
-      args[4 * i - 1], tonumber(args[4 * i]), -1)
+    local j = 5 * i - 4
+    local changed, finding, _, cost =
+      merge(keys[2 * i - 1], keys[2 * i], args[j], args[j + 1], args[j + 2], tonumber(args[j + 3]), -1, args[j + 4])
     spent = spent + cost
     if changed == 0 then
       stale = stale + 1
@@ -203,7 +208,7 @@ local function gk_insert(keys, args)
       merged = merged + 1
     end
     if finding == 1 then
-      findings[#findings + 1] = args[4 * i - 3]
+      findings[#findings + 1] = args[j]
     end
   end
   return {inserted, merged, stale, findings, rows, refused}
@@ -231,12 +236,17 @@ local function gk_merge(keys, args)
   return {changed, count}
 end
 
+-- The lease of gk:loading: "<generation> <buckets> <watermark> <token>[ bulk]". In the bulk
+-- phase the loader writes the snapshot's first rows with plain HSETs, which a change
+-- written into the generation meanwhile could lose: changes are only logged then, and the
+-- loader replays the log into the generation after the phase (docs/cache-layout.md).
 local function loading_generation(value)
   if not value then
     return nil
   end
-  local generation, buckets, watermark, token = string.match(value, '^(%d+) (%d+) (%d+) (%S+)$')
-  return {generation = generation, buckets = buckets, watermark = tonumber(watermark), token = token}
+  local generation, buckets, watermark, token, phase = string.match(value, '^(%d+) (%d+) (%d+) (%S+) ?(%l*)$')
+  return {generation = generation, buckets = buckets, watermark = tonumber(watermark), token = token,
+    bulk = phase == 'bulk'}
 end
 
 -- KEYS: gk:meta, gk:loading, gk:changes, then the current generation's bucket and chg_id
@@ -257,6 +267,10 @@ local function gk_apply(keys, args)
     return redis.error_reply('NOSNAPSHOT the loaded snapshot predates the chg_id index: load a snapshot again')
   end
   local loading = loading_generation(redis.call('GET', loading_key))
+  local bulk = loading and loading.bulk
+  if bulk then
+    loading = nil  -- logged below, and replayed into the loading generation after its bulk phase
+  end
   local layout = current[1] .. '/' .. (loading and loading.generation or '0')
   if layout ~= args[1] then
     return {-1, layout}
@@ -293,6 +307,12 @@ local function gk_apply(keys, args)
       stale = stale + 1
     elseif result == 3 then
       refused[#refused + 1] = i
+      if bulk then
+        -- Full in the current generation, perhaps not in the loading one: the replay decides.
+        for _, value in ipairs({'seq', seq_text, 'code', code, 'chg_id', chg_id, 'record', incoming}) do
+          logged[#logged + 1] = value
+        end
+      end
     else
       changed = changed + 1
       if seq > applied_seq then
@@ -364,7 +384,17 @@ local function gk_renew(keys, args)
   return 0
 end
 
+-- KEYS: gk:loading. ARGV: the lease value, the new value, lease milliseconds. Replaces our
+-- own lease (ending its bulk phase) and extends it.
+local function gk_relabel(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    return redis.call('SET', keys[1], args[2], 'PX', args[3])
+  end
+  return redis.error_reply('LEASE the loading lease was lost')
+end
+
 redis.register_function('gk_insert', gk_insert)
+redis.register_function('gk_relabel', gk_relabel)
 redis.register_function('gk_merge', gk_merge)
 redis.register_function('gk_renew', gk_renew)
 redis.register_function('gk_apply', gk_apply)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import io
 import json
+import multiprocessing
+import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,6 +21,7 @@ import redis
 
 from gatekeeper.cache import keys
 from gatekeeper.cache.layout import Meta
+from loader.bulk import BulkBuffer, FirstRows, SlowRows
 from loader.cache import (
     DEFAULT_LEASE_SECONDS,
     GenerationWriter,
@@ -25,13 +31,18 @@ from loader.cache import (
     read_state,
     refused_reason,
 )
+from loader.chunks import ParsedChunk, Target, parse_chunk, split_lines
 from loader.progress import Progress
 from loader.quarantine import Quarantine
-from loader.rows import EncodedRow, HeaderError, RowError, RowParser
+from loader.rows import HeaderError, RowParser
 
 DEFAULT_MAX_BAD_SHARE = 0.01  # a snapshot with more bad rows than this is refused
 DEFAULT_MAX_SHRINK = 0.05  # a snapshot losing more practitioners than this is refused
 BATCH_ROWS = 1_000  # rows per gk_insert call: a few milliseconds of Redis time
+# Large snapshots are parsed by worker processes, the loader's own process sending what
+# they packed; spawning them costs about a second, so small files are parsed in process.
+PARSERS = min(2, os.cpu_count() or 1)
+PARALLEL_MIN_BYTES = 16 << 20
 
 
 class SnapshotRefused(RuntimeError):
@@ -122,31 +133,18 @@ class _HashingReader(io.RawIOBase):
         super().close()
 
 
-def _records(path: Path, hasher: _HashingReader) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of each non-blank CSV record, after the header."""
-    raw: BinaryIO = io.BufferedReader(hasher, buffer_size=1 << 20)
-    if path.suffix == ".gz":
-        raw = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
-    # A UTF-8 BOM is skipped; undecodable bytes become U+FFFD and fail that row only.
-    text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
-    reader = csv.reader(text)
-    try:
-        header = next(reader, None)
-        if header is None:
-            return
-        yield 1, header
-        end_of_previous = reader.line_num
-        for values in reader:
-            # A record with a quoted newline spans lines: report the one it starts on.
-            start, end_of_previous = end_of_previous + 1, reader.line_num
-            if not values or (len(values) == 1 and not values[0].strip()):
-                continue  # blank line
-            yield start, values
-    except (csv.Error, EOFError, OSError) as error:  # e.g. a gzip stream cut short
-        yield -1, [f"unreadable: {error}"]
-    # Read whatever parsing left unread, so the checksum covers the whole file.
-    while hasher.read(1 << 20):
-        pass
+def _open_text(path: Path, hasher: _HashingReader) -> io.BufferedIOBase:
+    """The snapshot's bytes as delivered, decompressed if it is a .gz file."""
+    raw = io.BufferedReader(hasher, buffer_size=1 << 20)
+    return gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
+
+
+def _header(piece: bytes) -> tuple[list[str], bytes]:
+    """The header record of the first piece of a snapshot, and the rest of the piece.
+    A UTF-8 BOM is skipped; undecodable bytes become U+FFFD."""
+    end = piece.find(b"\n") + 1 or len(piece)
+    text = piece[:end].decode("utf-8-sig", errors="replace")
+    return next(csv.reader([text]), []), piece[end:]
 
 
 def load_snapshot(
@@ -174,7 +172,7 @@ def load_snapshot(
         client, keys.bucket_count_for(manifest.row_count), manifest.watermark_seq, options.lease_seconds
     )
     try:
-        stats, rows, bad, truncated, hasher = _write_rows(writer, path, quarantine, progress)
+        stats, rows, bad, truncated, hasher = _write_rows(writer, path, quarantine, progress, manifest.row_count)
         replay_started = progress.elapsed
         replayed = writer.replay_changes()
         replay_seconds = progress.elapsed - replay_started
@@ -221,49 +219,120 @@ def load_snapshot(
 
 
 def _write_rows(
-    writer: GenerationWriter, path: Path, quarantine: Quarantine, progress: Progress
+    writer: GenerationWriter, path: Path, quarantine: Quarantine, progress: Progress, expected_rows: int
 ) -> tuple[WriteStats, int, int, int, _HashingReader]:
+    """Write the snapshot's rows: the first of each code and chg_id with bulk HSETs while the
+    file is read (loader/bulk.py), then the others through gk_insert, in the file's order."""
     stats = WriteStats()
     rows = bad = truncated = 0
-    batch: list[EncodedRow] = []
-    lines: list[int] = []  # of the rows in batch, to report a refused one
-    notes: list[str] = []
-    with path.open("rb") as raw:
+    first_rows = FirstRows(expected_rows)
+    bulk = BulkBuffer(writer.target)
+    slow = SlowRows(writer.target, BATCH_ROWS)
+    with path.open("rb") as raw, contextlib.closing(bulk), contextlib.closing(slow):
         hasher = _HashingReader(raw)
-        records = _records(path, hasher)
-        first = next(records, None)
+        stream = _open_text(path, hasher)  # held: collecting it would close the file
+        pieces = split_lines(stream)
+        try:
+            first = next(pieces, None)
+        except (EOFError, OSError) as error:  # e.g. not gzip at all
+            first, unreadable = b"", f"unreadable: {error}"
+        else:
+            unreadable = ""
         if first is None:
             raise SnapshotRefused(f"{path}: the file is empty")
+        header, rest = _header(first)
         try:
-            parser = RowParser(first[1])
+            RowParser(header)
         except HeaderError as error:
             raise SnapshotRefused(f"{path}: {error}") from error
-        for line, values in records:
-            rows += 1
-            try:
-                if line < 0:
-                    raise RowError(values[0])
-                batch.append(parser.encode(values, notes))
-                lines.append(line)
-                if notes:
-                    truncated += 1
-                    for note in notes:
-                        quarantine.add(str(path), line, note)
-                    notes.clear()
-            except RowError as error:
-                bad += 1
-                quarantine.add(str(path), line, str(error))
-            if len(batch) == BATCH_ROWS:
-                writer.add(batch, stats, lines)
-                progress.advance(len(batch))
-                batch, lines = [], []
-                bad += _report_refused(stats, path, quarantine)
-        if batch:
-            writer.add(batch, stats, lines)
-            progress.advance(len(batch))
+        for parsed in _parsed_chunks(path, header, rest, pieces, writer.target):
+            rows += parsed.count
+            bad += len(parsed.bad)
+            truncated += parsed.truncated
+            for line, reason in (*parsed.bad, *parsed.notes):
+                quarantine.add(str(path), line, reason)
+            firsts, others = first_rows.split(parsed)
+            bulk.add(parsed, firsts)
+            slow.add(parsed, others)
+            stats.practitioners += len(firsts)
+            progress.advance(len(firsts))
+            if parsed.unreadable:
+                unreadable = parsed.unreadable
+                break
+        _write_bulk(writer, bulk)
+        writer.end_bulk()
+        for batch in slow.batches():
+            writer.send(batch, stats)
+            progress.advance(len(batch.lines))
+            bad += _report_refused(stats, path, quarantine)
         writer.flush(stats)
         bad += _report_refused(stats, path, quarantine)
+        if unreadable:
+            rows, bad = rows + 1, bad + 1
+            quarantine.add(str(path), -1, unreadable)
+        # Read whatever parsing left unread, so the checksum covers the whole file.
+        while hasher.read(1 << 20):
+            pass
+        del stream
     return stats, rows, bad, truncated, hasher
+
+
+def _write_bulk(writer: GenerationWriter, bulk: BulkBuffer) -> None:
+    """Write what ``bulk`` gathered; each of its fields must be new to the generation."""
+    fields = bulk.fields
+    added = writer.write_bulk(bulk.commands())
+    if added != fields:  # a first row is first: a field already there is a bug, not data
+        raise RuntimeError(f"bulk HSETs added {added} fields of {fields}: some were there already")
+
+
+def _parsed_chunks(
+    path: Path, header: list[str], rest: bytes, pieces: Iterator[bytes], target: Target
+) -> Iterator[ParsedChunk]:
+    """Each piece of the snapshot after its header, parsed, in the file's order: by
+    PARSERS worker processes for a large file (Redis merging on the remaining core), here
+    for a small one. A piece the CSV reader or gzip cannot read ends the file."""
+
+    def numbered() -> Iterator[tuple[bytes, int]]:
+        line = 2
+        if rest:
+            yield rest, line
+            line += rest.count(b"\n")
+        for piece in pieces:
+            yield piece, line
+            line += piece.count(b"\n")
+
+    chunks = _guarded(numbered())
+    if path.stat().st_size < PARALLEL_MIN_BYTES or PARSERS < 2:
+        for text, line in chunks:
+            yield parse_chunk(text, line, header, target) if line else _unreadable(text)
+        return
+    with multiprocessing.get_context("spawn").Pool(PARSERS) as pool:
+        pending: deque[AsyncResult[ParsedChunk] | ParsedChunk] = deque()
+        for text, line in chunks:
+            if line:
+                pending.append(pool.apply_async(parse_chunk, (text, line, header, target)))
+            else:
+                pending.append(_unreadable(text))
+            while len(pending) > 2 * PARSERS:  # bounded: the file is never read far ahead
+                yield _result(pending.popleft())
+        while pending:
+            yield _result(pending.popleft())
+
+
+def _guarded(chunks: Iterator[tuple[bytes, int]]) -> Iterator[tuple[bytes, int]]:
+    """The chunks until gzip fails, then (the error, line 0) in place of the rest."""
+    try:
+        yield from chunks
+    except (EOFError, OSError) as error:  # e.g. a gzip stream cut short
+        yield f"unreadable: {error}".encode(), 0
+
+
+def _unreadable(message: bytes) -> ParsedChunk:
+    return ParsedChunk(unreadable=message.decode())
+
+
+def _result(pending: AsyncResult[ParsedChunk] | ParsedChunk) -> ParsedChunk:
+    return pending if isinstance(pending, ParsedChunk) else pending.get()
 
 
 def _report_refused(stats: WriteStats, path: Path, quarantine: Quarantine) -> int:

@@ -67,6 +67,9 @@ class Meta:
         return registry_version(self.snapshot_id, self.applied_seq)
 
 
+BULK = "bulk"  # the phase of a lease while a snapshot's rows are bulk-written
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """The value of ``gk:loading``: the generation a snapshot load fills, its bucket count,
@@ -76,18 +79,27 @@ class Lease:
     buckets: int
     watermark_seq: int
     token: str
+    # BULK while the loader writes the snapshot's first rows with plain HSETs: changes are
+    # then logged, not written into the generation (the loader replays them before it switches).
+    phase: str = ""
 
     def format(self) -> str:
-        """``"<generation> <buckets> <watermark_seq> <token>"``, as stored."""
-        return f"{self.generation} {self.buckets} {self.watermark_seq} {self.token}"
+        """``"<generation> <buckets> <watermark_seq> <token>[ bulk]"``, as stored."""
+        value = f"{self.generation} {self.buckets} {self.watermark_seq} {self.token}"
+        return f"{value} {self.phase}" if self.phase else value
 
     @classmethod
     def parse(cls, value: bytes | str | None) -> Lease | None:
         """The lease stored in ``gk:loading``, or None when no load holds it."""
         if not value:
             return None
-        generation, buckets, watermark_seq, token = _text(value).split()
-        return cls(int(generation), int(buckets), int(watermark_seq), token)
+        generation, buckets, watermark_seq, token, *phase = _text(value).split()
+        return cls(int(generation), int(buckets), int(watermark_seq), token, "".join(phase))
+
+    @property
+    def takes_changes(self) -> bool:
+        """True when changes are written into the loading generation as they are applied."""
+        return self.phase != BULK
 
     @property
     def description(self) -> str:

@@ -21,12 +21,12 @@ from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.records import chg_key_of
 from gatekeeper.core.rules import Reason, standing_at
 from gatekeeper.v1 import gatekeeper_pb2 as pb
-from loader.cache import LoaderBusy, read_state
+from loader.cache import ApplyStats, ChangeApplier, LoaderBusy, read_lease, read_state
 from loader.changes import apply_change_files
 from loader.generate import generate
 from loader.progress import Progress
 from loader.quarantine import Quarantine
-from loader.rows import FIELDS
+from loader.rows import FIELDS, encode_change
 from loader.snapshot import SnapshotOptions, SnapshotRefused, SnapshotResult, load_snapshot
 from tests.integration.conftest import StartGatekeeper, on_both_redis
 from tests.integration.registry import (
@@ -133,9 +133,21 @@ def malformed_export(directory: Path) -> tuple[Path, dict[str, int]]:
     return path, lines
 
 
+@pytest.mark.parametrize("parsers", ["in-process", "worker-processes"])
 def test_every_malformed_input_is_quarantined_and_the_good_rows_load(
-    redis_client: redis.Redis, redis_server: RedisServer, start_gatekeeper: StartGatekeeper, tmp_path: Path
+    redis_client: redis.Redis,
+    redis_server: RedisServer,
+    start_gatekeeper: StartGatekeeper,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    parsers: str,
 ) -> None:
+    if parsers == "worker-processes":
+        # As a large snapshot is loaded: parsed by workers, in pieces cut at line ends
+        # (64 bytes: every record in a piece of its own, the quoted newline kept whole).
+        monkeypatch.setattr("loader.snapshot.PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr("loader.snapshot.PARSERS", 2)
+        monkeypatch.setattr("loader.chunks.CHUNK_BYTES", 64)
     path, lines = malformed_export(tmp_path)
     report = tmp_path / "quarantine.jsonl"
     result = load_snapshot(redis_client, path, SnapshotOptions(max_bad_share=0.9, quarantine=report))
@@ -595,3 +607,29 @@ def test_a_second_load_is_refused_while_one_holds_the_lease(
     assert read_state(redis_client).snapshot_id == "B"
     assert lookup(redis_server.url, ["D110105002998"]).records  # the last row made it in
     assert standing(redis_server.url, SUBJECT) == Reason.OK
+
+
+def test_a_change_applied_while_rows_are_bulk_written_is_logged_then_replayed_into_the_new_generation(
+    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    load_snapshot(redis_client, write_snapshot(tmp_path, people(100), snapshot_id="A", name="a.csv"))
+    progress = PausingProgress(after_rows=1_000)
+    path = write_snapshot(tmp_path, people(3_000, seq_base=100), snapshot_id="B", name="b.csv")
+    load = LoadInThread(redis_server.port, path, progress)
+    try:
+        assert progress.paused.wait(30), "the load never started"
+        lease = read_lease(redis_client)
+        assert lease is not None and not lease.takes_changes  # the bulk phase
+        applied = ApplyStats()
+        ChangeApplier(redis_client).apply([encode_change(suspend_subject(10_000))], applied)
+        assert applied.applied == 1
+        assert standing(redis_server.url, SUBJECT) == Reason.SUSPENDED  # in the current generation now
+        # Not written into the loading generation, where the bulk HSETs could lose it.
+        loading_bucket = keys.bucket_key(lease.generation, keys.bucket_of(SUBJECT, lease.buckets))
+        assert not redis_client.hexists(loading_bucket, SUBJECT)
+    finally:
+        progress.resume.set()
+        result = load.join()
+    assert (result.snapshot_id, result.practitioners, result.replayed_changes) == ("B", 3_000, 1)
+    assert standing(redis_server.url, SUBJECT) == Reason.SUSPENDED  # replayed into B
+    assert read_state(redis_client).applied_seq == 10_000

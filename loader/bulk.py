@@ -1,0 +1,189 @@
+"""A snapshot's first rows of each code and chg_id, written with one HSET per bucket.
+
+Most snapshot rows are the only row of their code and of their chg_id: merging them is
+writing them. Such a row is written as it is, gathered with the others of its bucket into
+one plain HSET (and its index entry into one HSET of its chg_id index hash), which costs
+Redis a fifth of a gk_insert row. Every other row goes through gk_insert afterwards, in the
+file's order. That gives what merging every row in the file's order gives: a row written
+early touches a code and a chg_id that no earlier row named, so it commutes with every
+row before it (docs/cache-layout.md, "Snapshot load").
+"""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from gatekeeper.cache import keys
+from loader.chunks import Batch, ParsedChunk, Target, pack_batch
+from loader.rows import EncodedRow
+
+# Bits of each FirstRows filter: a row is sent to gk_insert when either bit it maps to is
+# set, so a fuller filter sends more rows the slow way, never a wrong one. 2**27 bits
+# (16 MiB each) end a 15-million-row snapshot with about 11 % of the bits set: ~1 row in 10
+# more takes the slow way, for 32 MiB less (the loader's peak RSS at 15 million was 313 MB,
+# its workers included, with 2**28).
+MAX_FILTER_BITS = 1 << 27
+FILTER_BITS_PER_ROW = 16
+PARTITIONS = 128  # ranges of buckets the first rows are spilled in: 1/128 of them in memory at the end
+SPILL_ROWS = 1_000  # rows of one partition held before they are spilled
+
+
+class FirstRows:
+    """Tells a row that is certainly the first of its code and of its chg_id in the file.
+
+    Two bit filters (one for codes, one for chg_ids) over CRC-32 values: a set bit means
+    "perhaps seen", so a row called first is first; one called not first may be first
+    too (it then takes the slow path, which gives the same result).
+    """
+
+    def __init__(self, expected_rows: int) -> None:
+        bits = 1 << 16
+        while bits < min(expected_rows * FILTER_BITS_PER_ROW, MAX_FILTER_BITS):
+            bits <<= 1
+        self._mask = bits - 1
+        self._codes = bytearray(bits >> 3)
+        self._chg_ids = bytearray(bits >> 3)
+
+    def split(self, parsed: ParsedChunk) -> tuple[list[int], list[int]]:
+        """The positions of ``parsed``'s rows that are first (bulk-written) and of the others
+        (merged by gk_insert), each in the file's order; all are marked seen."""
+        codes, chg_ids, mask = self._codes, self._chg_ids, self._mask
+        first: list[int] = []
+        others: list[int] = []
+        for position, (code_crc, chg_crc) in enumerate(zip(parsed.code_crcs, parsed.chg_crcs, strict=True)):
+            code_bit, chg_bit = code_crc & mask, chg_crc & mask
+            code_byte, code_flag = code_bit >> 3, 1 << (code_bit & 7)
+            chg_byte, chg_flag = chg_bit >> 3, 1 << (chg_bit & 7)
+            if codes[code_byte] & code_flag or chg_ids[chg_byte] & chg_flag:
+                others.append(position)
+            else:
+                first.append(position)
+            codes[code_byte] |= code_flag
+            chg_ids[chg_byte] |= chg_flag
+        return first, others
+
+
+class BulkBuffer:
+    """First rows gathered by bucket, as the fields of one HSET per bucket and one per chg_id
+    index hash, all written at the end by :meth:`commands`.
+
+    A national snapshot's first rows do not fit in memory, and written as they come each
+    HSET would carry one field: they are spilled to a temporary file in PARTITIONS ranges
+    of buckets, and each range is read back and grouped by bucket when written.
+    """
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._width = -(-target.buckets // PARTITIONS)  # buckets per partition
+        # Per partition, records then chg_id index entries: [bucket, fields, bucket, fields, ...]
+        self._pending: list[list[Any]] = [[] for _ in range(2 * PARTITIONS)]
+        self._spilled: list[list[tuple[int, int]]] = [[] for _ in range(2 * PARTITIONS)]  # (offset, size)
+        self._file = tempfile.TemporaryFile(prefix="gk-snapshot-bulk-")  # noqa: SIM115  # closed by close()
+        self.rows = 0  # rows gathered
+
+    @property
+    def fields(self) -> int:
+        """Hash fields gathered, index entries included."""
+        return 2 * self.rows
+
+    def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
+        """Gather the rows of ``parsed`` at ``positions``."""
+        pending, width, limit = self._pending, self._width, 2 * SPILL_ROWS
+        buckets, chg_buckets = parsed.buckets, parsed.chg_buckets
+        record_fields, index_fields = parsed.record_fields, parsed.index_fields
+        for position in positions:
+            bucket = buckets[position]
+            part = bucket // width
+            gathered = pending[part]
+            gathered += (bucket, record_fields[position])
+            if len(gathered) >= limit:
+                self._spill(part)
+            bucket = chg_buckets[position]
+            part = PARTITIONS + bucket // width
+            gathered = pending[part]
+            gathered += (bucket, index_fields[position])
+            if len(gathered) >= limit:
+                self._spill(part)
+        self.rows += len(positions)
+
+    def _spill(self, part: int) -> None:
+        data = pickle.dumps(self._pending[part], protocol=pickle.HIGHEST_PROTOCOL)
+        self._spilled[part].append((self._file.seek(0, 2), len(data)))
+        self._file.write(data)
+        self._pending[part] = []
+
+    def commands(self) -> Iterator[bytes]:
+        """One packed HSET per bucket and per chg_id index hash gathered, then empty."""
+        generation = self._target.generation
+        for part in range(2 * PARTITIONS):
+            key_of = keys.bucket_key if part < PARTITIONS else keys.chg_index_key
+            by_bucket: defaultdict[int, list[bytes]] = defaultdict(list)
+            for gathered in self._gathered(part):
+                for index in range(0, len(gathered), 2):
+                    by_bucket[gathered[index]].append(gathered[index + 1])
+            for number, fields in by_bucket.items():
+                key = key_of(generation, number).encode()
+                yield b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n" % (2 + 2 * len(fields), len(key), key) + b"".join(fields)
+        self.rows = 0
+        self._file.truncate(0)
+
+    def _gathered(self, part: int) -> Iterator[list[Any]]:
+        for offset, size in self._spilled[part]:
+            self._file.seek(offset)
+            yield pickle.loads(self._file.read(size))  # written by this process above
+        self._spilled[part] = []
+        yield self._pending[part]
+        self._pending[part] = []
+
+    def close(self) -> None:
+        """Delete the temporary file."""
+        self._file.close()
+
+
+class SlowRows:
+    """The rows merged by gk_insert after the bulk writes, kept in a temporary file as packed
+    calls of ``batch_rows`` rows, in the file's order."""
+
+    def __init__(self, target: Target, batch_rows: int) -> None:
+        self._target = target
+        self._batch_rows = batch_rows
+        self._rows: list[EncodedRow] = []
+        self._lines: list[int] = []
+        self._file = tempfile.TemporaryFile(prefix="gk-snapshot-")  # noqa: SIM115  # closed by close()
+        self.count = 0
+
+    def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
+        """Keep the rows of ``parsed`` at ``positions``."""
+        for position in positions:
+            self._rows.append(parsed.rows[position])
+            self._lines.append(parsed.lines[position])
+            if len(self._rows) == self._batch_rows:
+                self._spill()
+        self.count += len(positions)
+
+    def _spill(self) -> None:
+        pickle.dump(pack_batch(self._rows, self._lines, self._target), self._file)
+        self._rows, self._lines = [], []
+
+    def batches(self) -> Iterator[Batch]:
+        """Every call kept, in order; then the file is gone."""
+        if self._rows:
+            self._spill()
+        self._file.seek(0)
+        try:
+            while True:
+                try:
+                    batch = pickle.load(self._file)  # written by this process above
+                except EOFError:
+                    return
+                yield batch
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Delete the temporary file."""
+        self._file.close()

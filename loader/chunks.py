@@ -1,0 +1,165 @@
+"""A snapshot's rows in line-aligned chunks, each parsed into ready-to-send gk_insert calls."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import hiredis
+import msgspec
+
+from gatekeeper.cache import keys
+from loader.rows import EncodedRow, RowError, RowParser
+
+CHUNK_BYTES = 1 << 20  # of CSV text per chunk: about 12,000 rows, tens of milliseconds to parse
+READ_BYTES = 1 << 16  # per read: what a broken gzip stream gave before it broke is kept
+
+_rows_encoder = msgspec.msgpack.Encoder()
+_rows_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, bytes, int]])
+_entry_encoder = msgspec.msgpack.Encoder()
+_FIELD = b"$%d\r\n%b\r\n$%d\r\n%b\r\n"  # a hash field and its value as RESP bulk strings
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where rows go: the generation being loaded and its bucket count."""
+
+    generation: int
+    buckets: int
+
+
+@dataclass
+class Batch:
+    """One gk_insert call, packed: its command bytes, and its rows for when Redis refuses
+    some or hands some back (decoded only then)."""
+
+    command: bytes
+    packed_rows: bytes
+    lines: list[int]
+
+    def rows(self) -> list[EncodedRow]:
+        """The rows of the call, in order."""
+        return _rows_decoder.decode(self.packed_rows)
+
+
+@dataclass
+class ParsedChunk:
+    """What parsing one chunk gave: its good rows with what bulk-writing each takes, rows to
+    quarantine, counts."""
+
+    rows: list[EncodedRow] = field(default_factory=list)  # good rows, in the file's order
+    lines: list[int] = field(default_factory=list)  # of each good row
+    code_crcs: list[int] = field(default_factory=list)  # CRC-32 of each row's code (for FirstRows)
+    chg_crcs: list[int] = field(default_factory=list)  # CRC-32 of each row's chg_id (for FirstRows)
+    buckets: list[int] = field(default_factory=list)  # of each row's code
+    chg_buckets: list[int] = field(default_factory=list)  # chg_id index hash of each row's chg_id
+    record_fields: list[bytes] = field(default_factory=list)  # code and record, RESP-encoded
+    index_fields: list[bytes] = field(default_factory=list)  # chg_id and index entry, RESP-encoded
+    count: int = 0  # data rows read, good and bad
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (line, what was cut to fit)
+    truncated: int = 0  # rows loaded with a field cut
+    unreadable: str = ""  # the CSV could not be read on from here (nothing after it is loaded)
+
+
+def split_lines(stream: io.BufferedIOBase, block_bytes: int | None = None) -> Iterator[bytes]:
+    """The stream in pieces of at least ``block_bytes`` (CHUNK_BYTES), each ending at a line
+    end outside any quoted field, the last one as it is. When the stream breaks (a gzip
+    file cut short), the whole lines read before are yielded before the error is raised.
+
+    Quotes inside a quoted field are doubled, so a quoted field always holds an even
+    number of them: a line end with an odd count before it is inside a quoted field.
+    """
+    pending = b""
+
+    def whole_lines() -> int:
+        """The length of the longest prefix of ``pending`` that ends a record; 0 if none."""
+        end = pending.rfind(b"\n") + 1
+        quotes = pending.count(b'"', 0, end)
+        while end and quotes % 2:  # that line end is inside a quoted field: try the one before
+            previous = pending.rfind(b"\n", 0, end - 1) + 1
+            quotes -= pending.count(b'"', previous, end)
+            end = previous
+        return end
+
+    try:
+        while block := stream.read1(READ_BYTES):  # one read of the file at most: none lost if it fails
+            pending += block
+            if len(pending) >= (block_bytes or CHUNK_BYTES) and (end := whole_lines()):
+                yield pending[:end]
+                pending = pending[end:]
+    except (EOFError, OSError):
+        if end := whole_lines():
+            yield pending[:end]
+        raise
+    if pending:
+        yield pending
+
+
+def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target) -> ParsedChunk:
+    """Parse the CSV records of one chunk (starting at ``first_line`` of the file); bad rows
+    are reported with their line. Each good row comes with the fields a bulk HSET of its
+    bucket and of its chg_id index hash would write for it."""
+    parser = RowParser(header)
+    parsed = ParsedChunk()
+    reader = csv.reader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""))
+    notes: list[str] = []
+    buckets, crc32 = target.buckets, zlib.crc32
+    end_of_previous = 0
+    try:
+        for values in reader:
+            # A record with a quoted newline spans lines: report the one it starts on.
+            line, end_of_previous = first_line + end_of_previous, reader.line_num
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue  # blank line
+            parsed.count += 1
+            try:
+                row = parser.encode(values, notes)
+            except RowError as error:
+                parsed.bad.append((line, str(error)))
+                continue
+            if notes:
+                parsed.truncated += 1
+                parsed.notes.extend((line, note) for note in notes)
+                notes.clear()
+            code, chg_id, record, seq = row
+            code_bytes, chg_id_bytes = code.encode(), chg_id.encode()
+            # keys.bucket_of and keys.chg_bucket_of, from the CRCs computed once (a test
+            # checks they agree).
+            code_crc, chg_crc = crc32(code_bytes), crc32(chg_id_bytes)
+            bucket = code_crc % buckets
+            entry = _entry_encoder.encode((code, bucket, seq))
+            parsed.rows.append(row)
+            parsed.lines.append(line)
+            parsed.code_crcs.append(code_crc)
+            parsed.chg_crcs.append(chg_crc)
+            parsed.buckets.append(bucket)
+            parsed.chg_buckets.append(chg_crc % buckets)
+            parsed.record_fields.append(
+                b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(code_bytes), code_bytes, len(record), record)
+            )
+            parsed.index_fields.append(
+                b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(chg_id_bytes), chg_id_bytes, len(entry), entry)
+            )
+    except csv.Error as error:
+        parsed.unreadable = f"unreadable: {error}"
+    return parsed
+
+
+def pack_batch(rows: list[EncodedRow], lines: list[int], target: Target) -> Batch:
+    """One gk_insert call for ``rows``: each row's bucket and chg_id index hash, then its
+    code, chg_id, record, seq and index entry (the one gk_insert writes for a new chg_id)."""
+    generation, buckets = target.generation, target.buckets
+    bucket_keys: list[str] = []
+    arguments: list[str | bytes | int] = []
+    for code, chg_id, record, seq in rows:
+        bucket = keys.bucket_of(code, buckets)
+        bucket_keys.append(keys.bucket_key(generation, bucket))
+        bucket_keys.append(keys.chg_index_key(generation, keys.chg_bucket_of(chg_id, buckets)))
+        arguments += (code, chg_id, record, seq, _entry_encoder.encode((code, bucket, seq)))
+    # hiredis types its argument as a one-element tuple; it packs any number of values.
+    command = hiredis.pack_command(("FCALL", "gk_insert", len(bucket_keys), *bucket_keys, *arguments))  # type: ignore[arg-type]
+    return Batch(command, _rows_encoder.encode(rows), lines)

@@ -1,0 +1,64 @@
+"""A snapshot cut into pieces at record ends, each parsed on its own with its lines numbered."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+from gatekeeper.cache import keys
+from loader.bulk import BulkBuffer, FirstRows
+from loader.chunks import ParsedChunk, Target, parse_chunk, split_lines
+from loader.rows import FIELDS
+
+HEADER = list(FIELDS)
+QUOTED = b'D110105000002,1,c2,2,2026-01-01 00:00:00,,,"a ""b""\nc",1,2\n'  # a record on two lines
+FIRST = b"D110105000001,1,c1,1,2020-01-01 00:00:00,,,,1,1\n"
+TEXT = FIRST + QUOTED + b"\nD110105000003,1,c3,9,2020-01-01 00:00:00,,,,1,3\n"
+
+
+def test_pieces_end_at_record_ends_never_inside_a_quoted_field() -> None:
+    for size in range(1, len(TEXT) + 2):
+        pieces = list(split_lines(io.BufferedReader(io.BytesIO(TEXT)), size))  # type: ignore[arg-type]
+        assert b"".join(pieces) == TEXT, size
+        for piece in pieces:
+            assert piece.endswith(b"\n") and piece.count(b'"') % 2 == 0, (size, piece)
+        assert not any(piece.startswith(b"c") for piece in pieces)  # the quoted newline stayed whole
+
+
+def test_a_chunk_reports_lines_from_where_it_starts() -> None:
+    parsed = parse_chunk(TEXT, 10, HEADER, Target(generation=7, buckets=3))
+    assert parsed.count == 3  # the blank line is no row
+    assert parsed.bad == [(14, "status '9' is not 1, 2 or 3")]  # after the two-line record and a blank line
+    assert [row[:2] for row in parsed.rows] == [("D110105000001", "c1"), ("D110105000002", "c2")]
+    assert parsed.lines == [10, 11]
+    assert parsed.buckets == [keys.bucket_of(code, 3) for code, *_ in parsed.rows]
+    assert parsed.chg_buckets == [keys.chg_bucket_of(chg_id, 3) for _, chg_id, *_ in parsed.rows]
+
+
+def test_first_rows_are_the_first_of_their_code_and_of_their_chg_id() -> None:
+    rows = [
+        ("D110105000001", "c1"),
+        ("D110105000002", "c2"),
+        ("D110105000001", "c3"),  # a second period of a code: merged
+        ("D110105000003", "c2"),  # a chg_id moved to another code: merged
+        ("D110105000004", "c4"),
+    ]
+    parsed = ParsedChunk(
+        code_crcs=[zlib.crc32(code.encode()) for code, _ in rows],
+        chg_crcs=[zlib.crc32(chg_id.encode()) for _, chg_id in rows],
+    )
+    assert FirstRows(expected_rows=5).split(parsed) == ([0, 1, 4], [2, 3])
+    # Marked seen: in a later chunk the same rows are all merged.
+    assert FirstRows(expected_rows=5).split(parsed)[0] == [0, 1, 4]
+
+
+def test_a_bulk_buffer_sends_one_hset_per_bucket_and_per_index_hash() -> None:
+    parsed = parse_chunk(FIRST + QUOTED, 2, HEADER, Target(generation=7, buckets=1))
+    bulk = BulkBuffer(Target(generation=7, buckets=1))
+    bulk.add(parsed, [0, 1])
+    assert bulk.fields == 4
+    records, index = bulk.commands()
+    bucket, index_hash = keys.bucket_key(7, 0).encode(), keys.chg_index_key(7, 0).encode()
+    assert records.startswith(b"*6\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$13\r\nD110105000001\r\n" % (len(bucket), bucket))
+    assert index.startswith(b"*6\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$2\r\nc1\r\n" % (len(index_hash), index_hash))
+    assert (bulk.fields, list(bulk.commands())) == (0, [])  # emptied
