@@ -38,6 +38,7 @@ SENTINEL = keys.BUCKET_SENTINEL.encode()
 # Warming reads this many buckets (about 48 practitioners each) per round trip.
 WARM_BUCKETS_PER_READ = 64
 WARM_POLL_SECONDS = 1.0  # how often the warmer looks for a new snapshot to warm from
+WARM_ATTEMPTS = 3  # reads of one range of buckets that invalidations may overtake before the warmer waits
 
 # A snapshot switch between reading gk:meta and reading the buckets makes a reader read
 # again; more than this many switches in a row (snapshots load minutes apart) means
@@ -278,31 +279,39 @@ class CachingEligibilityStore:
                 except CacheUnavailable as error:  # lookups read through meanwhile; tried again later
                     log.warning("near cache: not warmed from snapshot %d yet: %s", generation, error)
                 else:
-                    self.warmed_generation = generation
-                    log.info("near cache: warmed with %d practitioners of snapshot %d", added, generation)
+                    if added is not None:
+                        self.warmed_generation = generation
+                        log.info("near cache: warmed with %d practitioners of snapshot %d", added, generation)
             await asyncio.sleep(WARM_POLL_SECONDS)
 
-    async def warm(self, generation: int) -> int:
+    async def warm(self, generation: int) -> int | None:
         """Read ``generation``'s records into the near cache, bucket by bucket, until it is
-        full; how many were added. A read that an invalidation, a switch or a lagging replica
-        overtook is dropped, as a lookup's would be (put_many's epoch); the codes it held are
-        then read on demand."""
+        full; how many were added, or None when it could not finish (a switch, notifications
+        lost, or reads overtaken by invalidations time and again: tried again later). A read
+        that an invalidation or a lagging replica overtook is dropped, as a lookup's would be
+        (put_many's epoch), and read again."""
         follower, cache = self.follower, self.cache
         meta, _ = await self._backing.read_buckets(generation, range(0))
         if meta.generation != generation:
-            return 0
+            return None
         added = 0
         for first in range(0, meta.buckets, WARM_BUCKETS_PER_READ):
-            if len(cache) >= cache.max_entries or follower.generation != generation or not follower.trusted:
+            if len(cache) >= cache.max_entries:
                 break
-            epoch = cache.epoch
             buckets = range(first, min(first + WARM_BUCKETS_PER_READ, meta.buckets))
-            read, records = await self._backing.read_buckets(generation, buckets)
-            if read.generation != generation:
-                break
-            if follower.trusted and read.applied_seq >= follower.seen_seq and cache.epoch == epoch:
-                cache.put_many(records, records, epoch)
-                added += len(records)
+            for _ in range(WARM_ATTEMPTS):
+                if follower.generation != generation or not follower.trusted:
+                    return None
+                epoch = cache.epoch
+                read, records = await self._backing.read_buckets(generation, buckets)
+                if read.generation != generation:
+                    return None
+                if read.applied_seq >= follower.seen_seq and cache.epoch == epoch:
+                    cache.put_many(records, records, epoch)
+                    added += len(records)
+                    break
+            else:
+                return None
         return added
 
     async def lookup(self, codes: Collection[str], min_seq: int = 0) -> Lookup:
