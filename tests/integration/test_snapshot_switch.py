@@ -87,4 +87,5 @@ def test_a_routine_snapshot_switch_is_logged_at_info_not_warning(
         assert time.monotonic() < deadline, "the worker never noticed the switch"
         threading.Event().wait(0.02)
     switched = [r for r in caplog.records if "snapshot switched" in r.getMessage()]
-    assert [r.levelname for r in switched] == ["INFO"]
+    # One per switch the worker saw (under load it may see A's as well as B's): each routine.
+    assert switched and {r.levelname for r in switched} == {"INFO"}
