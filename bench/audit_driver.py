@@ -73,9 +73,8 @@ def rows_of(b: Batch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         at = datetime.fromtimestamp(e.decided_at_ms / 1000, UTC)
         c, d = e.claim, e.decision
         verdict, allowed, blocked = d.verdict.name, d.allowed_amount_fen, d.blocked_amount_fen
-        decisions.append(
-            (at, e.decision_id, c.claim_id, c.fixmedins_code, e.registry_version, verdict, d.enforced, allowed, blocked)
-        )
+        head = (at, e.decision_id, c.claim_id, c.fixmedins_code, e.registry_version, verdict, d.enforced)
+        decisions.append((*head, allowed, blocked, b.batch_id))
         for index, (i, m) in enumerate(zip(c.items, d.items, strict=True)):
             executing = i.practitioners[1] if len(i.practitioners) > 1 else None
             service_time = datetime.fromtimestamp(i.service_time, UTC)
