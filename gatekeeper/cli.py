@@ -290,7 +290,10 @@ def _audit_export(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     period = _audit_period(args)
     with _database(args, environ) as connection:
         records = records_in(connection, period, args.institution or ())
-        count = WRITERS[_record_format(args)](records, sys.stdout)
+        try:
+            count = WRITERS[_record_format(args)](records, sys.stdout)
+        finally:  # its transaction ends before the connection does, a closed pipe included
+            records.close()
     print(f"gatekeeper audit export: {count} decision(s) from {_record_shown(args, environ)}", file=sys.stderr)
     return 0
 

@@ -4,7 +4,7 @@ institution and reason (DOMAIN.md rule 12) — each one query of PostgreSQL."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
@@ -115,8 +115,10 @@ def _joined(decisions: Iterator[Sequence[Any]], items: Iterator[Sequence[Any]]) 
 
 def records_in(
     connection: psycopg.Connection, period: Period, institutions: Iterable[str] = ()
-) -> Iterator[AuditRecord]:
-    """Records of decisions made in ``period`` (for ``institutions`` only, if any), oldest first."""
+) -> Generator[AuditRecord, None, None]:
+    """Records of decisions made in ``period`` (for ``institutions`` only, if any), oldest first.
+    Its cursors live in a transaction until the generator ends: close it before the connection
+    (a reader that stops early, as on a closed pipe, would otherwise leave the transaction open)."""
     since, until = period.bounds
     wanted = list(institutions)
     where = " WHERE decided_at >= %s AND decided_at < %s" + (" AND fixmedins_code = ANY(%s)" if wanted else "")

@@ -7,6 +7,7 @@ stderr (or, for a closed pipe, silently with 141) and no C-library abort.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,6 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from gatekeeper.audit.records import Batch, Entry
+from gatekeeper.audit.writer import PostgresRecordStore
+from gatekeeper.core.cst import parse_cst
+from gatekeeper.core.policy import RegionPolicy
+from gatekeeper.core.rules import Claim, Item, decide_claim
 from tests.certs import CertificateAuthority, Issued
 from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY, load
@@ -370,6 +376,35 @@ def test_a_closed_pipe_ends_the_command_quietly(
 ) -> None:
     load(redis_client, DEMO_REGISTRY)
     env = os.environ | {"REDIS_URL": redis_server.url, "DATABASE_URL": database_url}
+    result = run_into_closed_pipe(*command, env=env, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (CLOSED_PIPE, "")
+
+
+def record_decisions(database_url: str, count: int) -> None:
+    """``count`` ten-item decisions on 2026-11-01 (CST), in the decision record."""
+    when = parse_cst("2026-11-01 10:00:00")
+    claim = Claim("C1", "H41010200001", tuple(Item(str(n), when, 100, ("D110105999999",), False) for n in range(10)))
+    decision = decide_claim(claim, {}, RegionPolicy(), frozenset())
+    entries = tuple(Entry(f"d-{n}", claim, decision, "snap@1", when * 1000 + n) for n in range(count))
+
+    async def write() -> None:
+        store = PostgresRecordStore(database_url)
+        try:
+            assert await store.write(Batch("b-1", entries))
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+
+
+@pytest.mark.parametrize("record_format", ["jsonl", "csv"])
+def test_a_closed_pipe_in_the_middle_of_an_export_ends_it_quietly(
+    record_format: str, database_url: str, tmp_path: Path
+) -> None:
+    """More than a pipe's buffer to write: the reader is gone while the export's cursors are open."""
+    record_decisions(database_url, 200)
+    env = os.environ | {"DATABASE_URL": database_url}
+    command = (GATEKEEPER, "audit", "export", *PERIOD, "--format", record_format)
     result = run_into_closed_pipe(*command, env=env, cwd=tmp_path)
     assert (result.returncode, result.stderr) == (CLOSED_PIPE, "")
 
