@@ -16,7 +16,7 @@ CLOSED_PIPE_EXIT = 141
 
 # What a command prints for these is "cannot reach Redis at URL: why": the server is down, the
 # address or port is wrong, or it did not answer in time.
-REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException)
 
 
 class CommandFailed(Exception):
@@ -37,7 +37,7 @@ def url_shown(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def redis_unreachable(where: str, error: redis.RedisError) -> str:
+def redis_unreachable(where: str, error: Exception) -> str:
     """One line for a Redis connection that failed: ``where`` (its URL as shown, password
     hidden, and where it came from), and the operating system's reason if there is one."""
     cause = error.__cause__ or error.__context__

@@ -30,7 +30,7 @@ APPLY_BATCH = 200  # changes per gk_apply call; gk_apply logs them in one XADD o
 DEFAULT_LEASE_SECONDS = 30.0
 LEASE_WAIT_MARGIN_SECONDS = 5.0
 LEASE_POLL_SECONDS = 0.5
-# gk:changes keeps about this many entries: enough for a snapshot load to replay what was
+# {gk}:changes keeps about this many entries: enough for a snapshot load to replay what was
 # applied since the snapshot's watermark, and for readers to catch up after a blip.
 CHANGE_LOG_LENGTH = 200_000
 # No Function call may block Redis for long, whatever the data (README, "Limits"); both
@@ -54,7 +54,7 @@ class NoSnapshot(RuntimeError):
 
 
 class LegacyChangeLog(RuntimeError):
-    """gk:changes holds changes logged without their chg_id (before the chg_id index)."""
+    """{gk}:changes holds changes logged without their chg_id (before the chg_id index)."""
 
 
 def read_state(client: redis.Redis) -> Meta:
@@ -101,7 +101,7 @@ def refused_reason(code: str) -> str:
 
 
 class _Lease:
-    """Keeps ``gk:loading`` ours while a snapshot loads; renewed from a thread."""
+    """Keeps ``{gk}:loading`` ours while a snapshot loads; renewed from a thread."""
 
     def __init__(self, client: redis.Redis, value: str, seconds: float) -> None:
         self._redis = client
@@ -211,7 +211,7 @@ class GenerationWriter:
 
     def end_bulk(self) -> None:
         """End the bulk phase: from now on changes are written into this generation as they
-        are applied (those applied meanwhile are in gk:changes, for :meth:`replay_changes`)."""
+        are applied (those applied meanwhile are in {gk}:changes, for :meth:`replay_changes`)."""
         self._lease_value = replace(self._lease_value, phase="")
         self._lease.relabel(self._lease_value.format())
 
@@ -534,7 +534,7 @@ def _batched(changes: Iterable[EncodedRow]) -> Iterator[tuple[EncodedRow, ...]]:
 
 
 def read_change_log(client: redis.Redis, after: bytes = b"-", page: int = 1000) -> Iterator[changelog.Entry]:
-    """Every entry of gk:changes after ``after`` (exclusive), oldest first, read raw."""
+    """Every entry of {gk}:changes after ``after`` (exclusive), oldest first, read raw."""
     connection = client.connection_pool.get_connection()
     try:
         start = after

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from gatekeeper import __version__, console
+from gatekeeper import __version__, console, defaults
 from gatekeeper.cache import keys
 from gatekeeper.cache.client import command_client
 from gatekeeper.console import CommandFailed, HelpFormatter, global_option
@@ -292,8 +292,7 @@ def _global_options(*, top: bool) -> argparse.ArgumentParser:
         group,
         "--redis-url",
         top=top,
-        help="the eligibility cache (else env REDIS_URL, else the running scripts/demo's, else "
-        "redis://127.0.0.1:6379/0)",
+        help=f"the eligibility cache (else env REDIS_URL, else the running scripts/demo's, else {defaults.REDIS_URL})",
     )
     global_option(group, "--json", action="store_true", top=top, help="print the result for machines: JSON")
     return options

@@ -150,7 +150,7 @@ def follow(
         except redis.RedisError as error:
             # A failover or a restart: the page is fetched and applied again once Redis
             # answers. What of it was applied already is stale then: merged by seq, not
-            # logged to gk:changes a second time.
+            # logged to {gk}:changes a second time.
             stats.redis_errors += 1
             redis_failures = _wait_for_redis(error, redis_failures, backoff, stop)
             continue

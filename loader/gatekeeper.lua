@@ -236,7 +236,7 @@ local function gk_merge(keys, args)
   return {changed, count}
 end
 
--- The lease of gk:loading: "<generation> <buckets> <watermark> <token>[ bulk]". In the bulk
+-- The lease of {gk}:loading: "<generation> <buckets> <watermark> <token>[ bulk]". In the bulk
 -- phase the loader writes the snapshot's first rows with plain HSETs, which a change
 -- written into the generation meanwhile could lose: changes are only logged then, and the
 -- loader replays the log into the generation after the phase (docs/cache-layout.md).
@@ -249,11 +249,11 @@ local function loading_generation(value)
     bulk = phase == 'bulk'}
 end
 
--- KEYS: gk:meta, gk:loading, gk:changes, then the current generation's bucket and chg_id
+-- KEYS: {gk}:meta, {gk}:loading, {gk}:changes, then the current generation's bucket and chg_id
 -- index hash of each change, then (when a snapshot is loading) the loading generation's.
 -- ARGV: layout ("<current>/<loading or 0>" the caller computed keys for), the stream's
 -- maximum length, then code, chg_id, encoded one-period record and seq of each change.
--- Applies the changes to every live generation atomically, logs them to gk:changes (the
+-- Applies the changes to every live generation atomically, logs them to {gk}:changes (the
 -- change notification, and what a snapshot load replays) and advances applied_seq.
 -- Returns {changed, stale, codes with integrity findings, changes handled (the first ones;
 -- the caller sends the rest again), indexes of changes refused}.
@@ -345,7 +345,7 @@ local function gk_apply(keys, args)
   return {changed, stale, findings, handled, refused}
 end
 
--- KEYS: gk:meta, gk:loading, gk:changes. ARGV: token, generation, buckets, snapshot_id,
+-- KEYS: {gk}:meta, {gk}:loading, {gk}:changes. ARGV: token, generation, buckets, snapshot_id,
 -- watermark_seq, record_count, switched_at, stream maximum length.
 -- Points readers at the loaded generation if the caller still holds the loading lease.
 -- Its applied_seq is its watermark, or the highest change applied if later: every change
@@ -376,7 +376,7 @@ local function gk_switch(keys, args)
   return previous[1] or false
 end
 
--- KEYS: gk:loading. ARGV: the lease value, lease milliseconds. Extends our own lease only.
+-- KEYS: {gk}:loading. ARGV: the lease value, lease milliseconds. Extends our own lease only.
 local function gk_renew(keys, args)
   if redis.call('GET', keys[1]) == args[1] then
     return redis.call('PEXPIRE', keys[1], args[2])
@@ -384,7 +384,7 @@ local function gk_renew(keys, args)
   return 0
 end
 
--- KEYS: gk:loading. ARGV: the lease value, the new value, lease milliseconds. Replaces our
+-- KEYS: {gk}:loading. ARGV: the lease value, the new value, lease milliseconds. Replaces our
 -- own lease (ending its bulk phase) and extends it.
 local function gk_relabel(keys, args)
   if redis.call('GET', keys[1]) == args[1] then

@@ -240,6 +240,8 @@ def _write_rows(
             unreadable = ""
         if first is None:
             raise SnapshotRefused(f"{path}: the file is empty")
+        if unreadable and not first:  # not even a header could be read
+            raise SnapshotRefused(f"{path}: {unreadable}")
         header, rest = _header(first)
         try:
             RowParser(header)
@@ -348,7 +350,7 @@ def _backwards(manifest: Manifest, previous: Meta) -> str:
     """Why loading this snapshot would take the cache back in time; empty when it would not.
 
     A snapshot older than the changes applied since the loaded one is fine: those changes
-    are in gk:changes and are replayed into it. One older than the loaded snapshot is not:
+    are in {gk}:changes and are replayed into it. One older than the loaded snapshot is not:
     what changed between the two reached the cache only through the loaded snapshot.
     """
     if manifest.watermark_seq >= previous.watermark_seq:

@@ -233,7 +233,7 @@ class _Incoming:
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > most:
-                    raise TooLarge(f"more than {most}", most, route is not None and route.for_batch)
+                    raise TooLarge(f"at least {size}", most, route is not None and route.for_batch)
                 chunks.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 return b"".join(chunks)
@@ -304,6 +304,8 @@ class HttpDoor:
             task.cancel()
         if remaining:
             await asyncio.wait(list(remaining))
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -354,7 +356,13 @@ class HttpDoor:
         target = request.target.decode("ascii", "replace").split("?", 1)[0]
         route = self._routes.get(target)
         if target == HEALTH_PATH and request.method == b"GET":
-            await incoming.body(0)
+            try:
+                await incoming.body(0)
+            except TooLarge as error:  # a health check carries no body
+                return _failure(error, status=413, close=True)
+            except _RequestTimedOut:
+                late = Refused("DEADLINE_EXCEEDED", f"request: not received in full within {self._read_seconds:g} s")
+                return _failure(late, status=408, close=True)
             serving = self._serving()
             body = b'{"status":"SERVING"}' if serving else b'{"status":"NOT_SERVING"}'
             return Answer(200 if serving else 503, "OK" if serving else "UNAVAILABLE", body)

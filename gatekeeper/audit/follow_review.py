@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import psycopg
-import redis.asyncio as redis
 
 from gatekeeper import defaults
 from gatekeeper.audit.export import Period
@@ -28,7 +27,7 @@ from gatekeeper.audit.review import (
     save_findings,
 )
 from gatekeeper.cache import changelog, keys
-from gatekeeper.cache.client import AsyncClient, redis_client
+from gatekeeper.cache.client import REDIS_FAILURES, AsyncClient, redis_client
 from gatekeeper.cache.store import RedisEligibilityStore
 from gatekeeper.core.errors import GatekeeperError
 from gatekeeper.core.policy import Policy
@@ -135,7 +134,7 @@ def follow_review(connection: psycopg.Connection, redis_url: str, policy: Policy
                     if written:
                         log.info("review: %d finding(s) after change entry %s", written, entry.entry_id.decode())
                     position = entry.entry_id
-        except (GatekeeperError, redis.RedisError, RuntimeError) as error:
+        except (GatekeeperError, *REDIS_FAILURES, RuntimeError) as error:
             print(f"gatekeeper review: cannot read the eligibility cache at {redis_url}: {error}", file=sys.stderr)
             return 1
         finally:

@@ -40,7 +40,7 @@ from gatekeeper.core.tables import format_table
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # items decided again per store lookup
-FOLLOW_CURSOR = "changes"  # review_cursor's row for gk:changes
+FOLLOW_CURSOR = "changes"  # review_cursor's row for {gk}:changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +353,7 @@ def save_findings(
 
 
 def read_cursor(connection: psycopg.Connection) -> bytes:
-    """Where continuous review has read gk:changes up to ("0-0": from the start)."""
+    """Where continuous review has read {gk}:changes up to ("0-0": from the start)."""
     row = connection.execute("SELECT position FROM review_cursor WHERE name = %s", [FOLLOW_CURSOR]).fetchone()
     return str(row[0]).encode() if row else b"0-0"
 

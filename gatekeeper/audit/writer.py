@@ -3,7 +3,8 @@ disk spool when the database is away.
 
 - An RPC hands its decision to :meth:`AuditLog.record` (no await, no I/O) and answers.
 - A background task drains the queue in batches and writes each batch to the database in
-  one transaction (COPY of its decisions and their items).
+  one transaction (one statement: the batch as one JSON document, expanded into rows by
+  the database).
 - A batch the database does not take goes to this process's spool file, one JSON line per
   batch, fsynced before the next; once the database answers again the spool is replayed
   and emptied. Spool files of processes that are gone (a crash, or a SIGTERM while the
@@ -142,7 +143,8 @@ async def _has_schema_table(connection: psycopg.AsyncConnection) -> bool:
 
 class PostgresRecordStore:
     """Writes each batch in one transaction: its id into ``audit_batches`` (the duplicate
-    check), then COPY of its decisions and items. One connection, opened on demand and
+    check), then its entries, expanded into decision and item rows by the database. One
+    connection, opened on demand and
     dropped on any error; each statement bounded by ``timeout_seconds``."""
 
     def __init__(self, url: str, timeout_seconds: float = defaults.DATABASE_TIMEOUT_SECONDS) -> None:

@@ -1,4 +1,4 @@
-"""The ``gk:changes`` stream: its entry layout, shared by the loader (writer) and readers.
+"""The ``{gk}:changes`` stream: its entry layout, shared by the loader (writer) and readers.
 
 Each entry is either one batch of applied changes, fields ``seq code chg_id record``
 repeated once per change, followed by ``moved_from`` when the change took its period from

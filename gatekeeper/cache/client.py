@@ -14,7 +14,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.cluster import LoadBalancingStrategy, RedisCluster
 from redis.connection import AbstractConnection, Connection, SSLConnection
-from redis.exceptions import MovedError
+from redis.exceptions import MovedError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from gatekeeper.cache import keys
@@ -22,6 +22,9 @@ from gatekeeper.console import CommandFailed, url_shown
 
 # The cluster schemes and the one-Redis scheme each stands for.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+# What a client raises when Redis cannot do a command: a cluster client that cannot learn the
+# slot map from any node raises RedisClusterException, which is not a RedisError.
+REDIS_FAILURES = (RedisError, RedisClusterException)
 
 # What a cluster client of the service is: its commands go to the node owning their slot.
 AsyncClient = redis.asyncio.Redis | AsyncRedisCluster

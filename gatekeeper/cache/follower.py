@@ -1,4 +1,4 @@
-"""The change follower: reads ``gk:changes`` and keeps a near cache coherent with it.
+"""The change follower: reads ``{gk}:changes`` and keeps a near cache coherent with it.
 
 Each change entry drops the codes it names; a switch entry drops everything. A lost
 connection, or entries trimmed before they were read, makes the cache untrusted (lookups
@@ -29,7 +29,7 @@ BLOCK_MILLISECONDS = 1_000
 # The stream answers every read within BLOCK_MILLISECONDS, entries or not: a follower that
 # has heard nothing for three of them has silently stopped, whatever it believes.
 HEARD_WITHIN_SECONDS = 3 * BLOCK_MILLISECONDS / 1000
-STREAM_CLIENT_NAME = "gatekeeper-near-cache"  # CLIENT LIST shows which connections follow gk:changes
+STREAM_CLIENT_NAME = "gatekeeper-near-cache"  # CLIENT LIST shows which connections follow {gk}:changes
 LAGS_KEPT = 100_000
 
 
@@ -39,7 +39,7 @@ def reconnect_backoff() -> AbstractBackoff:
 
 
 class ChangeFollower:
-    """Follows ``gk:changes`` on its own connection and applies each entry to ``cache``.
+    """Follows ``{gk}:changes`` on its own connection and applies each entry to ``cache``.
 
     ``trusted`` says whether the cache may answer lookups: the follower has read what is
     loaded and has missed nothing since. ``seen_seq`` is the highest registry seq the

@@ -48,7 +48,7 @@ PRACTITIONERS_PER_BUCKET = 48
 
 
 class MetaField:
-    """Field names of the ``gk:meta`` hash."""
+    """Field names of the ``{gk}:meta`` hash."""
 
     GENERATION = "generation"
     BUCKETS = "buckets"

@@ -1,4 +1,4 @@
-"""The layout's metadata values, parsed and built here only: ``gk:meta``, the ``gk:loading``
+"""The layout's metadata values, parsed and built here only: ``{gk}:meta``, the ``{gk}:loading``
 lease and the registry version. The loader writes them and the service reads them through
 this one module, so the two cannot drift apart (the Lua functions mirror it, see
 loader/gatekeeper.lua)."""
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from gatekeeper.cache.keys import MetaField
 from gatekeeper.core.eligibility import registry_version
 
-# What a reader fetches from gk:meta with each lookup, in this order (Meta.from_read).
+# What a reader fetches from {gk}:meta with each lookup, in this order (Meta.from_read).
 READ_FIELDS = (MetaField.GENERATION, MetaField.BUCKETS, MetaField.SNAPSHOT_ID, MetaField.APPLIED_SEQ)
 
 
@@ -21,7 +21,7 @@ def _text(value: bytes | str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Meta:
-    """What ``gk:meta`` says is loaded; ``generation`` is None before the first snapshot."""
+    """What ``{gk}:meta`` says is loaded; ``generation`` is None before the first snapshot."""
 
     generation: int | None
     buckets: int = 0
@@ -72,7 +72,7 @@ BULK = "bulk"  # the phase of a lease while a snapshot's rows are bulk-written
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """The value of ``gk:loading``: the generation a snapshot load fills, its bucket count,
+    """The value of ``{gk}:loading``: the generation a snapshot load fills, its bucket count,
     the snapshot's watermark, and the token that proves the holder is the loader that took it."""
 
     generation: int
@@ -90,7 +90,7 @@ class Lease:
 
     @classmethod
     def parse(cls, value: bytes | str | None) -> Lease | None:
-        """The lease stored in ``gk:loading``, or None when no load holds it."""
+        """The lease stored in ``{gk}:loading``, or None when no load holds it."""
         if not value:
             return None
         generation, buckets, watermark_seq, token, *phase = _text(value).split()

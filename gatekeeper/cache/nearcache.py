@@ -1,6 +1,6 @@
 """The near cache: decoded records in process, bounded in count and age.
 
-The change follower (follower.py) keeps it coherent with ``gk:changes``; no entry is used
+The change follower (follower.py) keeps it coherent with ``{gk}:changes``; no entry is used
 after ``max_age_seconds``, whatever happens to notifications. Entries it stops trusting
 are held for degraded mode (``held_many``), where their own age bounds their use.
 """

@@ -14,24 +14,23 @@ cache, and those it stopped trusting when notifications broke off) answers for u
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
 
 import msgspec
-from redis.exceptions import RedisError
 
 from gatekeeper import defaults
 from gatekeeper.cache import keys
-from gatekeeper.cache.client import AsyncClient, redis_client
+from gatekeeper.cache.client import REDIS_FAILURES, AsyncClient, redis_client
 from gatekeeper.cache.follower import BLOCK_MILLISECONDS, STREAM_CLIENT_NAME, ChangeFollower
 from gatekeeper.cache.layout import READ_FIELDS, Meta
 from gatekeeper.cache.nearcache import NearCache
 from gatekeeper.core.eligibility import Lookup, StoreStats
 from gatekeeper.core.errors import CacheCorrupt, CacheUnavailable, NeverRead, RegistryBehind, RegistryNotLoaded
 from gatekeeper.core.records import PractitionerRecord, decode_record
+from gatekeeper.ops.tasks import stop_task
 
 log = logging.getLogger(__name__)
 SENTINEL = keys.BUCKET_SENTINEL.encode()
@@ -40,7 +39,7 @@ WARM_BUCKETS_PER_READ = 64
 WARM_POLL_SECONDS = 1.0  # how often the warmer looks for a new snapshot to warm from
 WARM_ATTEMPTS = 3  # reads of one range of buckets that invalidations may overtake before the warmer waits
 
-# A snapshot switch between reading gk:meta and reading the buckets makes a reader read
+# A snapshot switch between reading {gk}:meta and reading the buckets makes a reader read
 # again; more than this many switches in a row (snapshots load minutes apart) means
 # something is wrong.
 MAX_READ_ATTEMPTS = 10
@@ -154,7 +153,7 @@ class RedisEligibilityStore:
                         if value is not None:
                             records[code] = decode_record(value)
                 return Lookup(records, meta.snapshot_id, meta.applied_seq, generation)
-        except RedisError as error:
+        except REDIS_FAILURES as error:
             self.stats.redis_error("lookup")
             raise CacheUnavailable(f"eligibility cache unavailable: {error}") from error
         except msgspec.DecodeError as error:
@@ -162,7 +161,7 @@ class RedisEligibilityStore:
         raise CacheUnavailable("the registry snapshot kept switching during the read")
 
     async def read_buckets(self, generation: int, buckets: range) -> tuple[Meta, dict[str, PractitionerRecord]]:
-        """Every record in ``buckets`` of ``generation``, and gk:meta as read with them (in
+        """Every record in ``buckets`` of ``generation``, and {gk}:meta as read with them (in
         one round trip): the caller checks that the generation is still the one read."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.hmget(keys.META, READ_FIELDS)
@@ -176,7 +175,7 @@ class RedisEligibilityStore:
                 for code, value in content.items()
                 if code != SENTINEL
             }
-        except RedisError as error:
+        except REDIS_FAILURES as error:
             self.stats.redis_error("warm")
             raise CacheUnavailable(f"eligibility cache unavailable: {error}") from error
         except msgspec.DecodeError as error:
@@ -192,7 +191,7 @@ class RedisEligibilityStore:
         pipe.xrevrange(keys.CHANGES, count=1)
         try:
             (generation, switched_at), latest = await pipe.execute()
-        except RedisError as error:
+        except REDIS_FAILURES as error:
             self.stats.redis_error("health")
             raise CacheUnavailable(str(error)) from error
         if generation is None:
@@ -278,6 +277,8 @@ class CachingEligibilityStore:
                     added = await self.warm(generation)
                 except CacheUnavailable as error:  # lookups read through meanwhile; tried again later
                     log.warning("near cache: not warmed from snapshot %d yet: %s", generation, error)
+                except Exception:  # a bug or a corrupt record: lookups read through; tried again later
+                    log.exception("near cache: warming from snapshot %d failed", generation)
                 else:
                     if added is not None:
                         self.warmed_generation = generation
@@ -381,8 +382,6 @@ class CachingEligibilityStore:
 
     async def close(self) -> None:
         if self._warmer is not None:
-            self._warmer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._warmer
+            await stop_task(self._warmer)
         await self.follower.close()
         await self._backing.close()

@@ -70,6 +70,8 @@ NOTHING_UNVERIFIED: frozenset[str] = frozenset()
 # recorded as they are: msgspec structs, several times cheaper to build than dataclasses,
 # and encoded for the decision record in one call (as arrays, in field order: the record's
 # wire format, gatekeeper/audit/records.py). Immutable; never part of a reference cycle.
+# The field order is that wire format: the writer's SQL reads fields by position, and
+# spooled batches are decoded by position (tests/unit/test_audit.py pins it). Append only.
 class Item(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """A validated line item: codes trimmed, service time in epoch seconds."""
 

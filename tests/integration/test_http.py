@@ -194,6 +194,14 @@ def raw_exchange(port: int, request: bytes) -> bytes:
         return received
 
 
+def test_a_health_check_with_a_body_is_refused_with_an_answer(door: RunningGatekeeper) -> None:
+    assert door.http_port is not None
+    request = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    answer = raw_exchange(door.http_port, request)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"field":"request"' in answer or b'"status":"INVALID_ARGUMENT"' in answer
+
+
 def test_a_request_not_received_in_time_is_408_and_closed(door: RunningGatekeeper) -> None:
     assert door.http_port is not None
     head = b"POST /v1/claims:check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"

@@ -407,6 +407,17 @@ def test_a_snapshot_without_its_manifest_is_refused(
     assert_still_on_a(redis_client, redis_server.url, snapshot_a)
 
 
+def test_a_gz_file_that_is_not_gzip_is_refused_saying_so(
+    redis_client: redis.Redis, redis_server: RedisServer, snapshot_a: int, tmp_path: Path
+) -> None:
+    path = tmp_path / "b.csv.gz"
+    path.write_bytes(b"prac_psn_code,prac_psn_type\nD110105000001,1\n")  # plain text under a .gz name
+    write_manifest(path, row_count=1, watermark_seq=5_000, snapshot_id="B")
+    with pytest.raises(SnapshotRefused, match="gzip"):
+        load_snapshot(redis_client, path, SnapshotOptions(force=True))
+    assert_still_on_a(redis_client, redis_server.url, snapshot_a)
+
+
 def test_an_empty_file_is_refused(
     redis_client: redis.Redis, redis_server: RedisServer, snapshot_a: int, tmp_path: Path
 ) -> None:

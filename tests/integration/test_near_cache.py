@@ -205,8 +205,12 @@ def test_the_near_cache_is_warmed_from_each_snapshot_and_answers_the_first_looku
         rows = [period(CODE, "t1", 3, "2026-06-01 00:00:00", seq=900, chg_rea="记满12分")]
         rows += [period(f"D1101050{n:05d}", f"y{n}", 1, "2021-01-01 00:00:00", seq=1 + n) for n in range(2, 60)]
         snapshot = write_snapshot(tmp_path, rows, snapshot_id="B", watermark_seq=1000, name="b.csv")
+        first = store.follower.generation
         await asyncio.to_thread(load, redis_client, snapshot)
-        await until(lambda: store.warmed_generation == store.follower.generation, "the new snapshot is warmed")
+        await until(
+            lambda: store.follower.generation != first and store.warmed_generation == store.follower.generation,
+            "the new snapshot is followed and warmed",
+        )
         assert len(store.cache) == len(rows)
         before = (store.stats.hits, store.stats.misses)
         assert reason((await store.lookup([CODE])).records) is Reason.TERMINATED

@@ -187,3 +187,29 @@ def test_csv_has_one_row_per_item_and_jsonl_one_line_per_decision() -> None:
     first = json.loads(lines.getvalue().splitlines()[0])
     assert first["claim_id"] == "c1" and first["decided_at"] == "2026-11-20 10:00:05.250"
     assert len(first["items"]) == 3
+
+
+def test_the_record_wire_format_is_the_structs_field_order() -> None:
+    # The writer's SQL (audit/writer.py) and spooled batches read entries by position:
+    # reordering these fields silently breaks both. Change them together, with a migration.
+    from gatekeeper.core.rules import Claim, ClaimDecision, Item, ItemDecision
+
+    assert Entry.__struct_fields__ == ("decision_id", "claim", "decision", "registry_version", "decided_at_ms")
+    assert Claim.__struct_fields__ == ("claim_id", "fixmedins_code", "items")
+    assert Item.__struct_fields__ == ("feedetl_sn", "service_time", "amount_fen", "practitioners", "emergency")
+    assert ClaimDecision.__struct_fields__[:5] == (
+        "verdict",
+        "items",
+        "allowed_amount_fen",
+        "blocked_amount_fen",
+        "enforced",
+    )
+    assert ItemDecision.__struct_fields__[:7] == (
+        "feedetl_sn",
+        "verdict",
+        "reason",
+        "prac_psn_code",
+        "window",
+        "enforced",
+        "amount_fen",
+    )

@@ -21,7 +21,7 @@ DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 
 # Read by something other than Settings: the image's own (Dockerfile), gRPC's C library, the
-# loader (REDIS_URL, through the same redis_url_from), and `gatekeeper audit prune`.
+# loader (REDIS_URL, through the same Settings address helpers), and `gatekeeper audit prune`.
 OTHER_ENVIRONMENT = {"GRPC_VERBOSITY", "PYTHONUNBUFFERED", "GATEKEEPER_AUDIT_RETENTION_DAYS"}
 # Claims made outside these manifests: the registry's export lands there.
 EXTERNAL_CLAIMS = {"registry-exports"}

@@ -9,6 +9,9 @@ import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from gatekeeper.cache.client import cluster_url, redis_client
+from gatekeeper.cache.store import RedisEligibilityStore
+from gatekeeper.core.errors import CacheUnavailable
+from tests.servers import free_port
 
 
 @pytest.mark.parametrize(
@@ -34,3 +37,18 @@ def test_the_service_gets_a_cluster_client_for_a_cluster_url() -> None:
     cluster, single = asyncio.run(clients())
     assert isinstance(cluster, AsyncRedisCluster)
     assert isinstance(single, redis.asyncio.Redis)
+
+
+def test_a_redis_cluster_nobody_answers_for_is_an_unavailable_cache_not_a_crash() -> None:
+    # Learning the slot map from no node raises RedisClusterException, which is no RedisError.
+    async def scenario() -> None:
+        store = RedisEligibilityStore.from_url(f"redis+cluster://127.0.0.1:{free_port()}", timeout_seconds=0.5)
+        try:
+            with pytest.raises(CacheUnavailable):
+                await store.lookup(["D110105000001"])
+            with pytest.raises(CacheUnavailable):
+                await store.registry_updated_at()
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
