@@ -49,6 +49,7 @@ from gatekeeper.settings import (
     split_host_port,
     target_address,
 )
+from gatekeeper.urls import url_shown
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ def _check_record_schema(url: str) -> None:
     except psycopg.Error as error:
         log.warning(
             "the decision record at %s is unreachable (%s); decisions are spooled until it answers",
-            console.url_shown(url),
+            url_shown(url),
             console.first_line(error),
         )
 

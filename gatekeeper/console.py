@@ -7,7 +7,6 @@ import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -25,16 +24,6 @@ class CommandFailed(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def url_shown(url: str) -> str:
-    """``url`` (Redis's or PostgreSQL's) with its password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def redis_unreachable(where: str, error: Exception) -> str:

@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 from grpc_reflection.v1alpha import reflection
 
-from gatekeeper import console, defaults
+from gatekeeper import defaults
 from gatekeeper.api.admission import Admission
 from gatekeeper.api.callers import load_callers
 from gatekeeper.api.handlers import add_gatekeeper_servicer, add_health_servicer
@@ -40,6 +40,7 @@ from gatekeeper.core.readiness import readiness
 from gatekeeper.ops import metrics
 from gatekeeper.ops.tasks import stop_task
 from gatekeeper.settings import Settings, SettingsError, split_host_port
+from gatekeeper.urls import url_shown
 from gatekeeper.v1 import gatekeeper_pb2
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ async def _serve_one(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     gk = await create_server(settings)
     await gk.start()
-    redis_url = console.url_shown(settings.redis_url)  # never a password in the log
+    redis_url = url_shown(settings.redis_url)  # never a password in the log
     log.info("gatekeeper pid %d listening on port %d (redis %s)", os.getpid(), gk.port, redis_url)
     settle_the_heap()
     counted = StoreCounts(gk.store)

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gatekeeper import defaults
-from gatekeeper.cache.client import cluster_url
-from gatekeeper.console import url_shown
 from gatekeeper.defaults import LOG_FORMATS
+from gatekeeper.urls import cluster_url, url_shown
 
 _T = TypeVar("_T")
 

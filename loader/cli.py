@@ -21,6 +21,7 @@ from gatekeeper.cache import keys
 from gatekeeper.cache.client import command_client
 from gatekeeper.console import CommandFailed, HelpFormatter, global_option
 from gatekeeper.settings import Address, redis_address
+from gatekeeper.urls import url_shown
 from loader.cache import LeaseLost, LegacyChangeLog, LoaderBusy, NoSnapshot, read_lease, read_state
 from loader.changes import apply_change_files
 from loader.feed_client import DEFAULT_MAX_PAGE_BYTES, DEFAULT_TIMEOUT_SECONDS, FeedError
@@ -169,7 +170,7 @@ def _status(args: argparse.Namespace) -> int:
     cursor = client.get(keys.FOLLOW_CURSOR)
     memory = client.info("memory")
     status = {
-        "redis_url": console.url_shown(args.redis.value),
+        "redis_url": url_shown(args.redis.value),
         "redis_url_from": args.redis.source,
         "snapshot_id": state.snapshot_id or None,
         "generation": state.generation,

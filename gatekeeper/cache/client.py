@@ -5,7 +5,7 @@ time, no hidden retries."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -18,23 +18,16 @@ from redis.exceptions import MovedError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from gatekeeper.cache import keys
-from gatekeeper.console import CommandFailed, url_shown
+from gatekeeper.console import CommandFailed
+from gatekeeper.urls import CLUSTER_SCHEMES, cluster_url, url_shown
 
 # The cluster schemes and the one-Redis scheme each stands for.
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 # What a client raises when Redis cannot do a command: a cluster client that cannot learn the
 # slot map from any node raises RedisClusterException, which is not a RedisError.
 REDIS_FAILURES = (RedisError, RedisClusterException)
 
 # What a cluster client of the service is: its commands go to the node owning their slot.
 AsyncClient = redis.asyncio.Redis | AsyncRedisCluster
-
-
-def cluster_url(url: str) -> str | None:
-    """For a cluster URL, the same URL with the one-Redis scheme redis-py parses; else None."""
-    parts = urlsplit(url)
-    scheme = CLUSTER_SCHEMES.get(parts.scheme.lower())
-    return None if scheme is None else urlunsplit(parts._replace(scheme=scheme))
 
 
 def redis_client(

@@ -8,9 +8,10 @@ import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from gatekeeper.cache.client import cluster_url, redis_client
+from gatekeeper.cache.client import redis_client
 from gatekeeper.cache.store import RedisEligibilityStore
 from gatekeeper.core.errors import CacheUnavailable
+from gatekeeper.urls import cluster_url
 from tests.servers import free_port
 
 
