@@ -421,6 +421,13 @@ def format_claim_table(response: pb.CheckClaimResponse) -> str:
     lines.append("")
     allowed, blocked = _yuan(response.allowed_amount_fen), _yuan(response.blocked_amount_fen)
     lines.append(f"claim {verdict}: allowed {allowed}, blocked {blocked}{mode}")
+    unverified = [item for item in response.items if item.reason == pb.REASON_UNVERIFIED]
+    if unverified:
+        settled = sum(1 for item in unverified if item.verdict != pb.VERDICT_BLOCK)
+        lines.append(
+            f"DEGRADED MODE: {len(unverified)} item(s) not checked, the eligibility cache could not be read "
+            f"({settled} settled unverified and recorded for review, {len(unverified) - settled} blocked)"
+        )
     lines.append(f"decision {response.decision_id} against registry {response.registry_version}")
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ LISTEN = "127.0.0.1:50051"
 WORKERS = os.cpu_count() or 1
 SHUTDOWN_GRACE_SECONDS = 10.0
 HEALTH_POLL_SECONDS = 1.0
+ACTIVITY_LOG_SECONDS = 60.0  # how often a busy worker logs what it did (0: never)
 REDIS_TIMEOUT_SECONDS = 0.5  # a hung Redis must not hold a claim longer than this
 # Snapshots come daily: one missed load is an alert (gatekeeper_registry_age_seconds), two
 # take the service out of rotation rather than let it judge on data days old.

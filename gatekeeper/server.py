@@ -74,6 +74,7 @@ class GatekeeperServer:
     admission: Admission | None = None
     http: HttpDoor | None = None  # the JSON-over-HTTP door, with settings.http_listen
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    _activity_task: asyncio.Task[None] | None = field(default=None, repr=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def start(self) -> None:
@@ -95,6 +96,34 @@ class GatekeeperServer:
             await self.http.start()
             log.info("JSON over HTTP on port %d", self.http.port)
         self._health_task = asyncio.create_task(self._watch_registry(), name="registry-health")
+        if self.settings.activity_log_seconds > 0 and self.audit is not None:
+            self._activity_task = asyncio.create_task(self._report_activity(self.audit), name="activity-log")
+
+    async def _report_activity(self, audit: AuditLog) -> None:
+        """Log, once an interval while claims come, what this worker did: an operator
+        watching the log sees the service at work (the metrics say more)."""
+        interval = self.settings.activity_log_seconds
+        stats, record = self.store.stats, audit.stats
+        last = (record.taken, stats.hits, stats.misses, stats.degraded_lookups, record.spooled, record.refused)
+        while True:
+            await asyncio.sleep(interval)
+            now = (record.taken, stats.hits, stats.misses, stats.degraded_lookups, record.spooled, record.refused)
+            decided, hits, misses, degraded, spooled, refused = (a - b for a, b in zip(now, last, strict=True))
+            last = now
+            if decided or refused:
+                looked_up = hits + misses
+                ratio = f"{100 * hits / looked_up:.1f} %" if looked_up else "-"
+                log.info(
+                    "activity: %d claim(s) decided in the last %g s; near cache hits %s of %d codes; "
+                    "%d lookup(s) in degraded mode; record: %d batch(es) spooled, %d decision(s) refused",
+                    decided,
+                    interval,
+                    ratio,
+                    looked_up,
+                    degraded,
+                    spooled,
+                    refused,
+                )
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -138,6 +167,8 @@ class GatekeeperServer:
         self._stopping.set()
         if self._health_task is not None:
             await stop_task(self._health_task)
+        if self._activity_task is not None:
+            await stop_task(self._activity_task)
         await self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         if self.http is None:

@@ -154,6 +154,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "log_format": ("GATEKEEPER_LOG_FORMAT", _log_format),
     "redis_replica_reads": ("GATEKEEPER_REDIS_REPLICA_READS", _yes_or_no),
     "near_cache_warm": ("GATEKEEPER_NEAR_CACHE_WARM", _yes_or_no),
+    "activity_log_seconds": ("GATEKEEPER_ACTIVITY_LOG_SECONDS", _seconds),
 }
 
 
@@ -201,6 +202,7 @@ class Settings:
     audit_spool_dir: Path = Path(defaults.AUDIT_SPOOL_DIR)
     shutdown_grace_seconds: float = defaults.SHUTDOWN_GRACE_SECONDS
     health_poll_seconds: float = defaults.HEALTH_POLL_SECONDS
+    activity_log_seconds: float = defaults.ACTIVITY_LOG_SECONDS
     # Health turns NOT_SERVING when the registry data was last updated longer ago (0: no bound).
     max_registry_age_seconds: float = defaults.MAX_REGISTRY_AGE_SECONDS
     # TLS: without a certificate the service speaks plain text (local development only).

@@ -232,6 +232,7 @@ _STOP = object()
 class AuditStats:
     """Counters for metrics and tests."""
 
+    taken: int = 0  # decisions handed to the record
     appended: int = 0  # decisions written to the database
     duplicates: int = 0  # batches the database already had (a replay of a committed write)
     spooled: int = 0  # batches written to the spool
@@ -298,6 +299,7 @@ class AuditLog:
             self.stats.refused += 1
             return False
         self._queue.put_nowait(Entry(decision_id, claim, decision, registry_version, int(decided_at * 1000)))
+        self.stats.taken += 1
         return True
 
     def start(self) -> None:

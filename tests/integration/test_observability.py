@@ -293,3 +293,28 @@ def test_sigusr1_logs_the_near_cache_counts_and_metrics_keep_counting(
         server.communicate(timeout=30)
     assert before > 0
     assert after > before  # the counters metrics read were not swapped out by SIGUSR1
+
+
+def test_a_busy_worker_says_what_it_did_in_its_log(
+    start_gatekeeper: StartGatekeeper, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gatekeeper.server")
+    load(redis_client, DEMO_REGISTRY)
+    gatekeeper = start_gatekeeper(activity_log_seconds=0.2)
+    wait_until_serving(gatekeeper.target)
+    for _ in range(3):
+        gatekeeper.stub.CheckClaim(demo_claim(), timeout=5)
+
+    def reported() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("activity: ")]
+
+    def claims() -> int:
+        return sum(int(line.split()[1]) for line in reported())
+
+    deadline = time.monotonic() + 10
+    while claims() < 3:
+        assert time.monotonic() < deadline, f"the worker logged {reported()} for 3 claims"
+        time.sleep(0.05)
+    time.sleep(0.5)  # a later interval with nothing decided logs nothing more
+    assert claims() == 3  # every claim counted once, whatever the intervals they fell in
+    assert "near cache hits" in reported()[0]

@@ -59,3 +59,20 @@ def test_a_global_option_not_given_after_the_command_keeps_its_value_from_before
     assert args.database_url == "postgresql://db/x"
     args = loader_cli.build_parser().parse_args(["--redis-url", "redis://r:1/0", "--json", "status"])
     assert (args.redis_url, args.json) == ("redis://r:1/0", True)
+
+
+def test_a_claim_decided_in_degraded_mode_says_so_under_its_table() -> None:
+    from gatekeeper.cli import format_claim_table
+    from gatekeeper.v1 import gatekeeper_pb2 as pb
+
+    checked = pb.ItemDecision(feedetl_sn="1", verdict=pb.VERDICT_ALLOW, reason=pb.REASON_OK, enforced=True)
+    unchecked = pb.ItemDecision(
+        feedetl_sn="2", verdict=pb.VERDICT_ALLOW, reason=pb.REASON_UNVERIFIED, prac_psn_code="D110105000001"
+    )
+    degraded = pb.CheckClaimResponse(verdict=pb.CLAIM_VERDICT_ALLOW, enforced=True, items=[checked, unchecked])
+    table = format_claim_table(degraded)
+    assert "DEGRADED MODE: 1 item(s) not checked" in table
+    assert "1 settled unverified and recorded for review, 0 blocked" in table
+
+    normal = pb.CheckClaimResponse(verdict=pb.CLAIM_VERDICT_ALLOW, enforced=True, items=[checked])
+    assert "DEGRADED" not in format_claim_table(normal)
