@@ -18,7 +18,7 @@ from loader.cache import MAX_PERIODS, read_state
 from loader.changes import apply_change_files
 from loader.quarantine import Quarantine
 from loader.snapshot import SnapshotOptions, load_snapshot
-from tests.integration.conftest import RunningGatekeeper
+from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import load, lookup, period, write_changes, write_snapshot
 from tests.servers import RedisServer
 
@@ -77,13 +77,16 @@ def store_directly(client: redis.Redis, record: PractitionerRecord) -> None:
 
 
 def test_a_stored_record_with_a_huge_reason_never_blows_up_a_response(
-    gatekeeper: RunningGatekeeper, redis_client: redis.Redis, tmp_path: Path
+    start_gatekeeper: StartGatekeeper, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     load(redis_client, write_snapshot(tmp_path, [REGISTERED]))
     huge = StatusPeriod(
         status=2, begntime=1_700_000_000, chg_key=7, seq=2, endtime=2_000_000_000, chg_rea="违" * 100_000
     )
     store_directly(redis_client, PractitionerRecord(1, (huge,)))
+    # Started after the record was written behind the loader's back (no change notification
+    # tells a running worker of it): the worker reads it, warming included.
+    gatekeeper = start_gatekeeper()
     items = 200
     request = pb.CheckClaimRequest(
         claim_id="BIG-1",
