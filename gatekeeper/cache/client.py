@@ -105,10 +105,19 @@ class SlotOwner:
         self._url = url
         self._options = options
         self._cluster: RedisCluster | None = None
+        self._moved_to: tuple[str, int] | None = None
+
+    def moved(self, host: str, port: int) -> None:
+        """A node answered MOVED: the slot's new master, for the next connection. Right after a
+        failover a node's slot map may still name the old master; the MOVED reply does not."""
+        self._moved_to = (host, port)
 
     def address(self) -> tuple[str, int]:
-        """Host and port of that master, from a freshly read slot map; ConnectionError when
-        no node answers or none serves the slot."""
+        """Host and port of that master: the one a MOVED reply named, else from a freshly read
+        slot map; ConnectionError when no node answers or none serves the slot."""
+        if self._moved_to is not None:
+            address, self._moved_to = self._moved_to, None
+            return address
         try:
             if self._cluster is None:
                 self._cluster = RedisCluster.from_url(self._url, **self._options)
@@ -140,6 +149,7 @@ class SlotOwnerMixin(AbstractConnection):
             return super().read_response(*args, **kwargs)
         except MovedError as error:
             self.disconnect()  # type: ignore[no-untyped-call]
+            self.slot_owner.moved(error.host, int(error.port))
             raise redis.ConnectionError(f"the cache's slot moved to another node ({error})") from error
 
 

@@ -53,3 +53,15 @@ def test_a_redis_cluster_nobody_answers_for_is_an_unavailable_cache_not_a_crash(
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_after_a_moved_reply_the_next_connection_goes_where_it_said() -> None:
+    # Right after a failover a node's slot map may still name the old master; the MOVED reply
+    # is the node's own word that the slot moved, so the next connection goes there first.
+    from gatekeeper.cache.client import SlotOwner
+
+    owner = SlotOwner(f"redis://127.0.0.1:{free_port()}", {})  # no cluster there: nothing is asked
+    owner.moved("127.0.0.1", 42735)
+    assert owner.address() == ("127.0.0.1", 42735)
+    with pytest.raises(redis.ConnectionError):  # then the slot map again, from the cluster
+        owner.address()
