@@ -39,7 +39,7 @@ import grpc
 
 from bench.harness import free_port, start_decision_record
 from bench.loading import peak_rss
-from bench.serving import INSTITUTION, grpc_frame, line_item, measured, start_server
+from bench.serving import INSTITUTION, grpc_frame, line_item, measured, start_server, wait_until_warmed
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from loader.generate import generate
@@ -116,6 +116,9 @@ def main() -> int:
                         "health: SERVING",
                         2,
                     )
+                    # A tree that warms its near caches is measured once they are warm; one
+                    # that does not is given the same time to settle.
+                    wait_until_warmed(server, 2, seconds=20, required=False)
                     try:
                         with grpc.insecure_channel(target) as channel:
                             expected = pb_grpc.GatekeeperStub(channel).CheckClaim(fixed, timeout=10).verdict
