@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -26,13 +25,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import psycopg
 
-from bench.harness import cpu_seconds
+from bench.harness import cpu_seconds, publish
 from gatekeeper.audit.database import migrate, partition_statements
 from gatekeeper.audit.records import Batch, Entry
 from gatekeeper.audit.writer import PostgresRecordStore, cst_day
@@ -40,7 +38,6 @@ from gatekeeper.core.policy import RegionPolicy
 from gatekeeper.core.rules import Claim, Item, decide_claim
 from tests.servers import start_postgres
 
-RESULTS = Path(__file__).parent / "results"
 DECISIONS, ITEMS = 500, 10
 DECISION_COLUMNS = (
     *("decided_at", "decision_id", "claim_id", "fixmedins_code", "registry_version", "verdict", "enforced"),
@@ -196,8 +193,6 @@ def main() -> int:
         "cpu_us_per_decision": {name: [round(v, 1) for v in values] for name, values in cpu.items()},
         "database_cpu_us_per_decision_median": database_medians,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "audit-driver.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         f"# Writing the decision record: CPU per decision ({ITEMS} items), median of {args.rounds} turns",
         "",
@@ -207,8 +202,7 @@ def main() -> int:
         "",
         f"`{results['command']}` on {results['machine']}; {args.batches} batches of {DECISIONS} per driver per turn.",
     ]
-    (RESULTS / "audit-driver.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("audit-driver", results, "\n".join(lines))
     return 0
 
 

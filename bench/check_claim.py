@@ -29,14 +29,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.harness import free_port, process_tree_cpu_seconds, start_redis
+from bench.harness import free_port, markdown_table, process_tree_cpu_seconds, publish, start_redis
 from gatekeeper.core.cst import format_cst, parse_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from loader.rows import FIELDS
 from loader.snapshot import load_snapshot, manifest_path
 
-RESULTS = Path(__file__).parent / "results"
 SERVICE_DAY = parse_cst("2026-11-20 08:00:00")
 
 
@@ -171,16 +170,13 @@ def main() -> int:
             float(checked["server_cpu_us_per_call"]) / float(baseline["server_cpu_us_per_call"]), 2
         ),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "check_claim.json").write_text(json.dumps(result, indent=2) + "\n")
     columns = ("rpc", "calls_per_s_sequential", "p50_ms", "p99_ms", "server_cpu_us_per_call")
-    table = "| rpc | calls/s (one client, sequential) | p50 ms | p99 ms | server CPU µs/call |\n|---|---|---|---|---|\n"
-    table += "".join("| " + " | ".join(str(r[c]) for c in columns) + " |\n" for r in rows)
+    header = ("rpc", "calls/s (one client, sequential)", "p50 ms", "p99 ms", "server CPU µs/call")
+    table = markdown_table(header, ([r[c] for c in columns] for r in rows))
     summary = f"CheckClaim / baseline: p50 ×{result['ratio_p50']}, server CPU ×{result['ratio_server_cpu']}\n"
     title = f"# CheckClaim vs the gRPC baseline\n\n`{result['command']}` on {result['machine']}, "
     title += f"{args.people} practitioners in Redis.\n\n"
-    (RESULTS / "check_claim.md").write_text(title + table + "\n" + summary)
-    print(table + "\n" + summary)
+    publish("check_claim", result, title + table + "\n" + summary)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
@@ -34,13 +33,13 @@ from pathlib import Path
 import redis
 
 from bench.check_claim import practitioner_code, write_registry
+from bench.harness import markdown_table, publish
 from gatekeeper.cache import keys
 from gatekeeper.cache.store import CachingEligibilityStore, RedisEligibilityStore
 from gatekeeper.core.eligibility import EligibilityStore
 from loader.snapshot import load_snapshot
 from tests.servers import RedisServer, start_cluster, start_redis
 
-RESULTS = Path(__file__).parent / "results"
 TIMEOUT_SECONDS = 0.5
 
 
@@ -149,8 +148,6 @@ def main() -> int:
         "people": args.people,
         "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cluster.json").write_text(json.dumps(result, indent=2) + "\n")
     columns = (
         "read_path",
         "lookups_per_s_sequential",
@@ -160,15 +157,14 @@ def main() -> int:
         "redis_commands_per_lookup",
         "nodes_serving_lookups",
     )
-    table = (
-        "| read path | lookups/s (sequential) | p50 µs | p99 µs | client CPU µs/lookup | Redis commands/lookup "
-        "| nodes serving lookups |\n|---|---|---|---|---|---|---|\n"
+    header = (
+        *("read path", "lookups/s (sequential)", "p50 µs", "p99 µs", "client CPU µs/lookup"),
+        *("Redis commands/lookup", "nodes serving lookups"),
     )
-    table += "".join("| " + " | ".join(str(r[c]) for c in columns) + " |\n" for r in rows)
+    table = markdown_table(header, ([r[c] for c in columns] for r in rows))
     title = f"# The read path: one Redis against a Redis Cluster\n\n`{result['command']}` on {result['machine']}, "
     title += f"{args.people} practitioners, one claim's three codes per lookup, all in one process.\n\n"
-    (RESULTS / "cluster.md").write_text(title + table)
-    print(table)
+    publish("cluster", result, title + table)
     return 0
 
 

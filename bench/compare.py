@@ -23,7 +23,6 @@ bench/results/compare-<label>.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -37,7 +36,7 @@ from typing import Any
 
 import grpc
 
-from bench.harness import free_port, start_decision_record
+from bench.harness import free_port, publish, start_decision_record
 from bench.loading import peak_rss
 from bench.serving import INSTITUTION, grpc_frame, line_item, measured, start_server, wait_until_warmed
 from gatekeeper.v1 import gatekeeper_pb2 as pb
@@ -45,7 +44,6 @@ from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from loader.generate import generate
 from tests.servers import start_redis
 
-RESULTS = Path(__file__).parent / "results"
 HERE = Path(__file__).resolve().parents[1]
 
 
@@ -157,14 +155,11 @@ def main() -> int:
         "medians": summary,
         "runs": runs,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"compare-{args.label}.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [f"# {args.label}: this tree vs the baseline, same run (medians of {args.rounds} turns each)", ""]
     lines += ["| figure | baseline | this | this/baseline |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['baseline']:,} | {v['this']:,} | {v['this/baseline']} |" for k, v in summary.items()]
     lines += ["", f"`{results['command']}` on {results['machine']}, {args.people:,} practitioners."]
-    (RESULTS / f"compare-{args.label}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(f"compare-{args.label}", results, "\n".join(lines))
     return 0
 
 

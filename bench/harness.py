@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -12,14 +15,35 @@ from gatekeeper.audit.database import migrate
 from tests.servers import PostgresServer, RedisServer, free_port, start_postgres, start_redis
 
 __all__ = [
+    "RESULTS",
     "PostgresServer",
     "RedisServer",
     "cpu_seconds",
     "free_port",
+    "markdown_table",
     "process_tree_cpu_seconds",
+    "publish",
     "start_decision_record",
     "start_redis",
 ]
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def publish(stem: str, results: Mapping[str, Any], markdown: str) -> None:
+    """Write a benchmark's ``bench/results/<stem>.json`` and ``<stem>.md``, and print the Markdown."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = markdown.rstrip("\n") + "\n"
+    (RESULTS / f"{stem}.md").write_text(text, encoding="utf-8")
+    print(text, end="")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table, a line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def start_decision_record() -> tuple[PostgresServer, str]:

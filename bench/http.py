@@ -37,12 +37,18 @@ import grpc
 from google.protobuf import json_format
 
 from bench.check_claim import claim, percentile, write_registry
-from bench.harness import free_port, process_tree_cpu_seconds, start_decision_record, start_redis
+from bench.harness import (
+    free_port,
+    markdown_table,
+    process_tree_cpu_seconds,
+    publish,
+    start_decision_record,
+    start_redis,
+)
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from loader.snapshot import load_snapshot
 
-RESULTS = Path(__file__).parent / "results"
 BIN = Path(sys.executable).parent
 
 
@@ -224,11 +230,9 @@ def main() -> int:
         "rows": rows,
         "http_over_grpc": ratios,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "http.json").write_text(json.dumps(result, indent=2) + "\n")
     columns = ("door", "client", "calls_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_call")
-    table = "| door | client | calls/s | p50 ms | p99 ms | server CPU µs/call |\n|---|---|---|---|---|---|\n"
-    table += "".join("| " + " | ".join(str(r[c]) for c in columns) + " |\n" for r in rows)
+    header = ("door", "client", "calls/s", "p50 ms", "p99 ms", "server CPU µs/call")
+    table = markdown_table(header, ([r[c] for c in columns] for r in rows))
     summary = (
         f"JSON over HTTP / gRPC: sequential p50 ×{ratios['sequential_p50']}, server CPU "
         f"×{ratios['sequential_server_cpu']}; at saturation throughput ×{ratios['saturation_throughput']}, "
@@ -236,8 +240,7 @@ def main() -> int:
     )
     title = f"# JSON over HTTP vs gRPC, the same 10-item claim\n\n`{result['command']}` on {result['machine']}, "
     title += f"{args.people} practitioners in Redis, 1 worker with both doors, decisions recorded in PostgreSQL.\n\n"
-    (RESULTS / "http.md").write_text(title + table + "\n" + summary)
-    print(table + "\n" + summary)
+    publish("http", result, title + table + "\n" + summary)
     return 0
 
 

@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import start_redis
+from bench.harness import publish, start_redis
 from loader.generate import generate
 
-RESULTS = Path(__file__).parent / "results"
 LOADER = str(Path(sys.executable).parent / "gatekeeper-loader")
 
 
@@ -160,14 +159,11 @@ def main() -> int:
         "changes_per_s": round((changes["applied"] + changes["stale"]) / changes["seconds"]),
         "apply_seconds_wall": round(apply_seconds, 1),
     }
-    RESULTS.mkdir(exist_ok=True)
     stem = f"loader-{args.people}{'-gz' if args.gzip else ''}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Loader, {args.people:,} practitioners\n", f"`{result['command']}` on {result['machine']}\n"]
     lines += ["| measure | value |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in result.items() if key not in ("benchmark", "command", "machine")]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(stem, result, "\n".join(lines))
     return 0
 
 

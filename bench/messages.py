@@ -12,12 +12,11 @@ Writes bench/results/messages.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 import timeit
-from pathlib import Path
 
+from bench.harness import publish
 from gatekeeper.api.servicer import claim_response
 from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.messages import fill, item_message
@@ -26,7 +25,6 @@ from gatekeeper.core.records import Status, StatusPeriod
 from gatekeeper.core.rules import ClaimDecision, ClaimVerdict, ItemDecision, Reason, Verdict
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
-RESULTS = Path(__file__).parent / "results"
 ITEMS = 10
 SUSPENSION = StatusPeriod(
     Status.SUSPENDED,
@@ -84,11 +82,6 @@ def main() -> None:
         "SerializeToString without messages, per item": per_item(silent.SerializeToString, args.number // 10) / ITEMS,
     }
     sizes = {"with messages": response.ByteSize(), "without messages": silent.ByteSize()}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "messages.json").write_text(
-        json.dumps({"ns_per_item": figures, "response_bytes": sizes, "python": platform.python_version()}, indent=2)
-        + "\n"
-    )
     lines = [
         "# Item messages: cost per item, in process",
         "",
@@ -102,8 +95,8 @@ def main() -> None:
         f"Response size: {sizes['with messages']} bytes with messages, {sizes['without messages']} without.",
         "",
     ]
-    (RESULTS / "messages.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    results = {"ns_per_item": figures, "response_bytes": sizes, "python": platform.python_version()}
+    publish("messages", results, "\n".join(lines))
 
 
 if __name__ == "__main__":

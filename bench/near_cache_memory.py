@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import sys
 from pathlib import Path
 
+from bench.harness import publish
 from gatekeeper.cache.nearcache import NearCache
 from gatekeeper.core.records import PractitionerRecord, StatusPeriod, decode_record, encode_record
 
-RESULTS = Path(__file__).parent / "results"
 BATCH = 30  # codes per claim's lookup, as put_many receives them
 
 
@@ -69,19 +68,17 @@ def main() -> None:
         "rss_after_bytes": after,
         "bytes_per_entry": round((after - before) / args.entries, 1),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "near-cache-memory.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     mib = (after - before) / 2**20
-    (RESULTS / "near-cache-memory.md").write_text(
+    publish(
+        "near-cache-memory",
+        result,
         "# Near-cache memory\n\n"
         f"`{result['command']}` on {result['machine']}\n\n"
         "| measure | value |\n|---|---|\n"
         f"| entries | {args.entries:,} (95 % registrations, 5 % with a suspension and its reason) |\n"
         f"| worker RSS before / after | {before / 2**20:.1f} / {after / 2**20:.1f} MiB |\n"
         f"| near cache | {mib:.1f} MiB, {result['bytes_per_entry']} bytes per entry |\n",
-        encoding="utf-8",
     )
-    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Writes bench/results/review.json and review.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -26,17 +25,15 @@ import statistics
 import sys
 import time
 from datetime import date, timedelta
-from pathlib import Path
 
 import psycopg
 
+from bench.harness import publish
 from gatekeeper.audit.database import migrate, partition_statements
 from gatekeeper.audit.records import moment
 from gatekeeper.audit.review import items_of_practitioner
 from gatekeeper.core.cst import parse_cst
 from tests.servers import start_postgres
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def code(n: int) -> str:
@@ -142,8 +139,6 @@ def main() -> int:
         "lookup_ms": {name: percentiles(values) for name, values in timings.items()},
         "plan_last_30_days": plan,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "review.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     lines = [
         f"# Review of one practitioner over {results['items']:,} recorded items",
         "",
@@ -164,8 +159,7 @@ def main() -> int:
         "",
         f"`{results['command']}` on {results['machine']}; {args.lookups} practitioners drawn at random.",
     ]
-    (RESULTS / "review.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("review", results, "\n".join(lines))
     return 0
 
 

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import bisect
 import itertools
-import json
 import os
 import platform
 import random
@@ -49,7 +48,7 @@ import grpc
 import redis
 from grpc import aio
 
-from bench.harness import free_port, process_tree_cpu_seconds, start_decision_record, start_redis
+from bench.harness import RESULTS, free_port, process_tree_cpu_seconds, publish, start_decision_record, start_redis
 from gatekeeper.core.cst import format_cst, parse_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
@@ -57,7 +56,6 @@ from loader.cache import ApplyStats, ChangeApplier
 from loader.generate import generate
 from loader.rows import encode_change
 
-RESULTS = Path(__file__).parent / "results"
 BIN = Path(sys.executable).parent
 CHECK_CLAIM = "/gatekeeper.v1.Gatekeeper/CheckClaim"
 CHECK_CLAIMS = "/gatekeeper.v1.Gatekeeper/CheckClaims"
@@ -593,8 +591,6 @@ def batch_phase(server: Server, port: int, people: Practitioners, rng: random.Ra
 
 
 def write_results(results: dict[str, Any], ceiling: list[LoadResult], gatekeeper: list[LoadResult]) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serving.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     servers = results["servers"]
     ratios = results["ratios"]
     mix = results["realistic_mix"]
@@ -631,8 +627,7 @@ def write_results(results: dict[str, Any], ceiling: list[LoadResult], gatekeeper
         f"| change → enforced at every worker, p99 ≤ 1 s | {mix['change_to_enforced_ms_p99_worst_worker']} ms "
         f"(max {mix['change_to_enforced_ms_max']} ms) |",
     ]
-    (RESULTS / "serving.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("serving", results, "\n".join(lines))
     plot(ceiling, gatekeeper)
 
 
