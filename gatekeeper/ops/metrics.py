@@ -223,23 +223,24 @@ def count_claim(verdict: int, items: Iterable[tuple[int, int, bool]]) -> None:
         counter.inc(count)
 
 
-_duration_histograms: dict[tuple[str, str], Any] = {}
+def _duration_observer(histogram: Histogram) -> Callable[[str, str, float], None]:
+    """A function observing one duration in ``histogram`` by method and status code name,
+    its labelled children made once each."""
+    children: dict[tuple[str, str], Any] = {}
+
+    def observe(method: str, code: str, seconds: float) -> None:
+        child = children.get((method, code))
+        if child is None:
+            child = children[method, code] = histogram.labels(method, code)
+        child.observe(seconds)
+
+    return observe
 
 
-def observe_duration(method: str, code: str, seconds: float) -> None:
-    """Observe one RPC's duration by method ("package.Service/Method") and status code name."""
-    histogram = _duration_histograms.get((method, code))
-    if histogram is None:
-        histogram = _duration_histograms[method, code] = RPC_DURATION.labels(method, code)
-    histogram.observe(seconds)
-
-
-def observe_http(method: str, code: str, seconds: float) -> None:
-    """Time one JSON-over-HTTP request by its RPC's name and gRPC status name."""
-    histogram = _duration_histograms.get((f"http:{method}", code))
-    if histogram is None:
-        histogram = _duration_histograms[f"http:{method}", code] = HTTP_DURATION.labels(method, code)
-    histogram.observe(seconds)
+# One RPC's duration by method ("package.Service/Method") and status code name.
+observe_duration = _duration_observer(RPC_DURATION)
+# One JSON-over-HTTP request's duration by its RPC's name and gRPC status code name.
+observe_http = _duration_observer(HTTP_DURATION)
 
 
 # The metrics endpoint: scrapers are few, so connections beyond this many are closed
