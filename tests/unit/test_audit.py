@@ -24,7 +24,7 @@ from gatekeeper.audit.records import (
 from gatekeeper.audit.spool import Spool
 from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.policy import RegionPolicy
-from gatekeeper.core.rules import decide_claim
+from gatekeeper.core.rules import Claim, ClaimDecision, Item, ItemDecision, decide_claim
 
 REGULAR, SUSPENDED, CANNOT_READ = "D110105000001", "D410102000002", "D330522000006"
 HELD = {
@@ -192,7 +192,6 @@ def test_csv_has_one_row_per_item_and_jsonl_one_line_per_decision() -> None:
 def test_the_record_wire_format_is_the_structs_field_order() -> None:
     # The writer's SQL (audit/writer.py) and spooled batches read entries by position:
     # reordering these fields silently breaks both. Change them together, with a migration.
-    from gatekeeper.core.rules import Claim, ClaimDecision, Item, ItemDecision
 
     assert Entry.__struct_fields__ == ("decision_id", "claim", "decision", "registry_version", "decided_at_ms")
     assert Claim.__struct_fields__ == ("claim_id", "fixmedins_code", "items")

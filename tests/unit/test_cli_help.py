@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from gatekeeper import cli
+from gatekeeper.cli import format_claim_table
+from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader import cli as loader_cli
 
 
@@ -62,8 +64,6 @@ def test_a_global_option_not_given_after_the_command_keeps_its_value_from_before
 
 
 def test_a_claim_decided_in_degraded_mode_says_so_under_its_table() -> None:
-    from gatekeeper.cli import format_claim_table
-    from gatekeeper.v1 import gatekeeper_pb2 as pb
 
     checked = pb.ItemDecision(feedetl_sn="1", verdict=pb.VERDICT_ALLOW, reason=pb.REASON_OK, enforced=True)
     unchecked = pb.ItemDecision(

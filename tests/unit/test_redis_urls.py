@@ -8,7 +8,7 @@ import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from gatekeeper.cache.client import redis_client
+from gatekeeper.cache.client import SlotOwner, redis_client
 from gatekeeper.cache.store import RedisEligibilityStore
 from gatekeeper.core.errors import CacheUnavailable
 from gatekeeper.urls import cluster_url
@@ -58,7 +58,6 @@ def test_a_redis_cluster_nobody_answers_for_is_an_unavailable_cache_not_a_crash(
 def test_after_a_moved_reply_the_next_connection_goes_where_it_said() -> None:
     # Right after a failover a node's slot map may still name the old master; the MOVED reply
     # is the node's own word that the slot moved, so the next connection goes there first.
-    from gatekeeper.cache.client import SlotOwner
 
     owner = SlotOwner(f"redis://127.0.0.1:{free_port()}", {})  # no cluster there: nothing is asked
     owner.moved("127.0.0.1", 42735)
