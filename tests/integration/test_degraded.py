@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gatekeeper.core.policy import parse_policy
 from gatekeeper.v1 import gatekeeper_pb2 as pb
@@ -21,6 +19,7 @@ from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import load, period, write_snapshot
 from tests.integration.test_audit import audited, wait_until
+from tests.integration.test_observability import scrape, value
 from tests.servers import RedisServer, start_redis
 
 REGISTERED = "D110105000001"
@@ -236,16 +235,6 @@ def test_degraded_mode_without_held_records_or_turned_off(
         assert answer.registry_version == "outage@500"  # the last version this process read
 
 
-def near_cache_misses(metrics_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "gatekeeper_near_cache_lookups_total" and sample.labels.get("result") == "miss":
-                return sample.value
-    return 0.0
-
-
 def test_a_warmed_near_cache_decides_every_practitioner_of_the_snapshot_through_an_outage(
     start_gatekeeper: StartGatekeeper, own_redis: RedisServer
 ) -> None:
@@ -253,14 +242,18 @@ def test_a_warmed_near_cache_decides_every_practitioner_of_the_snapshot_through_
     gatekeeper = start_gatekeeper(
         redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, metrics_listen="127.0.0.1:0"
     )
-    assert gatekeeper.metrics_port is not None
+    port = gatekeeper.metrics_port
+    assert port is not None
     probes = iter(COLD[:200])
+
+    def misses() -> float:
+        return value(scrape(port), "gatekeeper_near_cache_lookups_total", result="miss")
 
     def warmed() -> bool:
         """A claim naming a practitioner never asked for is answered without reading Redis."""
-        before = near_cache_misses(gatekeeper.metrics_port)
+        before = misses()
         gatekeeper.stub.CheckClaim(claim("probe", next(probes)), timeout=5)
-        return near_cache_misses(gatekeeper.metrics_port) == before
+        return misses() == before
 
     wait_until(warmed, "the near cache is warmed from the snapshot")
     own_redis.stop()
