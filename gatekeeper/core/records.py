@@ -30,7 +30,7 @@ class Status(enum.IntEnum):
     TERMINATED = 3  # 终止
 
 
-class StatusPeriod(msgspec.Struct, array_like=True, frozen=True):
+class StatusPeriod(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One status window ``[begntime, endtime)`` of one practitioner, in epoch seconds."""
 
     # The order is the storage order: fields that are usually at their default come last.
@@ -47,7 +47,7 @@ class StatusPeriod(msgspec.Struct, array_like=True, frozen=True):
         return self.begntime <= moment and (self.endtime == OPEN_ENDED or moment < self.endtime)
 
 
-class PractitionerRecord(msgspec.Struct, array_like=True, frozen=True):
+class PractitionerRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """Everything the gatekeeper knows about one practitioner code."""
 
     prac_psn_type: int  # 1 doctor, 2 nurse, 3 pharmacist, 4 technician

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Collection
 
 import pytest
@@ -11,7 +12,7 @@ import redis.asyncio
 from gatekeeper.cache.nearcache import NearCache
 from gatekeeper.cache.store import CachingEligibilityStore
 from gatekeeper.core.eligibility import Lookup, StoreStats
-from gatekeeper.core.records import PractitionerRecord, StatusPeriod
+from gatekeeper.core.records import PractitionerRecord, StatusPeriod, decode_record, encode_record
 
 REGISTERED = PractitionerRecord(1, (StatusPeriod(1, 1_000, 1, 1),))
 
@@ -176,3 +177,18 @@ def test_a_read_from_a_replica_behind_the_notifications_is_used_once_not_kept(re
         return replica.reads
 
     assert asyncio.run(two_lookups()) == reads
+
+
+def test_the_records_a_worker_holds_are_out_of_the_garbage_collectors_sight() -> None:
+    # A warmed worker holds a record per practitioner (millions nationally): every pass of
+    # the collector over the old generation would walk them all, pausing every RPC.
+    cache = NearCache(max_entries=10, max_age_seconds=30, clock=Clock())
+    record = decode_record(
+        encode_record(PractitionerRecord(1, (StatusPeriod(1, 1_000, 1, 1), StatusPeriod(2, 5_000, 2, 2))))
+    )
+    cache.put_many(["D110105000001"], {"D110105000001": record}, cache.epoch)
+    gc.collect()  # the collector stops tracking containers that hold only untracked objects
+    entries = [entry for entry in gc.get_objects() if isinstance(entry, PractitionerRecord | StatusPeriod)]
+    assert entries == []
+    assert not gc.is_tracked(record.periods)
+    assert not any(isinstance(obj, tuple) and record in obj for obj in gc.get_objects())
