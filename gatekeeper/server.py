@@ -50,9 +50,6 @@ SERVICE_NAME = gatekeeper_pb2.DESCRIPTOR.services_by_name["Gatekeeper"].full_nam
 # (max_request_bytes, or max_batch_bytes for CheckClaims) and this, the request is answered
 # INVALID_ARGUMENT naming its size, without being decoded.
 TRANSPORT_SIZE_FACTOR = 4
-# Allocations between youngest-generation collections (CPython's default is 700): a claim
-# allocates a few hundred short-lived objects, freed by reference counting, not cycles.
-GC_THRESHOLD = 50_000
 # The server pings each connection this often and drops it when the ping is not answered
 # within the timeout: a dead peer, or one that stopped reading, frees its streams.
 KEEPALIVE_TIME_MS = 60_000
@@ -335,12 +332,17 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def settle_the_heap() -> None:
-    """After start-up: move everything alive now (modules, the servicer, the near cache's
-    first entries) out of the garbage collector's sight, and collect the youngest generation
-    less often; the hot path allocates short-lived objects that reference counting frees."""
+    """After start-up: move everything alive now (modules, the servicer) out of the garbage
+    collector's sight. The thresholds stay Python's: each RPC leaves a few objects in a
+    reference cycle inside gRPC, which only the collector frees, and a pass's pause grows
+    with what it finds. A youngest generation of 50,000 made passes of 20-60 ms, each a
+    stall of every RPC in flight; of 700, passes stay near 1 ms for the same total time
+    (bench/results/serving.md). The records a worker holds are not tracked at all
+    (PractitionerRecord is a gc=False struct). Every pass is observed from here on
+    (``gatekeeper_gc_pause_seconds``)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
+    metrics.watch_gc_pauses()
 
 
 async def _serve_one(settings: Settings) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -75,6 +76,12 @@ UNRECORDED = Counter(
 WORKER_RESTARTS = Gauge(
     "gatekeeper_worker_restarts",
     "Times the supervisor restarted this worker (worker i: the metrics port + i) after it died",
+)
+GC_PAUSE = Histogram(
+    "gatekeeper_gc_pause_seconds",
+    "Passes of Python's garbage collector in this worker, by generation: each stops every RPC in flight",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
 )
 RPC_REFUSED = Counter(
     "gatekeeper_rpc_refused",
@@ -235,6 +242,21 @@ def _duration_observer(histogram: Histogram) -> Callable[[str, str, float], None
         child.observe(seconds)
 
     return observe
+
+
+def watch_gc_pauses() -> None:
+    """Observe every pass of the garbage collector in :data:`GC_PAUSE` from now on."""
+    children = [GC_PAUSE.labels(str(generation)) for generation in range(3)]
+    started = 0.0
+
+    def on_pass(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            children[info["generation"]].observe(time.perf_counter() - started)
+
+    gc.callbacks.append(on_pass)
 
 
 # One RPC's duration by method ("package.Service/Method") and status code name.

@@ -248,7 +248,7 @@ def test_serve_logs_one_json_object_per_line_and_health_answers_the_container(
     assert logged[-1]["message"] == "stopped"
 
 
-def test_sigusr1_logs_the_near_cache_counts_and_metrics_keep_counting(
+def test_sigusr1_logs_the_near_cache_counts_and_metrics_keep_counting_gc_pauses_included(
     redis_server: RedisServer, redis_client: redis.Redis, database_url: str
 ) -> None:
     load(redis_client, DEMO_REGISTRY)
@@ -288,11 +288,16 @@ def test_sigusr1_logs_the_near_cache_counts_and_metrics_keep_counting(
             read_until("near cache:")
             stub.CheckClaim(demo_claim(), timeout=5)
             after = lookups()
+            for _ in range(20):
+                stub.CheckClaim(demo_claim(), timeout=5)
+            samples = scrape(metrics_port)
+            gc_passes = sum(value(samples, "gatekeeper_gc_pause_seconds_count", generation=g) for g in "012")
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)
     assert before > 0
     assert after > before  # the counters metrics read were not swapped out by SIGUSR1
+    assert gc_passes > 0  # every pause of the garbage collector is observed
 
 
 def test_a_busy_worker_says_what_it_did_in_its_log(
