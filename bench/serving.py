@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from typing import Any
 import grpc
 import redis
 from grpc import aio
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import RESULTS, free_port, process_tree_cpu_seconds, publish, start_decision_record, start_redis
 from gatekeeper.core.cst import format_cst, parse_cst
@@ -61,6 +63,12 @@ CHECK_CLAIM = "/gatekeeper.v1.Gatekeeper/CheckClaim"
 CHECK_CLAIMS = "/gatekeeper.v1.Gatekeeper/CheckClaims"
 SERVICE_DAY = parse_cst("2026-11-20 08:00:00")
 INSTITUTION = "H11010500001"
+# h2load's shape in the saturation and fixed-rate phases: 16 connections of 8 streams each.
+# A gatekeeper refuses streams beyond --max-streams-per-connection (32): h2load opens its
+# streams without waiting for the server's settings, so at 32 a share of them were refused
+# (counted as failed, and the CPU they cost charged to the calls that succeeded), where a
+# gRPC client queues them. The ceiling has no such limit.
+CLIENTS, STREAMS = 16, 8
 
 
 # --- the claim mix --------------------------------------------------------------------------
@@ -205,6 +213,47 @@ def h2load(
         return round(latencies[min(len(latencies) - 1, int(fraction * len(latencies)))], 3) if latencies else None
 
     return LoadResult(rps, round(succeeded / seconds, 1), succeeded, failed, seconds, at(0.5), at(0.99), at(0.999))
+
+
+@dataclass
+class GcPauses:
+    """The garbage collector's passes in a server's workers (``gatekeeper_gc_pause_seconds``)."""
+
+    passes: float = 0.0
+    seconds: float = 0.0
+    # passes at most ``le`` seconds long, by bucket bound (cumulative, as Prometheus counts them)
+    within: dict[float, float] = field(default_factory=dict)
+
+    @classmethod
+    def scrape(cls, ports: list[int]) -> GcPauses:
+        pauses = cls()
+        for port in ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+                text = answer.read().decode()
+            for family in text_string_to_metric_families(text):
+                if family.name != "gatekeeper_gc_pause_seconds":
+                    continue
+                for sample in family.samples:
+                    if sample.name.endswith("_count"):
+                        pauses.passes += sample.value
+                    elif sample.name.endswith("_sum"):
+                        pauses.seconds += sample.value
+                    elif sample.name.endswith("_bucket") and sample.labels["le"] != "+Inf":
+                        bound = float(sample.labels["le"])
+                        pauses.within[bound] = pauses.within.get(bound, 0.0) + sample.value
+        return pauses
+
+    def since(self, before: GcPauses) -> dict[str, Any]:
+        """What happened between ``before`` and this scrape, for the results."""
+        passes = self.passes - before.passes
+        within = {bound: count - before.within.get(bound, 0.0) for bound, count in self.within.items()}
+        longest = min((bound for bound, count in within.items() if count >= passes), default=None)
+        return {
+            "passes": int(passes),
+            "total_ms": round((self.seconds - before.seconds) * 1000, 1),
+            "over_5ms": int(passes - within.get(0.005, 0.0)),
+            "longest_at_most_ms": None if longest is None else longest * 1000,
+        }
 
 
 def sample_statuses(target: str, request: pb.CheckClaimRequest, stop: threading.Event, expected: int) -> list[str]:
@@ -411,8 +460,11 @@ def main() -> int:
             target = f"127.0.0.1:{port}"
             env["GATEKEEPER_LISTEN"] = target
 
+            metrics_port = free_port()  # worker i serves its metrics on this port + i
+
             def gatekeeper(workers: int) -> Server:
                 command = [str(BIN / "gatekeeper"), "serve", "--workers", str(workers)]
+                command += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
                 return start_server(f"gatekeeper ({workers} workers)", command, env, "health: SERVING", workers)
 
             ceiling = start_server(
@@ -423,7 +475,7 @@ def main() -> int:
                 2,
             )
             servers.append(ceiling)
-            saturation = dict(seconds=args.seconds, clients=4, streams=32, rps=None, work=work)
+            saturation = dict(seconds=args.seconds, clients=CLIENTS, streams=STREAMS, rps=None, work=work)
             measured(
                 ceiling, port, body, fixed, pb.CLAIM_VERDICT_ALLOW, seconds=2, clients=2, streams=8, rps=None, work=work
             )  # warm-up
@@ -437,8 +489,8 @@ def main() -> int:
                     fixed,
                     pb.CLAIM_VERDICT_ALLOW,
                     seconds=args.seconds,
-                    clients=4,
-                    streams=32,
+                    clients=CLIENTS,
+                    streams=STREAMS,
                     rps=rate,
                     work=work,
                 )
@@ -455,9 +507,13 @@ def main() -> int:
                 wait_until_warmed(server, workers)
                 expected = reference.CheckClaim(fixed, timeout=10).verdict
                 measured(server, port, body, fixed, expected, seconds=2, clients=2, streams=8, rps=None, work=work)
+                worker_metrics = [metrics_port + i for i in range(workers)]
+                gc_before = GcPauses.scrape(worker_metrics)
                 saturated = measured(server, port, body, fixed, expected, **saturation)
                 curve = []
                 if workers == 2:
+                    results["gc_pauses"] = {"saturation": GcPauses.scrape(worker_metrics).since(gc_before)}
+                    gc_before = GcPauses.scrape(worker_metrics)
                     curve = [
                         measured(
                             server,
@@ -466,13 +522,15 @@ def main() -> int:
                             fixed,
                             expected,
                             seconds=args.seconds,
-                            clients=4,
-                            streams=32,
+                            clients=CLIENTS,
+                            streams=STREAMS,
                             rps=rate,
                             work=work,
                         )
                         for rate in rates
                     ]
+                if workers == 2:
+                    results["gc_pauses"]["fixed_rates"] = GcPauses.scrape(worker_metrics).since(gc_before)
                 curves[f"gatekeeper_{workers}"] = (saturated, curve)
                 if workers == 2:
                     results.update(realistic_phase(server, target, people, rng, args, redis_server.url))
@@ -601,6 +659,7 @@ def write_results(results: dict[str, Any], ceiling: list[LoadResult], gatekeeper
         "| throughput at saturation (calls/s) | " + " | ".join(str(sat[n]["achieved_rps"]) for n in names) + " |"
     )
     rows.append("| server CPU per call (µs) | " + " | ".join(str(sat[n]["cpu_us_per_call"]) for n in names) + " |")
+    rows.append("| failed calls at saturation | " + " | ".join(str(sat[n]["failed"]) for n in names) + " |")
     for c, g in zip(ceiling, gatekeeper, strict=True):
         rows.append(
             f"| p50 / p99 / p99.9 ms at {c.offered_rps:.0f} calls/s | {c.p50_ms} / {c.p99_ms} / {c.p999_ms} | "
@@ -626,6 +685,17 @@ def write_results(results: dict[str, Any], ceiling: list[LoadResult], gatekeeper
         f"({results['batch']['server_cpu_us_per_item']} µs of server CPU per item) |",
         f"| change → enforced at every worker, p99 ≤ 1 s | {mix['change_to_enforced_ms_p99_worst_worker']} ms "
         f"(max {mix['change_to_enforced_ms_max']} ms) |",
+    ]
+    gc = results["gc_pauses"]
+    lines += [
+        "",
+        "Garbage-collector passes in the gatekeeper's two workers (`gatekeeper_gc_pause_seconds`): "
+        + "; ".join(
+            f"{phase.replace('_', ' ')}: {g['passes']:,} passes, {g['total_ms']} ms in all, "
+            f"{g['over_5ms']} over 5 ms, the longest ≤ {g['longest_at_most_ms']} ms"
+            for phase, g in gc.items()
+        )
+        + ".",
     ]
     publish("serving", results, "\n".join(lines))
     plot(ceiling, gatekeeper)
