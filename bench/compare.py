@@ -6,7 +6,8 @@ speed drifts affects both alike. Per turn:
 
 - serving: ``gatekeeper serve --workers 2`` of the tree, warmed up, then h2load at
   saturation with one pre-encoded 10-item claim; throughput and server CPU per call from
-  the server processes' own counters;
+  the server processes' own counters; then the same claim at a fixed rate (``--rate``) and
+  its p99 latency;
 - loading: ``gatekeeper-loader snapshot`` of the tree on the same snapshot; rows per second
   and the loader's peak RSS.
 
@@ -38,7 +39,16 @@ import grpc
 
 from bench.harness import free_port, publish, start_decision_record
 from bench.loading import peak_rss
-from bench.serving import INSTITUTION, grpc_frame, line_item, measured, start_server, wait_until_warmed
+from bench.serving import (
+    CLIENTS,
+    INSTITUTION,
+    STREAMS,
+    grpc_frame,
+    line_item,
+    measured,
+    start_server,
+    wait_until_warmed,
+)
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from loader.generate import generate
@@ -76,6 +86,9 @@ def main() -> int:
     parser.add_argument("--people", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6.0, help="each saturation phase")
+    parser.add_argument(
+        "--rate", type=float, default=1200.0, help="calls/s of the fixed-rate phase after it (p99_ms_at_rate)"
+    )
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         print("bench: h2load is missing (apt-get install nghttp2-client, or run scripts/bench)", file=sys.stderr)
@@ -122,11 +135,20 @@ def main() -> int:
                             expected = pb_grpc.GatekeeperStub(channel).CheckClaim(fixed, timeout=10).verdict
                         warm = dict(seconds=2, clients=2, streams=8, rps=None, work=work)
                         measured(server, port, body, fixed, expected, **warm)  # type: ignore[arg-type]
-                        result = measured(server, port, body, fixed, expected, args.seconds, 4, 32, None, work)
+                        result = measured(
+                            server, port, body, fixed, expected, args.seconds, CLIENTS, STREAMS, None, work
+                        )
+                        steady = measured(
+                            server, port, body, fixed, expected, args.seconds, CLIENTS, STREAMS, args.rate, work
+                        )
                     finally:
                         server.stop()
                     runs[name]["serving"].append(
-                        {"rps": result.achieved_rps, "cpu_us_per_call": result.cpu_us_per_call or 0.0}
+                        {
+                            "rps": result.achieved_rps,
+                            "cpu_us_per_call": result.cpu_us_per_call or 0.0,
+                            "p99_ms_at_rate": steady.p99_ms or 0.0,
+                        }
                     )
                     print(f"round {round_number + 1} {name}: {runs[name]['serving'][-1]} {runs[name]['loading'][-1]}")
         finally:
@@ -142,7 +164,10 @@ def main() -> int:
             "this": median("this", kind, figure),
             "this/baseline": round(median("this", kind, figure) / median("baseline", kind, figure), 3),
         }
-        for kind, figures in (("serving", ("rps", "cpu_us_per_call")), ("loading", ("rows_per_second", "peak_rss_mb")))
+        for kind, figures in (
+            ("serving", ("rps", "cpu_us_per_call", "p99_ms_at_rate")),
+            ("loading", ("rows_per_second", "peak_rss_mb")),
+        )
         for figure in figures
     }
     results: dict[str, Any] = {
