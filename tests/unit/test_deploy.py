@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO / "deploy" / "kubernetes" / "base"
 OVERLAYS = REPO / "deploy" / "kubernetes"  # province/, nation/: each applies the base
 DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
+SERVING_RESULTS = REPO / "bench" / "results" / "serving.json"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 
 # Read by something other than Settings: the image's own (Dockerfile), gRPC's C library, the
@@ -293,3 +296,17 @@ def test_prometheus_keeps_each_worker_port_of_the_gatekeeper_and_nothing_else(po
     assert kept(meta(server, port_name))
     assert not kept(meta(server, "grpc"))
     assert not kept(meta(loader, port_name))
+
+
+def test_the_capacity_model_is_worked_from_the_serving_benchmarks_latest_figures() -> None:
+    serving = json.loads(SERVING_RESULTS.read_text(encoding="utf-8"))
+    doc = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    per_call = serving["servers"]["gatekeeper_2_workers"]["saturation"]["cpu_us_per_call"]
+    per_item = serving["batch"]["server_cpu_us_per_item"]
+    assert f"**c₁₀ = {per_call} µs**" in doc
+    assert f"**c_item = {per_item} µs**" in doc
+    # The model's own steps, from those two figures: the mean claim of 15.3 items at
+    # 10,000 claims/s, 20 % for noise, 50 % CPU, 2 cores a pod.
+    per_claim = per_call - 10 * per_item + 15.3 * per_item
+    pods = math.ceil(10_000 * per_claim / 1e6 * 1.2 / 0.5 / 2)
+    assert f"→ {pods} pods" in doc
