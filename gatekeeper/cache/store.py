@@ -219,9 +219,11 @@ class CachingEligibilityStore:
         clock: Callable[[], float] = time.monotonic,
         degraded_max_age_seconds: float = 0.0,
         warm: bool = True,
+        on_warmed: Callable[[], None] | None = None,
     ) -> None:
         self._backing = backing
         self._warm = warm  # fill the near cache from each snapshot (bounded by max_entries)
+        self._on_warmed = on_warmed  # called each time a snapshot has been warmed from
         self.degraded_max_age_seconds = degraded_max_age_seconds  # 0: no degraded mode
         self.degraded = False  # the last read of Redis failed
         self.cache = NearCache(max_entries, max_age_seconds, clock)
@@ -240,6 +242,7 @@ class CachingEligibilityStore:
         degraded_max_age_seconds: float = 0.0,
         replica_reads: bool = False,
         warm: bool = True,
+        on_warmed: Callable[[], None] | None = None,
     ) -> CachingEligibilityStore:
         """A caching store over Redis at ``url``; the stream reader has its own connection,
         whose reads wait out XREAD's BLOCK before they time out. The stream is read from the
@@ -248,7 +251,13 @@ class CachingEligibilityStore:
         read_timeout = None if timeout_seconds is None else timeout_seconds + BLOCK_MILLISECONDS / 1000
         stream = redis_client(url, timeout_seconds, read_timeout, client_name=STREAM_CLIENT_NAME)
         return cls(
-            backing, stream, max_entries, max_age_seconds, degraded_max_age_seconds=degraded_max_age_seconds, warm=warm
+            backing,
+            stream,
+            max_entries,
+            max_age_seconds,
+            degraded_max_age_seconds=degraded_max_age_seconds,
+            warm=warm,
+            on_warmed=on_warmed,
         )
 
     @property
@@ -283,6 +292,8 @@ class CachingEligibilityStore:
                     if added is not None:
                         self.warmed_generation = generation
                         log.info("near cache: warmed with %d practitioners of snapshot %d", added, generation)
+                        if self._on_warmed is not None:
+                            self._on_warmed()
             await asyncio.sleep(WARM_POLL_SECONDS)
 
     async def warm(self, generation: int) -> int | None:

@@ -50,13 +50,14 @@ async def started(
     clock: Callable[[], float] | None = None,
     name: str = STREAM_CLIENT_NAME,
     warm: bool = False,
+    on_warmed: Callable[[], None] | None = None,
 ) -> CachingEligibilityStore:
     """A caching store that has caught up; not warmed unless asked (most cases here are about
     what a lookup fetches)."""
     backing = RedisEligibilityStore.from_url(url)
     stream = redis_client(url, None, client_name=name)
     clocked = {"clock": clock} if clock else {}
-    store = CachingEligibilityStore(backing, stream, 1000, max_age_seconds, warm=warm, **clocked)
+    store = CachingEligibilityStore(backing, stream, 1000, max_age_seconds, warm=warm, on_warmed=on_warmed, **clocked)
     store.start()
     await asyncio.wait_for(store.caught_up.wait(), POLL_SECONDS)
     return store
@@ -185,9 +186,12 @@ def test_the_near_cache_is_warmed_from_each_snapshot_and_answers_the_first_looku
     load(redis_client, registry(tmp_path))
     everyone = [CODE] + [f"D1101050{n:05d}" for n in range(2, 60)]
 
+    warmings: list[int] = []  # the worker freezes its heap each time (server._serve_one)
+
     async def scenario() -> None:
-        store = await started(redis_server.url, warm=True)
-        await until(lambda: len(store.cache) == len(everyone), "the near cache holds the whole snapshot")
+        store = await started(redis_server.url, warm=True, on_warmed=lambda: warmings.append(len(store.cache)))
+        await until(lambda: len(warmings) == 1, "the snapshot is warmed")
+        assert warmings == [len(everyone)]  # told once the whole snapshot is in the cache
         before = (store.stats.hits, store.stats.misses)
         lookup = await store.lookup(everyone)  # never asked for before
         assert len(lookup.records) == len(everyone)
@@ -212,6 +216,7 @@ def test_the_near_cache_is_warmed_from_each_snapshot_and_answers_the_first_looku
             "the new snapshot is followed and warmed",
         )
         assert len(store.cache) == len(rows)
+        assert warmings == [len(everyone), len(rows)]
         before = (store.stats.hits, store.stats.misses)
         assert reason((await store.lookup([CODE])).records) is Reason.TERMINATED
         assert (store.stats.hits - before[0], store.stats.misses - before[1]) == (1, 0)
