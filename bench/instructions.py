@@ -44,7 +44,8 @@ from grpc import aio
 from bench.ceiling import constant_response
 from bench.harness import free_port, markdown_table, publish, start_decision_record, start_redis
 from bench.serving import INSTITUTION, grpc_frame, line_item
-from gatekeeper.defaults import MAX_STREAMS_PER_CONNECTION
+from gatekeeper.server import connection_options
+from gatekeeper.settings import Settings
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.generate import generate
 
@@ -70,14 +71,7 @@ async def _serve_variant(port: int, variant: frozenset[str], stop_file: Path) ->
 
     options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
     if "options" in variant:
-        # server.connection_options' values, spelled here: that function needs whole Settings.
-        options += [
-            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
-            ("grpc.max_connection_age_ms", 300_000),
-            ("grpc.max_connection_age_grace_ms", 30_000),
-            ("grpc.keepalive_time_ms", 60_000),
-            ("grpc.keepalive_timeout_ms", 20_000),
-        ]
+        options += connection_options(Settings())  # the defaults a gatekeeper serves with
     server = aio.server(options=options)
     parse, serialize = pb.CheckClaimRequest.FromString, pb.CheckClaimResponse.SerializeToString
     if "streaming" in variant:
