@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import sys
 import time
@@ -30,7 +28,7 @@ from typing import Any
 import asyncpg
 import psycopg
 
-from bench.harness import cpu_seconds, publish
+from bench.harness import cpu_seconds, publish, run_header
 from gatekeeper.audit.database import migrate, partition_statements
 from gatekeeper.audit.records import Batch, Entry
 from gatekeeper.audit.writer import PostgresRecordStore, cst_day
@@ -184,9 +182,7 @@ def main() -> int:
     medians = {name: round(statistics.median(values), 1) for name, values in cpu.items()}
     database_medians = {name: round(statistics.median(values), 1) for name, values in database_cpu.items()}
     results = {
-        "benchmark": "audit-driver",
-        "command": "python -m bench.audit_driver " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **run_header("audit-driver", "bench.audit_driver"),
         "decisions_per_batch": DECISIONS,
         "items_per_decision": ITEMS,
         "cpu_us_per_decision_median": medians,

@@ -16,7 +16,6 @@ import csv
 import hashlib
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.harness import free_port, markdown_table, process_tree_cpu_seconds, publish, start_redis
+from bench.harness import free_port, markdown_table, process_tree_cpu_seconds, publish, run_header, start_redis
 from gatekeeper.core.cst import format_cst, parse_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
@@ -160,9 +159,7 @@ def main() -> int:
 
     baseline, checked = rows
     result = {
-        "benchmark": "check_claim",
-        "command": "python -m bench.check_claim " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **run_header("check_claim", "bench.check_claim"),
         "people": args.people,
         "rows": rows,
         "ratio_p50": round(float(checked["p50_ms"]) / float(baseline["p50_ms"]), 2),

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import random
 import statistics
 import sys
@@ -33,7 +31,7 @@ from pathlib import Path
 import redis
 
 from bench.check_claim import practitioner_code, write_registry
-from bench.harness import markdown_table, publish
+from bench.harness import markdown_table, publish, run_header
 from gatekeeper.cache import keys
 from gatekeeper.cache.store import CachingEligibilityStore, RedisEligibilityStore
 from gatekeeper.core.eligibility import EligibilityStore
@@ -142,9 +140,7 @@ def main() -> int:
             cluster.stop()
 
     result = {
-        "benchmark": "cluster",
-        "command": "python -m bench.cluster " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **run_header("cluster", "bench.cluster"),
         "people": args.people,
         "rows": rows,
     }

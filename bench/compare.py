@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ from typing import Any
 
 import grpc
 
-from bench.harness import free_port, publish, start_decision_record
+from bench.harness import free_port, publish, run_header, start_decision_record
 from bench.loading import peak_rss
 from bench.serving import (
     CLIENTS,
@@ -171,9 +170,7 @@ def main() -> int:
         for figure in figures
     }
     results: dict[str, Any] = {
-        "benchmark": "compare",
-        "command": "python -m bench.compare " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **run_header("compare", "bench.compare"),
         "baseline": str(trees["baseline"]),
         "people": args.people,
         "rounds": args.rounds,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ __all__ = [
     "markdown_table",
     "process_tree_cpu_seconds",
     "publish",
+    "run_header",
     "start_decision_record",
     "start_redis",
 ]
@@ -37,6 +40,16 @@ def publish(stem: str, results: Mapping[str, Any], markdown: str) -> None:
     text = markdown.rstrip("\n") + "\n"
     (RESULTS / f"{stem}.md").write_text(text, encoding="utf-8")
     print(text, end="")
+
+
+def run_header(benchmark: str, module: str) -> dict[str, str]:
+    """What every results file starts with: the benchmark, the command that ran it (with this
+    run's arguments) and the machine."""
+    return {
+        "benchmark": benchmark,
+        "command": f"python -m {module} " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -42,6 +41,7 @@ from bench.harness import (
     markdown_table,
     process_tree_cpu_seconds,
     publish,
+    run_header,
     start_decision_record,
     start_redis,
 )
@@ -223,9 +223,7 @@ def main() -> int:
         "saturation_server_cpu": ratio("h2load", "server_cpu_us_per_call"),
     }
     result = {
-        "benchmark": "http",
-        "command": "python -m bench.http " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **run_header("http", "bench.http"),
         "people": args.people,
         "rows": rows,
         "http_over_grpc": ratios,

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import csv
 import os
-import platform
 import random
 import shutil
 import signal
@@ -42,7 +41,7 @@ import grpc
 from grpc import aio
 
 from bench.ceiling import constant_response
-from bench.harness import free_port, markdown_table, publish, start_decision_record, start_redis
+from bench.harness import free_port, markdown_table, publish, run_header, start_decision_record, start_redis
 from bench.serving import INSTITUTION, grpc_frame, line_item
 from gatekeeper.server import connection_options
 from gatekeeper.settings import Settings
@@ -239,9 +238,7 @@ def main() -> int:
 
     ceiling = figures["ceiling"]
     results = {
-        "benchmark": "instructions",
-        "command": "python -m bench.instructions " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **run_header("instructions", "bench.instructions"),
         "people": args.people,
         "instructions_per_call": figures,
         "gatekeeper_vs_ceiling": round(figures["gatekeeper"] / ceiling, 2),

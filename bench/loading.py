@@ -17,8 +17,6 @@ import csv
 import gzip
 import io
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import publish, start_redis
+from bench.harness import publish, run_header, start_redis
 from loader.generate import generate
 
 LOADER = str(Path(sys.executable).parent / "gatekeeper-loader")
@@ -134,9 +132,7 @@ def main() -> int:
 
     rows = snapshot["rows"]
     result = {
-        "benchmark": "loader",
-        "command": "python -m bench.loading " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **run_header("loader", "bench.loading"),
         "people": args.people,
         "rows": rows,
         "snapshot_file": registry.snapshot.name,

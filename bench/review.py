@@ -18,8 +18,6 @@ Writes bench/results/review.json and review.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import sys
@@ -28,7 +26,7 @@ from datetime import date, timedelta
 
 import psycopg
 
-from bench.harness import publish
+from bench.harness import publish, run_header
 from gatekeeper.audit.database import migrate, partition_statements
 from gatekeeper.audit.records import moment
 from gatekeeper.audit.review import items_of_practitioner
@@ -126,9 +124,7 @@ def main() -> int:
         }
 
     results = {
-        "benchmark": "review",
-        "command": "python -m bench.review " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **run_header("review", "bench.review"),
         "items": int(total[0]) if total else 0,
         "days": args.days,
         "practitioners": args.practitioners,

@@ -30,7 +30,6 @@ import bisect
 import csv
 import itertools
 import os
-import platform
 import random
 import re
 import shutil
@@ -51,7 +50,15 @@ import redis
 from grpc import aio
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.harness import RESULTS, free_port, process_tree_cpu_seconds, publish, start_decision_record, start_redis
+from bench.harness import (
+    RESULTS,
+    free_port,
+    process_tree_cpu_seconds,
+    publish,
+    run_header,
+    start_decision_record,
+    start_redis,
+)
 from gatekeeper.core.cst import format_cst, parse_cst
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
@@ -422,9 +429,7 @@ def main() -> int:
         return 2
     rng = random.Random(args.seed)
     results: dict[str, Any] = {
-        "benchmark": "serving",
-        "command": "python -m bench.serving " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **run_header("serving", "bench.serving"),
         "people": args.people,
     }
 
