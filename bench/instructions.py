@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import os
 import random
 import shutil
@@ -42,7 +41,7 @@ from grpc import aio
 
 from bench.ceiling import constant_response
 from bench.harness import free_port, markdown_table, publish, run_header, start_decision_record, start_redis
-from bench.serving import INSTITUTION, grpc_frame, line_item
+from bench.serving import INSTITUTION, grpc_frame, line_item, registry_codes
 from gatekeeper.server import connection_options
 from gatekeeper.settings import Settings
 from gatekeeper.v1 import gatekeeper_pb2 as pb
@@ -172,11 +171,8 @@ def variant_instructions(variant: frozenset[str], env: Mapping[str, str], body: 
 
 def typical_claim(snapshot: Path) -> pb.CheckClaimRequest:
     """A 10-item claim of three practitioners never suspended or terminated: all clear."""
-    with snapshot.open(newline="", encoding="utf-8") as rows:
-        registry = list(csv.DictReader(rows))
-    barred = {row["prac_psn_code"] for row in registry if row["status"] != "1"}
-    codes = sorted({row["prac_psn_code"] for row in registry} - barred)
-    chosen = random.Random(3).sample(codes, 3)
+    _, never_barred = registry_codes(snapshot)
+    chosen = random.Random(3).sample(sorted(never_barred), 3)
     items = [line_item(n, chosen, False, n) for n in range(10)]
     return pb.CheckClaimRequest(claim_id="fixed", fixmedins_code=INSTITUTION, med_type="11", items=items)
 

@@ -97,6 +97,16 @@ class Practitioners:
         return self.codes[bisect.bisect_left(self._cumulative, point)]
 
 
+def registry_codes(snapshot: Path) -> tuple[list[str], set[str]]:
+    """Every code of a snapshot, sorted, and those never suspended or terminated (a claim of
+    theirs is all clear, like the ceiling's answer)."""
+    with snapshot.open(newline="", encoding="utf-8") as rows:
+        registry = list(csv.DictReader(rows))
+    barred = {row["prac_psn_code"] for row in registry if row["status"] != "1"}
+    codes = sorted({row["prac_psn_code"] for row in registry})
+    return codes, set(codes) - barred
+
+
 def line_item(number: int, practitioners: list[str], emergency: bool, minutes: int) -> pb.LineItem:
     return pb.LineItem(
         feedetl_sn=str(number),
@@ -450,16 +460,13 @@ def main() -> int:
                 capture_output=True,
                 timeout=600,
             )
-            with registry.snapshot.open(newline="", encoding="utf-8") as snapshot:
-                rows = list(csv.DictReader(snapshot))
-            codes = [row["prac_psn_code"] for row in rows]
-            ever_barred = {row["prac_psn_code"] for row in rows if row["status"] != "1"}
-            people = Practitioners(sorted(set(codes)), args.zipf, rng)
+            codes, never_barred = registry_codes(registry.snapshot)
+            people = Practitioners(codes, args.zipf, rng)
 
             # One fixed, typical 10-item claim for h2load: three practitioners who bill often
             # and were never suspended or terminated, so that the claim is all clear, like the
             # ceiling's answer (a claim with blocked items carries more work and more bytes).
-            typical = [code for code in people.codes if code not in ever_barred][:3]
+            typical = [code for code in people.codes if code in never_barred][:3]
             fixed = pb.CheckClaimRequest(
                 claim_id="fixed",
                 fixmedins_code=INSTITUTION,
