@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import socket
 import tempfile
 import threading
 import uuid
@@ -142,6 +143,17 @@ class ServerThread:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=30)
+
+
+def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw ``request`` bytes on a fresh connection to 127.0.0.1, read the answer until
+    the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
 
 
 @dataclass

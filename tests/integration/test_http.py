@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from tests.certs import Issued
-from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
+from tests.integration.conftest import RunningGatekeeper, StartGatekeeper, exchange
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY, load
 from tests.integration.test_audit import audited, wait_until
 from tests.integration.test_check_claim import demo_claim
@@ -184,20 +184,10 @@ def test_health_answers_get(door: RunningGatekeeper) -> None:
     wait_until(lambda: health() == 200, "the HTTP health check answers 200")
 
 
-def raw_exchange(port: int, request: bytes) -> bytes:
-    """Send bytes on a fresh connection and read until the server closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-        connection.sendall(request)
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
-        return received
-
-
 def test_a_health_check_with_a_body_is_refused_with_an_answer(door: RunningGatekeeper) -> None:
     assert door.http_port is not None
     request = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
-    answer = raw_exchange(door.http_port, request)
+    answer = exchange(door.http_port, request)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b'"field":"request"' in answer or b'"status":"INVALID_ARGUMENT"' in answer
 
@@ -208,7 +198,7 @@ def test_a_request_not_received_in_time_is_408_and_closed(door: RunningGatekeepe
 
     counted = refused("request_read_timeout", "DEADLINE_EXCEEDED")
 
-    answer = raw_exchange(door.http_port, head + b'{"claim_id":')  # and then nothing: 0.5 s allowed
+    answer = exchange(door.http_port, head + b'{"claim_id":')  # and then nothing: 0.5 s allowed
 
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"not received in full within 0.5 s" in answer and b"connection: close" in answer.lower()
@@ -243,7 +233,7 @@ def test_keep_alive_serves_requests_in_turn_on_one_connection(door: RunningGatek
     request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     last = request.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")
 
-    answer = raw_exchange(door.http_port, request + request + last)  # pipelined
+    answer = exchange(door.http_port, request + request + last)  # pipelined
 
     assert answer.count(b"HTTP/1.1 200 OK") == 3
 
@@ -346,7 +336,7 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(door: RunningGatekee
     chunk = b" " * 60_000
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(2))  # 120,000 > 64 KiB, never ended
 
-    answer = raw_exchange(door.http_port, head + chunks)
+    answer = exchange(door.http_port, head + chunks)
 
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b"more than the maximum of 65536" in answer and b"connection: close" in answer.lower()
@@ -363,7 +353,7 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(door: RunningGatekee
 def test_what_is_not_http_1_1_is_400_and_closed(door: RunningGatekeeper, request_bytes: bytes) -> None:
     assert door.http_port is not None
 
-    answer = raw_exchange(door.http_port, request_bytes)
+    answer = exchange(door.http_port, request_bytes)
 
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b'"field":"request"' in answer and b"connection: close" in answer.lower()

@@ -12,19 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from gatekeeper.ops.metrics import MetricsEndpoint
-from tests.integration.conftest import StartGatekeeper
+from tests.integration.conftest import StartGatekeeper, exchange
 
 WAIT_SECONDS = 10.0
-
-
-def exchange(port: int, request: bytes) -> bytes:
-    """Send ``request``, read the answer until the server closes the connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=WAIT_SECONDS) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    return answer
 
 
 def status_of(answer: bytes) -> int:
