@@ -338,8 +338,8 @@ def settle_the_heap() -> None:
     collector's sight. The thresholds stay Python's: each RPC leaves a few objects in a
     reference cycle inside gRPC, which only the collector frees, and a pass's pause grows
     with what it finds. A youngest generation of 50,000 made passes of 20-60 ms, each a
-    stall of every RPC in flight; of 700, passes stay near 1 ms for the same total time
-    (bench/results/serving.md). The records a worker holds are not tracked at all
+    stall of every RPC in flight; of 700, nearly all passes take under 5 ms, for about the
+    same total time (the passes are in bench/results/serving.md). The records a worker holds are not tracked at all
     (PractitionerRecord is a gc=False struct). Every pass is observed from here on
     (``gatekeeper_gc_pause_seconds``)."""
     gc.collect()
