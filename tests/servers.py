@@ -145,6 +145,7 @@ def start_postgres(port: int | None = None) -> PostgresServer:
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 CLUSTER_READY_SECONDS = 30.0
+MANUAL_FAILOVER_SECONDS = 6.0  # Redis gives a manual failover 5 s (CLUSTER_MF_TIMEOUT)
 
 
 @dataclass
@@ -205,6 +206,24 @@ class RedisCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no running master took over the slot of {key}")
             time.sleep(0.05)
+
+    def promote(self, replica: RedisServer, key: str, timeout: float = CLUSTER_READY_SECONDS) -> None:
+        """A planned failover: ``replica`` takes over ``key``'s slot from its running master,
+        nothing lost. Redis drops a manual failover that has not finished in 5 s (when the
+        master had not yet learnt that this node is its replica, or the vote failed), and
+        says nothing: so the request is made again until the node serves the slot."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with redis.Redis(port=replica.port, socket_timeout=1) as client:
+                client.execute_command("CLUSTER", "FAILOVER")
+            attempt_ends = min(deadline, time.monotonic() + MANUAL_FAILOVER_SECONDS)
+            while time.monotonic() < attempt_ends:
+                with contextlib.suppress(redis.RedisError, RuntimeError):
+                    if self.master_of(key).port == replica.port:
+                        return
+                time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"node {replica.port} did not take over the slot of {key}")
 
     def wait_healthy(self, timeout: float = CLUSTER_READY_SECONDS) -> None:
         """Until every running node says ``cluster_state:ok``, all 16384 slots served, and

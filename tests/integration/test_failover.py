@@ -50,9 +50,7 @@ def fail_over(cluster: RedisCluster, during: Callable[[], object] = lambda: None
     assert promoted.port != victim.port
     returned = cluster.restart(victim)
     cluster.wait_healthy(FAILOVER_SECONDS)
-    with redis.Redis(port=returned.port) as replica:
-        replica.execute_command("CLUSTER", "FAILOVER")
-    wait_until(lambda: cluster.master_of(keys.META).port == returned.port, "the old master is master again")
+    cluster.promote(returned, keys.META, FAILOVER_SECONDS)
     cluster.wait_healthy(FAILOVER_SECONDS)
     return killed_at
 
@@ -214,15 +212,11 @@ def test_after_a_planned_failover_the_loaders_client_reconnects_to_the_new_maste
         with redis.Redis(port=master.port) as old:
             old.wait(1, 5_000)
         try:
-            with redis.Redis(port=replica.port) as promoted:
-                promoted.execute_command("CLUSTER", "FAILOVER")  # planned: the old master stays up
-            wait_until(lambda: redis_cluster.master_of(keys.META).port == replica.port, "the replica took over")
+            redis_cluster.promote(replica, keys.META, FAILOVER_SECONDS)  # planned: the old master stays up
             with pytest.raises(redis.ConnectionError, match="moved"):
                 client.get(keys.FOLLOW_CURSOR)
             assert client.get(keys.FOLLOW_CURSOR) == b"7"  # from the new master
         finally:
             redis_cluster.wait_healthy(FAILOVER_SECONDS)  # the old master is linked as a replica
-            with redis.Redis(port=master.port) as old:
-                old.execute_command("CLUSTER", "FAILOVER")  # give the slot back
-            wait_until(lambda: redis_cluster.master_of(keys.META).port == master.port, "the slot is back")
+            redis_cluster.promote(master, keys.META, FAILOVER_SECONDS)  # give the slot back
             redis_cluster.wait_healthy(FAILOVER_SECONDS)
