@@ -27,6 +27,7 @@ nothing that can be written: ``close`` drains the queue to the database or the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -263,6 +264,7 @@ class AuditLog:
         self._max_queued = max_queued
         self._clock = clock
         self._queue: asyncio.Queue[Entry | object] = asyncio.Queue()
+        self._batch_queued = asyncio.Event()  # set when a whole batch is taken (or on close)
         self._task: asyncio.Task[None] | None = None
         self._orphans_pending = True  # spools of processes gone: looked for at start
         self._last_attempt = -float("inf")  # of a replay, or of a spool write that failed
@@ -299,6 +301,8 @@ class AuditLog:
             self.stats.refused += 1
             return False
         self._queue.put_nowait(Entry(decision_id, claim, decision, registry_version, int(decided_at * 1000)))
+        if self._queue.qsize() >= self._batch_size - 1:  # with the one the writer holds: a batch
+            self._batch_queued.set()  # the writer stops lingering
         self.stats.taken += 1
         return True
 
@@ -316,6 +320,7 @@ class AuditLog:
         if self._task is not None:
             self._closing = True  # a replay in progress stops at its next batch; the next start resumes it
             self._queue.put_nowait(_STOP)
+            self._batch_queued.set()  # no lingering for decisions that will not come
             await self._task
             self._task = None
         self.spool.close()
@@ -377,7 +382,9 @@ class AuditLog:
 
     async def _collect(self) -> tuple[list[Entry], bool]:
         """Up to a batch of decisions: wait for the first (only so long when a replay is
-        due), then linger a little for more. True when the stop marker was reached."""
+        due), then linger a little for more, or until a batch is queued. True when the
+        stop marker was reached. The writer sleeps through the linger: decisions queued
+        meanwhile do not each wake it."""
         waiting = None
         if self._waiting():  # until the next replay is due (at once, the first time)
             waiting = max(0.0, self._retry - (self._clock() - self._last_attempt))
@@ -387,19 +394,16 @@ class AuditLog:
             return [], False
         if first is _STOP:
             return [], True
+        if self._queue.qsize() < self._batch_size - 1:
+            self._batch_queued.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._batch_queued.wait(), self._linger)
         pending: list[Entry] = [first]  # type: ignore[list-item]  # not the marker
-        deadline = asyncio.get_running_loop().time() + self._linger
         while len(pending) < self._batch_size:
             try:
                 entry = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    entry = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
+                break
             if entry is _STOP:
                 return pending, True
             pending.append(entry)  # type: ignore[arg-type]  # not the marker
