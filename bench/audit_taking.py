@@ -94,6 +94,20 @@ def measure_in(tree: Path) -> dict[int, float]:
     return {int(k): v for k, v in json.loads(finished.stdout.splitlines()[-1]).items()}
 
 
+def commit_of(tree: Path) -> str:
+    """The tree's commit (short), with "+" when it has uncommitted changes; "?" outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return commit + ("+" if changed else "")
+
+
 def main() -> int:
     from bench.harness import markdown_table, publish, run_header
 
@@ -108,10 +122,12 @@ def main() -> int:
             for per_turn, value in measure_in(tree).items():
                 turns[name][per_turn].append(value)
     medians = {name: {n: round(statistics.median(v), 2) for n, v in by.items()} for name, by in turns.items()}
+    commits = {name: commit_of(tree) for name, tree in trees.items()}
     results = {
         **run_header("audit-taking", "bench.audit_taking"),
         "decisions": DECISIONS,
         "trees": {name: str(tree) for name, tree in trees.items()},
+        "commits": commits,
         "cpu_us_per_decision": medians,
         "turns": turns,
     }
@@ -123,7 +139,9 @@ def main() -> int:
             "",
             markdown_table(header, rows),
             f"`{results['command']}` on {results['machine']}; {DECISIONS:,} decisions a turn, a store "
-            "that takes each batch without I/O, the bare loop turns subtracted.",
+            "that takes each batch without I/O, the bare loop turns subtracted. Trees: "
+            + ", ".join(f"{name} at commit {commits[name]}" for name in trees)
+            + ".",
         ]
     )
     publish("audit-taking", results, markdown)
