@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DECISIONS = 100_000
+DECISIONS = 300_000
 PER_TURN = (1, 8)
 HERE = Path(__file__).resolve().parent.parent
 
