@@ -655,17 +655,36 @@ def batch_phase(server: Server, port: int, people: Practitioners, rng: random.Ra
         raise RuntimeError("CheckClaims answered a claim of the benchmark batch with an error")
     items_per_call = sum(len(c.items) for c in claims)
     h2load(port, body, 2, 2, 2, None, work / "h2load-batch.log", path=CHECK_CLAIMS)  # warm-up
+    saturated = _batch_load(server, port, body, items_per_call, None, work)
+    # And at half the saturated rate, where the decision record's database (sharing these two
+    # cores) keeps up: says whether spooling at saturation inflated the CPU per item.
+    at_rate = _batch_load(server, port, body, items_per_call, max(1.0, saturated["calls_per_s"] / 2), work)
+    return {
+        "claims_per_call": len(claims),
+        "items_per_claim": 10,
+        "client": "h2load, 2 connections x 2 streams, pre-encoded batch",
+        "calls": saturated["calls"],
+        "line_item_checks_per_s": saturated["line_item_checks_per_s"],
+        "server_cpu_us_per_item": saturated["server_cpu_us_per_item"],
+        "seconds": saturated["seconds"],
+        "at_half_rate": at_rate,
+    }
+
+
+def _batch_load(
+    server: Server, port: int, body: Path, items_per_call: int, calls_per_s: float | None, work: Path
+) -> dict[str, Any]:
+    """One h2load phase of the batch: calls and line items per second, and the server's CPU per item."""
     cpu_before = server.cpu()
-    result = h2load(port, body, 8, 2, 2, None, work / "h2load-batch.log", path=CHECK_CLAIMS)
+    result = h2load(port, body, 8, 2, 2, calls_per_s, work / "h2load-batch.log", path=CHECK_CLAIMS)
     cpu = server.cpu() - cpu_before
     if result.failed:
         raise RuntimeError(f"CheckClaims: {result.failed} calls failed under h2load")
     checks = result.succeeded * items_per_call
     return {
-        "claims_per_call": len(claims),
-        "items_per_claim": 10,
-        "client": "h2load, 2 connections x 2 streams, pre-encoded batch",
+        "offered_calls_per_s": calls_per_s,
         "calls": result.succeeded,
+        "calls_per_s": result.achieved_rps,
         "line_item_checks_per_s": round(checks / result.seconds),
         "server_cpu_us_per_item": round(cpu / max(checks, 1) * 1e6, 2),
         "seconds": result.seconds,
@@ -676,6 +695,8 @@ def write_results(results: dict[str, Any], ceiling: list[LoadResult], gatekeeper
     servers = results["servers"]
     ratios = results["ratios"]
     mix = results["realistic_mix"]
+    batch = results["batch"]
+    half = batch["at_half_rate"]
     rows = ["| | ceiling (2 workers) | gatekeeper (2 workers) | gatekeeper (1 worker) |", "|---|---|---|---|"]
     sat = {name: servers[name]["saturation"] for name in servers}
     names = ("ceiling_2_workers", "gatekeeper_2_workers", "gatekeeper_1_worker")
@@ -705,8 +726,10 @@ def write_results(results: dict[str, Any], ceiling: list[LoadResult], gatekeeper
         f"| p99 at 50 % of ceiling saturation ≤ 1.5 × ceiling's | {ratios['p99_at_50pct_vs_ceiling']} × |",
         f"| near-cache hit ratio ≥ 98 % (Zipf {mix['zipf_exponent']}, after warm-up) | "
         f"{mix['near_cache_hit_ratio']:.2%} |",
-        f"| batch API ≥ 250,000 line-item checks/s | {results['batch']['line_item_checks_per_s']:,} "
-        f"({results['batch']['server_cpu_us_per_item']} µs of server CPU per item) |",
+        f"| batch API ≥ 250,000 line-item checks/s | {batch['line_item_checks_per_s']:,} at saturation, "
+        f"{batch['server_cpu_us_per_item']} µs of server CPU per item, so "
+        f"{2e6 / batch['server_cpu_us_per_item']:,.0f} per second of two cores (at {half['calls_per_s']} "
+        f"calls/s: {half['server_cpu_us_per_item']} µs per item) |",
         f"| change → enforced at every worker, p99 ≤ 1 s | {mix['change_to_enforced_ms_p99_worst_worker']} ms "
         f"(max {mix['change_to_enforced_ms_max']} ms) |",
     ]
