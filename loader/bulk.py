@@ -94,18 +94,19 @@ class BulkBuffer:
         """Gather the rows of ``parsed`` at ``positions``."""
         pending, width, limit = self._pending, self._width, 2 * SPILL_ROWS
         buckets, chg_buckets = parsed.buckets, parsed.chg_buckets
-        record_fields, index_fields = parsed.record_fields, parsed.index_fields
+        records, record_offsets = parsed.record_fields, parsed.record_offsets
+        entries, index_offsets = parsed.index_fields, parsed.index_offsets
         for position in positions:
             bucket = buckets[position]
             part = bucket // width
             gathered = pending[part]
-            gathered += (bucket, record_fields[position])
+            gathered += (bucket, records[record_offsets[position] : record_offsets[position + 1]])
             if len(gathered) >= limit:
                 self._spill(part)
             bucket = chg_buckets[position]
             part = PARTITIONS + bucket // width
             gathered = pending[part]
-            gathered += (bucket, index_fields[position])
+            gathered += (bucket, entries[index_offsets[position] : index_offsets[position + 1]])
             if len(gathered) >= limit:
                 self._spill(part)
         self.rows += len(positions)
@@ -158,8 +159,11 @@ class SlowRows:
 
     def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
         """Keep the rows of ``parsed`` at ``positions``."""
+        if not positions:
+            return
+        rows = parsed.rows()
         for position in positions:
-            self._rows.append(parsed.rows[position])
+            self._rows.append(rows[position])
             self._lines.append(parsed.lines[position])
             if len(self._rows) == self._batch_rows:
                 self._spill()

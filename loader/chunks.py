@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import zlib
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import hiredis
 import msgspec
@@ -45,24 +47,39 @@ class Batch:
         return _rows_decoder.decode(self.packed_rows)
 
 
+def _offsets() -> array[int]:
+    return array("Q", [0])
+
+
 @dataclass
 class ParsedChunk:
     """What parsing one chunk gave: its good rows with what bulk-writing each takes, rows to
-    quarantine, counts."""
+    quarantine, counts.
 
-    rows: list[EncodedRow] = field(default_factory=list)  # good rows, in the file's order
-    lines: list[int] = field(default_factory=list)  # of each good row
-    code_crcs: list[int] = field(default_factory=list)  # CRC-32 of each row's code (for FirstRows)
-    chg_crcs: list[int] = field(default_factory=list)  # CRC-32 of each row's chg_id (for FirstRows)
-    buckets: list[int] = field(default_factory=list)  # of each row's code
-    chg_buckets: list[int] = field(default_factory=list)  # chg_id index hash of each row's chg_id
-    record_fields: list[bytes] = field(default_factory=list)  # code and record, RESP-encoded
-    index_fields: list[bytes] = field(default_factory=list)  # chg_id and index entry, RESP-encoded
+    It travels from a parsing process to the loader's own, so the per-row data is packed: a
+    few arrays and byte strings pickle as buffers, where lists pickle (and unpickle) an object
+    per row (1.6 µs a row, against a few hundredths). Row ``i``'s RESP-encoded fields are
+    ``record_fields[record_offsets[i]:record_offsets[i + 1]]`` (``index_`` alike)."""
+
+    packed_rows: bytes = _rows_encoder.encode([])  # the good rows (EncodedRow), in the file's order
+    lines: array[int] = field(default_factory=lambda: array("Q"))  # of each good row
+    code_crcs: array[int] = field(default_factory=lambda: array("I"))  # CRC-32 of each row's code (for FirstRows)
+    chg_crcs: array[int] = field(default_factory=lambda: array("I"))  # CRC-32 of each row's chg_id (for FirstRows)
+    buckets: array[int] = field(default_factory=lambda: array("I"))  # of each row's code
+    chg_buckets: array[int] = field(default_factory=lambda: array("I"))  # chg_id index hash of each row's chg_id
+    record_fields: bytes = b""  # code and record of each row, RESP-encoded
+    record_offsets: array[int] = field(default_factory=_offsets)
+    index_fields: bytes = b""  # chg_id and index entry of each row, RESP-encoded
+    index_offsets: array[int] = field(default_factory=_offsets)
     count: int = 0  # data rows read, good and bad
     bad: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
     notes: list[tuple[int, str]] = field(default_factory=list)  # (line, what was cut to fit)
     truncated: int = 0  # rows loaded with a field cut
     unreadable: str = ""  # the CSV could not be read on from here (nothing after it is loaded)
+
+    def rows(self) -> list[EncodedRow]:
+        """The good rows, in the file's order (decoded: call once)."""
+        return _rows_decoder.decode(self.packed_rows)
 
 
 def split_lines(stream: io.BufferedIOBase, block_bytes: int | None = None) -> Iterator[bytes]:
@@ -107,7 +124,10 @@ def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target)
     parsed = ParsedChunk()
     reader = csv.reader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""))
     notes: list[str] = []
-    buckets, crc32 = target.buckets, zlib.crc32
+    buckets, crc32, resp_field = target.buckets, zlib.crc32, _FIELD
+    rows: list[EncodedRow] = []
+    record_fields: list[bytes] = []
+    index_fields: list[bytes] = []
     end_of_previous = 0
     try:
         for values in reader:
@@ -132,21 +152,27 @@ def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target)
             code_crc, chg_crc = crc32(code_bytes), crc32(chg_id_bytes)
             bucket = code_crc % buckets
             entry = _entry_encoder.encode((code, bucket, seq))
-            parsed.rows.append(row)
+            rows.append(row)
             parsed.lines.append(line)
             parsed.code_crcs.append(code_crc)
             parsed.chg_crcs.append(chg_crc)
             parsed.buckets.append(bucket)
             parsed.chg_buckets.append(chg_crc % buckets)
-            parsed.record_fields.append(
-                b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(code_bytes), code_bytes, len(record), record)
-            )
-            parsed.index_fields.append(
-                b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(chg_id_bytes), chg_id_bytes, len(entry), entry)
-            )
+            record_fields.append(resp_field % (len(code_bytes), code_bytes, len(record), record))
+            index_fields.append(resp_field % (len(chg_id_bytes), chg_id_bytes, len(entry), entry))
     except csv.Error as error:
         parsed.unreadable = f"unreadable: {error}"
+    parsed.packed_rows = _rows_encoder.encode(rows)
+    parsed.record_fields, parsed.record_offsets = _joined(record_fields)
+    parsed.index_fields, parsed.index_offsets = _joined(index_fields)
     return parsed
+
+
+def _joined(pieces: list[bytes]) -> tuple[bytes, array[int]]:
+    """The pieces as one byte string, and where each starts (and the last ends)."""
+    offsets = _offsets()
+    offsets.extend(accumulate(len(piece) for piece in pieces))
+    return b"".join(pieces), offsets
 
 
 def pack_batch(rows: list[EncodedRow], lines: list[int], target: Target) -> Batch:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import pickle
 import zlib
+from array import array
 
 from gatekeeper.cache import keys
 from loader.bulk import BulkBuffer, FirstRows
@@ -29,10 +31,11 @@ def test_a_chunk_reports_lines_from_where_it_starts() -> None:
     parsed = parse_chunk(TEXT, 10, HEADER, Target(generation=7, buckets=3))
     assert parsed.count == 3  # the blank line is no row
     assert parsed.bad == [(14, "status '9' is not 1, 2 or 3")]  # after the two-line record and a blank line
-    assert [row[:2] for row in parsed.rows] == [("D110105000001", "c1"), ("D110105000002", "c2")]
-    assert parsed.lines == [10, 11]
-    assert parsed.buckets == [keys.bucket_of(code, 3) for code, *_ in parsed.rows]
-    assert parsed.chg_buckets == [keys.chg_bucket_of(chg_id, 3) for _, chg_id, *_ in parsed.rows]
+    rows = parsed.rows()
+    assert [row[:2] for row in rows] == [("D110105000001", "c1"), ("D110105000002", "c2")]
+    assert list(parsed.lines) == [10, 11]
+    assert list(parsed.buckets) == [keys.bucket_of(code, 3) for code, *_ in rows]
+    assert list(parsed.chg_buckets) == [keys.chg_bucket_of(chg_id, 3) for _, chg_id, *_ in rows]
 
 
 def test_first_rows_are_the_first_of_their_code_and_of_their_chg_id() -> None:
@@ -44,8 +47,8 @@ def test_first_rows_are_the_first_of_their_code_and_of_their_chg_id() -> None:
         ("D110105000004", "c4"),
     ]
     parsed = ParsedChunk(
-        code_crcs=[zlib.crc32(code.encode()) for code, _ in rows],
-        chg_crcs=[zlib.crc32(chg_id.encode()) for _, chg_id in rows],
+        code_crcs=array("I", [zlib.crc32(code.encode()) for code, _ in rows]),
+        chg_crcs=array("I", [zlib.crc32(chg_id.encode()) for _, chg_id in rows]),
     )
     assert FirstRows(expected_rows=5).split(parsed) == ([0, 1, 4], [2, 3])
     # Marked seen: in a later chunk the same rows are all merged.
@@ -62,3 +65,14 @@ def test_a_bulk_buffer_sends_one_hset_per_bucket_and_per_index_hash() -> None:
     assert records.startswith(b"*6\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$13\r\nD110105000001\r\n" % (len(bucket), bucket))
     assert index.startswith(b"*6\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$2\r\nc1\r\n" % (len(index_hash), index_hash))
     assert (bulk.fields, list(bulk.commands())) == (0, [])  # emptied
+
+
+def test_a_parsed_chunk_crosses_to_the_loaders_process_whole() -> None:
+    """What a parsing process sends back (pickled) is what it parsed: the rows, and each row's
+    fields for the bulk HSETs."""
+    parsed = parse_chunk(TEXT, 10, HEADER, Target(generation=7, buckets=3))
+    crossed = pickle.loads(pickle.dumps(parsed, protocol=pickle.HIGHEST_PROTOCOL))
+    assert crossed == parsed
+    assert [row[0] for row in crossed.rows()] == ["D110105000001", "D110105000002"]
+    fields = [crossed.record_fields[crossed.record_offsets[n] : crossed.record_offsets[n + 1]] for n in range(2)]
+    assert [field.split(b"\r\n")[1] for field in fields] == [b"D110105000001", b"D110105000002"]
