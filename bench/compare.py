@@ -1,7 +1,7 @@
 """Two source trees of the gatekeeper against each other, in one run: serving and loading.
 
 For a refactoring or an optimisation, "before vs after, same run": both trees serve the
-same registry from the same private redis-server, in turns (A B A B …), so a machine whose
+same registry from the same private redis-server, in turns (A B, B A, A B …), so a machine whose
 speed drifts affects both alike. Per turn:
 
 - serving: ``gatekeeper serve --workers 2`` of the tree, warmed up, then h2load at
@@ -117,7 +117,9 @@ def main() -> int:
             body = work / "claim.grpc"
             body.write_bytes(grpc_frame(fixed.SerializeToString()))
             for round_number in range(args.rounds):
-                for name, tree in trees.items():
+                # A B, then B A: a machine that drifts during the run favours neither tree.
+                order = list(trees.items())[:: -1 if round_number % 2 else 1]
+                for name, tree in order:
                     runs[name]["loading"].append(load(tree, env, registry.snapshot))
                     server = start_server(
                         f"{name} gatekeeper",
