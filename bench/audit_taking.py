@@ -94,22 +94,8 @@ def measure_in(tree: Path) -> dict[int, float]:
     return {int(k): v for k, v in json.loads(finished.stdout.splitlines()[-1]).items()}
 
 
-def commit_of(tree: Path) -> str:
-    """The tree's commit (short), with "+" when it has uncommitted changes; "?" outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
-    return commit + ("+" if changed else "")
-
-
 def main() -> int:
-    from bench.harness import markdown_table, publish, run_header
+    from bench.harness import commit_of, markdown_table, publish, run_header
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, help="another checkout, measured in turns with this one")

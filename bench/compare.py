@@ -36,7 +36,7 @@ from typing import Any
 
 import grpc
 
-from bench.harness import free_port, publish, run_header, start_decision_record
+from bench.harness import commit_of, free_port, publish, run_header, start_decision_record
 from bench.loading import peak_rss
 from bench.serving import (
     CLIENTS,
@@ -157,7 +157,8 @@ def main() -> int:
             postgres.stop()
 
     def median(name: str, kind: str, figure: str) -> float:
-        return statistics.median(run[figure] for run in runs[name][kind])
+        # Of an even number of turns: the mean of the middle two, to the figures' own precision.
+        return round(statistics.median(run[figure] for run in runs[name][kind]), 3)
 
     summary = {
         figure: {
@@ -174,6 +175,7 @@ def main() -> int:
     results: dict[str, Any] = {
         **run_header("compare", "bench.compare"),
         "baseline": str(trees["baseline"]),
+        "commits": {name: commit_of(tree) for name, tree in trees.items()},
         "people": args.people,
         "rounds": args.rounds,
         "medians": summary,
@@ -182,7 +184,9 @@ def main() -> int:
     lines = [f"# {args.label}: this tree vs the baseline, same run (medians of {args.rounds} turns each)", ""]
     lines += ["| figure | baseline | this | this/baseline |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['baseline']:,} | {v['this']:,} | {v['this/baseline']} |" for k, v in summary.items()]
+    commits = results["commits"]
     lines += ["", f"`{results['command']}` on {results['machine']}, {args.people:,} practitioners."]
+    lines += ["", f"The baseline at commit {commits['baseline']}, this tree at commit {commits['this']}."]
     publish(f"compare-{args.label}", results, "\n".join(lines))
     return 0
 

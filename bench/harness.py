@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -89,3 +90,17 @@ def process_tree_cpu_seconds(pid: int) -> float:
             with contextlib.suppress(FileNotFoundError):
                 total += cpu_seconds(int(child))
     return total
+
+
+def commit_of(tree: Path) -> str:
+    """The tree's commit (short), with "+" when it has uncommitted changes; "?" outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return commit + ("+" if changed else "")
