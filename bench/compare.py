@@ -45,6 +45,7 @@ from bench.serving import (
     grpc_frame,
     line_item,
     measured,
+    registry_codes,
     start_server,
     wait_until_warmed,
 )
@@ -107,7 +108,8 @@ def main() -> int:
             env["GATEKEEPER_AUDIT_SPOOL_DIR"] = str(work / "spool")
             env.pop("PYTHONPATH", None)
             env["DATABASE_URL"] = database_url
-            codes = [line.split(",", 1)[0] for line in registry.snapshot.read_text().splitlines()[1:4]]
+            # Three practitioners never suspended or terminated: an all-clear claim, as bench.serving's.
+            codes = sorted(registry_codes(registry.snapshot)[1])[:3]
             fixed = pb.CheckClaimRequest(
                 claim_id="fixed",
                 fixmedins_code=INSTITUTION,
