@@ -394,7 +394,8 @@ class AuditLog:
             return [], False
         if first is _STOP:
             return [], True
-        if self._queue.qsize() < self._batch_size - 1:
+        # Not once close() has asked for the rest: clearing would drop its wake-up.
+        if not self._closing and self._queue.qsize() < self._batch_size - 1:
             self._batch_queued.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._batch_queued.wait(), self._linger)

@@ -87,3 +87,17 @@ def test_closing_writes_every_decision_taken_without_waiting_out_the_linger(tmp_
         return [len(batch.entries) for batch in store.batches]
 
     assert asyncio.run(run()) == [3]
+
+
+def test_closing_at_once_after_taking_decisions_does_not_wait_out_the_linger(tmp_path: Path) -> None:
+    """close() before the writer has even seen the first decision: the writer must not then
+    start a linger that nothing will end."""
+
+    async def run() -> list[int]:
+        log, store = await started(tmp_path, batch_size=500, linger_seconds=A_WHILE)
+        take(log, 3)
+        async with asyncio.timeout(PROMPTLY):
+            await log.close()  # in this task: it has asked the writer to stop before the writer runs
+        return [len(batch.entries) for batch in store.batches]
+
+    assert asyncio.run(run()) == [3]
