@@ -56,14 +56,26 @@ def practitioner_code(value: str, field: str = "prac_psn_code") -> str:
     return value
 
 
+# Institution codes seen well-formed and trimmed: a hospital sends all its claims under one.
+# Emptied when full rather than evicting one by one.
+_KNOWN_INSTITUTIONS: set[str] = set()
+INSTITUTIONS_KEPT = 65_536
+
+
 def institution_code(value: str, field: str = "fixmedins_code") -> str:
     """A trimmed designated-institution code, or InvalidArgument."""
-    value = value.strip()
-    if not value:
+    if value in _KNOWN_INSTITUTIONS:
+        return value
+    trimmed = value.strip()
+    if not trimmed:
         raise InvalidArgument(field, "is required")
-    if not is_institution_code(value):
-        raise InvalidArgument(field, f"{value[:32]!r} is not an institution code (H or P + 11 digits)")
-    return value
+    if not is_institution_code(trimmed):
+        raise InvalidArgument(field, f"{trimmed[:32]!r} is not an institution code (H or P + 11 digits)")
+    if trimmed == value:
+        if len(_KNOWN_INSTITUTIONS) >= INSTITUTIONS_KEPT:
+            _KNOWN_INSTITUTIONS.clear()
+        _KNOWN_INSTITUTIONS.add(value)
+    return trimmed
 
 
 # Parsed service times: HIS feeds post many charges at the same second. Only valid times are

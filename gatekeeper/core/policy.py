@@ -78,15 +78,29 @@ class RegionPolicy:
         return self.code_format.matches(code)
 
 
+# Divisions whose policy is remembered: claims come from a few thousand; emptied when full.
+DIVISIONS_KEPT = 10_000
+
+
 @dataclass(frozen=True)
 class Policy:
     """The default region policy and overrides keyed by division-code prefixes ("41", "4113")."""
 
     default: RegionPolicy = RegionPolicy()
     regions: Mapping[str, RegionPolicy] = field(default_factory=dict)
+    _of_division: dict[str, RegionPolicy] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def for_division(self, division: str) -> RegionPolicy:
         """The policy of the longest configured prefix of a 6-digit division code."""
+        region = self._of_division.get(division)
+        if region is None:
+            region = self._longest_prefix(division)
+            if len(self._of_division) >= DIVISIONS_KEPT:
+                self._of_division.clear()
+            self._of_division[division] = region
+        return region
+
+    def _longest_prefix(self, division: str) -> RegionPolicy:
         for length in range(len(division), 0, -1):
             region = self.regions.get(division[:length])
             if region is not None:

@@ -366,3 +366,16 @@ def test_core_enums_have_the_proto_numbers(enum: type, proto: object, prefix: st
 def test_registry_statuses_have_the_proto_practitioner_status_numbers() -> None:
     for status in (Status.REGISTERED, Status.SUSPENDED, Status.TERMINATED):
         assert pb.PractitionerStatus.Value("PRACTITIONER_STATUS_" + status.name) == status.value
+
+
+def test_a_division_gets_the_same_region_whether_remembered_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gatekeeper.core.policy.DIVISIONS_KEPT", 2)  # past it, what is remembered is dropped
+    policy = parse_policy(tomllib.loads(POLICY_TOML))
+    divisions = ["411303", "410102", "411302", "110105", "411303", "410102"]
+
+    first = [policy.for_division(division) for division in divisions]
+    again = [policy.for_division(division) for division in divisions]
+    fresh = [parse_policy(tomllib.loads(POLICY_TOML)).for_division(division) for division in divisions]
+
+    assert first == again == fresh
+    assert policy == parse_policy(tomllib.loads(POLICY_TOML))  # what it remembers is not part of the policy

@@ -8,7 +8,7 @@ from builders import at
 
 from gatekeeper import defaults
 from gatekeeper.api.errors import status_code
-from gatekeeper.api.validation import Limits, claim_from_request
+from gatekeeper.api.validation import Limits, claim_from_request, institution_code
 from gatekeeper.core.errors import InvalidArgument
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
@@ -232,3 +232,14 @@ def test_the_largest_claim_sums_fit_the_response() -> None:
     biggest = request(*(line(str(n), amount_fen=10**12) for n in range(defaults.MAX_ITEMS)))
     total = sum(item.amount_fen for item in claim_from_request(biggest, Limits(max_request_bytes=10**8)).items)
     assert pb.CheckClaimResponse(allowed_amount_fen=total).allowed_amount_fen == total
+
+
+def test_an_institution_code_is_checked_alike_whether_seen_before_or_not() -> None:
+    code = "H41130200746"
+    assert institution_code(code) == code
+    assert institution_code(code) == code  # remembered
+    assert institution_code(f" {code} ") == code  # trimmed, as the first time
+    with pytest.raises(InvalidArgument, match="fixmedins_code"):
+        institution_code(code[:-1])
+    with pytest.raises(InvalidArgument, match="is required"):
+        institution_code("   ")
