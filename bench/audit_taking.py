@@ -6,7 +6,7 @@ batch without I/O (writing is bench.audit_driver's subject), with decisions arri
 turn of the event loop (as RPCs at a modest rate hand them over) and eight per turn (a busy
 worker). The baseline, in the same run: the same loop turns taking no decision, subtracted.
 With ``--baseline CHECKOUT`` the same measurement also runs against another checkout's
-writer, in turns with this one's.
+writer, in turns with this one's (A B, B A, …).
 
     python -m bench.audit_taking [--baseline /path/to/other/checkout]
 
@@ -95,7 +95,7 @@ def measure_in(tree: Path) -> dict[int, float]:
 
 
 def main() -> int:
-    from bench.harness import commit_of, markdown_table, publish, run_header
+    from bench.harness import commit_of, in_turns, markdown_table, publish, run_header
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, help="another checkout, measured in turns with this one")
@@ -103,8 +103,8 @@ def main() -> int:
     args = parser.parse_args()
     trees = {"this": HERE} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
     turns: dict[str, dict[int, list[float]]] = {name: {n: [] for n in PER_TURN} for name in trees}
-    for _ in range(args.rounds):
-        for name, tree in trees.items():
+    for round_number in range(args.rounds):
+        for name, tree in in_turns(trees, round_number):
             for per_turn, value in measure_in(tree).items():
                 turns[name][per_turn].append(value)
     medians = {name: {n: round(statistics.median(v), 2) for n, v in by.items()} for name, by in turns.items()}

@@ -36,7 +36,7 @@ from typing import Any
 
 import grpc
 
-from bench.harness import commit_of, free_port, publish, run_header, start_decision_record
+from bench.harness import commit_of, free_port, in_turns, publish, run_header, start_decision_record
 from bench.loading import peak_rss
 from bench.serving import (
     CLIENTS,
@@ -119,9 +119,7 @@ def main() -> int:
             body = work / "claim.grpc"
             body.write_bytes(grpc_frame(fixed.SerializeToString()))
             for round_number in range(args.rounds):
-                # A B, then B A: a machine that drifts during the run favours neither tree.
-                order = list(trees.items())[:: -1 if round_number % 2 else 1]
-                for name, tree in order:
+                for name, tree in in_turns(trees, round_number):
                     runs[name]["loading"].append(load(tree, env, registry.snapshot))
                     server = start_server(
                         f"{name} gatekeeper",

@@ -104,3 +104,9 @@ def commit_of(tree: Path) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "?"
     return commit + ("+" if changed else "")
+
+
+def in_turns(trees: Mapping[str, Path], round_number: int) -> list[tuple[str, Path]]:
+    """The trees to measure in a round: in order on even rounds, reversed on odd ones (A B,
+    B A, …), so that a machine drifting during a run favours none of them."""
+    return list(trees.items())[:: -1 if round_number % 2 else 1]
