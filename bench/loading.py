@@ -17,14 +17,16 @@ import csv
 import gzip
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import publish, run_header, start_redis
+from bench.harness import cpu_seconds, publish, run_header, start_redis
 from loader.generate import generate
 
 LOADER = str(Path(sys.executable).parent / "gatekeeper-loader")
@@ -53,25 +55,49 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def run_loader(redis_url: str, *args: str) -> tuple[dict[str, Any], float, int]:
-    """Run gatekeeper-loader; (its JSON summary, wall seconds, peak RSS in bytes of the
-    loader and its parsing workers together)."""
-    started = time.monotonic()
+@dataclass
+class LoaderRun:
+    """One run of gatekeeper-loader, as seen from outside."""
+
+    summary: dict[str, Any]  # its --json summary
+    seconds: float  # wall
+    peak_rss: int  # bytes, the loader and its parsing workers together
+    cpu_own: float  # CPU seconds of the loader's own process (read every 0.1 s: at most that short)
+    cpu_workers: float  # CPU seconds of its parsing workers (the rest of what wait4 reports)
+    cpu_redis: float  # CPU seconds redis-server spent meanwhile
+
+
+def _cpu_of(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+
+
+def run_loader(redis_url: str, redis_pid: int, *args: str) -> LoaderRun:
+    """Run gatekeeper-loader and watch its memory and CPU, and Redis's."""
+    started, redis_before = time.monotonic(), cpu_seconds(redis_pid)
     process = subprocess.Popen([LOADER, "--redis-url", redis_url, *args, "--json"], stdout=subprocess.PIPE, text=True)
-    peak = 0
+    assert process.stdout is not None
+    peak, own_cpu = 0, 0.0
     workers: dict[int, int] = {}  # each worker's own peak: they live as long as the parse
-    while process.poll() is None:  # VmHWM only grows: the last reading is the peak but for ~0.1 s
+    while True:  # VmHWM only grows: the last reading is the peak but for ~0.1 s
         own = peak_rss(process.pid)
+        own_cpu = max(own_cpu, _cpu_of(process.pid))
         for child in children(process.pid):
             workers[child] = max(workers.get(child, 0), peak_rss(child))
         peak = max(peak, own + sum(workers.values()))
+        waited, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if waited:
+            break
         time.sleep(0.1)
-    elapsed = time.monotonic() - started
-    assert process.stdout is not None
+    process.returncode = os.waitstatus_to_exitcode(status)
+    elapsed, redis_cpu = time.monotonic() - started, cpu_seconds(redis_pid) - redis_before
     output = process.stdout.read()
     if process.returncode != 0:
         raise RuntimeError(f"gatekeeper-loader {' '.join(args)} failed with {process.returncode}")
-    return json.loads(output), elapsed, peak
+    tree_cpu = usage.ru_utime + usage.ru_stime  # the loader and the workers it waited for
+    return LoaderRun(json.loads(output), elapsed, peak, own_cpu, max(0.0, tree_cpu - own_cpu), redis_cpu)
 
 
 def csv_baseline(path: Path) -> float:
@@ -112,10 +138,11 @@ def main() -> int:
         try:
             client = redis_server.client()
             before = used_memory(client)
-            snapshot, load_seconds, load_rss = run_loader(redis_server.url, "snapshot", str(registry.snapshot))
+            pid = redis_server.process.pid
+            load = run_loader(redis_server.url, pid, "snapshot", str(registry.snapshot))
             after = used_memory(client)
-            changes, apply_seconds, _ = run_loader(
-                redis_server.url, "apply", *map(str, registry.change_files), "--quarantine", str(data / "q.jsonl")
+            applying = run_loader(
+                redis_server.url, pid, "apply", *map(str, registry.change_files), "--quarantine", str(data / "q.jsonl")
             )
             # A second load of the same snapshot: the switch with a generation in place, and the
             # replay of every change applied since the snapshot's watermark.
@@ -126,10 +153,12 @@ def main() -> int:
             }
             reload_seconds = float("nan")
             if not args.no_reload:
-                reload, reload_seconds, _ = run_loader(redis_server.url, "snapshot", str(registry.snapshot))
+                reloading = run_loader(redis_server.url, pid, "snapshot", str(registry.snapshot))
+                reload, reload_seconds = reloading.summary, reloading.seconds
         finally:
             redis_server.stop()
 
+    snapshot, load_seconds, changes, apply_seconds = load.summary, load.seconds, applying.summary, applying.seconds
     rows = snapshot["rows"]
     result = {
         **run_header("loader", "bench.loading"),
@@ -142,7 +171,13 @@ def main() -> int:
         "load_rows_per_s": round(rows / load_seconds),
         "baseline_csv_rows_per_s": round(baseline_rate),
         "ratio_load_to_baseline": round(rows / load_seconds / baseline_rate, 3),
-        "loader_peak_rss_mb": round(load_rss / 2**20, 1),  # with its parsing workers
+        "loader_peak_rss_mb": round(load.peak_rss / 2**20, 1),  # with its parsing workers
+        # Where a snapshot row's time goes: CPU microseconds per row of each process, and
+        # of all three (what two cores must supply for every row).
+        "cpu_us_per_row_loader": round(load.cpu_own / rows * 1e6, 2),
+        "cpu_us_per_row_parsers": round(load.cpu_workers / rows * 1e6, 2),
+        "cpu_us_per_row_redis": round(load.cpu_redis / rows * 1e6, 2),
+        "cpu_us_per_row_total": round((load.cpu_own + load.cpu_workers + load.cpu_redis) / rows * 1e6, 2),
         "redis_used_memory_before": before,
         "redis_used_memory_after": after,
         "redis_bytes_per_practitioner": round((after - before) / snapshot["practitioners"], 1),

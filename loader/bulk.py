@@ -159,12 +159,10 @@ class SlowRows:
 
     def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
         """Keep the rows of ``parsed`` at ``positions``."""
-        if not positions:
-            return
-        rows = parsed.rows()
-        for position in positions:
-            self._rows.append(rows[position])
-            self._lines.append(parsed.lines[position])
+        lines = parsed.lines
+        for position, row in zip(positions, parsed.rows_at(positions), strict=True):
+            self._rows.append(row)
+            self._lines.append(lines[position])
             if len(self._rows) == self._batch_rows:
                 self._spill()
         self.count += len(positions)

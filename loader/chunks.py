@@ -6,7 +6,7 @@ import csv
 import io
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -21,6 +21,7 @@ READ_BYTES = 1 << 16  # per read: what a broken gzip stream gave before it broke
 
 _rows_encoder = msgspec.msgpack.Encoder()
 _rows_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, bytes, int]])
+_row_decoder = msgspec.msgpack.Decoder(tuple[str, str, bytes, int])
 _entry_encoder = msgspec.msgpack.Encoder()
 _FIELD = b"$%d\r\n%b\r\n$%d\r\n%b\r\n"  # a hash field and its value as RESP bulk strings
 
@@ -59,9 +60,12 @@ class ParsedChunk:
     It travels from a parsing process to the loader's own, so the per-row data is packed: a
     few arrays and byte strings pickle as buffers, where lists pickle (and unpickle) an object
     per row (1.6 µs a row, against a few hundredths). Row ``i``'s RESP-encoded fields are
-    ``record_fields[record_offsets[i]:record_offsets[i + 1]]`` (``index_`` alike)."""
+    ``record_fields[record_offsets[i]:record_offsets[i + 1]]`` (``index_`` alike), and its
+    EncodedRow, MessagePack, ``packed_rows[row_offsets[i]:row_offsets[i + 1]]``: the loader
+    decodes only the rows that are merged rather than bulk-written (:meth:`rows_at`)."""
 
-    packed_rows: bytes = _rows_encoder.encode([])  # the good rows (EncodedRow), in the file's order
+    packed_rows: bytes = b""  # the good rows (EncodedRow), in the file's order
+    row_offsets: array[int] = field(default_factory=_offsets)
     lines: array[int] = field(default_factory=lambda: array("Q"))  # of each good row
     code_crcs: array[int] = field(default_factory=lambda: array("I"))  # CRC-32 of each row's code (for FirstRows)
     chg_crcs: array[int] = field(default_factory=lambda: array("I"))  # CRC-32 of each row's chg_id (for FirstRows)
@@ -79,7 +83,12 @@ class ParsedChunk:
 
     def rows(self) -> list[EncodedRow]:
         """The good rows, in the file's order (decoded: call once)."""
-        return _rows_decoder.decode(self.packed_rows)
+        return self.rows_at(range(len(self.lines)))
+
+    def rows_at(self, positions: Iterable[int]) -> list[EncodedRow]:
+        """The good rows at ``positions`` (decoded: call once)."""
+        packed, offsets, decode = self.packed_rows, self.row_offsets, _row_decoder.decode
+        return [decode(packed[offsets[position] : offsets[position + 1]]) for position in positions]
 
 
 def split_lines(stream: io.BufferedIOBase, block_bytes: int | None = None) -> Iterator[bytes]:
@@ -125,7 +134,8 @@ def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target)
     reader = csv.reader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""))
     notes: list[str] = []
     buckets, crc32, resp_field = target.buckets, zlib.crc32, _FIELD
-    rows: list[EncodedRow] = []
+    rows: list[bytes] = []
+    encode_row = _rows_encoder.encode
     record_fields: list[bytes] = []
     index_fields: list[bytes] = []
     end_of_previous = 0
@@ -152,7 +162,7 @@ def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target)
             code_crc, chg_crc = crc32(code_bytes), crc32(chg_id_bytes)
             bucket = code_crc % buckets
             entry = _entry_encoder.encode((code, bucket, seq))
-            rows.append(row)
+            rows.append(encode_row(row))
             parsed.lines.append(line)
             parsed.code_crcs.append(code_crc)
             parsed.chg_crcs.append(chg_crc)
@@ -162,7 +172,7 @@ def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target)
             index_fields.append(resp_field % (len(chg_id_bytes), chg_id_bytes, len(entry), entry))
     except csv.Error as error:
         parsed.unreadable = f"unreadable: {error}"
-    parsed.packed_rows = _rows_encoder.encode(rows)
+    parsed.packed_rows, parsed.row_offsets = _joined(rows)
     parsed.record_fields, parsed.record_offsets = _joined(record_fields)
     parsed.index_fields, parsed.index_offsets = _joined(index_fields)
     return parsed

@@ -38,6 +38,13 @@ def test_a_chunk_reports_lines_from_where_it_starts() -> None:
     assert list(parsed.chg_buckets) == [keys.chg_bucket_of(chg_id, 3) for _, chg_id, *_ in rows]
 
 
+def test_the_rows_merged_rather_than_bulk_written_are_decoded_alone() -> None:
+    parsed = parse_chunk(FIRST + QUOTED, 2, HEADER, Target(generation=7, buckets=3))
+    both = parsed.rows()
+    assert parsed.rows_at([1]) == [both[1]] and parsed.rows_at([1, 0]) == [both[1], both[0]]
+    assert parsed.rows_at([]) == []
+
+
 def test_first_rows_are_the_first_of_their_code_and_of_their_chg_id() -> None:
     rows = [
         ("D110105000001", "c1"),
