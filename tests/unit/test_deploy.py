@@ -21,6 +21,7 @@ KUBERNETES = REPO / "deploy" / "kubernetes" / "base"
 OVERLAYS = REPO / "deploy" / "kubernetes"  # province/, nation/: each applies the base
 DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
 SERVING_RESULTS = REPO / "bench" / "results" / "serving.json"
+NATIONAL_LOAD_RESULTS = REPO / "bench" / "results" / "loader-15000000-gz.json"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 
 # Read by something other than Settings: the image's own (Dockerfile), gRPC's C library, the
@@ -310,3 +311,19 @@ def test_the_capacity_model_is_worked_from_the_serving_benchmarks_latest_figures
     per_claim = per_call - 10 * per_item + 15.3 * per_item
     pods = math.ceil(10_000 * per_claim / 1e6 * 1.2 / 0.5 / 2)
     assert f"→ {pods} pods" in doc
+
+
+def test_the_redis_sizing_is_worked_from_the_national_loader_benchmark() -> None:
+    loaded = json.loads(NATIONAL_LOAD_RESULTS.read_text(encoding="utf-8"))
+    doc = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    per_practitioner = loaded["redis_bytes_per_practitioner"]
+    assert f"**b = {per_practitioner} bytes per practitioner**" in doc
+    # One generation for the nation and for a province of 1.5 M, in GB of 10⁹ bytes.
+    for people in (1_500_000, 15_000_000):
+        assert f"| {people * per_practitioner / 1e9:.2f} GB" in doc
+
+
+def test_the_near_cache_hit_ratio_in_the_sizing_is_the_serving_benchmarks() -> None:
+    serving = json.loads(SERVING_RESULTS.read_text(encoding="utf-8"))
+    ratio = serving["realistic_mix"]["near_cache_hit_ratio"]
+    assert f"answered {100 * ratio:.2f} % of codes" in DEPLOYMENT_DOC.read_text(encoding="utf-8")
