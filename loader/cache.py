@@ -202,11 +202,18 @@ class GenerationWriter:
         assert self._lease_value.phase == BULK, "bulk writes end with end_bulk"
         if self._connection is None:
             self._connection = self._redis.connection_pool.get_connection()
+        connection = self._connection
         added = 0
-        for group in _groups(commands, BULK_PIPELINE):
-            self._connection.send_packed_command(group, check_health=False)  # type: ignore[no-untyped-call]
-            for _ in group:
-                added += int(self._connection.read_response())
+        try:
+            for group in _groups(commands, BULK_PIPELINE):
+                connection.send_packed_command(group, check_health=False)  # type: ignore[no-untyped-call]
+                for _ in group:
+                    added += int(connection.read_response())
+        except BaseException:
+            # A refused HSET (Redis out of memory) leaves the answers after it unread: a
+            # command sent on this connection again would read one of them as its own.
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
         return added
 
     def end_bulk(self) -> None:

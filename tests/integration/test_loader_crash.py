@@ -22,9 +22,10 @@ from gatekeeper.core.rules import Reason, standing_at
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.cache import read_state
 from loader.generate import GeneratedRegistry, generate
+from loader.snapshot import load_snapshot
 from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import REPO, lookup, period, write_snapshot
-from tests.servers import RedisServer
+from tests.servers import RedisServer, start_redis
 
 CLI = Path(sys.executable).parent / "gatekeeper-loader"
 DECEMBER = "2026-12-01 00:00:00"
@@ -173,3 +174,27 @@ def test_loading_again_after_a_killed_load_finishes_the_job(
     assert generation_keys(redis_client, abandoned) == 0
     assert generation_keys(redis_client, generation_a) == 0
     assert {int(g) for g in redis_client.smembers(keys.GENERATIONS)} == {state.generation}
+
+
+def test_redis_refusing_the_bulk_writes_fails_the_load_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Out of memory halfway through the bulk HSETs: the load fails with Redis's error, and
+    the clean-up after it (the lease released, the half-written generation dropped) is not
+    thrown off by the answers still unread on the loader's connection."""
+    (tmp_path / "redis").mkdir()
+    server = start_redis(tmp_path / "redis", extra_args=["--maxmemory", "1500kb", "--maxmemory-policy", "noeviction"])
+    try:
+        client = redis.Redis.from_url(server.url)
+        path = write_snapshot(
+            tmp_path,
+            [period(f"D1101050{n:05d}", f"r{n}", 1, "2020-01-01 00:00:00", seq=n + 1) for n in range(20_000)],
+            snapshot_id="A",
+            name="a.csv",
+        )
+        with pytest.raises(redis.exceptions.OutOfMemoryError) as refused:
+            load_snapshot(client, path)
+        assert any(frame.name == "write_bulk" for frame in refused.traceback)  # refused halfway through
+        assert client.get(keys.LOADING) is None  # the lease released
+        # The generation dropped, nothing switched: only the counter of generations is left.
+        assert client.keys("*") == [keys.GENERATION_COUNTER.encode()]
+    finally:
+        server.stop()
