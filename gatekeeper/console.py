@@ -16,6 +16,17 @@ CLOSED_PIPE_EXIT = 141
 # What a command prints for these is "cannot reach Redis at URL: why": the server is down, the
 # address or port is wrong, or it did not answer in time.
 REDIS_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException)
+# And "Redis at URL refused: what it said" for these: it answers, but will not take the
+# command now (out of memory under noeviction, a read-only replica, an ACL, or, MISCONF, a
+# failed background save), which the operator must put right.
+REDIS_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError, redis.exceptions.NoPermissionError)
+
+
+def refused_by_redis(error: Exception) -> bool:
+    """True for an answer of Redis's saying it will not take a command in its present state."""
+    return isinstance(error, REDIS_REFUSALS) or (
+        isinstance(error, redis.ResponseError) and str(error).startswith("MISCONF")
+    )
 
 
 class CommandFailed(Exception):
@@ -53,8 +64,9 @@ def run_command(
 ) -> int:
     """Run one command of an entry point and return its exit status. An expected failure is
     one line ``COMMAND: what`` on stderr, never a traceback: CommandFailed, Redis unreachable
-    (at ``redis_where()``, the URL as shown), and whatever ``describe`` puts into words; any other error is a bug
-    and keeps its traceback. A closed stdout ends the command quietly."""
+    or refusing the command (at ``redis_where()``, the URL as shown), and whatever
+    ``describe`` puts into words; any other error is a bug and keeps its traceback. A closed
+    stdout ends the command quietly."""
     try:
         code = run()
         sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
@@ -69,7 +81,9 @@ def run_command(
     except KeyboardInterrupt:
         return 130
     except Exception as error:
-        message = describe(error)
+        message = (
+            f"Redis at {redis_where()} refused: {first_line(error)}" if refused_by_redis(error) else describe(error)
+        )
         if message is None:
             raise
         print(f"{command}: {message}", file=sys.stderr)

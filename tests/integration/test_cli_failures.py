@@ -26,7 +26,7 @@ from tests.certs import CertificateAuthority, Issued
 from tests.integration.conftest import RunningGatekeeper, StartGatekeeper
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY, load
 from tests.integration.test_cli import BIN
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisServer, free_port, start_redis
 
 GATEKEEPER = str(BIN / "gatekeeper")
 LOADER = str(BIN / "gatekeeper-loader")
@@ -111,6 +111,30 @@ def test_the_loader_names_the_redis_it_cannot_reach(
     assert (
         one_line(result) == f"gatekeeper-loader {name}: cannot reach Redis at {url} (env REDIS_URL): Connection refused"
     )
+
+
+# A Redis that answers but will not take writes, and what it says: out of memory under
+# noeviction, and a replica (of a master that is not there).
+REFUSING_REDIS = {
+    "out of memory": (("--maxmemory", "1mb", "--maxmemory-policy", "noeviction"), "when used memory > 'maxmemory'"),
+    "a replica": (("--replicaof", "127.0.0.1", "9"), "You can't write against a read only replica."),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSING_REDIS))
+def test_the_loader_names_the_redis_that_refuses_its_writes(case: str, tmp_path: Path) -> None:
+    settings, says = REFUSING_REDIS[case]
+    (tmp_path / "redis").mkdir()
+    server = start_redis(tmp_path / "redis", extra_args=settings)
+    try:
+        env = {**os.environ, "REDIS_URL": server.url}
+        result = run(LOADER, "snapshot", str(DEMO_REGISTRY), "--quarantine", str(tmp_path / "q.jsonl"), env=env)
+    finally:
+        server.stop()
+    assert result.returncode == 1
+    line = one_line(result)
+    assert line.startswith(f"gatekeeper-loader snapshot: Redis at {server.url} (env REDIS_URL) refused: "), line
+    assert says in line
 
 
 @pytest.mark.parametrize("name", ["status", "snapshot", "follow"])
