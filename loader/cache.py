@@ -203,12 +203,17 @@ class GenerationWriter:
         if self._connection is None:
             self._connection = self._redis.connection_pool.get_connection()
         connection = self._connection
-        added = 0
+        # Each group is sent before the answers to the one before are read: Redis writes one
+        # while this process packs the next.
+        added = unanswered = 0
         try:
             for group in _groups(commands, BULK_PIPELINE):
                 connection.send_packed_command(group, check_health=False)  # type: ignore[no-untyped-call]
-                for _ in group:
+                for _ in range(unanswered):
                     added += int(connection.read_response())
+                unanswered = len(group)
+            for _ in range(unanswered):
+                added += int(connection.read_response())
         except BaseException:
             # A refused HSET (Redis out of memory) leaves the answers after it unread: a
             # command sent on this connection again would read one of them as its own.
