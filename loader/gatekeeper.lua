@@ -128,7 +128,8 @@ local function merge(bucket, index, code, chg_id, incoming, seq, watermark, entr
       moved = {bucket = string.match(bucket, '^(.*:b)%d+$') .. known[2], code = known[1], key = known[4] or crc_key}
     end
   end
-  if known_key == nil and redis.call('HSETNX', bucket, code, incoming) == 1 then
+  -- (A new chg_id's HSETNX of the code above already failed: the code has a record.)
+  if known_key == nil and not new_chg_id and redis.call('HSETNX', bucket, code, incoming) == 1 then
     -- The code's first period: nothing to cap.
     if moved then
       spent = spent + take_period(moved.bucket, moved.code, moved.key)
@@ -178,7 +179,10 @@ local function merge(bucket, index, code, chg_id, incoming, seq, watermark, entr
     spent = spent + take_period(moved.bucket, moved.code, moved.key)
   end
   redis.call('HSET', bucket, code, cmsgpack.pack(record))
-  redis.call('HSET', index, chg_id, index_entry(code, bucket, seq, chg_key, crc_key))
+  if not (new_chg_id and chg_key == crc_key) then
+    -- (A new chg_id with its CRC as key has the entry its HSETNX above wrote.)
+    redis.call('HSET', index, chg_id, index_entry(code, bucket, seq, chg_key, crc_key))
+  end
   return current and 2 or 1, reregistered_during_ban(periods), moved and moved.code or false, spent
 end
 
