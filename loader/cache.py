@@ -25,7 +25,7 @@ from loader.rows import EncodedRow
 # reason would otherwise turn its whole bucket into a hashtable (see docs/cache-layout.md).
 LISTPACK_SETTINGS = {"hash-max-listpack-entries": "512", "hash-max-listpack-value": "1024"}
 SENTINEL_BATCH = 2_000
-BULK_PIPELINE = 200  # bulk HSETs sent before their answers are read
+BULK_PIPELINE = 200  # bulk HSETs sent together; their answers are read once the next group is sent
 APPLY_BATCH = 200  # changes per gk_apply call; gk_apply logs them in one XADD of 8 fields each (10 with moved_from)
 DEFAULT_LEASE_SECONDS = 30.0
 LEASE_WAIT_MARGIN_SECONDS = 5.0
