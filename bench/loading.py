@@ -181,6 +181,12 @@ def main() -> int:
         "redis_used_memory_before": before,
         "redis_used_memory_after": after,
         "redis_bytes_per_practitioner": round((after - before) / snapshot["practitioners"], 1),
+        # The load's parts: reading, parsing and gathering the rows (both cores busy), the
+        # bulk HSETs and the rows merged by gk_insert (Redis busy, the other core mostly idle).
+        "read_seconds": round(snapshot["read_seconds"], 1),
+        "bulk_seconds": round(snapshot["bulk_seconds"], 1),
+        "merge_seconds": round(snapshot["merge_seconds"], 1),
+        "merge_rows": snapshot["merge_rows"],
         "switch_ms": round(snapshot["switch_seconds"] * 1000, 1),
         "reload_replayed_changes": reload["replayed_changes"],
         "reload_replay_ms": round(reload["replay_seconds"] * 1000, 1),

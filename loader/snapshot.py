@@ -108,6 +108,12 @@ class SnapshotResult:
     problems: list[str] = field(default_factory=list)  # failed checks (forced through)
     listpack_settings_ok: bool = True
     seconds: float = 0.0
+    # Where the rows' time went: reading, parsing and gathering them; writing the first row
+    # of each code and chg_id (bulk HSETs); merging the others (gk_insert, Redis busy).
+    read_seconds: float = 0.0
+    bulk_seconds: float = 0.0
+    merge_seconds: float = 0.0
+    merge_rows: int = 0  # rows that went through gk_insert
     replay_seconds: float = 0.0
     switch_seconds: float = 0.0
 
@@ -131,6 +137,21 @@ class _HashingReader(io.RawIOBase):
     def close(self) -> None:
         self._raw.close()
         super().close()
+
+
+@dataclass
+class _Written:
+    """What writing a snapshot's rows did, and how long each part took."""
+
+    stats: WriteStats
+    rows: int
+    bad: int
+    truncated: int
+    hasher: _HashingReader
+    read_seconds: float
+    bulk_seconds: float
+    merge_seconds: float
+    merge_rows: int
 
 
 def _open_text(path: Path, hasher: _HashingReader) -> io.BufferedIOBase:
@@ -172,7 +193,8 @@ def load_snapshot(
         client, keys.bucket_count_for(manifest.row_count), manifest.watermark_seq, options.lease_seconds
     )
     try:
-        stats, rows, bad, truncated, hasher = _write_rows(writer, path, quarantine, progress, manifest.row_count)
+        written = _write_rows(writer, path, quarantine, progress, manifest.row_count)
+        stats, rows, bad = written.stats, written.rows, written.bad
         replay_started = progress.elapsed
         replayed = writer.replay_changes()
         replay_seconds = progress.elapsed - replay_started
@@ -180,7 +202,7 @@ def load_snapshot(
         # into this generation before its snapshot row came is a practitioner all the same.
         practitioners = writer.count_practitioners()
         problems = [backwards] if backwards else []
-        problems += _check(manifest, previous.record_count, practitioners, rows, bad, hasher, options)
+        problems += _check(manifest, previous.record_count, practitioners, rows, bad, written.hasher, options)
         if problems and not options.force:
             raise SnapshotRefused("; ".join(problems))
         switch_started = progress.elapsed
@@ -206,13 +228,17 @@ def load_snapshot(
         practitioners=practitioners,
         bad_rows=bad,
         quarantine=quarantine.path if quarantine.count else None,
-        truncated_rows=truncated,
+        truncated_rows=written.truncated,
         replayed_changes=replayed,
         replaced_generation=replaced,
         findings=sorted(stats.findings),
         problems=problems,
         listpack_settings_ok=listpack_ok,
         seconds=progress.elapsed,
+        read_seconds=written.read_seconds,
+        bulk_seconds=written.bulk_seconds,
+        merge_seconds=written.merge_seconds,
+        merge_rows=written.merge_rows,
         replay_seconds=replay_seconds,
         switch_seconds=switch_seconds,
     )
@@ -220,9 +246,10 @@ def load_snapshot(
 
 def _write_rows(
     writer: GenerationWriter, path: Path, quarantine: Quarantine, progress: Progress, expected_rows: int
-) -> tuple[WriteStats, int, int, int, _HashingReader]:
+) -> _Written:
     """Write the snapshot's rows: the first of each code and chg_id with bulk HSETs while the
     file is read (loader/bulk.py), then the others through gk_insert, in the file's order."""
+    started = progress.elapsed
     stats = WriteStats()
     rows = bad = truncated = 0
     first_rows = FirstRows(expected_rows)
@@ -261,13 +288,16 @@ def _write_rows(
             if parsed.unreadable:
                 unreadable = parsed.unreadable
                 break
+        bulk_started = progress.elapsed
         _write_bulk(writer, bulk)
         writer.end_bulk()
+        merge_started, merge_rows = progress.elapsed, slow.count
         for batch in slow.batches():
             writer.send(batch, stats)
             progress.advance(len(batch.lines))
             bad += _report_refused(stats, path, quarantine)
         writer.flush(stats)
+        merge_ended = progress.elapsed
         bad += _report_refused(stats, path, quarantine)
         if unreadable:
             rows, bad = rows + 1, bad + 1
@@ -276,7 +306,17 @@ def _write_rows(
         while hasher.read(1 << 20):
             pass
         del stream
-    return stats, rows, bad, truncated, hasher
+    return _Written(
+        stats,
+        rows,
+        bad,
+        truncated,
+        hasher,
+        read_seconds=bulk_started - started,
+        bulk_seconds=merge_started - bulk_started,
+        merge_seconds=merge_ended - merge_started,
+        merge_rows=merge_rows,
+    )
 
 
 def _write_bulk(writer: GenerationWriter, bulk: BulkBuffer) -> None:

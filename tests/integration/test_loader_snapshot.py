@@ -255,6 +255,21 @@ def test_a_withdrawal_later_in_the_snapshot_beats_the_same_period_earlier(
         assert [(p.status, p.seq) for p in withdrawn] == [(0, 3)]
 
 
+def test_a_load_says_how_many_rows_were_merged_and_where_its_time_went(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    code = "D110105000001"
+    rows = [
+        period(code, "r", 1, "2020-01-01 00:00:00", seq=1),
+        period("D110105000002", "r2", 1, "2020-01-01 00:00:00", seq=2),
+        period(code, "s", 2, "2026-01-01 00:00:00", "2026-07-01 00:00:00", seq=3, chg_rea="记分9分"),  # a second period
+    ]
+    result = load_snapshot(redis_client, write_snapshot(tmp_path, rows))
+    assert (result.rows, result.practitioners, result.merge_rows) == (3, 2, 1)
+    phases = (result.read_seconds, result.bulk_seconds, result.merge_seconds)
+    assert min(phases) > 0 and sum(phases) <= result.seconds
+
+
 # --- refusals: the previous snapshot stays, readers keep answering from it ----------------
 
 PEOPLE = 1_000
