@@ -77,7 +77,9 @@ def _snapshot(args: argparse.Namespace) -> int:
     print(
         f"loaded snapshot {result.snapshot_id}: {result.practitioners:,} practitioners from {result.rows:,} rows "
         f"({result.bad_rows:,} bad{quarantined}) into generation {result.generation} in {result.seconds:.1f} s "
-        f"({result.rows / max(result.seconds, 1e-9):,.0f} rows/s); "
+        f"({result.rows / max(result.seconds, 1e-9):,.0f} rows/s): "
+        f"read and parsed in {result.read_seconds:.1f} s, bulk-written in {result.bulk_seconds:.1f} s, "
+        f"{result.merge_rows:,} rows merged in {result.merge_seconds:.1f} s; "
         f"replayed {result.replayed_changes} changes in {result.replay_seconds * 1000:.0f} ms; "
         f"switch {result.switch_seconds * 1000:.1f} ms"
     )

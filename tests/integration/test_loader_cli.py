@@ -59,6 +59,10 @@ def test_generate_snapshot_apply_and_status(cli_env: dict[str, str], tmp_path: P
     loaded = run("snapshot", snapshot, env=cli_env, cwd=tmp_path)
     assert loaded.returncode == 0, loaded.stderr
     assert f"loaded snapshot 20261120: 2,000 practitioners from {rows} rows (0 bad)" in loaded.stdout
+    # Where the time went: an operator sees which part of a slow load was slow.
+    assert re.search(
+        r"read and parsed in [\d.]+ s, bulk-written in [\d.]+ s, [\d,]+ rows merged in [\d.]+ s", loaded.stdout
+    )
 
     applied = run("apply", *map(str, change_files), env=cli_env, cwd=tmp_path)
     assert applied.returncode == 0, applied.stderr
