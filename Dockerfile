@@ -14,7 +14,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY scripts/install-python-deps scripts/
 RUN scripts/install-python-deps /opt/venv
-COPY README.md ./
+COPY README.md setup.py ./
 COPY gatekeeper/ gatekeeper/
 COPY loader/ loader/
 RUN /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --no-deps .

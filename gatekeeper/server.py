@@ -33,6 +33,7 @@ from gatekeeper.api.servicer import GatekeeperServicer
 from gatekeeper.api.validation import Limits
 from gatekeeper.audit.writer import AuditLog
 from gatekeeper.cache.store import CachingEligibilityStore, RedisEligibilityStore
+from gatekeeper.core import native
 from gatekeeper.core.eligibility import EligibilityStore, StoreStats
 from gatekeeper.core.errors import CacheUnavailable
 from gatekeeper.core.policy import Policy, load_policy
@@ -355,7 +356,8 @@ async def _serve_one(settings: Settings) -> None:
     gk = await create_server(settings, build_store(settings, on_warmed=gc.freeze))
     await gk.start()
     redis_url = url_shown(settings.redis_url)  # never a password in the log
-    log.info("gatekeeper pid %d listening on port %d (redis %s)", os.getpid(), gk.port, redis_url)
+    claim_path = "plain claims in C" if native.BUILT else "every claim in Python: gatekeeper._speedups was not built"
+    log.info("gatekeeper pid %d listening on port %d (redis %s; %s)", os.getpid(), gk.port, redis_url, claim_path)
     settle_the_heap()
     counted = StoreCounts(gk.store)
     # SIGUSR1: log the store's counts since the last SIGUSR1 (the counters themselves run on).

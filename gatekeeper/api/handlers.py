@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
+from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 from gatekeeper.api.admission import Admission, tolerant
 from gatekeeper.api.validation import Limits
+from gatekeeper.core import native
+from gatekeeper.core.rules import Claim
 from gatekeeper.v1 import gatekeeper_pb2, gatekeeper_pb2_grpc
 
 SERVICE = gatekeeper_pb2.DESCRIPTOR.services_by_name["Gatekeeper"]
@@ -18,6 +24,31 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 def _register(server: aio.Server, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:  # type: ignore[type-arg]
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
+
+
+def claim_or_message(limits: Limits) -> Callable[[bytes], Claim | Message]:
+    """CheckClaim's parser: a plain request becomes its validated Claim as it is read, in C
+    (core/native.py); any other request (or all, where the C was not built) its message,
+    which the servicer validates."""
+    from_string = gatekeeper_pb2.CheckClaimRequest.FromString
+    parse_claim, max_items = native.parse_claim, limits.max_items
+    if parse_claim is None:
+        return from_string
+
+    def parse(data: bytes) -> Claim | Message:
+        claim = parse_claim(data, max_items)
+        return from_string(data) if claim is None else claim
+
+    return parse
+
+
+def bytes_or_message(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """A serializer that sends an answer already serialized (CheckClaim's, in C) as it is."""
+
+    def serializer(response: Any) -> bytes:
+        return response if response.__class__ is bytes else serialize(response)
+
+    return serializer
 
 
 def add_gatekeeper_servicer(
@@ -33,11 +64,14 @@ def add_gatekeeper_servicer(
         # CheckClaims: the batch's total; each of its claims is checked as CheckClaim's.
         batch = method.name == "CheckClaims"
         max_bytes = limits.max_batch_bytes if batch else limits.max_request_bytes
+        parse, serialize = request_class.FromString, response_class.SerializeToString
+        if method.name == "CheckClaim":
+            parse, serialize = claim_or_message(limits), bytes_or_message(serialize)
         handlers[method.name] = admission.handler(
             getattr(servicer, method.name),
             f"{SERVICE.full_name}/{method.name}",
-            tolerant(request_class.FromString, max_bytes, " for a batch" if batch else ""),
-            response_class.SerializeToString,
+            tolerant(parse, max_bytes, " for a batch" if batch else ""),
+            serialize,
             request_type=method.input_type.full_name,
         )
     _register(server, SERVICE.full_name, handlers)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import NoReturn
 
 from grpc import aio
@@ -14,6 +15,7 @@ from gatekeeper.api.callers import ANONYMOUS, ANYONE, Caller, Callers, caller_fr
 from gatekeeper.api.errors import abort, status_code
 from gatekeeper.api.validation import Limits, claim_from_request, institution_code, practitioner_code, service_time
 from gatekeeper.audit.writer import DecisionLog
+from gatekeeper.core import native
 from gatekeeper.core.codes import division_of
 from gatekeeper.core.cst import format_cst
 from gatekeeper.core.eligibility import EligibilityStore, Lookup, version_seq
@@ -27,6 +29,7 @@ from gatekeeper.core.rules import (
     ItemDecision,
     PractitionerView,
     Reason,
+    Verdict,
     decide_claim,
     describe_practitioner,
     unenforced,
@@ -99,6 +102,15 @@ def claim_response(
 ) -> pb.CheckClaimResponse:
     """The protobuf form of a claim decision, its item messages in the region's ``wording``."""
     return fill_claim_response(pb.CheckClaimResponse(), decision, decision_id, registry_version, wording)
+
+
+def response_bytes(decision: ClaimDecision, decision_id: str, registry_version: str, wording: Wording) -> bytes:
+    """The serialized :func:`claim_response`: written in C when every item is allowed."""
+    if native.encode_allowed is not None:
+        encoded = native.encode_allowed(decision, decision_id, registry_version, wording.ok)
+        if encoded is not None:
+            return encoded
+    return claim_response(decision, decision_id, registry_version, wording).SerializeToString()
 
 
 def window_message(period: StatusPeriod) -> pb.StatusWindow:
@@ -200,41 +212,57 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         """Who is calling, from the client certificate; not looked at when callers are not checked."""
         return caller() if self._callers.identifies else ANONYMOUS
 
-    def _prepare(
-        self, request: pb.CheckClaimRequest, caller: Caller, sized: bool = False
-    ) -> tuple[Claim, RegionPolicy, set[str], int]:
-        """Validate a claim and its caller: the claim, its region's policy, the codes to look up,
-        its min seq. ``sized``: the request's size was checked when it arrived."""
-        claim = claim_from_request(request, self._limits, sized=sized)
+    def _prepare(self, claim: Claim, caller: Caller) -> tuple[RegionPolicy, set[str]]:
+        """Authorize a validated claim's caller: the claim's region policy, and the codes to
+        look up (those well-formed in the region)."""
         self._callers.authorize(caller, claim.fixmedins_code)
         region = self._region(claim.fixmedins_code)
-        named = {c for item in claim.items for c in item.practitioners}
-        codes = {c for c in named if region.is_practitioner_code(c)}
-        return claim, region, codes, min_seq_of(request.min_registry_version)
+        named = {c for item in claim.items for c in item.practitioners}  # a few, each on many items
+        return region, {c for c in named if region.is_practitioner_code(c)}
 
-    def _decide(self, claim: Claim, region: RegionPolicy, lookup: Lookup) -> ClaimDecision:
-        """Decide a claim; in degraded mode within the institution's stand-in limit."""
+    def _decide(
+        self, claim: Claim, region: RegionPolicy, codes: set[str], lookup: Lookup
+    ) -> tuple[ClaimDecision, bool]:
+        """Decide a claim, and say whether it is plain: every item allowed for reason OK by
+        the C path (core/native.py). In degraded mode, within the institution's stand-in
+        limit. ``codes``: the claim's codes well-formed in the region."""
         if not lookup.unverified:
-            return decide_claim(claim, lookup.records, region)
+            if native.decide_registered is not None:
+                decision = native.decide_registered(claim.items, lookup.records, codes, region.enforced)
+                if decision is not None:
+                    return decision, True
+            return decide_claim(claim, lookup.records, region), False
         institution, limit = claim.fixmedins_code, region.stand_in_per_minute
         allowance = self._stand_in.available(institution, limit)
         decision = decide_claim(claim, lookup.records, region, lookup.unverified, allowance)
         self._stand_in.take(institution, limit, decision.stood_in)
-        return decision
+        return decision, False
 
     def _recorded(
-        self, decision_id: str, claim: Claim, region: RegionPolicy, decision: ClaimDecision, lookup: Lookup
+        self,
+        decision_id: str,
+        claim: Claim,
+        region: RegionPolicy,
+        decided: tuple[ClaimDecision, bool],
+        lookup: Lookup,
     ) -> ClaimDecision:
-        """Hand the decision to the record and count the decision answered; when it cannot
-        be recorded, what the region's policy says: Unrecordable (refuse), or the decision
-        settled unenforced."""
+        """Hand a decision (from :meth:`_decide`) to the record and count the decision
+        answered; when it cannot be recorded, what the region's policy says: Unrecordable
+        (refuse), or the decision settled unenforced."""
+        decision, plain = decided
         if not self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock()):
             if region.unrecorded is Unrecorded.REFUSE:
                 metrics.UNRECORDED.labels("refused").inc()
                 raise Unrecordable()
             metrics.UNRECORDED.labels("settled").inc()
-            decision = unenforced(decision)
-        metrics.count_claim(decision.verdict, [(item.verdict, item.reason, item.enforced) for item in decision.items])
+            decision = unenforced(decision)  # still plain if it was: allowed for reason OK, unenforced
+        items = decision.items
+        kinds: Mapping[tuple[int, int, bool], int]
+        if plain:
+            kinds = {(Verdict.ALLOW, Reason.OK, decision.enforced): len(items)}
+        else:
+            kinds = Counter([(item.verdict, item.reason, item.enforced) for item in items])
+        metrics.count_claim(decision.verdict, kinds)
         return decision
 
     # The decision path, shared by the gRPC methods below and the JSON-over-HTTP door
@@ -242,14 +270,23 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
     # who is calling (asked only when callers are checked, and only when needed), and raises
     # an expected error (GatekeeperError) or a bug; the door reports it in its own way.
 
+    async def _decision(
+        self, claim: Claim, min_version: str, caller: CallerOf, decision_id: str
+    ) -> tuple[ClaimDecision, str, RegionPolicy]:
+        """Decide a validated claim and hand it to the record: the decision, the registry
+        version it was made against, and the region's policy."""
+        region, codes = self._prepare(claim, self._identify(caller))
+        lookup = await self._store.lookup(codes, min_seq_of(min_version))
+        decision = self._recorded(decision_id, claim, region, self._decide(claim, region, codes, lookup), lookup)
+        return decision, lookup.registry_version, region
+
     async def check_claim(
         self, request: pb.CheckClaimRequest, caller: CallerOf, decision_id: str, *, sized: bool = False
     ) -> pb.CheckClaimResponse:
         """Decide one claim (``sized``: its size was checked when it arrived)."""
-        claim, region, codes, min_seq = self._prepare(request, self._identify(caller), sized)
-        lookup = await self._store.lookup(codes, min_seq)
-        decision = self._recorded(decision_id, claim, region, self._decide(claim, region, lookup), lookup)
-        return claim_response(decision, decision_id, lookup.registry_version, region.wording)
+        claim = claim_from_request(request, self._limits, sized=sized)
+        decision, version, region = await self._decision(claim, request.min_registry_version, caller, decision_id)
+        return claim_response(decision, decision_id, version, region.wording)
 
     async def check_claims(self, request: pb.CheckClaimsRequest, caller: CallerOf) -> pb.CheckClaimsResponse:
         """Decide each claim as check_claim would, with one lookup for the whole batch."""
@@ -258,17 +295,19 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
             raise InvalidArgument("claims", f"has {count} claims, more than the maximum of {most}")
         batch_min_seq = min_seq_of(request.min_registry_version)
         who = self._identify(caller)
-        prepared: list[tuple[Claim, RegionPolicy, int] | GatekeeperError] = []
+        prepared: list[tuple[Claim, RegionPolicy, set[str], int] | GatekeeperError] = []
         codes: set[str] = set()
         for claim_request in request.claims:
             try:
-                claim, region, claim_codes, min_seq = self._prepare(claim_request, who)
+                claim = claim_from_request(claim_request, self._limits)
+                region, claim_codes = self._prepare(claim, who)
+                min_seq = min_seq_of(claim_request.min_registry_version)
             except GatekeeperError as error:
                 prepared.append(error)
                 continue
-            prepared.append((claim, region, max(min_seq, batch_min_seq)))
+            prepared.append((claim, region, claim_codes, max(min_seq, batch_min_seq)))
             codes |= claim_codes
-        demanded = max((p[2] for p in prepared if not isinstance(p, GatekeeperError)), default=0)
+        demanded = max((p[3] for p in prepared if not isinstance(p, GatekeeperError)), default=0)
         try:
             lookup = await self._store.lookup(codes, demanded)
         except RegistryBehind:
@@ -282,13 +321,14 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
             result = add(claim_id=claim_request.claim_id)
             if isinstance(item, GatekeeperError):
                 result.error.CopyFrom(claim_error(item))
-            elif item[2] > lookup.applied_seq:
-                result.error.CopyFrom(claim_error(RegistryBehind(item[2], lookup.applied_seq)))
+            elif item[3] > lookup.applied_seq:
+                result.error.CopyFrom(claim_error(RegistryBehind(item[3], lookup.applied_seq)))
             else:
-                claim, region, _ = item
+                claim, region, claim_codes, _ = item
                 decision_id = new_decision_id()
                 try:
-                    decision = self._recorded(decision_id, claim, region, self._decide(claim, region, lookup), lookup)
+                    decided = self._decide(claim, region, claim_codes, lookup)
+                    decision = self._recorded(decision_id, claim, region, decided, lookup)
                 except Unrecordable as error:
                     result.error.CopyFrom(claim_error(error))
                 else:
@@ -317,11 +357,14 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
 
     async def CheckClaim(  # noqa: N802 - the gRPC method name
         self,
-        request: pb.CheckClaimRequest,
+        request: Claim | pb.CheckClaimRequest,
         context: aio.ServicerContext,  # type: ignore[type-arg]
-    ) -> pb.CheckClaimResponse:
+    ) -> pb.CheckClaimResponse | bytes:
         decision_id = new_decision_id()
         try:
+            if isinstance(request, Claim):  # a plain request, validated as it was read (api/handlers.py)
+                decision, version, region = await self._decision(request, "", _grpc_caller(context), decision_id)
+                return response_bytes(decision, decision_id, version, region.wording)
             # Its size was checked before it was decoded (api/handlers.py).
             return await self.check_claim(request, _grpc_caller(context), decision_id, sized=True)
         except Exception as error:

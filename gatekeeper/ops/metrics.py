@@ -15,7 +15,7 @@ import concurrent.futures
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -209,18 +209,15 @@ _item_counters: dict[tuple[int, int, bool], Any] = {}
 _claim_counters: dict[int, Any] = {}
 
 
-def count_claim(verdict: int, items: Iterable[tuple[int, int, bool]]) -> None:
-    """Count a claim's decision (its ClaimVerdict number) and each item's (verdict, reason,
-    enforced), once per distinct kind: the servicer hands them over from the decision itself,
-    so nothing walks the response message again."""
+def count_claim(verdict: int, kinds: Mapping[tuple[int, int, bool], int]) -> None:
+    """Count a claim's decision (its ClaimVerdict number) and its items, by (verdict, reason,
+    enforced) numbers: the servicer tallies them from the decision itself, so nothing walks
+    the response message again."""
     counter = _claim_counters.get(verdict)
     if counter is None:
         counter = _claim_counters[verdict] = CLAIM_DECISIONS.labels(_CLAIM_VERDICT.get(verdict, str(verdict)))
     counter.inc()
-    tally: dict[tuple[int, int, bool], int] = {}
-    for key in items:
-        tally[key] = tally.get(key, 0) + 1
-    for key, count in tally.items():
+    for key, count in kinds.items():
         counter = _item_counters.get(key)
         if counter is None:
             verdict, reason, enforced = key

@@ -65,6 +65,32 @@ def test_demo_claim_is_decided_as_the_rules_say(gatekeeper: RunningGatekeeper, r
     assert len(response.decision_id) == 32
 
 
+def test_a_plain_claim_gets_the_same_answer_from_the_c_path_and_from_the_python(
+    gatekeeper: RunningGatekeeper, redis_client: redis.Redis
+) -> None:
+    # Items 1 and 9 are billed by practitioners who have only ever been registered: a claim
+    # of them alone is plain, parsed, decided and answered in C (core/native.py). The same
+    # claim demanding a registry version is left to the Python from its first byte.
+    load(redis_client, DEMO_REGISTRY)
+    plain = demo_claim()
+    del plain.items[1:8]
+    demanding = pb.CheckClaimRequest()
+    demanding.CopyFrom(plain)
+    demanding.min_registry_version = "demo-20261120@32"
+
+    answers = [gatekeeper.stub.CheckClaim(request, timeout=5) for request in (plain, demanding)]
+    assert answers[0].decision_id != answers[1].decision_id
+    for answer in answers:
+        answer.decision_id = ""
+    assert answers[0] == answers[1]
+    assert answers[0].verdict == pb.CLAIM_VERDICT_ALLOW
+    assert [(i.feedetl_sn, i.verdict, i.reason, i.message) for i in answers[0].items] == [
+        ("1", ALLOW, pb.REASON_OK, "审核通过"),
+        ("9", ALLOW, pb.REASON_OK, "审核通过"),
+    ]
+    assert answers[0].allowed_amount_fen == 2500 + 1100
+
+
 def test_each_item_carries_the_words_for_the_cashier(gatekeeper: RunningGatekeeper, redis_client: redis.Redis) -> None:
     load(redis_client, DEMO_REGISTRY)
     single = gatekeeper.stub.CheckClaim(demo_claim(), timeout=5)

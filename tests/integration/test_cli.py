@@ -17,6 +17,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatekeeper import __version__, defaults
+from gatekeeper.core import native
 from tests.integration.conftest import RunningGatekeeper, StartGatekeeper, on_both_redis
 from tests.integration.registry import DEMO_CLAIM, DEMO_REGISTRY, load
 from tests.servers import PostgresServer, RedisServer, free_port
@@ -91,6 +92,19 @@ def test_load_serve_check_and_drain_on_sigterm(cli_env: dict[str, str]) -> None:
         _, stderr = server.communicate(timeout=30)
     assert server.returncode == 0
     assert "draining" in stderr and "stopped" in stderr
+
+
+def test_serve_says_whether_plain_claims_are_decided_in_c(cli_env: dict[str, str]) -> None:
+    assert run(str(BIN / "gatekeeper-loader"), "snapshot", str(DEMO_REGISTRY), env=cli_env).returncode == 0
+    process = subprocess.Popen([str(BIN / "gatekeeper"), "serve"], env=cli_env, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    try:
+        started = next(line for line in process.stderr if "listening on port" in line)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    expected = "plain claims in C" if native.BUILT else "every claim in Python: gatekeeper._speedups was not built"
+    assert expected in started
 
 
 def test_check_reports_errors_plainly(cli_env: dict[str, str], tmp_path: Path) -> None:

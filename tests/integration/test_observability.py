@@ -84,6 +84,9 @@ def test_metrics_count_decisions_time_rpcs_and_report_the_cache(
 
     for _ in range(3):
         gatekeeper.stub.CheckClaim(demo_claim(), timeout=5)
+    plain = demo_claim()  # items 1 and 9 alone: decided and answered in C (core/native.py)
+    del plain.items[1:8]
+    gatekeeper.stub.CheckClaim(plain, timeout=5)
     with pytest.raises(grpc.RpcError):
         gatekeeper.stub.CheckClaim(pb.CheckClaimRequest(claim_id="no-items", fixmedins_code="H41010200001"), timeout=5)
     after = scrape(gatekeeper.metrics_port)
@@ -102,17 +105,19 @@ def test_metrics_count_decisions_time_rpcs_and_report_the_cache(
     assert moved(items, verdict="BLOCK", reason="SUSPENDED", enforced="true") == 3  # demo item 2
     assert moved(items, verdict="BLOCK", reason="TERMINATED", enforced="true") == 6  # items 4 and 7
     assert moved(items, verdict="ALLOW_EXEMPT", reason="EMERGENCY_EXEMPT", enforced="true") == 3
-    assert moved(items, verdict="ALLOW", reason="OK", enforced="true") == 6
+    assert moved(items, verdict="ALLOW", reason="OK", enforced="true") == 6 + 2
     assert moved("gatekeeper_claim_decisions_total", verdict="PARTIAL") == 3
-    assert moved("gatekeeper_rpc_duration_seconds_count", method=CHECK_CLAIM, code="OK") == 3
+    assert moved("gatekeeper_claim_decisions_total", verdict="ALLOW") == 1
+    assert moved("gatekeeper_rpc_duration_seconds_count", method=CHECK_CLAIM, code="OK") == 4
     assert moved("gatekeeper_rpc_duration_seconds_count", method=CHECK_CLAIM, code="INVALID_ARGUMENT") == 1
-    assert moved("gatekeeper_rpc_duration_seconds_bucket", method=CHECK_CLAIM, code="OK", le="+Inf") == 3
+    assert moved("gatekeeper_rpc_duration_seconds_bucket", method=CHECK_CLAIM, code="OK", le="+Inf") == 4
     # Each claim looks up its distinct well-formed codes once; after the first, the near cache has them.
     codes = {c for item in demo_claim().items for c in (item.bilg_dr_codg, item.orders_dr_code)}
     looked_up = len({c for c in codes if RegionPolicy().is_practitioner_code(c)})
     hits = moved("gatekeeper_near_cache_lookups_total", result="hit")
-    assert hits + moved("gatekeeper_near_cache_lookups_total", result="miss") == 3 * looked_up
-    assert hits >= 2 * looked_up
+    plain_codes = {c for item in plain.items for c in (item.bilg_dr_codg, item.orders_dr_code) if c}
+    assert hits + moved("gatekeeper_near_cache_lookups_total", result="miss") == 3 * looked_up + len(plain_codes)
+    assert hits >= 2 * looked_up + len(plain_codes)
     assert 0 <= value(after, "gatekeeper_registry_age_seconds") < 60  # loaded a moment ago
     assert value(after, "gatekeeper_serving") == 1
 

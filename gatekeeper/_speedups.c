@@ -1,0 +1,694 @@
+/* The common claim's path in C: the answers of three Python functions for the claims most
+ * calls carry, and None for every other claim, which the Python then answers.
+ *
+ *   parse_claim(data, max_items)      gatekeeper.api.validation.claim_from_request
+ *                                     of CheckClaimRequest.FromString(data)
+ *   decide_registered(items, records, codes, enforced)
+ *                                     gatekeeper.core.rules.decide_claim, for claims whose
+ *                                     practitioners have only ever been registered
+ *   encode_allowed(decision, decision_id, registry_version, ok_message)
+ *                                     CheckClaimResponse bytes of a decision that allows
+ *                                     every item (gatekeeper.api.servicer.claim_response)
+ *
+ * Each declines (returns None) whenever its input is anything but plain: a field it does
+ * not check the way the Python does (non-ASCII text, whitespace to trim, a field sent
+ * twice, min_registry_version), an invalid request, a practitioner with any status but
+ * registered. The Python is the reference: tests/unit/test_speedups.py compares both on
+ * generated and mutated inputs. configure() hands over the core's types once (rules.py).
+ * Nothing here imports a module of the gatekeeper.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static PyObject *Item, *Claim, *ItemDecision, *ClaimDecision;  /* the core's msgspec structs */
+static PyObject *ALLOW, *OK, *CLAIM_ALLOW;                     /* Verdict, Reason, ClaimVerdict members */
+static PyObject *EMPTY, *ZERO;
+
+static PyObject *s_practitioners, *s_service_time, *s_feedetl_sn, *s_amount_fen, *s_periods, *s_status,
+    *s_begntime, *s_endtime, *s_items, *s_verdict, *s_reason, *s_enforced, *s_prac_psn_code, *s_window,
+    *s_allowed_amount_fen, *s_blocked_amount_fen;
+
+/* validation.py's bounds */
+#define MAX_ID_LENGTH 64
+#define MAX_CODE_LENGTH 32
+#define MAX_TEXT_LENGTH 64
+#define MAX_AMOUNT_FEN 1000000000000LL
+/* records.py */
+#define STATUS_WITHDRAWN 0
+#define STATUS_REGISTERED 1
+#define OPEN_ENDED 0
+
+static int configured(void) {
+    if (Item == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "gatekeeper._speedups: configure() was not called");
+        return 0;
+    }
+    return 1;
+}
+
+/* --- reading the protobuf wire format --------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *p, *end;
+} Reader;
+
+/* A varint of at most 10 bytes and 64 bits; -1 when truncated or longer. */
+static int read_varint(Reader *r, uint64_t *out) {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 70 && r->p < r->end; shift += 7) {
+        uint8_t byte = *r->p++;
+        if (shift == 63 && byte > 1) return -1;
+        value |= (uint64_t)(byte & 0x7f) << shift;
+        if (!(byte & 0x80)) {
+            *out = value;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+typedef struct {
+    const uint8_t *data;
+    Py_ssize_t size;
+} Span;
+
+/* The next field: its number, wire type, and its varint value or length-delimited bytes.
+ * 1: a field; 0: the end; -1: anything this reader declines (groups, truncation). */
+static int next_field(Reader *r, uint32_t *number, int *wire_type, uint64_t *varint, Span *bytes) {
+    if (r->p >= r->end) return 0;
+    uint64_t tag, length;
+    if (read_varint(r, &tag) < 0 || tag > UINT32_MAX || (tag >> 3) == 0) return -1;
+    *number = (uint32_t)(tag >> 3);
+    *wire_type = (int)(tag & 7);
+    switch (*wire_type) {
+    case 0:
+        return read_varint(r, varint) < 0 ? -1 : 1;
+    case 1:
+    case 5: {
+        Py_ssize_t width = *wire_type == 1 ? 8 : 4;
+        if (r->end - r->p < width) return -1;
+        r->p += width;
+        return 1;
+    }
+    case 2:
+        if (read_varint(r, &length) < 0 || length > (uint64_t)(r->end - r->p)) return -1;
+        bytes->data = r->p;
+        bytes->size = (Py_ssize_t)length;
+        r->p += length;
+        return 1;
+    default:
+        return -1;
+    }
+}
+
+/* --- the checks of validation.py, on ASCII only ---------------------------------------- */
+
+/* A field the Python trims: accepted only when there is nothing to trim or to decode
+ * (printable ASCII without spaces), so that trimming is the identity. */
+static int trimmed_ascii(Span s) {
+    for (Py_ssize_t i = 0; i < s.size; i++)
+        if (s.data[i] < 0x21 || s.data[i] > 0x7e) return 0;
+    return 1;
+}
+
+/* A field kept as sent: ASCII (its length in characters is its length in bytes). */
+static int ascii(Span s) {
+    for (Py_ssize_t i = 0; i < s.size; i++)
+        if (s.data[i] & 0x80) return 0;
+    return 1;
+}
+
+static int digits(const uint8_t *p, int count) {
+    for (int i = 0; i < count; i++)
+        if (p[i] < '0' || p[i] > '9') return 0;
+    return 1;
+}
+
+/* codes.py's PROVINCE_CODES */
+static int province(const uint8_t *p) {
+    static const char *const provinces[] = {"11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33",
+                                            "34", "35", "36", "37", "41", "42", "43", "44", "45", "46", "50",
+                                            "51", "52", "53", "54", "61", "62", "63", "64", "65", "71", "81",
+                                            "82"};
+    for (size_t i = 0; i < sizeof provinces / sizeof *provinces; i++)
+        if (p[0] == provinces[i][0] && p[1] == provinces[i][1]) return 1;
+    return 0;
+}
+
+/* codes.is_institution_code: H or P, a province, 9 digits. */
+static int institution_code(Span s) {
+    return s.size == 12 && (s.data[0] == 'H' || s.data[0] == 'P') && province(s.data + 1) && digits(s.data + 3, 9);
+}
+
+static int two(const uint8_t *p) { return (p[0] - '0') * 10 + (p[1] - '0'); }
+
+static int64_t days_from_civil(int64_t year, int month, int day) {
+    year -= month <= 2;
+    int64_t era = (year >= 0 ? year : year - 399) / 400;
+    int64_t year_of_era = year - era * 400;
+    int64_t day_of_year = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    return era * 146097 + day_of_era - 719468;
+}
+
+/* validation.service_time: "yyyy-MM-dd HH:mm:ss" China Standard Time in the years 1970 to
+ * 2099, as epoch seconds; 0 when it is anything else. */
+static int service_time(Span s, int64_t *moment) {
+    const uint8_t *p = s.data;
+    if (s.size != 19 || p[4] != '-' || p[7] != '-' || p[10] != ' ' || p[13] != ':' || p[16] != ':') return 0;
+    if (!digits(p, 4) || !digits(p + 5, 2) || !digits(p + 8, 2) || !digits(p + 11, 2) || !digits(p + 14, 2) ||
+        !digits(p + 17, 2))
+        return 0;
+    int year = two(p) * 100 + two(p + 2), month = two(p + 5), day = two(p + 8);
+    int hour = two(p + 11), minute = two(p + 14), second = two(p + 17);
+    static const int month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (year < 1970 || year > 2099 || month < 1 || month > 12 || hour > 23 || minute > 59 || second > 59) return 0;
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day < 1 || day > month_days[month - 1] + (month == 2 && leap)) return 0;
+    *moment = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second - 8 * 3600;
+    return 1;
+}
+
+/* --- parse_claim ------------------------------------------------------------------------ */
+
+typedef struct {
+    Span feedetl_sn, fee_ocur_time, med_list_codg, ordering, executing;
+    int64_t amount_fen, moment;
+    int emergency;
+} Line;
+
+/* A LineItem's fields, checked as claim_from_request checks them; 0 to decline. */
+static int read_line(Span message, Line *line) {
+    Reader r = {message.data, message.data + message.size};
+    memset(line, 0, sizeof *line);
+    uint32_t number, seen = 0;
+    int wire_type, status;
+    uint64_t varint = 0;
+    Span bytes = {NULL, 0};
+    while ((status = next_field(&r, &number, &wire_type, &varint, &bytes)) == 1) {
+        if (number > 7) continue; /* unknown: skipped, as protobuf keeps it aside */
+        if (seen & (1u << number)) return 0;
+        seen |= 1u << number;
+        int want_varint = number == 4 || number == 7;
+        if (wire_type != (want_varint ? 0 : 2)) return 0;
+        switch (number) {
+        case 1: line->feedetl_sn = bytes; break;
+        case 2: line->fee_ocur_time = bytes; break;
+        case 3: line->med_list_codg = bytes; break;
+        case 4: line->amount_fen = (int64_t)varint; break;
+        case 5: line->ordering = bytes; break;
+        case 6: line->executing = bytes; break;
+        case 7: line->emergency = varint != 0; break;
+        }
+    }
+    if (status < 0) return 0;
+    if (line->feedetl_sn.size == 0 || line->feedetl_sn.size > MAX_ID_LENGTH || !trimmed_ascii(line->feedetl_sn))
+        return 0;
+    if (line->ordering.size > MAX_CODE_LENGTH || !trimmed_ascii(line->ordering)) return 0;
+    if (line->executing.size > MAX_CODE_LENGTH || !trimmed_ascii(line->executing)) return 0;
+    if (line->med_list_codg.size > MAX_TEXT_LENGTH || !ascii(line->med_list_codg)) return 0;
+    if (line->amount_fen < -MAX_AMOUNT_FEN || line->amount_fen > MAX_AMOUNT_FEN) return 0;
+    return service_time(line->fee_ocur_time, &line->moment);
+}
+
+static uint64_t hash_bytes(Span s) {
+    uint64_t hash = 1469598103934665603ULL; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < s.size; i++) hash = (hash ^ s.data[i]) * 1099511628211ULL;
+    return hash;
+}
+
+static int same(Span a, Span b) { return a.size == b.size && memcmp(a.data, b.data, (size_t)a.size) == 0; }
+
+/* True when two lines share a serial number (an open-addressing set of them). */
+static int repeated_serial_number(Line *lines, Py_ssize_t count) {
+    size_t capacity = 16;
+    while (capacity < (size_t)count * 2) capacity *= 2;
+    Span **slots = PyMem_Calloc(capacity, sizeof *slots);
+    if (slots == NULL) return -1;
+    int repeated = 0;
+    for (Py_ssize_t i = 0; i < count && !repeated; i++) {
+        Span *sn = &lines[i].feedetl_sn;
+        size_t slot = (size_t)hash_bytes(*sn) & (capacity - 1);
+        while (slots[slot] != NULL && !(repeated = same(*slots[slot], *sn))) slot = (slot + 1) & (capacity - 1);
+        slots[slot] = sn;
+    }
+    PyMem_Free(slots);
+    return repeated;
+}
+
+static PyObject *ascii_str(Span s) {
+    PyObject *text = PyUnicode_New(s.size, 127);
+    if (text != NULL) memcpy(PyUnicode_1BYTE_DATA(text), s.data, (size_t)s.size);
+    return text;
+}
+
+/* The few practitioner codes of a claim, each made into a str once. */
+#define CODES_KEPT 16
+typedef struct {
+    Span span[CODES_KEPT];
+    PyObject *text[CODES_KEPT];
+    int count;
+} Codes;
+
+static PyObject *code_str(Codes *codes, Span s) {
+    for (int i = 0; i < codes->count; i++)
+        if (same(codes->span[i], s)) return Py_NewRef(codes->text[i]);
+    PyObject *text = ascii_str(s);
+    if (text != NULL && codes->count < CODES_KEPT) {
+        codes->span[codes->count] = s;
+        codes->text[codes->count++] = Py_NewRef(text);
+    }
+    return text;
+}
+
+static PyObject *make_item(Line *line, int claim_emergency, Codes *codes) {
+    PyObject *args[5] = {NULL, NULL, NULL, NULL, NULL}, *item = NULL;
+    args[0] = ascii_str(line->feedetl_sn);
+    args[1] = PyLong_FromLongLong(line->moment);
+    args[2] = PyLong_FromLongLong(line->amount_fen);
+    PyObject *ordering = code_str(codes, line->ordering);
+    if (ordering != NULL) {
+        if (line->executing.size > 0 && !same(line->executing, line->ordering)) {
+            PyObject *executing = code_str(codes, line->executing);
+            args[3] = executing == NULL ? NULL : PyTuple_Pack(2, ordering, executing);
+            Py_XDECREF(executing);
+        } else {
+            args[3] = PyTuple_Pack(1, ordering);
+        }
+        Py_DECREF(ordering);
+    }
+    args[4] = Py_NewRef(claim_emergency || line->emergency ? Py_True : Py_False);
+    if (args[0] != NULL && args[1] != NULL && args[2] != NULL && args[3] != NULL)
+        item = PyObject_Vectorcall(Item, args, 5, NULL);
+    for (int i = 0; i < 5; i++) Py_XDECREF(args[i]);
+    return item;
+}
+
+static PyObject *parse_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer data;
+    Py_ssize_t max_items;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "parse_claim(data, max_items)");
+        return NULL;
+    }
+    if (!configured() || ((max_items = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred())) return NULL;
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) return NULL;
+
+    PyObject *result = NULL;
+    Line *lines = NULL;
+    Codes codes = {.count = 0};
+    Span claim_id = {NULL, 0}, fixmedins_code = {NULL, 0}, med_type = {NULL, 0}, mdtrt_id = {NULL, 0};
+    Span min_version = {NULL, 0}, bytes = {NULL, 0};
+    int emergency = 0, wire_type, status;
+    uint32_t number, seen = 0;
+    uint64_t varint = 0;
+    Py_ssize_t count = 0;
+
+    /* First the claim's own fields, counting its items (a flag may follow them). */
+    Reader r = {data.buf, (const uint8_t *)data.buf + data.len};
+    while ((status = next_field(&r, &number, &wire_type, &varint, &bytes)) == 1) {
+        if (number > 7) continue;
+        if (wire_type != (number == 4 ? 0 : 2)) goto decline;
+        if (number == 5) {
+            count++;
+            continue;
+        }
+        if (seen & (1u << number)) goto decline;
+        seen |= 1u << number;
+        switch (number) {
+        case 1: claim_id = bytes; break;
+        case 2: fixmedins_code = bytes; break;
+        case 3: med_type = bytes; break;
+        case 4: emergency = varint != 0; break;
+        case 6: mdtrt_id = bytes; break;
+        case 7: min_version = bytes; break;
+        }
+    }
+    if (status < 0 || count == 0 || count > max_items || min_version.size > 0) goto decline;
+    if (claim_id.size == 0 || claim_id.size > MAX_ID_LENGTH || !trimmed_ascii(claim_id)) goto decline;
+    if (!institution_code(fixmedins_code)) goto decline;
+    if (med_type.size > MAX_TEXT_LENGTH || !ascii(med_type) || mdtrt_id.size > MAX_ID_LENGTH || !ascii(mdtrt_id))
+        goto decline;
+
+    /* Then each item. */
+    lines = PyMem_Malloc((size_t)count * sizeof *lines);
+    if (lines == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t index = 0;
+    r.p = data.buf;
+    while (next_field(&r, &number, &wire_type, &varint, &bytes) == 1)
+        if (number == 5 && !read_line(bytes, &lines[index++])) goto decline;
+    int repeated = repeated_serial_number(lines, count);
+    if (repeated < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (repeated) goto decline;
+
+    PyObject *items = PyTuple_New(count);
+    if (items == NULL) goto done;
+    for (index = 0; index < count; index++) {
+        PyObject *item = make_item(&lines[index], emergency, &codes);
+        if (item == NULL) {
+            Py_DECREF(items);
+            goto done;
+        }
+        PyTuple_SET_ITEM(items, index, item);
+    }
+    PyObject *claim_args[3] = {ascii_str(claim_id), ascii_str(fixmedins_code), items};
+    if (claim_args[0] != NULL && claim_args[1] != NULL) result = PyObject_Vectorcall(Claim, claim_args, 3, NULL);
+    for (int i = 0; i < 3; i++) Py_XDECREF(claim_args[i]);
+    goto done;
+
+decline:
+    result = Py_NewRef(Py_None);
+done:
+    for (int i = 0; i < codes.count; i++) Py_DECREF(codes.text[i]);
+    PyMem_Free(lines);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* --- decide_registered ------------------------------------------------------------------ */
+
+static int long_attribute(PyObject *object, PyObject *name, long long *value) {
+    PyObject *attribute = PyObject_GetAttr(object, name);
+    if (attribute == NULL) return -1;
+    *value = PyLong_AsLongLong(attribute);
+    Py_DECREF(attribute);
+    return *value == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* rules._registered_only and rules._all_registered for one code: 1 when the code is
+ * well-formed (in ``codes``), its periods are registrations (withdrawn ones aside) and one
+ * covers ``moment``; 0 when not; -1 on an error. */
+static int registered_at(PyObject *code, long long moment, PyObject *records, PyObject *codes) {
+    int known = PySet_Contains(codes, code);
+    if (known <= 0) return known;
+    PyObject *record = PyDict_GetItemWithError(records, code); /* borrowed */
+    if (record == NULL) return PyErr_Occurred() ? -1 : 0;
+    PyObject *periods = PyObject_GetAttr(record, s_periods);
+    if (periods == NULL) return -1;
+    if (!PyTuple_Check(periods)) {
+        Py_DECREF(periods);
+        return 0;
+    }
+    int covered = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(periods); i++) {
+        PyObject *period = PyTuple_GET_ITEM(periods, i);
+        long long status, begins, ends;
+        if (long_attribute(period, s_status, &status) < 0) goto error;
+        if (status == STATUS_WITHDRAWN) continue;
+        if (status != STATUS_REGISTERED) {
+            covered = 0;
+            break;
+        }
+        if (covered) continue;
+        if (long_attribute(period, s_begntime, &begins) < 0 || long_attribute(period, s_endtime, &ends) < 0)
+            goto error;
+        covered = begins <= moment && (ends == OPEN_ENDED || moment < ends);
+    }
+    Py_DECREF(periods);
+    return covered;
+error:
+    Py_DECREF(periods);
+    return -1;
+}
+
+static PyObject *decide_registered(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "decide_registered(items, records, codes, enforced)");
+        return NULL;
+    }
+    if (!configured()) return NULL;
+    PyObject *items = args[0], *records = args[1], *codes = args[2];
+    if (!PyTuple_Check(items) || !PyDict_Check(records) || !PyAnySet_Check(codes)) {
+        PyErr_SetString(PyExc_TypeError, "decide_registered takes a tuple, a dict and a set");
+        return NULL;
+    }
+    int enforced_flag = PyObject_IsTrue(args[3]);
+    if (enforced_flag < 0) return NULL;
+    PyObject *enforced = enforced_flag ? Py_True : Py_False;
+    Py_ssize_t count = PyTuple_GET_SIZE(items);
+    if (count == 0) Py_RETURN_NONE;
+
+    PyObject *decisions = PyTuple_New(count), *sum = NULL;
+    long long allowed = 0;
+    if (decisions == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        long long moment;
+        if (long_attribute(item, s_service_time, &moment) < 0) goto error;
+        PyObject *practitioners = PyObject_GetAttr(item, s_practitioners);
+        if (practitioners == NULL) goto error;
+        int registered = PyTuple_Check(practitioners);
+        for (Py_ssize_t k = 0; registered > 0 && k < PyTuple_GET_SIZE(practitioners); k++)
+            registered = registered_at(PyTuple_GET_ITEM(practitioners, k), moment, records, codes);
+        Py_DECREF(practitioners);
+        if (registered < 0) goto error;
+        if (registered == 0) {
+            Py_DECREF(decisions);
+            Py_RETURN_NONE;
+        }
+        PyObject *decision_args[7] = {PyObject_GetAttr(item, s_feedetl_sn), ALLOW, OK, EMPTY, Py_None, enforced,
+                                      PyObject_GetAttr(item, s_amount_fen)};
+        PyObject *decision = NULL;
+        if (decision_args[0] != NULL && decision_args[6] != NULL) {
+            long long amount = PyLong_AsLongLong(decision_args[6]);
+            if (!(amount == -1 && PyErr_Occurred())) {
+                allowed += amount; /* |amount| <= 10**12 per item (validation.py) */
+                decision = PyObject_Vectorcall(ItemDecision, decision_args, 7, NULL);
+            }
+        }
+        Py_XDECREF(decision_args[0]);
+        Py_XDECREF(decision_args[6]);
+        if (decision == NULL) goto error;
+        PyTuple_SET_ITEM(decisions, i, decision);
+    }
+    sum = PyLong_FromLongLong(allowed);
+    if (sum == NULL) goto error;
+    PyObject *claim_args[6] = {CLAIM_ALLOW, decisions, sum, ZERO, enforced, ZERO};
+    PyObject *result = PyObject_Vectorcall(ClaimDecision, claim_args, 6, NULL);
+    Py_DECREF(sum);
+    Py_DECREF(decisions);
+    return result;
+error:
+    Py_DECREF(decisions);
+    return NULL;
+}
+
+/* --- encode_allowed --------------------------------------------------------------------- */
+
+static Py_ssize_t varint_size(uint64_t value) {
+    Py_ssize_t size = 1;
+    while (value >= 0x80) {
+        value >>= 7;
+        size++;
+    }
+    return size;
+}
+
+static uint8_t *put_varint(uint8_t *p, uint64_t value) {
+    while (value >= 0x80) {
+        *p++ = (uint8_t)(value | 0x80);
+        value >>= 7;
+    }
+    *p++ = (uint8_t)value;
+    return p;
+}
+
+/* The size of a field holding ``size`` bytes (none when empty, as proto3 writes it). */
+static Py_ssize_t text_size(Py_ssize_t size) { return size == 0 ? 0 : 1 + varint_size((uint64_t)size) + size; }
+
+static uint8_t *put_text(uint8_t *p, uint8_t tag, const char *text, Py_ssize_t size) {
+    if (size == 0) return p;
+    *p++ = tag;
+    p = put_varint(p, (uint64_t)size);
+    memcpy(p, text, (size_t)size);
+    return p + size;
+}
+
+static Py_ssize_t int_size(long long value) { return value == 0 ? 0 : 1 + varint_size((uint64_t)value); }
+
+static uint8_t *put_int(uint8_t *p, uint8_t tag, long long value) {
+    if (value == 0) return p;
+    *p++ = tag;
+    return put_varint(p, (uint64_t)value);
+}
+
+typedef struct {
+    const char *sn, *code;
+    Py_ssize_t sn_size, code_size, size; /* size: the ItemDecision message's */
+    long long amount;
+    int enforced;
+} Allowed;
+
+static PyObject *encode_allowed(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "encode_allowed(decision, decision_id, registry_version, ok_message)");
+        return NULL;
+    }
+    if (!configured()) return NULL;
+    PyObject *decision = args[0];
+    Py_ssize_t id_size, version_size, message_size;
+    const char *id = PyUnicode_AsUTF8AndSize(args[1], &id_size);
+    const char *version = id == NULL ? NULL : PyUnicode_AsUTF8AndSize(args[2], &version_size);
+    const char *message = version == NULL ? NULL : PyUnicode_AsUTF8AndSize(args[3], &message_size);
+    if (message == NULL) return NULL;
+
+    PyObject *items = PyObject_GetAttr(decision, s_items), *result = NULL;
+    if (items == NULL) return NULL;
+    if (!PyTuple_Check(items)) {
+        Py_DECREF(items);
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(items);
+    Allowed *allowed = PyMem_Malloc((size_t)(count ? count : 1) * sizeof *allowed);
+    if (allowed == NULL) {
+        Py_DECREF(items);
+        return PyErr_NoMemory();
+    }
+    long long verdict, allowed_fen, blocked_fen;
+    int enforced;
+    if (long_attribute(decision, s_verdict, &verdict) < 0 ||
+        long_attribute(decision, s_allowed_amount_fen, &allowed_fen) < 0 ||
+        long_attribute(decision, s_blocked_amount_fen, &blocked_fen) < 0)
+        goto done;
+    PyObject *flag = PyObject_GetAttr(decision, s_enforced);
+    if (flag == NULL) goto done;
+    enforced = PyObject_IsTrue(flag);
+    Py_DECREF(flag);
+    if (enforced < 0) goto done;
+
+    /* Every item allowed for its reason OK, with no window: the one message for all. */
+    Py_ssize_t size = text_size(id_size) + text_size(version_size) + int_size(verdict) + int_size(allowed_fen) +
+                      int_size(blocked_fen) + (enforced ? 2 : 0);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i), *values[5];
+        PyObject *const names[5] = {s_verdict, s_reason, s_window, s_feedetl_sn, s_prac_psn_code};
+        int plain = 1;
+        for (int k = 0; k < 5; k++) values[k] = PyObject_GetAttr(item, names[k]);
+        for (int k = 0; k < 5; k++) plain = plain && values[k] != NULL;
+        Allowed *a = &allowed[i];
+        if (plain && (values[0] != ALLOW || values[1] != OK || values[2] != Py_None)) plain = -1;
+        if (plain == 1) {
+            a->sn = PyUnicode_AsUTF8AndSize(values[3], &a->sn_size);
+            a->code = a->sn == NULL ? NULL : PyUnicode_AsUTF8AndSize(values[4], &a->code_size);
+            plain = a->code != NULL && long_attribute(item, s_amount_fen, &a->amount) == 0;
+        }
+        if (plain == 1) {
+            PyObject *item_flag = PyObject_GetAttr(item, s_enforced);
+            a->enforced = item_flag == NULL ? -1 : PyObject_IsTrue(item_flag);
+            Py_XDECREF(item_flag);
+            plain = a->enforced >= 0;
+        }
+        for (int k = 0; k < 5; k++) Py_XDECREF(values[k]); /* the strings live on in the item */
+        if (plain == 0) goto done;
+        if (plain < 0) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        a->size = text_size(a->sn_size) + 4 + text_size(a->code_size) + (a->enforced ? 2 : 0) +
+                  int_size(a->amount) + text_size(message_size);
+        size += 1 + varint_size((uint64_t)a->size) + a->size;
+    }
+
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL) goto done;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(result);
+    p = put_text(p, 0x0a, id, id_size);
+    p = put_text(p, 0x12, version, version_size);
+    p = put_int(p, 0x18, verdict);
+    p = put_int(p, 0x20, allowed_fen);
+    p = put_int(p, 0x28, blocked_fen);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Allowed *a = &allowed[i];
+        *p++ = 0x32;
+        p = put_varint(p, (uint64_t)a->size);
+        p = put_text(p, 0x0a, a->sn, a->sn_size);
+        *p++ = 0x10; /* verdict: VERDICT_ALLOW */
+        *p++ = 1;
+        *p++ = 0x18; /* reason: REASON_OK */
+        *p++ = 1;
+        p = put_text(p, 0x22, a->code, a->code_size);
+        if (a->enforced) {
+            *p++ = 0x40;
+            *p++ = 1;
+        }
+        p = put_int(p, 0x48, a->amount);
+        p = put_text(p, 0x52, message, message_size);
+    }
+    if (enforced) {
+        *p++ = 0x38;
+        *p++ = 1;
+    }
+    assert(p == (uint8_t *)PyBytes_AS_STRING(result) + size);
+done:
+    PyMem_Free(allowed);
+    Py_DECREF(items);
+    return result;
+}
+
+/* --- the module ------------------------------------------------------------------------- */
+
+static PyObject *configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "configure(Item, Claim, ItemDecision, ClaimDecision, Verdict.ALLOW, Reason.OK, "
+                        "ClaimVerdict.ALLOW)");
+        return NULL;
+    }
+    PyObject **slots[7] = {&Item, &Claim, &ItemDecision, &ClaimDecision, &ALLOW, &OK, &CLAIM_ALLOW};
+    for (int i = 0; i < 7; i++) Py_XSETREF(*slots[i], Py_NewRef(args[i]));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
+     "Hand over the core's types: Item, Claim, ItemDecision, ClaimDecision, Verdict.ALLOW, Reason.OK, "
+     "ClaimVerdict.ALLOW."},
+    {"parse_claim", (PyCFunction)(void (*)(void))parse_claim, METH_FASTCALL,
+     "parse_claim(data, max_items): the Claim that claim_from_request makes of a plain serialized "
+     "CheckClaimRequest, or None."},
+    {"decide_registered", (PyCFunction)(void (*)(void))decide_registered, METH_FASTCALL,
+     "decide_registered(items, records, codes, enforced): decide_claim's ClaimDecision when every "
+     "practitioner has only ever been registered and is at the item's time, or None."},
+    {"encode_allowed", (PyCFunction)(void (*)(void))encode_allowed, METH_FASTCALL,
+     "encode_allowed(decision, decision_id, registry_version, ok_message): the serialized "
+     "CheckClaimResponse of a decision allowing every item for reason OK, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_definition = {PyModuleDef_HEAD_INIT, "gatekeeper._speedups", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {
+        {&s_practitioners, "practitioners"},
+        {&s_service_time, "service_time"},
+        {&s_feedetl_sn, "feedetl_sn"},
+        {&s_amount_fen, "amount_fen"},
+        {&s_periods, "periods"},
+        {&s_status, "status"},
+        {&s_begntime, "begntime"},
+        {&s_endtime, "endtime"},
+        {&s_items, "items"},
+        {&s_verdict, "verdict"},
+        {&s_reason, "reason"},
+        {&s_enforced, "enforced"},
+        {&s_prac_psn_code, "prac_psn_code"},
+        {&s_window, "window"},
+        {&s_allowed_amount_fen, "allowed_amount_fen"},
+        {&s_blocked_amount_fen, "blocked_amount_fen"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL) return NULL;
+    if ((EMPTY = PyUnicode_New(0, 127)) == NULL || (ZERO = PyLong_FromLong(0)) == NULL) return NULL;
+    return PyModule_Create(&module_definition);
+}
