@@ -14,21 +14,64 @@
  * not check the way the Python does (non-ASCII text, whitespace to trim, a field sent
  * twice, min_registry_version), an invalid request, a practitioner with any status but
  * registered. The Python is the reference: tests/unit/test_speedups.py compares both on
- * generated and mutated inputs. configure() hands over the core's types once (rules.py).
+ * generated and mutated inputs. configure() hands over the core's types once (core/native.py).
  * Nothing here imports a module of the gatekeeper.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h> /* PyMember_GetOne */
 #include <stdint.h>
 #include <string.h>
 
-static PyObject *Item, *Claim, *ItemDecision, *ClaimDecision;  /* the core's msgspec structs */
-static PyObject *ALLOW, *OK, *CLAIM_ALLOW;                     /* Verdict, Reason, ClaimVerdict members */
+static PyObject *Item, *Claim, *ItemDecision, *ClaimDecision, *PractitionerRecord, *StatusPeriod; /* msgspec structs */
+static PyObject *ALLOW, *OK, *CLAIM_ALLOW; /* Verdict, Reason, ClaimVerdict members */
 static PyObject *EMPTY, *ZERO;
 
-static PyObject *s_practitioners, *s_service_time, *s_feedetl_sn, *s_amount_fen, *s_periods, *s_status,
-    *s_begntime, *s_endtime, *s_items, *s_verdict, *s_reason, *s_enforced, *s_prac_psn_code, *s_window,
-    *s_allowed_amount_fen, *s_blocked_amount_fen;
+/* The struct fields read here, each through its member descriptor when the object is of the
+ * struct's own type: a slot read, where PyObject_GetAttr would search the type's MRO. */
+enum {
+    ITEM_FEEDETL_SN, ITEM_SERVICE_TIME, ITEM_AMOUNT_FEN, ITEM_PRACTITIONERS,
+    RECORD_PERIODS, PERIOD_STATUS, PERIOD_BEGNTIME, PERIOD_ENDTIME,
+    DECISION_ITEMS, DECISION_VERDICT, DECISION_ALLOWED, DECISION_BLOCKED, DECISION_ENFORCED,
+    ITEM_VERDICT, ITEM_REASON, ITEM_WINDOW, ITEM_SN, ITEM_CODE, ITEM_AMOUNT, ITEM_ENFORCED,
+    FIELDS
+};
+typedef struct {
+    PyObject **type;
+    const char *name;
+    PyObject *interned, *descriptor;
+    PyMemberDef *member;
+} Field;
+static Field fields[FIELDS] = {
+    [ITEM_FEEDETL_SN] = {&Item, "feedetl_sn"},
+    [ITEM_SERVICE_TIME] = {&Item, "service_time"},
+    [ITEM_AMOUNT_FEN] = {&Item, "amount_fen"},
+    [ITEM_PRACTITIONERS] = {&Item, "practitioners"},
+    [RECORD_PERIODS] = {&PractitionerRecord, "periods"},
+    [PERIOD_STATUS] = {&StatusPeriod, "status"},
+    [PERIOD_BEGNTIME] = {&StatusPeriod, "begntime"},
+    [PERIOD_ENDTIME] = {&StatusPeriod, "endtime"},
+    [DECISION_ITEMS] = {&ClaimDecision, "items"},
+    [DECISION_VERDICT] = {&ClaimDecision, "verdict"},
+    [DECISION_ALLOWED] = {&ClaimDecision, "allowed_amount_fen"},
+    [DECISION_BLOCKED] = {&ClaimDecision, "blocked_amount_fen"},
+    [DECISION_ENFORCED] = {&ClaimDecision, "enforced"},
+    [ITEM_VERDICT] = {&ItemDecision, "verdict"},
+    [ITEM_REASON] = {&ItemDecision, "reason"},
+    [ITEM_WINDOW] = {&ItemDecision, "window"},
+    [ITEM_SN] = {&ItemDecision, "feedetl_sn"},
+    [ITEM_CODE] = {&ItemDecision, "prac_psn_code"},
+    [ITEM_AMOUNT] = {&ItemDecision, "amount_fen"},
+    [ITEM_ENFORCED] = {&ItemDecision, "enforced"},
+};
+
+/* A field of a struct (a new reference), or NULL with an exception. */
+static PyObject *field(PyObject *object, int which) {
+    Field *f = &fields[which];
+    if (f->member != NULL && (PyObject *)Py_TYPE(object) == *f->type)
+        return PyMember_GetOne((const char *)object, f->member);
+    return PyObject_GetAttr(object, f->interned);
+}
 
 /* validation.py's bounds */
 #define MAX_ID_LENGTH 64
@@ -375,8 +418,8 @@ done:
 
 /* --- decide_registered ------------------------------------------------------------------ */
 
-static int long_attribute(PyObject *object, PyObject *name, long long *value) {
-    PyObject *attribute = PyObject_GetAttr(object, name);
+static int long_field(PyObject *object, int which, long long *value) {
+    PyObject *attribute = field(object, which);
     if (attribute == NULL) return -1;
     *value = PyLong_AsLongLong(attribute);
     Py_DECREF(attribute);
@@ -391,7 +434,7 @@ static int registered_at(PyObject *code, long long moment, PyObject *records, Py
     if (known <= 0) return known;
     PyObject *record = PyDict_GetItemWithError(records, code); /* borrowed */
     if (record == NULL) return PyErr_Occurred() ? -1 : 0;
-    PyObject *periods = PyObject_GetAttr(record, s_periods);
+    PyObject *periods = field(record, RECORD_PERIODS);
     if (periods == NULL) return -1;
     if (!PyTuple_Check(periods)) {
         Py_DECREF(periods);
@@ -401,14 +444,14 @@ static int registered_at(PyObject *code, long long moment, PyObject *records, Py
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(periods); i++) {
         PyObject *period = PyTuple_GET_ITEM(periods, i);
         long long status, begins, ends;
-        if (long_attribute(period, s_status, &status) < 0) goto error;
+        if (long_field(period, PERIOD_STATUS, &status) < 0) goto error;
         if (status == STATUS_WITHDRAWN) continue;
         if (status != STATUS_REGISTERED) {
             covered = 0;
             break;
         }
         if (covered) continue;
-        if (long_attribute(period, s_begntime, &begins) < 0 || long_attribute(period, s_endtime, &ends) < 0)
+        if (long_field(period, PERIOD_BEGNTIME, &begins) < 0 || long_field(period, PERIOD_ENDTIME, &ends) < 0)
             goto error;
         covered = begins <= moment && (ends == OPEN_ENDED || moment < ends);
     }
@@ -442,8 +485,8 @@ static PyObject *decide_registered(PyObject *module, PyObject *const *args, Py_s
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PyTuple_GET_ITEM(items, i);
         long long moment;
-        if (long_attribute(item, s_service_time, &moment) < 0) goto error;
-        PyObject *practitioners = PyObject_GetAttr(item, s_practitioners);
+        if (long_field(item, ITEM_SERVICE_TIME, &moment) < 0) goto error;
+        PyObject *practitioners = field(item, ITEM_PRACTITIONERS);
         if (practitioners == NULL) goto error;
         int registered = PyTuple_Check(practitioners);
         for (Py_ssize_t k = 0; registered > 0 && k < PyTuple_GET_SIZE(practitioners); k++)
@@ -454,8 +497,8 @@ static PyObject *decide_registered(PyObject *module, PyObject *const *args, Py_s
             Py_DECREF(decisions);
             Py_RETURN_NONE;
         }
-        PyObject *decision_args[7] = {PyObject_GetAttr(item, s_feedetl_sn), ALLOW, OK, EMPTY, Py_None, enforced,
-                                      PyObject_GetAttr(item, s_amount_fen)};
+        PyObject *decision_args[7] = {field(item, ITEM_FEEDETL_SN), ALLOW, OK, EMPTY, Py_None, enforced,
+                                      field(item, ITEM_AMOUNT_FEN)};
         PyObject *decision = NULL;
         if (decision_args[0] != NULL && decision_args[6] != NULL) {
             long long amount = PyLong_AsLongLong(decision_args[6]);
@@ -540,7 +583,7 @@ static PyObject *encode_allowed(PyObject *module, PyObject *const *args, Py_ssiz
     const char *message = version == NULL ? NULL : PyUnicode_AsUTF8AndSize(args[3], &message_size);
     if (message == NULL) return NULL;
 
-    PyObject *items = PyObject_GetAttr(decision, s_items), *result = NULL;
+    PyObject *items = field(decision, DECISION_ITEMS), *result = NULL;
     if (items == NULL) return NULL;
     if (!PyTuple_Check(items)) {
         Py_DECREF(items);
@@ -554,11 +597,11 @@ static PyObject *encode_allowed(PyObject *module, PyObject *const *args, Py_ssiz
     }
     long long verdict, allowed_fen, blocked_fen;
     int enforced;
-    if (long_attribute(decision, s_verdict, &verdict) < 0 ||
-        long_attribute(decision, s_allowed_amount_fen, &allowed_fen) < 0 ||
-        long_attribute(decision, s_blocked_amount_fen, &blocked_fen) < 0)
+    if (long_field(decision, DECISION_VERDICT, &verdict) < 0 ||
+        long_field(decision, DECISION_ALLOWED, &allowed_fen) < 0 ||
+        long_field(decision, DECISION_BLOCKED, &blocked_fen) < 0)
         goto done;
-    PyObject *flag = PyObject_GetAttr(decision, s_enforced);
+    PyObject *flag = field(decision, DECISION_ENFORCED);
     if (flag == NULL) goto done;
     enforced = PyObject_IsTrue(flag);
     Py_DECREF(flag);
@@ -569,19 +612,19 @@ static PyObject *encode_allowed(PyObject *module, PyObject *const *args, Py_ssiz
                       int_size(blocked_fen) + (enforced ? 2 : 0);
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PyTuple_GET_ITEM(items, i), *values[5];
-        PyObject *const names[5] = {s_verdict, s_reason, s_window, s_feedetl_sn, s_prac_psn_code};
+        static const int names[5] = {ITEM_VERDICT, ITEM_REASON, ITEM_WINDOW, ITEM_SN, ITEM_CODE};
         int plain = 1;
-        for (int k = 0; k < 5; k++) values[k] = PyObject_GetAttr(item, names[k]);
+        for (int k = 0; k < 5; k++) values[k] = field(item, names[k]);
         for (int k = 0; k < 5; k++) plain = plain && values[k] != NULL;
         Allowed *a = &allowed[i];
         if (plain && (values[0] != ALLOW || values[1] != OK || values[2] != Py_None)) plain = -1;
         if (plain == 1) {
             a->sn = PyUnicode_AsUTF8AndSize(values[3], &a->sn_size);
             a->code = a->sn == NULL ? NULL : PyUnicode_AsUTF8AndSize(values[4], &a->code_size);
-            plain = a->code != NULL && long_attribute(item, s_amount_fen, &a->amount) == 0;
+            plain = a->code != NULL && long_field(item, ITEM_AMOUNT, &a->amount) == 0;
         }
         if (plain == 1) {
-            PyObject *item_flag = PyObject_GetAttr(item, s_enforced);
+            PyObject *item_flag = field(item, ITEM_ENFORCED);
             a->enforced = item_flag == NULL ? -1 : PyObject_IsTrue(item_flag);
             Py_XDECREF(item_flag);
             plain = a->enforced >= 0;
@@ -636,21 +679,35 @@ done:
 /* --- the module ------------------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
+    if (nargs != 9) {
         PyErr_SetString(PyExc_TypeError,
-                        "configure(Item, Claim, ItemDecision, ClaimDecision, Verdict.ALLOW, Reason.OK, "
-                        "ClaimVerdict.ALLOW)");
+                        "configure(Item, Claim, ItemDecision, ClaimDecision, PractitionerRecord, StatusPeriod, "
+                        "Verdict.ALLOW, Reason.OK, ClaimVerdict.ALLOW)");
         return NULL;
     }
-    PyObject **slots[7] = {&Item, &Claim, &ItemDecision, &ClaimDecision, &ALLOW, &OK, &CLAIM_ALLOW};
-    for (int i = 0; i < 7; i++) Py_XSETREF(*slots[i], Py_NewRef(args[i]));
+    PyObject **slots[9] = {&Item,         &Claim,        &ItemDecision, &ClaimDecision, &PractitionerRecord,
+                           &StatusPeriod, &ALLOW,        &OK,           &CLAIM_ALLOW};
+    for (int i = 0; i < 9; i++) Py_XSETREF(*slots[i], Py_NewRef(args[i]));
+    for (int i = 0; i < FIELDS; i++) {
+        Field *f = &fields[i];
+        Py_CLEAR(f->descriptor);
+        f->member = NULL;
+        PyObject *descriptor = PyObject_GetAttr(*f->type, f->interned);
+        if (descriptor == NULL) return NULL; /* not a field of the type: a wrong type handed over */
+        if (Py_IS_TYPE(descriptor, &PyMemberDescr_Type)) {
+            f->descriptor = descriptor;
+            f->member = ((PyMemberDescrObject *)descriptor)->d_member;
+        } else {
+            Py_DECREF(descriptor); /* read by name */
+        }
+    }
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
-     "Hand over the core's types: Item, Claim, ItemDecision, ClaimDecision, Verdict.ALLOW, Reason.OK, "
-     "ClaimVerdict.ALLOW."},
+     "Hand over the core's types: Item, Claim, ItemDecision, ClaimDecision, PractitionerRecord, StatusPeriod, "
+     "Verdict.ALLOW, Reason.OK, ClaimVerdict.ALLOW."},
     {"parse_claim", (PyCFunction)(void (*)(void))parse_claim, METH_FASTCALL,
      "parse_claim(data, max_items): the Claim that claim_from_request makes of a plain serialized "
      "CheckClaimRequest, or None."},
@@ -666,29 +723,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module_definition = {PyModuleDef_HEAD_INIT, "gatekeeper._speedups", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    struct {
-        PyObject **slot;
-        const char *name;
-    } names[] = {
-        {&s_practitioners, "practitioners"},
-        {&s_service_time, "service_time"},
-        {&s_feedetl_sn, "feedetl_sn"},
-        {&s_amount_fen, "amount_fen"},
-        {&s_periods, "periods"},
-        {&s_status, "status"},
-        {&s_begntime, "begntime"},
-        {&s_endtime, "endtime"},
-        {&s_items, "items"},
-        {&s_verdict, "verdict"},
-        {&s_reason, "reason"},
-        {&s_enforced, "enforced"},
-        {&s_prac_psn_code, "prac_psn_code"},
-        {&s_window, "window"},
-        {&s_allowed_amount_fen, "allowed_amount_fen"},
-        {&s_blocked_amount_fen, "blocked_amount_fen"},
-    };
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-        if ((*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL) return NULL;
+    for (int i = 0; i < FIELDS; i++)
+        if ((fields[i].interned = PyUnicode_InternFromString(fields[i].name)) == NULL) return NULL;
     if ((EMPTY = PyUnicode_New(0, 127)) == NULL || (ZERO = PyLong_FromLong(0)) == NULL) return NULL;
     return PyModule_Create(&module_definition);
 }

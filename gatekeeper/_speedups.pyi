@@ -3,7 +3,15 @@ from collections.abc import Mapping, Set
 from typing import Any
 
 def configure(
-    item: type, claim: type, item_decision: type, claim_decision: type, allow: Any, ok: Any, claim_allow: Any
+    item: type,
+    claim: type,
+    item_decision: type,
+    claim_decision: type,
+    practitioner_record: type,
+    status_period: type,
+    allow: Any,
+    ok: Any,
+    claim_allow: Any,
 ) -> None: ...
 def parse_claim(data: bytes, max_items: int) -> Any | None: ...
 def decide_registered(

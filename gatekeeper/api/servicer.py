@@ -244,13 +244,13 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         claim: Claim,
         region: RegionPolicy,
         decided: tuple[ClaimDecision, bool],
-        lookup: Lookup,
+        registry_version: str,
     ) -> ClaimDecision:
         """Hand a decision (from :meth:`_decide`) to the record and count the decision
         answered; when it cannot be recorded, what the region's policy says: Unrecordable
         (refuse), or the decision settled unenforced."""
         decision, plain = decided
-        if not self._audit.record(decision_id, claim, decision, lookup.registry_version, self._clock()):
+        if not self._audit.record(decision_id, claim, decision, registry_version, self._clock()):
             if region.unrecorded is Unrecorded.REFUSE:
                 metrics.UNRECORDED.labels("refused").inc()
                 raise Unrecordable()
@@ -277,8 +277,9 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         version it was made against, and the region's policy."""
         region, codes = self._prepare(claim, self._identify(caller))
         lookup = await self._store.lookup(codes, min_seq_of(min_version))
-        decision = self._recorded(decision_id, claim, region, self._decide(claim, region, codes, lookup), lookup)
-        return decision, lookup.registry_version, region
+        version = lookup.registry_version
+        decision = self._recorded(decision_id, claim, region, self._decide(claim, region, codes, lookup), version)
+        return decision, version, region
 
     async def check_claim(
         self, request: pb.CheckClaimRequest, caller: CallerOf, decision_id: str, *, sized: bool = False
@@ -315,6 +316,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
             lookup = await self._store.lookup(codes, batch_min_seq)
         # Results are added to the response in place: a response built from a list of them
         # would copy each one (a twentieth of a batch's CPU).
+        version = lookup.registry_version
         response = pb.CheckClaimsResponse()
         add = response.results.add
         for claim_request, item in zip(request.claims, prepared, strict=True):
@@ -328,11 +330,11 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
                 decision_id = new_decision_id()
                 try:
                     decided = self._decide(claim, region, claim_codes, lookup)
-                    decision = self._recorded(decision_id, claim, region, decided, lookup)
+                    decision = self._recorded(decision_id, claim, region, decided, version)
                 except Unrecordable as error:
                     result.error.CopyFrom(claim_error(error))
                 else:
-                    fill_claim_response(result.response, decision, decision_id, lookup.registry_version, region.wording)
+                    fill_claim_response(result.response, decision, decision_id, version, region.wording)
         return response
 
     async def get_practitioner(

@@ -32,6 +32,7 @@ import enum
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -226,9 +227,6 @@ class PostgresRecordStore:
             self._connection = None
 
 
-_STOP = object()
-
-
 @dataclass
 class AuditStats:
     """Counters for metrics and tests."""
@@ -263,7 +261,10 @@ class AuditLog:
         self._retry = retry_seconds
         self._max_queued = max_queued
         self._clock = clock
-        self._queue: asyncio.Queue[Entry | object] = asyncio.Queue()
+        # Decisions taken, oldest first: a deque rather than an asyncio.Queue, whose put and
+        # get are several calls each, on every decision.
+        self._entries: deque[Entry] = deque()
+        self._arrived = asyncio.Event()  # set when the first decision arrives in an empty deque (or on close)
         self._batch_queued = asyncio.Event()  # set when a whole batch is taken (or on close)
         self._task: asyncio.Task[None] | None = None
         self._orphans_pending = True  # spools of processes gone: looked for at start
@@ -285,23 +286,27 @@ class AuditLog:
     def recording(self) -> bool:
         """True while decisions are taken: the record or the spool takes batches, and the
         queue has room. Health is NOT_SERVING otherwise."""
-        return self.accepting and self._queue.qsize() < self._max_queued
+        return self.accepting and len(self._entries) < self._max_queued
 
     @property
     def queued(self) -> int:
         """Decisions taken and not yet written or spooled."""
-        return self._queue.qsize() + sum(len(batch.entries) for batch in self._unsaved)
+        return len(self._entries) + sum(len(batch.entries) for batch in self._unsaved)
 
     def record(
         self, decision_id: str, claim: Claim, decision: ClaimDecision, registry_version: str, decided_at: float
     ) -> bool:
         """Take one decision (the record is built and written later, by the writer task);
         False, taking nothing, while decisions cannot be recorded or the queue is full."""
-        if not self.accepting or self._queue.qsize() >= self._max_queued:
+        entries = self._entries
+        if not self.accepting or len(entries) >= self._max_queued:
             self.stats.refused += 1
             return False
-        self._queue.put_nowait(Entry(decision_id, claim, decision, registry_version, int(decided_at * 1000)))
-        if self._queue.qsize() >= self._batch_size - 1:  # with the one the writer holds: a batch
+        entries.append(Entry(decision_id, claim, decision, registry_version, int(decided_at * 1000)))
+        queued = len(entries)
+        if queued == 1:
+            self._arrived.set()  # the writer waits for a first decision
+        if queued >= self._batch_size:
             self._batch_queued.set()  # the writer stops lingering
         self.stats.taken += 1
         return True
@@ -319,8 +324,8 @@ class AuditLog:
         """Write or spool every decision taken so far, then stop. Call once no more come."""
         if self._task is not None:
             self._closing = True  # a replay in progress stops at its next batch; the next start resumes it
-            self._queue.put_nowait(_STOP)
-            self._batch_queued.set()  # no lingering for decisions that will not come
+            self._arrived.set()  # no waiting for decisions that will not come, nor lingering
+            self._batch_queued.set()
             await self._task
             self._task = None
         self.spool.close()
@@ -382,33 +387,27 @@ class AuditLog:
 
     async def _collect(self) -> tuple[list[Entry], bool]:
         """Up to a batch of decisions: wait for the first (only so long when a replay is
-        due), then linger a little for more, or until a batch is queued. True when the
-        stop marker was reached. The writer sleeps through the linger: decisions queued
-        meanwhile do not each wake it."""
-        waiting = None
-        if self._waiting():  # until the next replay is due (at once, the first time)
-            waiting = max(0.0, self._retry - (self._clock() - self._last_attempt))
-        try:
-            first = await asyncio.wait_for(self._queue.get(), waiting)
-        except TimeoutError:
-            return [], False
-        if first is _STOP:
-            return [], True
+        due), then linger a little for more, or until a batch is queued. True once close()
+        has asked for the rest and none is left. The writer sleeps through the linger:
+        decisions queued meanwhile do not each wake it."""
+        entries = self._entries
+        if not entries and not self._closing:
+            waiting = None
+            if self._waiting():  # until the next replay is due (at once, the first time)
+                waiting = max(0.0, self._retry - (self._clock() - self._last_attempt))
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), waiting)
+            except TimeoutError:
+                return [], False
         # Not once close() has asked for the rest: clearing would drop its wake-up.
-        if not self._closing and self._queue.qsize() < self._batch_size - 1:
+        if entries and not self._closing and len(entries) < self._batch_size:
             self._batch_queued.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._batch_queued.wait(), self._linger)
-        pending: list[Entry] = [first]  # type: ignore[list-item]  # not the marker
-        while len(pending) < self._batch_size:
-            try:
-                entry = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            if entry is _STOP:
-                return pending, True
-            pending.append(entry)  # type: ignore[arg-type]  # not the marker
-        return pending, False
+        popleft = entries.popleft
+        pending = [popleft() for _ in range(min(len(entries), self._batch_size))]
+        return pending, self._closing and not entries
 
     async def _write(self, batch: Batch) -> bool:
         """Write a batch to the database; False when it did not take it (now)."""

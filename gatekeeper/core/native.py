@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Set
 from typing import Any
 
-from gatekeeper.core.records import PractitionerRecord
+from gatekeeper.core.records import PractitionerRecord, StatusPeriod
 from gatekeeper.core.rules import Claim, ClaimDecision, ClaimVerdict, Item, ItemDecision, Reason, Verdict
 
 parse_claim: Callable[[bytes, int], Claim | None] | None = None
@@ -34,7 +34,17 @@ try:
 except ImportError:  # built without a C compiler: the Python serves alone
     _speedups = None
 else:
-    _speedups.configure(Item, Claim, ItemDecision, ClaimDecision, Verdict.ALLOW, Reason.OK, ClaimVerdict.ALLOW)
+    _speedups.configure(
+        Item,
+        Claim,
+        ItemDecision,
+        ClaimDecision,
+        PractitionerRecord,
+        StatusPeriod,
+        Verdict.ALLOW,
+        Reason.OK,
+        ClaimVerdict.ALLOW,
+    )
     parse_claim = _speedups.parse_claim
     decide_registered = _speedups.decide_registered
     encode_allowed = _speedups.encode_allowed

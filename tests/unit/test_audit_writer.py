@@ -101,3 +101,14 @@ def test_closing_at_once_after_taking_decisions_does_not_wait_out_the_linger(tmp
         return [len(batch.entries) for batch in store.batches]
 
     assert asyncio.run(run()) == [3]
+
+
+def test_closing_with_more_than_a_batch_taken_writes_them_all_in_batches_in_order(tmp_path: Path) -> None:
+    async def run() -> list[list[str]]:
+        log, store = await started(tmp_path, batch_size=5, linger_seconds=A_WHILE)
+        take(log, 12)
+        await asyncio.wait_for(log.close(), PROMPTLY)
+        return [[entry.decision_id for entry in batch.entries] for batch in store.batches]
+
+    ids = [f"d{n}" for n in range(12)]
+    assert asyncio.run(run()) == [ids[:5], ids[5:10], ids[10:]]
