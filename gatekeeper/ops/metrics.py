@@ -5,14 +5,16 @@ the audit keep their own counters (plain objects, never replaced); the server ha
 a :class:`ServerState`, and the collector reads them at scrape time. Each process has its
 own metrics (prometheus_client's default registry): with ``--workers N``, worker ``i``
 serves them on the metrics port + ``i``. Items decided ``REASON_UNVERIFIED`` are counted by
-``ITEM_DECISIONS`` like every other reason.
+``gatekeeper_item_decisions`` like every other reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import gc
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gatekeeper.v1 import gatekeeper_pb2 as pb
@@ -47,19 +49,8 @@ class AuditCounters(Protocol):
     write_failures: int
 
 
-ITEM_DECISIONS = Counter(
-    "gatekeeper_item_decisions",
-    "Line items decided, by verdict and reason; enforced=false in monitor mode",
-    ["verdict", "reason", "enforced"],
-)
-CLAIM_DECISIONS = Counter("gatekeeper_claim_decisions", "Claims decided, by claim verdict", ["verdict"])
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-RPC_DURATION = Histogram(
-    "gatekeeper_rpc_duration_seconds",
-    "Time from receiving a unary RPC to its answer, by method and gRPC status code",
-    ["method", "code"],
-    buckets=DURATION_BUCKETS,
-)
+_BOUNDS = [*map(str, DURATION_BUCKETS), "+Inf"]  # the buckets' "le" labels, as prometheus_client writes them
 HTTP_DURATION = Histogram(
     "gatekeeper_http_duration_seconds",
     "Time from a JSON-over-HTTP request's head to its answer, by the RPC it stands for and the gRPC status name",
@@ -205,26 +196,70 @@ REGISTRY.register(SERVERS)
 _VERDICT = {v: pb.Verdict.Name(v).removeprefix("VERDICT_") for v in pb.Verdict.values()}
 _REASON = {r: pb.Reason.Name(r).removeprefix("REASON_") for r in pb.Reason.values()}
 _CLAIM_VERDICT = {v: pb.ClaimVerdict.Name(v).removeprefix("CLAIM_VERDICT_") for v in pb.ClaimVerdict.values()}
-_item_counters: dict[tuple[int, int, bool], Any] = {}
-_claim_counters: dict[int, Any] = {}
+
+
+class _HotPath(Collector):
+    """What every RPC counts: claims and items decided (``gatekeeper_claim_decisions``,
+    ``gatekeeper_item_decisions``) and unary RPC durations (``gatekeeper_rpc_duration_seconds``).
+
+    Counted in plain dicts and lists on the event loop's thread, read at scrape time:
+    prometheus_client's Counter and Histogram take a lock for each increment and walk the
+    buckets in Python, several calls per RPC. A scrape runs in another thread and may see an
+    RPC's duration in its bucket before its sum (as prometheus_client's own may).
+    """
+
+    def __init__(self) -> None:
+        self.claims: dict[int, int] = {}  # ClaimVerdict number -> claims
+        self.items: dict[tuple[int, int, bool], int] = {}  # (verdict, reason, enforced) -> items
+        # (method, code) -> observations per bucket (the last one +Inf), then their sum
+        self.durations: dict[tuple[str, str], list[float]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        claims = CounterMetricFamily(
+            "gatekeeper_claim_decisions", "Claims decided, by claim verdict", labels=["verdict"]
+        )
+        for verdict, count in list(self.claims.items()):
+            claims.add_metric([_CLAIM_VERDICT.get(verdict, str(verdict))], count)
+        items = CounterMetricFamily(
+            "gatekeeper_item_decisions",
+            "Line items decided, by verdict and reason; enforced=false in monitor mode",
+            labels=["verdict", "reason", "enforced"],
+        )
+        for (verdict, reason, enforced), count in list(self.items.items()):
+            labels = [_VERDICT.get(verdict, str(verdict)), _REASON.get(reason, str(reason)), str(enforced).lower()]
+            items.add_metric(labels, count)
+        durations = HistogramMetricFamily(
+            "gatekeeper_rpc_duration_seconds",
+            "Time from receiving a unary RPC to its answer, by method and gRPC status code",
+            labels=["method", "code"],
+        )
+        for (method, code), counts in list(self.durations.items()):
+            cumulative = list(itertools.accumulate(counts[:-1]))
+            durations.add_metric([method, code], list(zip(_BOUNDS, cumulative, strict=True)), counts[-1])
+        yield from (claims, items, durations)
+
+
+HOT_PATH = _HotPath()
+REGISTRY.register(HOT_PATH)
 
 
 def count_claim(verdict: int, kinds: Mapping[tuple[int, int, bool], int]) -> None:
     """Count a claim's decision (its ClaimVerdict number) and its items, by (verdict, reason,
     enforced) numbers: the servicer tallies them from the decision itself, so nothing walks
     the response message again."""
-    counter = _claim_counters.get(verdict)
-    if counter is None:
-        counter = _claim_counters[verdict] = CLAIM_DECISIONS.labels(_CLAIM_VERDICT.get(verdict, str(verdict)))
-    counter.inc()
+    claims, items = HOT_PATH.claims, HOT_PATH.items
+    claims[verdict] = claims.get(verdict, 0) + 1
     for key, count in kinds.items():
-        counter = _item_counters.get(key)
-        if counter is None:
-            verdict, reason, enforced = key
-            counter = _item_counters[key] = ITEM_DECISIONS.labels(
-                _VERDICT.get(verdict, str(verdict)), _REASON.get(reason, str(reason)), str(enforced).lower()
-            )
-        counter.inc(count)
+        items[key] = items.get(key, 0) + count
+
+
+def observe_duration(method: str, code: str, seconds: float) -> None:
+    """One unary RPC's duration, by method ("package.Service/Method") and status code name."""
+    counts = HOT_PATH.durations.get((method, code))
+    if counts is None:
+        counts = HOT_PATH.durations[method, code] = [0.0] * (len(DURATION_BUCKETS) + 2)
+    counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1  # a bucket counts durations <= its bound
+    counts[-1] += seconds
 
 
 def _duration_observer(histogram: Histogram) -> Callable[[str, str, float], None]:
@@ -256,8 +291,6 @@ def watch_gc_pauses() -> None:
     gc.callbacks.append(on_pass)
 
 
-# One RPC's duration by method ("package.Service/Method") and status code name.
-observe_duration = _duration_observer(RPC_DURATION)
 # One JSON-over-HTTP request's duration by its RPC's name and gRPC status code name.
 observe_http = _duration_observer(HTTP_DURATION)
 
