@@ -13,7 +13,7 @@
  * Each declines (returns None) whenever its input is anything but plain: a field it does
  * not check the way the Python does (non-ASCII text, whitespace to trim, a field sent
  * twice, min_registry_version), an invalid request, a practitioner with any status but
- * registered. The Python is the reference: tests/unit/test_speedups.py compares both on
+ * registered. The Python is the reference: tests/unit/test_native.py compares both on
  * generated and mutated inputs. configure() hands over the core's types once (core/native.py).
  * Nothing here imports a module of the gatekeeper.
  */
@@ -97,10 +97,11 @@ typedef struct {
     const uint8_t *p, *end;
 } Reader;
 
-/* A varint of at most 10 bytes and 64 bits; -1 when truncated or longer. */
-static int read_varint(Reader *r, uint64_t *out) {
+/* A varint of at most ``most`` bytes (10 for a value, 64 bits; 5 for a tag or a length, as upb
+ * reads them: it refuses longer ones as corrupt); -1 when truncated or longer. */
+static int read_varint(Reader *r, uint64_t *out, int most) {
     uint64_t value = 0;
-    for (int shift = 0; shift < 70 && r->p < r->end; shift += 7) {
+    for (int shift = 0; shift < 7 * most && r->p < r->end; shift += 7) {
         uint8_t byte = *r->p++;
         if (shift == 63 && byte > 1) return -1;
         value |= (uint64_t)(byte & 0x7f) << shift;
@@ -122,12 +123,12 @@ typedef struct {
 static int next_field(Reader *r, uint32_t *number, int *wire_type, uint64_t *varint, Span *bytes) {
     if (r->p >= r->end) return 0;
     uint64_t tag, length;
-    if (read_varint(r, &tag) < 0 || tag > UINT32_MAX || (tag >> 3) == 0) return -1;
+    if (read_varint(r, &tag, 5) < 0 || tag > UINT32_MAX || (tag >> 3) == 0) return -1;
     *number = (uint32_t)(tag >> 3);
     *wire_type = (int)(tag & 7);
     switch (*wire_type) {
     case 0:
-        return read_varint(r, varint) < 0 ? -1 : 1;
+        return read_varint(r, varint, 10) < 0 ? -1 : 1;
     case 1:
     case 5: {
         Py_ssize_t width = *wire_type == 1 ? 8 : 4;
@@ -136,7 +137,7 @@ static int next_field(Reader *r, uint32_t *number, int *wire_type, uint64_t *var
         return 1;
     }
     case 2:
-        if (read_varint(r, &length) < 0 || length > (uint64_t)(r->end - r->p)) return -1;
+        if (read_varint(r, &length, 5) < 0 || length >= INT32_MAX || length > (uint64_t)(r->end - r->p)) return -1;
         bytes->data = r->p;
         bytes->size = (Py_ssize_t)length;
         r->p += length;
@@ -262,7 +263,9 @@ static uint64_t hash_bytes(Span s) {
     return hash;
 }
 
-static int same(Span a, Span b) { return a.size == b.size && memcmp(a.data, b.data, (size_t)a.size) == 0; }
+static int same(Span a, Span b) {
+    return a.size == b.size && (a.size == 0 || memcmp(a.data, b.data, (size_t)a.size) == 0);
+}
 
 /* True when two lines share a serial number (an open-addressing set of them). */
 static int repeated_serial_number(Line *lines, Py_ssize_t count) {
@@ -283,7 +286,7 @@ static int repeated_serial_number(Line *lines, Py_ssize_t count) {
 
 static PyObject *ascii_str(Span s) {
     PyObject *text = PyUnicode_New(s.size, 127);
-    if (text != NULL) memcpy(PyUnicode_1BYTE_DATA(text), s.data, (size_t)s.size);
+    if (text != NULL && s.size > 0) memcpy(PyUnicode_1BYTE_DATA(text), s.data, (size_t)s.size);
     return text;
 }
 
@@ -307,24 +310,22 @@ static PyObject *code_str(Codes *codes, Span s) {
 }
 
 static PyObject *make_item(Line *line, int claim_emergency, Codes *codes) {
-    PyObject *args[5] = {NULL, NULL, NULL, NULL, NULL}, *item = NULL;
-    args[0] = ascii_str(line->feedetl_sn);
-    args[1] = PyLong_FromLongLong(line->moment);
-    args[2] = PyLong_FromLongLong(line->amount_fen);
-    PyObject *ordering = code_str(codes, line->ordering);
-    if (ordering != NULL) {
-        if (line->executing.size > 0 && !same(line->executing, line->ordering)) {
-            PyObject *executing = code_str(codes, line->executing);
-            args[3] = executing == NULL ? NULL : PyTuple_Pack(2, ordering, executing);
-            Py_XDECREF(executing);
-        } else {
-            args[3] = PyTuple_Pack(1, ordering);
-        }
-        Py_DECREF(ordering);
+    PyObject *args[5] = {NULL, NULL, NULL, NULL, NULL}, *item = NULL, *ordering = NULL, *executing = NULL;
+    if ((args[0] = ascii_str(line->feedetl_sn)) == NULL || (args[1] = PyLong_FromLongLong(line->moment)) == NULL ||
+        (args[2] = PyLong_FromLongLong(line->amount_fen)) == NULL || (ordering = code_str(codes, line->ordering)) == NULL)
+        goto done;
+    if (line->executing.size > 0 && !same(line->executing, line->ordering)) {
+        if ((executing = code_str(codes, line->executing)) == NULL) goto done;
+        args[3] = PyTuple_Pack(2, ordering, executing);
+    } else {
+        args[3] = PyTuple_Pack(1, ordering);
     }
+    if (args[3] == NULL) goto done;
     args[4] = Py_NewRef(claim_emergency || line->emergency ? Py_True : Py_False);
-    if (args[0] != NULL && args[1] != NULL && args[2] != NULL && args[3] != NULL)
-        item = PyObject_Vectorcall(Item, args, 5, NULL);
+    item = PyObject_Vectorcall(Item, args, 5, NULL);
+done:
+    Py_XDECREF(ordering);
+    Py_XDECREF(executing);
     for (int i = 0; i < 5; i++) Py_XDECREF(args[i]);
     return item;
 }
@@ -402,8 +403,9 @@ static PyObject *parse_claim(PyObject *module, PyObject *const *args, Py_ssize_t
         }
         PyTuple_SET_ITEM(items, index, item);
     }
-    PyObject *claim_args[3] = {ascii_str(claim_id), ascii_str(fixmedins_code), items};
-    if (claim_args[0] != NULL && claim_args[1] != NULL) result = PyObject_Vectorcall(Claim, claim_args, 3, NULL);
+    PyObject *claim_args[3] = {ascii_str(claim_id), NULL, items};
+    if (claim_args[0] != NULL && (claim_args[1] = ascii_str(fixmedins_code)) != NULL)
+        result = PyObject_Vectorcall(Claim, claim_args, 3, NULL);
     for (int i = 0; i < 3; i++) Py_XDECREF(claim_args[i]);
     goto done;
 
@@ -418,48 +420,57 @@ done:
 
 /* --- decide_registered ------------------------------------------------------------------ */
 
+/* A whole-number field: 0, its value in ``value``; 1, not one that fits in 64 bits (the caller
+ * declines: the Python compares any int); -1, an error. */
 static int long_field(PyObject *object, int which, long long *value) {
     PyObject *attribute = field(object, which);
     if (attribute == NULL) return -1;
-    *value = PyLong_AsLongLong(attribute);
+    *value = PyLong_Check(attribute) ? PyLong_AsLongLong(attribute) : -1;
+    int outside = !PyLong_Check(attribute) || (*value == -1 && PyErr_Occurred());
     Py_DECREF(attribute);
-    return *value == -1 && PyErr_Occurred() ? -1 : 0;
+    if (!outside) return 0;
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+    }
+    return 1;
 }
 
 /* rules._registered_only and rules._all_registered for one code: 1 when the code is
  * well-formed (in ``codes``), its periods are registrations (withdrawn ones aside) and one
- * covers ``moment``; 0 when not; -1 on an error. */
+ * covers ``moment``; 0 when not (or not plainly); -1 on an error. */
 static int registered_at(PyObject *code, long long moment, PyObject *records, PyObject *codes) {
     int known = PySet_Contains(codes, code);
     if (known <= 0) return known;
     PyObject *record = PyDict_GetItemWithError(records, code); /* borrowed */
     if (record == NULL) return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(record); /* held while its fields are read */
     PyObject *periods = field(record, RECORD_PERIODS);
+    Py_DECREF(record);
     if (periods == NULL) return -1;
     if (!PyTuple_Check(periods)) {
         Py_DECREF(periods);
         return 0;
     }
-    int covered = 0;
+    int covered = 0, read;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(periods); i++) {
         PyObject *period = PyTuple_GET_ITEM(periods, i);
         long long status, begins, ends;
-        if (long_field(period, PERIOD_STATUS, &status) < 0) goto error;
+        if ((read = long_field(period, PERIOD_STATUS, &status)) != 0) break;
         if (status == STATUS_WITHDRAWN) continue;
         if (status != STATUS_REGISTERED) {
             covered = 0;
             break;
         }
         if (covered) continue;
-        if (long_field(period, PERIOD_BEGNTIME, &begins) < 0 || long_field(period, PERIOD_ENDTIME, &ends) < 0)
-            goto error;
+        if ((read = long_field(period, PERIOD_BEGNTIME, &begins)) != 0 ||
+            (read = long_field(period, PERIOD_ENDTIME, &ends)) != 0)
+            break;
         covered = begins <= moment && (ends == OPEN_ENDED || moment < ends);
     }
     Py_DECREF(periods);
-    return covered;
-error:
-    Py_DECREF(periods);
-    return -1;
+    if (read < 0) return -1;
+    return read == 0 && covered;
 }
 
 static PyObject *decide_registered(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -479,49 +490,50 @@ static PyObject *decide_registered(PyObject *module, PyObject *const *args, Py_s
     Py_ssize_t count = PyTuple_GET_SIZE(items);
     if (count == 0) Py_RETURN_NONE;
 
-    PyObject *decisions = PyTuple_New(count), *sum = NULL;
+    PyObject *decisions = PyTuple_New(count), *result = NULL;
     long long allowed = 0;
     if (decisions == NULL) return NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = PyTuple_GET_ITEM(items, i);
-        long long moment;
-        if (long_field(item, ITEM_SERVICE_TIME, &moment) < 0) goto error;
+        long long moment, amount;
+        int read = long_field(item, ITEM_SERVICE_TIME, &moment);
+        if (read != 0) goto declined_or_error;
         PyObject *practitioners = field(item, ITEM_PRACTITIONERS);
-        if (practitioners == NULL) goto error;
+        if (practitioners == NULL) goto done;
         int registered = PyTuple_Check(practitioners);
         for (Py_ssize_t k = 0; registered > 0 && k < PyTuple_GET_SIZE(practitioners); k++)
             registered = registered_at(PyTuple_GET_ITEM(practitioners, k), moment, records, codes);
         Py_DECREF(practitioners);
-        if (registered < 0) goto error;
-        if (registered == 0) {
-            Py_DECREF(decisions);
-            Py_RETURN_NONE;
-        }
-        PyObject *decision_args[7] = {field(item, ITEM_FEEDETL_SN), ALLOW, OK, EMPTY, Py_None, enforced,
-                                      field(item, ITEM_AMOUNT_FEN)};
-        PyObject *decision = NULL;
-        if (decision_args[0] != NULL && decision_args[6] != NULL) {
-            long long amount = PyLong_AsLongLong(decision_args[6]);
-            if (!(amount == -1 && PyErr_Occurred())) {
-                allowed += amount; /* |amount| <= 10**12 per item (validation.py) */
-                decision = PyObject_Vectorcall(ItemDecision, decision_args, 7, NULL);
-            }
-        }
-        Py_XDECREF(decision_args[0]);
+        if (registered < 0) goto done;
+        if (registered == 0) goto declined;
+        /* The sum as decide_claim's, unless it leaves 64 bits (validated amounts never do). */
+        read = long_field(item, ITEM_AMOUNT_FEN, &amount);
+        if (read == 0 && __builtin_add_overflow(allowed, amount, &allowed)) read = 1;
+        if (read != 0) goto declined_or_error;
+        PyObject *decision_args[7] = {field(item, ITEM_FEEDETL_SN), ALLOW, OK, EMPTY, Py_None, enforced, NULL};
+        if (decision_args[0] == NULL) goto done;
+        decision_args[6] = field(item, ITEM_AMOUNT_FEN);
+        PyObject *decision = decision_args[6] == NULL ? NULL : PyObject_Vectorcall(ItemDecision, decision_args, 7, NULL);
+        Py_DECREF(decision_args[0]);
         Py_XDECREF(decision_args[6]);
-        if (decision == NULL) goto error;
+        if (decision == NULL) goto done;
         PyTuple_SET_ITEM(decisions, i, decision);
+        continue;
+    declined_or_error:
+        if (read < 0) goto done;
+    declined:
+        result = Py_NewRef(Py_None);
+        goto done;
     }
-    sum = PyLong_FromLongLong(allowed);
-    if (sum == NULL) goto error;
-    PyObject *claim_args[6] = {CLAIM_ALLOW, decisions, sum, ZERO, enforced, ZERO};
-    PyObject *result = PyObject_Vectorcall(ClaimDecision, claim_args, 6, NULL);
-    Py_DECREF(sum);
+    PyObject *sum = PyLong_FromLongLong(allowed);
+    if (sum != NULL) {
+        PyObject *claim_args[6] = {CLAIM_ALLOW, decisions, sum, ZERO, enforced, ZERO};
+        result = PyObject_Vectorcall(ClaimDecision, claim_args, 6, NULL);
+        Py_DECREF(sum);
+    }
+done:
     Py_DECREF(decisions);
     return result;
-error:
-    Py_DECREF(decisions);
-    return NULL;
 }
 
 /* --- encode_allowed --------------------------------------------------------------------- */
@@ -564,11 +576,36 @@ static uint8_t *put_int(uint8_t *p, uint8_t tag, long long value) {
 }
 
 typedef struct {
+    PyObject *sn_text, *code_text; /* held until the bytes are written: their UTF-8 is copied then */
     const char *sn, *code;
     Py_ssize_t sn_size, code_size, size; /* size: the ItemDecision message's */
     long long amount;
     int enforced;
 } Allowed;
+
+/* One item decision read for encode_allowed: 0, read (an allowed item for reason OK, with
+ * no window); 1, another kind of item (the caller declines); -1, an error. */
+static int read_allowed(PyObject *item, Allowed *a) {
+    static const int kinds[3] = {ITEM_VERDICT, ITEM_REASON, ITEM_WINDOW};
+    PyObject *const plain[3] = {ALLOW, OK, Py_None};
+    for (int k = 0; k < 3; k++) {
+        PyObject *value = field(item, kinds[k]);
+        if (value == NULL) return -1;
+        Py_DECREF(value); /* compared by identity only */
+        if (value != plain[k]) return 1;
+    }
+    if ((a->sn_text = field(item, ITEM_SN)) == NULL || (a->code_text = field(item, ITEM_CODE)) == NULL) return -1;
+    if ((a->sn = PyUnicode_AsUTF8AndSize(a->sn_text, &a->sn_size)) == NULL ||
+        (a->code = PyUnicode_AsUTF8AndSize(a->code_text, &a->code_size)) == NULL)
+        return -1;
+    int read = long_field(item, ITEM_AMOUNT, &a->amount);
+    if (read != 0) return read;
+    PyObject *flag = field(item, ITEM_ENFORCED);
+    if (flag == NULL) return -1;
+    a->enforced = PyObject_IsTrue(flag);
+    Py_DECREF(flag);
+    return a->enforced < 0 ? -1 : 0;
+}
 
 static PyObject *encode_allowed(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
@@ -590,19 +627,19 @@ static PyObject *encode_allowed(PyObject *module, PyObject *const *args, Py_ssiz
         Py_RETURN_NONE;
     }
     Py_ssize_t count = PyTuple_GET_SIZE(items);
-    Allowed *allowed = PyMem_Malloc((size_t)(count ? count : 1) * sizeof *allowed);
+    Allowed *allowed = PyMem_Calloc((size_t)(count ? count : 1), sizeof *allowed);
     if (allowed == NULL) {
         Py_DECREF(items);
         return PyErr_NoMemory();
     }
     long long verdict, allowed_fen, blocked_fen;
-    int enforced;
-    if (long_field(decision, DECISION_VERDICT, &verdict) < 0 ||
-        long_field(decision, DECISION_ALLOWED, &allowed_fen) < 0 ||
-        long_field(decision, DECISION_BLOCKED, &blocked_fen) < 0)
-        goto done;
-    PyObject *flag = field(decision, DECISION_ENFORCED);
-    if (flag == NULL) goto done;
+    int enforced, read;
+    PyObject *flag;
+    if ((read = long_field(decision, DECISION_VERDICT, &verdict)) != 0 ||
+        (read = long_field(decision, DECISION_ALLOWED, &allowed_fen)) != 0 ||
+        (read = long_field(decision, DECISION_BLOCKED, &blocked_fen)) != 0)
+        goto declined_or_error;
+    if ((flag = field(decision, DECISION_ENFORCED)) == NULL) goto done;
     enforced = PyObject_IsTrue(flag);
     Py_DECREF(flag);
     if (enforced < 0) goto done;
@@ -611,30 +648,8 @@ static PyObject *encode_allowed(PyObject *module, PyObject *const *args, Py_ssiz
     Py_ssize_t size = text_size(id_size) + text_size(version_size) + int_size(verdict) + int_size(allowed_fen) +
                       int_size(blocked_fen) + (enforced ? 2 : 0);
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PyTuple_GET_ITEM(items, i), *values[5];
-        static const int names[5] = {ITEM_VERDICT, ITEM_REASON, ITEM_WINDOW, ITEM_SN, ITEM_CODE};
-        int plain = 1;
-        for (int k = 0; k < 5; k++) values[k] = field(item, names[k]);
-        for (int k = 0; k < 5; k++) plain = plain && values[k] != NULL;
         Allowed *a = &allowed[i];
-        if (plain && (values[0] != ALLOW || values[1] != OK || values[2] != Py_None)) plain = -1;
-        if (plain == 1) {
-            a->sn = PyUnicode_AsUTF8AndSize(values[3], &a->sn_size);
-            a->code = a->sn == NULL ? NULL : PyUnicode_AsUTF8AndSize(values[4], &a->code_size);
-            plain = a->code != NULL && long_field(item, ITEM_AMOUNT, &a->amount) == 0;
-        }
-        if (plain == 1) {
-            PyObject *item_flag = field(item, ITEM_ENFORCED);
-            a->enforced = item_flag == NULL ? -1 : PyObject_IsTrue(item_flag);
-            Py_XDECREF(item_flag);
-            plain = a->enforced >= 0;
-        }
-        for (int k = 0; k < 5; k++) Py_XDECREF(values[k]); /* the strings live on in the item */
-        if (plain == 0) goto done;
-        if (plain < 0) {
-            result = Py_NewRef(Py_None);
-            goto done;
-        }
+        if ((read = read_allowed(PyTuple_GET_ITEM(items, i), a)) != 0) goto declined_or_error;
         a->size = text_size(a->sn_size) + 4 + text_size(a->code_size) + (a->enforced ? 2 : 0) +
                   int_size(a->amount) + text_size(message_size);
         size += 1 + varint_size((uint64_t)a->size) + a->size;
@@ -670,7 +685,15 @@ static PyObject *encode_allowed(PyObject *module, PyObject *const *args, Py_ssiz
         *p++ = 1;
     }
     assert(p == (uint8_t *)PyBytes_AS_STRING(result) + size);
+    goto done;
+
+declined_or_error:
+    if (read > 0) result = Py_NewRef(Py_None);
 done:
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_XDECREF(allowed[i].sn_text);
+        Py_XDECREF(allowed[i].code_text);
+    }
     PyMem_Free(allowed);
     Py_DECREF(items);
     return result;

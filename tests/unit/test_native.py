@@ -16,6 +16,7 @@ from builders import claim as claim_of
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec import structs
 from test_properties import claims, policies, registries
 
 from gatekeeper.api.servicer import claim_response
@@ -24,7 +25,7 @@ from gatekeeper.core import native
 from gatekeeper.core.errors import InvalidArgument
 from gatekeeper.core.policy import Mode, RegionPolicy
 from gatekeeper.core.records import PractitionerRecord
-from gatekeeper.core.rules import Claim, ClaimDecision, Reason, Verdict, decide_claim, unenforced
+from gatekeeper.core.rules import Claim, ClaimDecision, ClaimVerdict, Reason, Verdict, decide_claim, unenforced
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
 EXAMPLES = settings(max_examples=300, deadline=None)
@@ -398,3 +399,62 @@ def test_times_the_c_path_reads_are_those_of_the_python() -> None:
         parsed = c_claim(data)
         assert parsed is not None
         assert parsed.items[0].service_time == at(f"{day} 23:59:59")
+
+
+# --- found by review: what the C once accepted or mishandled -----------------------------
+
+
+def padded_varint(value: int, width: int) -> bytes:
+    """``value`` as a varint of exactly ``width`` bytes (protobuf allows non-minimal ones)."""
+    out = [(value >> (7 * i)) & 0x7F | 0x80 for i in range(width - 1)]
+    return bytes([*out, value >> (7 * (width - 1))])
+
+
+@built
+@pytest.mark.parametrize("width", [2, 5, 6, 10])
+def test_a_tag_or_length_padded_past_five_bytes_is_corrupt_to_protobuf_and_declined(width: int) -> None:
+    data = plain_request().SerializeToString()
+    assert data[0] == 1 << 3 | 2  # claim_id, then its length
+    padded_tag = padded_varint(data[0], width) + data[1:]
+    padded_length = data[:1] + padded_varint(data[1], width) + data[2:]
+    for mutated in (padded_tag, padded_length):
+        parsed, expected = c_claim(mutated), python_claim(mutated)
+        assert (expected is None) == (width > 5)  # upb reads tags and lengths of at most 5 bytes
+        assert parsed == expected
+
+
+@built
+def test_an_item_decision_whose_fields_are_computed_is_encoded_from_live_strings() -> None:
+    class Computed:
+        """An allowed item decision whose text fields are made afresh on each read (and freed after)."""
+
+        verdict, reason, window, enforced, amount_fen, role = Verdict.ALLOW, Reason.OK, None, True, 1, 1
+
+        @property
+        def feedetl_sn(self) -> str:
+            return "".join(["s"] * 4_000_000)  # large enough to be returned to the system when freed
+
+        @property
+        def prac_psn_code(self) -> str:
+            return "".join(["c"] * 4_000_000)
+
+    decision = ClaimDecision(ClaimVerdict.ALLOW, (Computed(),), 1, 0, True)  # type: ignore[arg-type]
+    assert c_bytes(decision, RegionPolicy()) == python_bytes(decision, RegionPolicy())
+
+
+@built
+@pytest.mark.parametrize("field", ["status", "begntime", "endtime"])
+def test_a_period_number_beyond_64_bits_is_left_to_the_python_not_an_error(field: str) -> None:
+    period = registered("2020-01-01 00:00:00", chg_id="R1")
+    registry = {"D410102000002": record(structs.replace(period, **{field: 2**63}))}
+    claim = claim_of(item("2026-11-20 08:00:00", "D410102000002"))
+    assert c_decision(claim, registry, RegionPolicy()) is None
+    assert decide_claim(claim, registry, RegionPolicy()).items  # the Python decides it
+
+
+@built
+def test_amounts_summing_beyond_64_bits_are_left_to_the_python_not_an_error() -> None:
+    registry = {"D410102000002": record(registered("2020-01-01 00:00:00", chg_id="R1"))}
+    claim = claim_of(*(item("2026-11-20 08:00:00", "D410102000002", sn=str(n), amount_fen=2**62) for n in range(3)))
+    assert c_decision(claim, registry, RegionPolicy()) is None
+    assert decide_claim(claim, registry, RegionPolicy()).allowed_amount_fen == 3 * 2**62
