@@ -86,6 +86,7 @@ _SERVE_FIELDS = (
     "near_cache_entries",
     "near_cache_max_age_seconds",
     "near_cache_warm",
+    "c_path",
     "redis_timeout_seconds",
     "redis_replica_reads",
     "degraded_max_age_seconds",
@@ -789,6 +790,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fill the near cache with every practitioner of each snapshot (up to --near-cache-entries), so that the "
         f"first claims and degraded mode find them (GATEKEEPER_NEAR_CACHE_WARM; default {defaults.NEAR_CACHE_WARM})",
+    )
+    serve.add_argument(
+        "--c-path",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="parse, decide and answer plain claims in C where gatekeeper._speedups was built; --no-c-path answers "
+        f"every claim in Python, the reference (GATEKEEPER_C_PATH; default {defaults.C_PATH})",
     )
     serve.add_argument(
         "--redis-replica-reads",

@@ -48,6 +48,7 @@ MAX_BATCH_BYTES = 1024 * 1024
 NEAR_CACHE_ENTRIES = 1_000_000
 NEAR_CACHE_MAX_AGE_SECONDS = 120.0
 NEAR_CACHE_WARM = True  # filled from each snapshot at start and after each switch
+C_PATH = True  # plain claims parsed, decided and answered in C where gatekeeper._speedups was built
 # Registry changes are decided days ahead and arrive a few a minute: a record an hour old
 # is almost always still right, and far better than none while Redis is away.
 DEGRADED_MAX_AGE_SECONDS = 3600.0

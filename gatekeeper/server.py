@@ -278,8 +278,8 @@ async def create_server(
     # admission counts it, and bounds the time a request may take to arrive. Its slots are
     # the HTTP door's too.
     admission = Admission(settings.max_concurrent_rpcs, settings.request_read_seconds)
-    servicer = GatekeeperServicer(store, policy, audit, limits, callers=callers)
-    add_gatekeeper_servicer(servicer, server, admission, limits)
+    servicer = GatekeeperServicer(store, policy, audit, limits, callers=callers, c_path=settings.c_path)
+    add_gatekeeper_servicer(servicer, server, admission, limits, c_path=settings.c_path)
     health_servicer = health_aio.HealthServicer()
     add_health_servicer(health_servicer, server, admission)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -356,7 +356,11 @@ async def _serve_one(settings: Settings) -> None:
     gk = await create_server(settings, build_store(settings, on_warmed=gc.freeze))
     await gk.start()
     redis_url = url_shown(settings.redis_url)  # never a password in the log
-    claim_path = "plain claims in C" if native.BUILT else "every claim in Python: gatekeeper._speedups was not built"
+    claim_path = "plain claims in C"
+    if not settings.c_path:
+        claim_path = "every claim in Python: --no-c-path"
+    elif not native.BUILT:
+        claim_path = "every claim in Python: gatekeeper._speedups was not built"
     log.info("gatekeeper pid %d listening on port %d (redis %s; %s)", os.getpid(), gk.port, redis_url, claim_path)
     settle_the_heap()
     counted = StoreCounts(gk.store)

@@ -154,6 +154,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "log_format": ("GATEKEEPER_LOG_FORMAT", _log_format),
     "redis_replica_reads": ("GATEKEEPER_REDIS_REPLICA_READS", _yes_or_no),
     "near_cache_warm": ("GATEKEEPER_NEAR_CACHE_WARM", _yes_or_no),
+    "c_path": ("GATEKEEPER_C_PATH", _yes_or_no),
     "activity_log_seconds": ("GATEKEEPER_ACTIVITY_LOG_SECONDS", _seconds),
 }
 
@@ -195,6 +196,7 @@ class Settings:
     # A Redis Cluster's replicas answer lookups (one replication lag behind the masters).
     redis_replica_reads: bool = False
     near_cache_warm: bool = defaults.NEAR_CACHE_WARM
+    c_path: bool = defaults.C_PATH
     # Degraded mode (Redis unreadable): records held up to this age are used, other codes
     # are unverified and the region policy decides. 0: no degraded mode, UNAVAILABLE.
     degraded_max_age_seconds: float = defaults.DEGRADED_MAX_AGE_SECONDS

@@ -26,13 +26,13 @@ def _register(server: aio.Server, service: str, handlers: dict[str, grpc.RpcMeth
     server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
 
 
-def claim_or_message(limits: Limits) -> Callable[[bytes], Claim | Message]:
+def claim_or_message(limits: Limits, c_path: bool = True) -> Callable[[bytes], Claim | Message]:
     """CheckClaim's parser: a plain request becomes its validated Claim as it is read, in C
-    (core/native.py); any other request (or all, where the C was not built) its message,
-    which the servicer validates."""
+    (core/native.py); any other request (or all, where the C was not built or ``c_path`` is
+    False) its message, which the servicer validates."""
     from_string = gatekeeper_pb2.CheckClaimRequest.FromString
     parse_claim, max_items = native.parse_claim, limits.max_items
-    if parse_claim is None:
+    if parse_claim is None or not c_path:
         return from_string
 
     def parse(data: bytes) -> Claim | Message:
@@ -52,7 +52,11 @@ def bytes_or_message(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes
 
 
 def add_gatekeeper_servicer(
-    servicer: gatekeeper_pb2_grpc.GatekeeperServicer, server: aio.Server, admission: Admission, limits: Limits
+    servicer: gatekeeper_pb2_grpc.GatekeeperServicer,
+    server: aio.Server,
+    admission: Admission,
+    limits: Limits,
+    c_path: bool = True,
 ) -> None:
     """What the generated ``add_GatekeeperServicer_to_server`` does, behind the admission;
     requests above their size limit are refused before they are decoded, undecodable ones
@@ -66,7 +70,7 @@ def add_gatekeeper_servicer(
         max_bytes = limits.max_batch_bytes if batch else limits.max_request_bytes
         parse, serialize = request_class.FromString, response_class.SerializeToString
         if method.name == "CheckClaim":
-            parse, serialize = claim_or_message(limits), bytes_or_message(serialize)
+            parse, serialize = claim_or_message(limits, c_path), bytes_or_message(serialize)
         handlers[method.name] = admission.handler(
             getattr(servicer, method.name),
             f"{SERVICE.full_name}/{method.name}",

@@ -104,15 +104,6 @@ def claim_response(
     return fill_claim_response(pb.CheckClaimResponse(), decision, decision_id, registry_version, wording)
 
 
-def response_bytes(decision: ClaimDecision, decision_id: str, registry_version: str, wording: Wording) -> bytes:
-    """The serialized :func:`claim_response`: written in C when every item is allowed."""
-    if native.encode_allowed is not None:
-        encoded = native.encode_allowed(decision, decision_id, registry_version, wording.ok)
-        if encoded is not None:
-            return encoded
-    return claim_response(decision, decision_id, registry_version, wording).SerializeToString()
-
-
 def window_message(period: StatusPeriod) -> pb.StatusWindow:
     """The protobuf form of a status period."""
     return pb.StatusWindow(
@@ -196,6 +187,7 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         clock: Callable[[], float] = time.time,
         callers: Callers = ANYONE,
         stand_in: StandInLimiter | None = None,
+        c_path: bool = True,
     ) -> None:
         self._store = store
         self._policy = policy
@@ -204,6 +196,9 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         self._callers = callers
         self._stand_in = stand_in or StandInLimiter(time.monotonic)
         self._audit = audit  # every decision is recorded: there is no servicer without one
+        # The plain claim's path in C (core/native.py), unless built without it or turned off.
+        self._decide_registered = native.decide_registered if c_path else None
+        self._encode_allowed = native.encode_allowed if c_path else None
 
     def _region(self, fixmedins_code: str) -> RegionPolicy:
         return self._policy.for_division(division_of(fixmedins_code))
@@ -227,8 +222,8 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         the C path (core/native.py). In degraded mode, within the institution's stand-in
         limit. ``codes``: the claim's codes well-formed in the region."""
         if not lookup.unverified:
-            if native.decide_registered is not None:
-                decision = native.decide_registered(claim.items, lookup.records, codes, region.enforced)
+            if self._decide_registered is not None:
+                decision = self._decide_registered(claim.items, lookup.records, codes, region.enforced)
                 if decision is not None:
                     return decision, True
             return decide_claim(claim, lookup.records, region), False
@@ -366,7 +361,11 @@ class GatekeeperServicer(pb_grpc.GatekeeperServicer):
         try:
             if isinstance(request, Claim):  # a plain request, validated as it was read (api/handlers.py)
                 decision, version, region = await self._decision(request, "", _grpc_caller(context), decision_id)
-                return response_bytes(decision, decision_id, version, region.wording)
+                if self._encode_allowed is not None:
+                    encoded = self._encode_allowed(decision, decision_id, version, region.wording.ok)
+                    if encoded is not None:  # every item allowed
+                        return encoded
+                return claim_response(decision, decision_id, version, region.wording)
             # Its size was checked before it was decoded (api/handlers.py).
             return await self.check_claim(request, _grpc_caller(context), decision_id, sized=True)
         except Exception as error:

@@ -91,6 +91,25 @@ def test_a_plain_claim_gets_the_same_answer_from_the_c_path_and_from_the_python(
     assert answers[0].allowed_amount_fen == 2500 + 1100
 
 
+def test_with_the_c_path_off_every_claim_gets_the_answer_the_c_path_gives(
+    start_gatekeeper: StartGatekeeper, redis_client: redis.Redis
+) -> None:
+    # --no-c-path (GATEKEEPER_C_PATH=no): an operator's switch back to the Python, the reference.
+    load(redis_client, DEMO_REGISTRY)
+    plain = demo_claim()
+    del plain.items[1:8]
+    answers = []
+    for c_path in (True, False):
+        gatekeeper = start_gatekeeper(c_path=c_path)
+        for request in (plain, demo_claim()):
+            answer = gatekeeper.stub.CheckClaim(request, timeout=5)
+            answer.decision_id = ""
+            answers.append(answer)
+    assert answers[:2] == answers[2:]
+    assert answers[0].verdict == pb.CLAIM_VERDICT_ALLOW
+    assert answers[1].verdict == pb.CLAIM_VERDICT_PARTIAL
+
+
 def test_each_item_carries_the_words_for_the_cashier(gatekeeper: RunningGatekeeper, redis_client: redis.Redis) -> None:
     load(redis_client, DEMO_REGISTRY)
     single = gatekeeper.stub.CheckClaim(demo_claim(), timeout=5)

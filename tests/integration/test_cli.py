@@ -94,16 +94,21 @@ def test_load_serve_check_and_drain_on_sigterm(cli_env: dict[str, str]) -> None:
     assert "draining" in stderr and "stopped" in stderr
 
 
-def test_serve_says_whether_plain_claims_are_decided_in_c(cli_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("switch", ["", "no"])
+def test_serve_says_whether_plain_claims_are_decided_in_c(cli_env: dict[str, str], switch: str) -> None:
     assert run(str(BIN / "gatekeeper-loader"), "snapshot", str(DEMO_REGISTRY), env=cli_env).returncode == 0
-    process = subprocess.Popen([str(BIN / "gatekeeper"), "serve"], env=cli_env, stderr=subprocess.PIPE, text=True)
+    env = cli_env | ({"GATEKEEPER_C_PATH": switch} if switch else {})
+    process = subprocess.Popen([str(BIN / "gatekeeper"), "serve"], env=env, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     try:
         started = next(line for line in process.stderr if "listening on port" in line)
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
-    expected = "plain claims in C" if native.BUILT else "every claim in Python: gatekeeper._speedups was not built"
+    if switch == "no":
+        expected = "every claim in Python: --no-c-path"
+    else:
+        expected = "plain claims in C" if native.BUILT else "every claim in Python: gatekeeper._speedups was not built"
     assert expected in started
 
 

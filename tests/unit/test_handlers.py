@@ -11,6 +11,10 @@ import grpc
 import pytest
 
 from gatekeeper.api.admission import Admission, ReadDeadlines, Undecodable, tolerant
+from gatekeeper.api.handlers import claim_or_message
+from gatekeeper.api.validation import Limits
+from gatekeeper.core import native
+from gatekeeper.core.rules import Claim
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 
 
@@ -131,3 +135,15 @@ def test_a_full_admission_refuses_with_resource_exhausted() -> None:
     assert handled(context, admission) == []
     assert context.aborted is not None and context.aborted[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert admission.active == 1
+
+
+def test_checkclaim_parser_reads_a_plain_request_in_c_unless_the_c_path_is_off() -> None:
+    request = pb.CheckClaimRequest(
+        claim_id="C1",
+        fixmedins_code="H41130200746",
+        items=[pb.LineItem(feedetl_sn="1", fee_ocur_time="2026-11-20 08:00:00", bilg_dr_codg="D410102000002")],
+    )
+    data = request.SerializeToString()
+    assert claim_or_message(Limits(), c_path=False)(data) == request
+    parsed = claim_or_message(Limits())(data)
+    assert isinstance(parsed, Claim) if native.BUILT else parsed == request
