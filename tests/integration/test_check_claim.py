@@ -26,6 +26,14 @@ def demo_claim() -> pb.CheckClaimRequest:
     return json_format.ParseDict(json.loads(DEMO_CLAIM.read_text(encoding="utf-8")), pb.CheckClaimRequest())
 
 
+def plain_claim() -> pb.CheckClaimRequest:
+    """The demo claim's items 1 and 9 alone: billed by practitioners who have only ever been
+    registered, a plain claim, parsed, decided and answered in C (core/native.py)."""
+    claim = demo_claim()
+    del claim.items[1:8]
+    return claim
+
+
 def wait_until_serving(target: str) -> None:
     """Block on the health Watch stream (the ready signal) until SERVING."""
     with grpc.insecure_channel(target) as channel:
@@ -68,12 +76,9 @@ def test_demo_claim_is_decided_as_the_rules_say(gatekeeper: RunningGatekeeper, r
 def test_a_plain_claim_gets_the_same_answer_from_the_c_path_and_from_the_python(
     gatekeeper: RunningGatekeeper, redis_client: redis.Redis
 ) -> None:
-    # Items 1 and 9 are billed by practitioners who have only ever been registered: a claim
-    # of them alone is plain, parsed, decided and answered in C (core/native.py). The same
-    # claim demanding a registry version is left to the Python from its first byte.
+    # The same claim demanding a registry version is left to the Python from its first byte.
     load(redis_client, DEMO_REGISTRY)
-    plain = demo_claim()
-    del plain.items[1:8]
+    plain = plain_claim()
     demanding = pb.CheckClaimRequest()
     demanding.CopyFrom(plain)
     demanding.min_registry_version = "demo-20261120@32"
@@ -96,8 +101,7 @@ def test_with_the_c_path_off_every_claim_gets_the_answer_the_c_path_gives(
 ) -> None:
     # --no-c-path (GATEKEEPER_C_PATH=no): an operator's switch back to the Python, the reference.
     load(redis_client, DEMO_REGISTRY)
-    plain = demo_claim()
-    del plain.items[1:8]
+    plain = plain_claim()
     answers = []
     for c_path in (True, False):
         gatekeeper = start_gatekeeper(c_path=c_path)
