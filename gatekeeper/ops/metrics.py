@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -51,12 +51,6 @@ class AuditCounters(Protocol):
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _BOUNDS = [*map(str, DURATION_BUCKETS), "+Inf"]  # the buckets' "le" labels, as prometheus_client writes them
-HTTP_DURATION = Histogram(
-    "gatekeeper_http_duration_seconds",
-    "Time from a JSON-over-HTTP request's head to its answer, by the RPC it stands for and the gRPC status name",
-    ["method", "code"],
-    buckets=DURATION_BUCKETS,
-)
 
 UNRECORDED = Counter(
     "gatekeeper_unrecorded_decisions",
@@ -198,21 +192,27 @@ _REASON = {r: pb.Reason.Name(r).removeprefix("REASON_") for r in pb.Reason.value
 _CLAIM_VERDICT = {v: pb.ClaimVerdict.Name(v).removeprefix("CLAIM_VERDICT_") for v in pb.ClaimVerdict.values()}
 
 
-class _HotPath(Collector):
-    """What every RPC counts: claims and items decided (``gatekeeper_claim_decisions``,
-    ``gatekeeper_item_decisions``) and unary RPC durations (``gatekeeper_rpc_duration_seconds``).
+# What every RPC counts is counted in plain dicts and lists on the event loop's thread and read
+# at scrape time: prometheus_client's Counter and Histogram take a lock for each increment and
+# walk the buckets in Python, several calls per RPC. A scrape runs in another thread and may
+# see an observation in its bucket before its sum (as prometheus_client's own may).
 
-    Counted in plain dicts and lists on the event loop's thread, read at scrape time:
-    prometheus_client's Counter and Histogram take a lock for each increment and walk the
-    buckets in Python, several calls per RPC. A scrape runs in another thread and may see an
-    RPC's duration in its bucket before its sum (as prometheus_client's own may).
-    """
+
+class _Decisions(Collector):
+    """Claims and items decided: ``gatekeeper_claim_decisions``, ``gatekeeper_item_decisions``."""
 
     def __init__(self) -> None:
         self.claims: dict[int, int] = {}  # ClaimVerdict number -> claims
         self.items: dict[tuple[int, int, bool], int] = {}  # (verdict, reason, enforced) -> items
-        # (method, code) -> observations per bucket (the last one +Inf), then their sum
-        self.durations: dict[tuple[str, str], list[float]] = {}
+
+    def count(self, verdict: int, kinds: Mapping[tuple[int, int, bool], int]) -> None:
+        """Count a claim's decision (its ClaimVerdict number) and its items, by (verdict,
+        reason, enforced) numbers: the servicer tallies them from the decision itself, so
+        nothing walks the response message again."""
+        claims, items = self.claims, self.items
+        claims[verdict] = claims.get(verdict, 0) + 1
+        for key, count in kinds.items():
+            items[key] = items.get(key, 0) + count
 
     def collect(self) -> Iterator[Metric]:
         claims = CounterMetricFamily(
@@ -228,52 +228,49 @@ class _HotPath(Collector):
         for (verdict, reason, enforced), count in list(self.items.items()):
             labels = [_VERDICT.get(verdict, str(verdict)), _REASON.get(reason, str(reason)), str(enforced).lower()]
             items.add_metric(labels, count)
-        durations = HistogramMetricFamily(
-            "gatekeeper_rpc_duration_seconds",
-            "Time from receiving a unary RPC to its answer, by method and gRPC status code",
-            labels=["method", "code"],
-        )
-        for (method, code), counts in list(self.durations.items()):
+        yield from (claims, items)
+
+
+class _Durations(Collector):
+    """A histogram of durations (:data:`DURATION_BUCKETS`) by method and status code name."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name, self._documentation = name, documentation
+        # (method, code) -> observations per bucket (the last one +Inf), then their sum
+        self.counts: dict[tuple[str, str], list[float]] = {}
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        """One duration, by method ("package.Service/Method") and status code name."""
+        counts = self.counts.get((method, code))
+        if counts is None:
+            counts = self.counts[method, code] = [0.0] * (len(DURATION_BUCKETS) + 2)
+        counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1  # a bucket counts durations <= its bound
+        counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=["method", "code"])
+        for (method, code), counts in list(self.counts.items()):
             cumulative = list(itertools.accumulate(counts[:-1]))
-            durations.add_metric([method, code], list(zip(_BOUNDS, cumulative, strict=True)), counts[-1])
-        yield from (claims, items, durations)
+            family.add_metric([method, code], list(zip(_BOUNDS, cumulative, strict=True)), counts[-1])
+        yield family
 
 
-HOT_PATH = _HotPath()
-REGISTRY.register(HOT_PATH)
+DECISIONS = _Decisions()
+RPC_DURATIONS = _Durations(
+    "gatekeeper_rpc_duration_seconds", "Time from receiving a unary RPC to its answer, by method and gRPC status code"
+)
+HTTP_DURATIONS = _Durations(
+    "gatekeeper_http_duration_seconds",
+    "Time from a JSON-over-HTTP request's head to its answer, by the RPC it stands for and the gRPC status name",
+)
+for _collector in (DECISIONS, RPC_DURATIONS, HTTP_DURATIONS):
+    REGISTRY.register(_collector)
 
-
-def count_claim(verdict: int, kinds: Mapping[tuple[int, int, bool], int]) -> None:
-    """Count a claim's decision (its ClaimVerdict number) and its items, by (verdict, reason,
-    enforced) numbers: the servicer tallies them from the decision itself, so nothing walks
-    the response message again."""
-    claims, items = HOT_PATH.claims, HOT_PATH.items
-    claims[verdict] = claims.get(verdict, 0) + 1
-    for key, count in kinds.items():
-        items[key] = items.get(key, 0) + count
-
-
-def observe_duration(method: str, code: str, seconds: float) -> None:
-    """One unary RPC's duration, by method ("package.Service/Method") and status code name."""
-    counts = HOT_PATH.durations.get((method, code))
-    if counts is None:
-        counts = HOT_PATH.durations[method, code] = [0.0] * (len(DURATION_BUCKETS) + 2)
-    counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1  # a bucket counts durations <= its bound
-    counts[-1] += seconds
-
-
-def _duration_observer(histogram: Histogram) -> Callable[[str, str, float], None]:
-    """A function observing one duration in ``histogram`` by method and status code name,
-    its labelled children made once each."""
-    children: dict[tuple[str, str], Any] = {}
-
-    def observe(method: str, code: str, seconds: float) -> None:
-        child = children.get((method, code))
-        if child is None:
-            child = children[method, code] = histogram.labels(method, code)
-        child.observe(seconds)
-
-    return observe
+count_claim = DECISIONS.count
+# One unary RPC's duration by method ("package.Service/Method") and status code name.
+observe_duration = RPC_DURATIONS.observe
+# One JSON-over-HTTP request's duration by its RPC's name and gRPC status code name.
+observe_http = HTTP_DURATIONS.observe
 
 
 def watch_gc_pauses() -> None:
@@ -289,10 +286,6 @@ def watch_gc_pauses() -> None:
             children[info["generation"]].observe(time.perf_counter() - started)
 
     gc.callbacks.append(on_pass)
-
-
-# One JSON-over-HTTP request's duration by its RPC's name and gRPC status code name.
-observe_http = _duration_observer(HTTP_DURATION)
 
 
 # The metrics endpoint: scrapers are few, so connections beyond this many are closed

@@ -3,6 +3,9 @@ including their bound, cumulatively; claims and items add up by kind."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,6 +14,7 @@ from gatekeeper.core.rules import ClaimVerdict, Reason, Verdict
 from gatekeeper.ops import metrics
 
 METHOD = "test.Service/Hot"
+BOUNDS = ("0.0005", "0.001", "0.002", "0.005", "5.0", "+Inf")
 
 
 def samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -23,18 +27,22 @@ def samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
     }
 
 
-def bucket(le: str, code: str = "OK") -> float:
-    return samples("gatekeeper_rpc_duration_seconds_bucket")[(("code", code), ("le", le), ("method", METHOD))]
-
-
-def test_a_duration_on_a_bound_is_in_that_bucket_and_every_bucket_above() -> None:
+@pytest.mark.parametrize(
+    ("observe", "name"),
+    [
+        (metrics.observe_duration, "gatekeeper_rpc_duration_seconds"),
+        (metrics.observe_http, "gatekeeper_http_duration_seconds"),
+    ],
+)
+def test_a_duration_on_a_bound_is_in_that_bucket_and_every_bucket_above(
+    observe: Callable[[str, str, float], None], name: str
+) -> None:
     for seconds in (0.0005, 0.0004, 0.003, 0.002, 7.0):
-        metrics.observe_duration(METHOD, "OK", seconds)
-    assert [bucket(le) for le in ("0.0005", "0.001", "0.002", "0.005", "5.0", "+Inf")] == [2, 2, 3, 4, 4, 5]
-    count = samples("gatekeeper_rpc_duration_seconds_count")[(("code", "OK"), ("method", METHOD))]
-    total = samples("gatekeeper_rpc_duration_seconds_sum")[(("code", "OK"), ("method", METHOD))]
-    assert count == 5
-    assert round(total, 6) == 7.0059
+        observe(METHOD, "OK", seconds)
+    buckets = samples(f"{name}_bucket")
+    assert [buckets[(("code", "OK"), ("le", le), ("method", METHOD))] for le in BOUNDS] == [2, 2, 3, 4, 4, 5]
+    assert samples(f"{name}_count")[(("code", "OK"), ("method", METHOD))] == 5
+    assert round(samples(f"{name}_sum")[(("code", "OK"), ("method", METHOD))], 6) == 7.0059
 
 
 def test_claims_and_items_are_counted_by_kind() -> None:
