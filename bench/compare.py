@@ -27,17 +27,15 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from bench.harness import commit_of, free_port, in_turns, publish, run_header, start_decision_record
-from bench.loading import peak_rss
+from bench.loading import run_loader
 from bench.serving import (
     CLIENTS,
     INSTITUTION,
@@ -52,7 +50,7 @@ from bench.serving import (
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
 from loader.generate import generate
-from tests.servers import start_redis
+from tests.servers import RedisServer, start_redis
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -62,21 +60,18 @@ def command(tree: Path, entry: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); from {entry} import main; main()"]
 
 
-def load(tree: Path, env: dict[str, str], snapshot: Path) -> dict[str, float]:
-    """One snapshot load by ``tree``'s loader: rows/s and peak RSS."""
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [*command(tree, "loader.cli"), "snapshot", str(snapshot)], env=env, stdout=subprocess.PIPE, text=True
+def load(tree: Path, env: dict[str, str], snapshot: Path, redis: RedisServer) -> dict[str, float]:
+    """One snapshot load by ``tree``'s loader: rows/s and peak RSS (its parsing processes
+    included, as bench.loading measures it)."""
+    run = run_loader(
+        redis.url, redis.process.pid, "snapshot", str(snapshot), command=command(tree, "loader.cli"), env=env
     )
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, peak_rss(process.pid))
-        time.sleep(0.05)
-    seconds = time.monotonic() - started
-    if process.returncode != 0:
-        raise RuntimeError(f"{tree}: the snapshot load failed with {process.returncode}")
-    rows = sum(1 for _ in snapshot.open()) - 1
-    return {"rows_per_second": round(rows / seconds), "seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20)}
+    rows_per_second = round(run.summary["rows"] / run.seconds)
+    return {
+        "rows_per_second": rows_per_second,
+        "seconds": round(run.seconds, 2),
+        "peak_rss_mb": round(run.peak_rss / 2**20),
+    }
 
 
 def main() -> int:
@@ -120,7 +115,7 @@ def main() -> int:
             body.write_bytes(grpc_frame(fixed.SerializeToString()))
             for round_number in range(args.rounds):
                 for name, tree in in_turns(trees, round_number):
-                    runs[name]["loading"].append(load(tree, env, registry.snapshot))
+                    runs[name]["loading"].append(load(tree, env, registry.snapshot, redis_server))
                     server = start_server(
                         f"{name} gatekeeper",
                         [*command(tree, "gatekeeper.cli"), "serve", "--workers", "2"],

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,19 @@ def _cpu_of(pid: int) -> float:
         return 0.0
 
 
-def run_loader(redis_url: str, redis_pid: int, *args: str) -> LoaderRun:
-    """Run gatekeeper-loader and watch its memory and CPU, and Redis's."""
+def run_loader(
+    redis_url: str,
+    redis_pid: int,
+    *args: str,
+    command: Sequence[str] = (LOADER,),
+    env: Mapping[str, str] | None = None,
+) -> LoaderRun:
+    """Run gatekeeper-loader (``command``: another tree's, for bench.compare) and watch its
+    memory and CPU, and Redis's."""
     started, redis_before = time.monotonic(), cpu_seconds(redis_pid)
-    process = subprocess.Popen([LOADER, "--redis-url", redis_url, *args, "--json"], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*command, "--redis-url", redis_url, *args, "--json"], env=env, stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout is not None
     peak, own_cpu = 0, 0.0
     workers: dict[int, int] = {}  # each worker's own peak: they live as long as the parse
