@@ -1,7 +1,7 @@
 /* The common claim's path in C: the answers of three Python functions for the claims most
  * calls carry, and None for every other claim, which the Python then answers.
  *
- *   parse_claim(data, max_items)      gatekeeper.api.validation.claim_from_request
+ *   parse_claim(data, bounds)         gatekeeper.api.validation.claim_from_request
  *                                     of CheckClaimRequest.FromString(data)
  *   decide_registered(items, records, codes, enforced)
  *                                     gatekeeper.core.rules.decide_claim, for claims whose
@@ -73,11 +73,15 @@ static PyObject *field(PyObject *object, int which) {
     return PyObject_GetAttr(object, f->interned);
 }
 
-/* validation.py's bounds */
-#define MAX_ID_LENGTH 64
-#define MAX_CODE_LENGTH 32
-#define MAX_TEXT_LENGTH 64
-#define MAX_AMOUNT_FEN 1000000000000LL
+/* validation.py's bounds, handed over with each request (validation.wire_bounds): the
+ * Python's constants are the only ones. */
+typedef struct {
+    long long max_items, max_id_length, max_code_length, max_text_length, max_amount_fen, earliest_time, end_of_time;
+} Bounds;
+#define BOUNDS 7
+/* codes.PROVINCE_CODES, handed over by configure(): two characters each */
+static char provinces[64][2];
+static int province_count;
 /* records.py */
 #define STATUS_WITHDRAWN 0
 #define STATUS_REGISTERED 1
@@ -170,13 +174,8 @@ static int digits(const uint8_t *p, int count) {
     return 1;
 }
 
-/* codes.py's PROVINCE_CODES */
 static int province(const uint8_t *p) {
-    static const char *const provinces[] = {"11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33",
-                                            "34", "35", "36", "37", "41", "42", "43", "44", "45", "46", "50",
-                                            "51", "52", "53", "54", "61", "62", "63", "64", "65", "71", "81",
-                                            "82"};
-    for (size_t i = 0; i < sizeof provinces / sizeof *provinces; i++)
+    for (int i = 0; i < province_count; i++)
         if (p[0] == provinces[i][0] && p[1] == provinces[i][1]) return 1;
     return 0;
 }
@@ -197,9 +196,9 @@ static int64_t days_from_civil(int64_t year, int month, int day) {
     return era * 146097 + day_of_era - 719468;
 }
 
-/* validation.service_time: "yyyy-MM-dd HH:mm:ss" China Standard Time in the years 1970 to
- * 2099, as epoch seconds; 0 when it is anything else. */
-static int service_time(Span s, int64_t *moment) {
+/* validation.service_time: "yyyy-MM-dd HH:mm:ss" China Standard Time from ``earliest`` to
+ * before ``end`` (epoch seconds), as epoch seconds; 0 when it is anything else. */
+static int service_time(Span s, const Bounds *bounds, int64_t *moment) {
     const uint8_t *p = s.data;
     if (s.size != 19 || p[4] != '-' || p[7] != '-' || p[10] != ' ' || p[13] != ':' || p[16] != ':') return 0;
     if (!digits(p, 4) || !digits(p + 5, 2) || !digits(p + 8, 2) || !digits(p + 11, 2) || !digits(p + 14, 2) ||
@@ -208,11 +207,11 @@ static int service_time(Span s, int64_t *moment) {
     int year = two(p) * 100 + two(p + 2), month = two(p + 5), day = two(p + 8);
     int hour = two(p + 11), minute = two(p + 14), second = two(p + 17);
     static const int month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (year < 1970 || year > 2099 || month < 1 || month > 12 || hour > 23 || minute > 59 || second > 59) return 0;
+    if (year < 1 || month < 1 || month > 12 || hour > 23 || minute > 59 || second > 59) return 0;
     int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
     if (day < 1 || day > month_days[month - 1] + (month == 2 && leap)) return 0;
     *moment = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second - 8 * 3600;
-    return 1;
+    return bounds->earliest_time <= *moment && *moment < bounds->end_of_time;
 }
 
 /* --- parse_claim ------------------------------------------------------------------------ */
@@ -224,7 +223,7 @@ typedef struct {
 } Line;
 
 /* A LineItem's fields, checked as claim_from_request checks them; 0 to decline. */
-static int read_line(Span message, Line *line) {
+static int read_line(Span message, const Bounds *bounds, Line *line) {
     Reader r = {message.data, message.data + message.size};
     memset(line, 0, sizeof *line);
     uint32_t number, seen = 0;
@@ -248,13 +247,14 @@ static int read_line(Span message, Line *line) {
         }
     }
     if (status < 0) return 0;
-    if (line->feedetl_sn.size == 0 || line->feedetl_sn.size > MAX_ID_LENGTH || !trimmed_ascii(line->feedetl_sn))
+    if (line->feedetl_sn.size == 0 || line->feedetl_sn.size > bounds->max_id_length ||
+        !trimmed_ascii(line->feedetl_sn))
         return 0;
-    if (line->ordering.size > MAX_CODE_LENGTH || !trimmed_ascii(line->ordering)) return 0;
-    if (line->executing.size > MAX_CODE_LENGTH || !trimmed_ascii(line->executing)) return 0;
-    if (line->med_list_codg.size > MAX_TEXT_LENGTH || !ascii(line->med_list_codg)) return 0;
-    if (line->amount_fen < -MAX_AMOUNT_FEN || line->amount_fen > MAX_AMOUNT_FEN) return 0;
-    return service_time(line->fee_ocur_time, &line->moment);
+    if (line->ordering.size > bounds->max_code_length || !trimmed_ascii(line->ordering)) return 0;
+    if (line->executing.size > bounds->max_code_length || !trimmed_ascii(line->executing)) return 0;
+    if (line->med_list_codg.size > bounds->max_text_length || !ascii(line->med_list_codg)) return 0;
+    if (line->amount_fen < -bounds->max_amount_fen || line->amount_fen > bounds->max_amount_fen) return 0;
+    return service_time(line->fee_ocur_time, bounds, &line->moment);
 }
 
 static uint64_t hash_bytes(Span s) {
@@ -330,14 +330,28 @@ done:
     return item;
 }
 
+/* The bounds tuple of validation.wire_bounds, read into ``bounds``; -1 with an exception. */
+static int read_bounds(PyObject *tuple, Bounds *bounds) {
+    long long *values[BOUNDS] = {&bounds->max_items,       &bounds->max_id_length,  &bounds->max_code_length,
+                                 &bounds->max_text_length, &bounds->max_amount_fen, &bounds->earliest_time,
+                                 &bounds->end_of_time};
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != BOUNDS) {
+        PyErr_SetString(PyExc_TypeError, "parse_claim's bounds: a tuple of 7 ints (validation.wire_bounds)");
+        return -1;
+    }
+    for (int i = 0; i < BOUNDS; i++)
+        if ((*values[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(tuple, i))) == -1 && PyErr_Occurred()) return -1;
+    return 0;
+}
+
 static PyObject *parse_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer data;
-    Py_ssize_t max_items;
+    Bounds bounds;
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "parse_claim(data, max_items)");
+        PyErr_SetString(PyExc_TypeError, "parse_claim(data, bounds)");
         return NULL;
     }
-    if (!configured() || ((max_items = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred())) return NULL;
+    if (!configured() || read_bounds(args[1], &bounds) < 0) return NULL;
     if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) return NULL;
 
     PyObject *result = NULL;
@@ -370,10 +384,11 @@ static PyObject *parse_claim(PyObject *module, PyObject *const *args, Py_ssize_t
         case 7: min_version = bytes; break;
         }
     }
-    if (status < 0 || count == 0 || count > max_items || min_version.size > 0) goto decline;
-    if (claim_id.size == 0 || claim_id.size > MAX_ID_LENGTH || !trimmed_ascii(claim_id)) goto decline;
+    if (status < 0 || count == 0 || count > bounds.max_items || min_version.size > 0) goto decline;
+    if (claim_id.size == 0 || claim_id.size > bounds.max_id_length || !trimmed_ascii(claim_id)) goto decline;
     if (!institution_code(fixmedins_code)) goto decline;
-    if (med_type.size > MAX_TEXT_LENGTH || !ascii(med_type) || mdtrt_id.size > MAX_ID_LENGTH || !ascii(mdtrt_id))
+    if (med_type.size > bounds.max_text_length || !ascii(med_type) || mdtrt_id.size > bounds.max_id_length ||
+        !ascii(mdtrt_id))
         goto decline;
 
     /* Then each item. */
@@ -385,7 +400,7 @@ static PyObject *parse_claim(PyObject *module, PyObject *const *args, Py_ssize_t
     Py_ssize_t index = 0;
     r.p = data.buf;
     while (next_field(&r, &number, &wire_type, &varint, &bytes) == 1)
-        if (number == 5 && !read_line(bytes, &lines[index++])) goto decline;
+        if (number == 5 && !read_line(bytes, &bounds, &lines[index++])) goto decline;
     int repeated = repeated_serial_number(lines, count);
     if (repeated < 0) {
         PyErr_NoMemory();
@@ -702,12 +717,30 @@ done:
 /* --- the module ------------------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
+    if (nargs != 10) {
         PyErr_SetString(PyExc_TypeError,
                         "configure(Item, Claim, ItemDecision, ClaimDecision, PractitionerRecord, StatusPeriod, "
-                        "Verdict.ALLOW, Reason.OK, ClaimVerdict.ALLOW)");
+                        "Verdict.ALLOW, Reason.OK, ClaimVerdict.ALLOW, PROVINCE_CODES)");
         return NULL;
     }
+    PyObject *codes = args[9];
+    Py_ssize_t count = PyTuple_Check(codes) ? PyTuple_GET_SIZE(codes) : -1;
+    if (count < 0 || count > (Py_ssize_t)(sizeof provinces / sizeof *provinces)) {
+        PyErr_SetString(PyExc_TypeError, "configure: PROVINCE_CODES must be a tuple of at most 64 codes");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t size;
+        const char *code = PyUnicode_Check(PyTuple_GET_ITEM(codes, i))
+                               ? PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(codes, i), &size)
+                               : NULL;
+        if (code == NULL || size != 2) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "configure: a province code is two characters");
+            return NULL;
+        }
+        memcpy(provinces[i], code, 2);
+    }
+    province_count = (int)count;
     PyObject **slots[9] = {&Item,         &Claim,        &ItemDecision, &ClaimDecision, &PractitionerRecord,
                            &StatusPeriod, &ALLOW,        &OK,           &CLAIM_ALLOW};
     for (int i = 0; i < 9; i++) Py_XSETREF(*slots[i], Py_NewRef(args[i]));
@@ -730,9 +763,9 @@ static PyObject *configure(PyObject *module, PyObject *const *args, Py_ssize_t n
 static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "Hand over the core's types: Item, Claim, ItemDecision, ClaimDecision, PractitionerRecord, StatusPeriod, "
-     "Verdict.ALLOW, Reason.OK, ClaimVerdict.ALLOW."},
+     "Verdict.ALLOW, Reason.OK, ClaimVerdict.ALLOW, and codes.PROVINCE_CODES."},
     {"parse_claim", (PyCFunction)(void (*)(void))parse_claim, METH_FASTCALL,
-     "parse_claim(data, max_items): the Claim that claim_from_request makes of a plain serialized "
+     "parse_claim(data, bounds): the Claim that claim_from_request makes of a plain serialized "
      "CheckClaimRequest, or None."},
     {"decide_registered", (PyCFunction)(void (*)(void))decide_registered, METH_FASTCALL,
      "decide_registered(items, records, codes, enforced): decide_claim's ClaimDecision when every "

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 from gatekeeper.api.admission import Admission, tolerant
-from gatekeeper.api.validation import Limits
+from gatekeeper.api.validation import Limits, wire_bounds
 from gatekeeper.core import native
 from gatekeeper.core.rules import Claim
 from gatekeeper.v1 import gatekeeper_pb2, gatekeeper_pb2_grpc
@@ -31,12 +31,12 @@ def claim_or_message(limits: Limits, c_path: bool = True) -> Callable[[bytes], C
     (core/native.py); any other request (or all, where the C was not built or ``c_path`` is
     False) its message, which the servicer validates."""
     from_string = gatekeeper_pb2.CheckClaimRequest.FromString
-    parse_claim, max_items = native.parse_claim, limits.max_items
+    parse_claim, bounds = native.parse_claim, wire_bounds(limits)
     if parse_claim is None or not c_path:
         return from_string
 
     def parse(data: bytes) -> Claim | Message:
-        claim = parse_claim(data, max_items)
+        claim = parse_claim(data, bounds)
         return from_string(data) if claim is None else claim
 
     return parse

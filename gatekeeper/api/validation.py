@@ -107,6 +107,20 @@ def service_time(value: str, field: str) -> int:
     return moment
 
 
+def wire_bounds(limits: Limits) -> tuple[int, int, int, int, int, int, int]:
+    """The bounds :func:`claim_from_request` checks, for the C parser (core/native.py's
+    ``parse_claim``), which has none of its own."""
+    return (
+        limits.max_items,
+        MAX_ID_LENGTH,
+        MAX_CODE_LENGTH,
+        MAX_TEXT_LENGTH,
+        MAX_AMOUNT_FEN,
+        EARLIEST_TIME,
+        END_OF_TIME,
+    )
+
+
 def _reject_serial_number(feedetl_sn: str, field: str) -> NoReturn:
     """Say what is wrong with a line item's trimmed serial number: missing, too long, or repeated."""
     _require_id(feedetl_sn, field)

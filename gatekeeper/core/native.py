@@ -5,8 +5,9 @@ Python answers: the C handles only plain claims, whose practitioners have only e
 registered, and whose items are all allowed. tests/unit/test_native.py holds each to its
 Python on generated and mutated inputs.
 
-- ``parse_claim(data, max_items)``: the Claim that ``claim_from_request`` makes of
-  ``CheckClaimRequest.FromString(data)``;
+- ``parse_claim(data, bounds)``: the Claim that ``claim_from_request`` makes of
+  ``CheckClaimRequest.FromString(data)``, checked against the Python's own bounds
+  (``validation.wire_bounds``; the province codes come from ``codes.PROVINCE_CODES``);
 - ``decide_registered(items, records, codes, enforced)``: ``decide_claim``'s decision when
   every practitioner named (``codes``: those well-formed in the region) has only ever been
   registered, and is at the item's service time;
@@ -19,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Set
 from typing import Any
 
+from gatekeeper.core.codes import PROVINCE_CODES
 from gatekeeper.core.records import PractitionerRecord, StatusPeriod
 from gatekeeper.core.rules import Claim, ClaimDecision, ClaimVerdict, Item, ItemDecision, Reason, Verdict
 
-parse_claim: Callable[[bytes, int], Claim | None] | None = None
+parse_claim: Callable[[bytes, tuple[int, ...]], Claim | None] | None = None
 decide_registered: (
     Callable[[tuple[Item, ...], Mapping[str, PractitionerRecord], Set[str], bool], ClaimDecision | None] | None
 ) = None
@@ -44,6 +46,7 @@ else:
         Verdict.ALLOW,
         Reason.OK,
         ClaimVerdict.ALLOW,
+        PROVINCE_CODES,
     )
     parse_claim = _speedups.parse_claim
     decide_registered = _speedups.decide_registered

@@ -20,7 +20,7 @@ from msgspec import structs
 from test_properties import claims, policies, registries
 
 from gatekeeper.api.servicer import claim_response
-from gatekeeper.api.validation import Limits, claim_from_request
+from gatekeeper.api.validation import Limits, claim_from_request, wire_bounds
 from gatekeeper.core import native
 from gatekeeper.core.errors import InvalidArgument
 from gatekeeper.core.policy import Mode, RegionPolicy
@@ -55,7 +55,7 @@ def python_claim(data: bytes, limits: Limits = LIMITS) -> Claim | None:
 
 def c_claim(data: bytes, limits: Limits = LIMITS) -> Claim | None:
     assert native.parse_claim is not None
-    return native.parse_claim(data, limits.max_items)
+    return native.parse_claim(data, wire_bounds(limits))
 
 
 TIMES = (
@@ -215,6 +215,26 @@ def test_one_field_off_the_plain_path_is_declined_when_the_python_refuses_it(fie
 def test_plain_values_at_their_limits_stay_on_the_c_path(field: str, value: object) -> None:
     data = with_value(field, value).SerializeToString()
     assert c_claim(data) == python_claim(data) is not None
+
+
+@built
+@pytest.mark.parametrize(
+    ("bound", "field", "value"),
+    [
+        (1, "claim_id", "CLAIM-123"),  # the ids' length
+        (2, "bilg_dr_codg", "D410102000002"),  # the codes' length
+        (3, "med_list_codg", "XA0123456"),  # the texts' length
+        (4, "amount_fen", 9),  # the amounts'
+    ],
+)
+def test_the_c_path_holds_requests_to_the_bounds_the_python_hands_it(bound: int, field: str, value: object) -> None:
+    # It has no bounds of its own (validation.wire_bounds): tighten one and it declines.
+    data = with_value(field, value).SerializeToString()
+    assert native.parse_claim is not None
+    bounds = list(wire_bounds(LIMITS))
+    assert native.parse_claim(data, tuple(bounds)) == python_claim(data) is not None
+    bounds[bound] = 8
+    assert native.parse_claim(data, tuple(bounds)) is None
 
 
 @built
