@@ -12,10 +12,11 @@ row before it (docs/cache-layout.md, "Snapshot load").
 from __future__ import annotations
 
 import pickle
+import struct
 import tempfile
+from array import array
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
 
 from gatekeeper.cache import keys
 from loader.chunks import Batch, ParsedChunk, Target, pack_batch
@@ -29,7 +30,70 @@ from loader.rows import EncodedRow
 MAX_FILTER_BITS = 1 << 27
 FILTER_BITS_PER_ROW = 16
 PARTITIONS = 128  # ranges of buckets the first rows are spilled in: 1/128 of them in memory at the end
-SPILL_ROWS = 1_000  # rows of one partition held before they are spilled
+SPILL_BYTES = 1 << 17  # of one partition's fields held before they are spilled
+_ENTRY = struct.Struct("<II")  # a gathered field's bucket and length, before its bytes
+
+
+def python_split_first(
+    codes: bytearray, chg_ids: bytearray, mask: int, code_crcs: array[int], chg_crcs: array[int]
+) -> tuple[list[int], list[int]]:
+    """The positions of the rows whose code's and chg_id's bits (CRC-32 & ``mask``) were
+    both clear, then of the others, each in order; every row's bits are set."""
+    first: list[int] = []
+    others: list[int] = []
+    for position, (code_crc, chg_crc) in enumerate(zip(code_crcs, chg_crcs, strict=True)):
+        code_bit, chg_bit = code_crc & mask, chg_crc & mask
+        code_byte, code_flag = code_bit >> 3, 1 << (code_bit & 7)
+        chg_byte, chg_flag = chg_bit >> 3, 1 << (chg_bit & 7)
+        if codes[code_byte] & code_flag or chg_ids[chg_byte] & chg_flag:
+            others.append(position)
+        else:
+            first.append(position)
+        codes[code_byte] |= code_flag
+        chg_ids[chg_byte] |= chg_flag
+    return first, others
+
+
+def python_gather(
+    positions: list[int],
+    buckets: array[int],
+    width: int,
+    fields: bytes,
+    offsets: array[int],
+    pending: list[bytearray],
+    base: int,
+) -> None:
+    """Append the fields of each row at ``positions`` (``fields[offsets[i]:offsets[i + 1]]``),
+    behind its bucket and their length, to ``pending[base + bucket // width]``."""
+    for position in positions:
+        bucket, start, end = buckets[position], offsets[position], offsets[position + 1]
+        gathered = pending[base + bucket // width]
+        gathered += _ENTRY.pack(bucket, end - start)
+        gathered += fields[start:end]
+
+
+def python_grouped(gathered: bytes | bytearray) -> list[tuple[int, int, bytes]]:
+    """What :func:`python_gather` appended, as (bucket, field count, the fields joined), by bucket
+    number, each bucket's fields in the order gathered."""
+    by_bucket: defaultdict[int, list[bytes]] = defaultdict(list)
+    data = memoryview(gathered)
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < _ENTRY.size:
+            raise ValueError("grouped: an entry runs past the end")
+        bucket, size = _ENTRY.unpack_from(data, offset)
+        offset += _ENTRY.size
+        if size > len(data) - offset:
+            raise ValueError("grouped: an entry runs past the end")
+        by_bucket[bucket].append(bytes(data[offset : offset + size]))
+        offset += size
+    return [(bucket, len(fields), b"".join(fields)) for bucket, fields in sorted(by_bucket.items())]
+
+
+try:  # the same three in C (loader/_speedups.c), where it was built
+    from loader._speedups import gather, grouped, split_first
+except ImportError:
+    split_first, gather, grouped = python_split_first, python_gather, python_grouped
 
 
 class FirstRows:
@@ -51,20 +115,7 @@ class FirstRows:
     def split(self, parsed: ParsedChunk) -> tuple[list[int], list[int]]:
         """The positions of ``parsed``'s rows that are first (bulk-written) and of the others
         (merged by gk_insert), each in the file's order; all are marked seen."""
-        codes, chg_ids, mask = self._codes, self._chg_ids, self._mask
-        first: list[int] = []
-        others: list[int] = []
-        for position, (code_crc, chg_crc) in enumerate(zip(parsed.code_crcs, parsed.chg_crcs, strict=True)):
-            code_bit, chg_bit = code_crc & mask, chg_crc & mask
-            code_byte, code_flag = code_bit >> 3, 1 << (code_bit & 7)
-            chg_byte, chg_flag = chg_bit >> 3, 1 << (chg_bit & 7)
-            if codes[code_byte] & code_flag or chg_ids[chg_byte] & chg_flag:
-                others.append(position)
-            else:
-                first.append(position)
-            codes[code_byte] |= code_flag
-            chg_ids[chg_byte] |= chg_flag
-        return first, others
+        return split_first(self._codes, self._chg_ids, self._mask, parsed.code_crcs, parsed.chg_crcs)
 
 
 class BulkBuffer:
@@ -79,8 +130,8 @@ class BulkBuffer:
     def __init__(self, target: Target) -> None:
         self._target = target
         self._width = -(-target.buckets // PARTITIONS)  # buckets per partition
-        # Per partition, records then chg_id index entries: [bucket, fields, bucket, fields, ...]
-        self._pending: list[list[Any]] = [[] for _ in range(2 * PARTITIONS)]
+        # Per partition, records then chg_id index entries, as gather packs them.
+        self._pending = [bytearray() for _ in range(2 * PARTITIONS)]
         self._spilled: list[list[tuple[int, int]]] = [[] for _ in range(2 * PARTITIONS)]  # (offset, size)
         self._file = tempfile.TemporaryFile(prefix="gk-snapshot-bulk-")  # noqa: SIM115  # closed by close()
         self.rows = 0  # rows gathered
@@ -92,53 +143,40 @@ class BulkBuffer:
 
     def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
         """Gather the rows of ``parsed`` at ``positions``."""
-        pending, width, limit = self._pending, self._width, 2 * SPILL_ROWS
-        buckets, chg_buckets = parsed.buckets, parsed.chg_buckets
-        records, record_offsets = parsed.record_fields, parsed.record_offsets
-        entries, index_offsets = parsed.index_fields, parsed.index_offsets
-        for position in positions:
-            bucket = buckets[position]
-            part = bucket // width
-            gathered = pending[part]
-            gathered += (bucket, records[record_offsets[position] : record_offsets[position + 1]])
-            if len(gathered) >= limit:
-                self._spill(part)
-            bucket = chg_buckets[position]
-            part = PARTITIONS + bucket // width
-            gathered = pending[part]
-            gathered += (bucket, entries[index_offsets[position] : index_offsets[position + 1]])
-            if len(gathered) >= limit:
+        pending, width = self._pending, self._width
+        gather(positions, parsed.buckets, width, parsed.record_fields, parsed.record_offsets, pending, 0)
+        gather(positions, parsed.chg_buckets, width, parsed.index_fields, parsed.index_offsets, pending, PARTITIONS)
+        for part, gathered in enumerate(pending):
+            if len(gathered) >= SPILL_BYTES:
                 self._spill(part)
         self.rows += len(positions)
 
     def _spill(self, part: int) -> None:
-        data = pickle.dumps(self._pending[part], protocol=pickle.HIGHEST_PROTOCOL)
-        self._spilled[part].append((self._file.seek(0, 2), len(data)))
-        self._file.write(data)
-        self._pending[part] = []
+        self._spilled[part].append((self._file.seek(0, 2), len(self._pending[part])))
+        self._file.write(self._pending[part])
+        self._pending[part] = bytearray()
 
     def commands(self) -> Iterator[bytes]:
         """One packed HSET per bucket and per chg_id index hash gathered, then empty."""
         generation = self._target.generation
         for part in range(2 * PARTITIONS):
             key_of = keys.bucket_key if part < PARTITIONS else keys.chg_index_key
-            by_bucket: defaultdict[int, list[bytes]] = defaultdict(list)
-            for gathered in self._gathered(part):
-                for index in range(0, len(gathered), 2):
-                    by_bucket[gathered[index]].append(gathered[index + 1])
-            for number, fields in by_bucket.items():
+            for number, count, fields in grouped(self._gathered(part)):
                 key = key_of(generation, number).encode()
-                yield b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n" % (2 + 2 * len(fields), len(key), key) + b"".join(fields)
+                yield b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n%b" % (2 + 2 * count, len(key), key, fields)
         self.rows = 0
         self._file.truncate(0)
 
-    def _gathered(self, part: int) -> Iterator[list[Any]]:
+    def _gathered(self, part: int) -> bytearray:
+        """Everything gathered for ``part``, spilled or not; then it is forgotten."""
+        gathered = bytearray()
         for offset, size in self._spilled[part]:
             self._file.seek(offset)
-            yield pickle.loads(self._file.read(size))  # written by this process above
+            gathered += self._file.read(size)
         self._spilled[part] = []
-        yield self._pending[part]
-        self._pending[part] = []
+        gathered += self._pending[part]
+        self._pending[part] = bytearray()
+        return gathered
 
     def close(self) -> None:
         """Delete the temporary file."""

@@ -9,12 +9,23 @@ from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import Any
 
 import hiredis
 import msgspec
 
 from gatekeeper.cache import keys
-from loader.rows import EncodedRow, RowError, RowParser
+from gatekeeper.core.codes import PROVINCE_CODES
+from gatekeeper.core.records import MAX_CHG_REA_LENGTH
+from loader.rows import FAST_SEQ_DIGITS, MAX_CHG_ID_LENGTH, EncodedRow, RowError, RowParser
+
+_speedups: Any
+try:  # the rows' fast path in C (loader/_speedups.c), where it was built
+    from loader import _speedups
+except ImportError:
+    _speedups = None
+else:
+    _speedups.configure(PROVINCE_CODES, MAX_CHG_ID_LENGTH, MAX_CHG_REA_LENGTH, FAST_SEQ_DIGITS)
 
 CHUNK_BYTES = 1 << 20  # of CSV text per chunk: about 12,000 rows, tens of milliseconds to parse
 READ_BYTES = 1 << 16  # per read: what a broken gzip stream gave before it broke is kept
@@ -128,7 +139,67 @@ def split_lines(stream: io.BufferedIOBase, block_bytes: int | None = None) -> It
 def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target) -> ParsedChunk:
     """Parse the CSV records of one chunk (starting at ``first_line`` of the file); bad rows
     are reported with their line. Each good row comes with the fields a bulk HSET of its
-    bucket and of its chg_id index hash would write for it."""
+    bucket and of its chg_id index hash would write for it.
+
+    The C parser (``_speedups.parse_rows``) reads the rows it reads exactly as
+    :func:`parse_chunk_in_python` does and stops at any other record: that record (or, where
+    its quoting is unusual, the rest of the chunk) is read by the Python, then the C goes on.
+    """
+    if _speedups is None:
+        return parse_chunk_in_python(text, first_line, header, target)
+    parser = RowParser(header)
+    into = tuple(bytearray() for _ in range(11))  # as _speedups.parse_rows appends, ParsedChunk's order
+    packed, row_ends, lines, code_crcs, chg_crcs, buckets, chg_buckets, records, record_ends, entries, index_ends = into
+    whole = ParsedChunk()
+    at, line = 0, first_line
+    while True:
+        taken, stop, line, end = _speedups.parse_rows(
+            text, at, line, parser.columns, parser.width, target.buckets, into
+        )
+        whole.count += taken
+        if stop == len(text):
+            break
+        piece = text[stop:end]
+        read = parse_chunk_in_python(piece, line, header, target)
+        for data, ends, more, offsets in (
+            (packed, row_ends, read.packed_rows, read.row_offsets),
+            (records, record_ends, read.record_fields, read.record_offsets),
+            (entries, index_ends, read.index_fields, read.index_offsets),
+        ):
+            ends += array("Q", [len(data) + offset for offset in offsets[1:]]).tobytes()
+            data += more
+        for appended, read_array in zip(
+            (lines, code_crcs, chg_crcs, buckets, chg_buckets),
+            (read.lines, read.code_crcs, read.chg_crcs, read.buckets, read.chg_buckets),
+            strict=True,
+        ):
+            appended += read_array.tobytes()
+        whole.count += read.count
+        whole.bad += read.bad
+        whole.notes += read.notes
+        whole.truncated += read.truncated
+        if read.unreadable:
+            whole.unreadable = read.unreadable
+            break
+        at, line = end, line + piece.count(b"\n")
+    whole.packed_rows, whole.record_fields, whole.index_fields = bytes(packed), bytes(records), bytes(entries)
+    for numbers, data in (
+        (whole.row_offsets, row_ends),
+        (whole.lines, lines),
+        (whole.code_crcs, code_crcs),
+        (whole.chg_crcs, chg_crcs),
+        (whole.buckets, buckets),
+        (whole.chg_buckets, chg_buckets),
+        (whole.record_offsets, record_ends),
+        (whole.index_offsets, index_ends),
+    ):
+        numbers.frombytes(data)
+    return whole
+
+
+def parse_chunk_in_python(text: bytes, first_line: int, header: list[str], target: Target) -> ParsedChunk:
+    """:func:`parse_chunk` in Python alone: the reference, and the parser of every record
+    the C leaves to it."""
     parser = RowParser(header)
     parsed = ParsedChunk()
     reader = csv.reader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""))

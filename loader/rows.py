@@ -38,6 +38,7 @@ FIELDS = (
 # as doubles, exact up to 2**53.
 MAX_SEQ = 2**53 - 1
 MAX_CHG_ID_LENGTH = 128
+FAST_SEQ_DIGITS = 15  # a seq of at most this many digits is below MAX_SEQ: the fast path takes it
 
 # The loader accepts any one- or two-letter prefix: which letters a region accepts on a
 # claim is the policy's business, and an unknown letter here is not a broken row.
@@ -191,7 +192,7 @@ _WELL_FORMED = re.compile(
             f"({_TIME})?",
             f"([^\x1f]{{0,{MAX_CHG_REA_LENGTH}}})",
             "([01])",
-            "([0-9]{1,15})",
+            f"([0-9]{{1,{FAST_SEQ_DIGITS}}})",
         )
     )
 )
@@ -206,14 +207,14 @@ class RowParser:
         if missing:
             raise HeaderError(f"the header lacks {', '.join(missing)}")
         self.width = len(names)
-        self._positions = tuple(names.index(name) for name in FIELDS)
-        self._in_field_order = operator.itemgetter(*self._positions)
+        self.columns = tuple(names.index(name) for name in FIELDS)  # where each of FIELDS is
+        self._in_field_order = operator.itemgetter(*self.columns)
 
     def parse(self, values: Sequence[str], notes: list[str] | None = None) -> RegistryRow:
         """Validate one CSV row; what was cut to fit is noted in ``notes``."""
         if len(values) != self.width:
             raise RowError(f"has {len(values)} columns, the header has {self.width}")
-        return _parse(*(values[position] for position in self._positions), notes=notes)
+        return _parse(*(values[position] for position in self.columns), notes=notes)
 
     def encode(self, values: Sequence[str], notes: list[str] | None = None) -> EncodedRow:
         """Validate one CSV row into (code, chg_id, one-period record, seq) for the loader;
