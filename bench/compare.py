@@ -84,8 +84,12 @@ def main() -> int:
     parser.add_argument(
         "--rate", type=float, default=1200.0, help="calls/s of the fixed-rate phase after it (p99_ms_at_rate)"
     )
+    parser.add_argument(
+        "--only", choices=("serving", "loading"), help="measure one of the two (a change that touches only it)"
+    )
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
+    kinds = (args.only,) if args.only else ("serving", "loading")
+    if "serving" in kinds and shutil.which("h2load") is None:
         print("bench: h2load is missing (apt-get install nghttp2-client, or run scripts/bench)", file=sys.stderr)
         return 2
     trees = {"baseline": args.baseline.resolve(), "this": HERE}
@@ -115,7 +119,11 @@ def main() -> int:
             body.write_bytes(grpc_frame(fixed.SerializeToString()))
             for round_number in range(args.rounds):
                 for name, tree in in_turns(trees, round_number):
-                    runs[name]["loading"].append(load(tree, env, registry.snapshot, redis_server))
+                    if "loading" in kinds:
+                        runs[name]["loading"].append(load(tree, env, registry.snapshot, redis_server))
+                        print(f"round {round_number + 1} {name}: {runs[name]['loading'][-1]}")
+                    if "serving" not in kinds:
+                        continue
                     server = start_server(
                         f"{name} gatekeeper",
                         [*command(tree, "gatekeeper.cli"), "serve", "--workers", "2"],
@@ -146,7 +154,7 @@ def main() -> int:
                             "p99_ms_at_rate": steady.p99_ms or 0.0,
                         }
                     )
-                    print(f"round {round_number + 1} {name}: {runs[name]['serving'][-1]} {runs[name]['loading'][-1]}")
+                    print(f"round {round_number + 1} {name}: {runs[name]['serving'][-1]}")
         finally:
             redis_server.stop()
             postgres.stop()
@@ -165,6 +173,7 @@ def main() -> int:
             ("serving", ("rps", "cpu_us_per_call", "p99_ms_at_rate")),
             ("loading", ("rows_per_second", "peak_rss_mb")),
         )
+        if kind in kinds
         for figure in figures
     }
     results: dict[str, Any] = {
