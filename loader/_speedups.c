@@ -7,7 +7,7 @@
  *                                     Python's fast path would (RowParser.encode)
  *   split_first(codes, chg_ids, mask, code_crcs, chg_crcs)
  *                                     FirstRows.split: which rows are the first of their
- *                                     code and of their chg_id (bit filters over CRC-32s)
+ *                                     code and of their chg_id (Bloom filters over CRC-32s)
  *   gather(positions, buckets, width, fields, offsets, pending, base)
  *                                     BulkBuffer.add: each row's RESP fields appended to the
  *                                     byte string of its range of buckets, behind its
@@ -496,19 +496,26 @@ static PyObject *split_first(PyObject *module, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_ValueError, "split_first: code_crcs and chg_crcs differ in length");
         goto release;
     }
-    if ((mask >> 3) >= (uint64_t)codes.len || (mask >> 3) >= (uint64_t)chg_ids.len) {
-        PyErr_SetString(PyExc_ValueError, "split_first: the mask reaches past a filter");
+    if (mask == 0 || (mask & (mask + 1)) || mask > UINT32_MAX || (mask >> 3) >= (uint64_t)codes.len ||
+        (mask >> 3) >= (uint64_t)chg_ids.len) {
+        PyErr_SetString(PyExc_ValueError, "split_first: the mask is not 2**k - 1 (k <= 32) within both filters");
         goto release;
     }
     if ((first = PyList_New(0)) == NULL || (others = PyList_New(0)) == NULL) goto release;
     uint8_t *code_bits = codes.buf, *chg_bits = chg_ids.buf;
     const uint32_t *code_crc = code_crcs.buf, *chg_crc = chg_crcs.buf;
+    int shift = 32;
+    for (uint64_t rest = mask; rest; rest >>= 1) shift--;
     for (Py_ssize_t i = 0; i < rows; i++) {
-        uint64_t code_bit = code_crc[i] & mask, chg_bit = chg_crc[i] & mask;
-        uint8_t code_flag = (uint8_t)(1u << (code_bit & 7)), chg_flag = (uint8_t)(1u << (chg_bit & 7));
-        int seen = (code_bits[code_bit >> 3] & code_flag) || (chg_bits[chg_bit >> 3] & chg_flag);
-        code_bits[code_bit >> 3] |= code_flag;
-        chg_bits[chg_bit >> 3] |= chg_flag;
+        int seen = 0;
+        for (int filter = 0; filter < 2; filter++) {
+            uint8_t *bits = filter ? chg_bits : code_bits;
+            uint32_t crc = filter ? chg_crc[i] : code_crc[i];
+            uint64_t one = crc & mask, two = (uint32_t)(crc * 0x9E3779B1u) >> shift; /* bulk.second_bit */
+            seen |= (bits[one >> 3] >> (one & 7) & 1) && (bits[two >> 3] >> (two & 7) & 1);
+            bits[one >> 3] |= (uint8_t)(1u << (one & 7));
+            bits[two >> 3] |= (uint8_t)(1u << (two & 7));
+        }
         PyObject *position = PyLong_FromSsize_t(i);
         if (position == NULL || PyList_Append(seen ? others : first, position) < 0) {
             Py_XDECREF(position);

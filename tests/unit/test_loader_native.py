@@ -268,10 +268,17 @@ def test_what_does_not_fit_is_refused_not_read_past() -> None:
         _speedups.gather([5], array("I", [0]), 1, b"", array("Q", [0, 0]), [bytearray()], 0)
     with pytest.raises(TypeError):
         _speedups.split_first(bytearray(8), bytearray(8), 7, array("Q", [1]), array("I", [1]))
+    with pytest.raises(ValueError, match="2\\*\\*k - 1"):
+        _speedups.split_first(bytearray(8), bytearray(8), 5, array("I", [1]), array("I", [1]))
 
 
-def test_the_bit_filters_use_one_bit_per_crc() -> None:
-    codes, chg_ids = bytearray(1), bytearray(1)
+def test_a_value_sets_two_bits_and_is_seen_only_when_both_are_set() -> None:
+    mask = (1 << 16) - 1
     crc = zlib.crc32(b"D110105000001")
-    assert bulk.python_split_first(codes, chg_ids, 7, array("I", [crc, crc]), array("I", [1, 2])) == ([0], [1])
-    assert codes[0] == 1 << (crc & 7) and chg_ids[0] == 0b110
+    one, two = crc & mask, bulk.second_bit(crc, mask)
+    assert one != two
+    codes, chg_ids = bytearray(mask + 1 >> 3), bytearray(mask + 1 >> 3)
+    codes[one >> 3] |= 1 << (one & 7)  # another value set one of its bits: not seen yet
+    assert bulk.python_split_first(codes, chg_ids, mask, array("I", [crc]), array("I", [5])) == ([0], [])
+    assert codes[two >> 3] & 1 << (two & 7)  # now both are
+    assert bulk.python_split_first(codes, chg_ids, mask, array("I", [crc]), array("I", [6])) == ([], [0])
