@@ -9,10 +9,17 @@ its start-up line; the loader is slower).
 from setuptools import Extension, setup
 
 FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+SHARED = ["gatekeeper/_formats.h"]  # the national formats both check
 
 setup(
     ext_modules=[
-        Extension("gatekeeper._speedups", sources=["gatekeeper/_speedups.c"], optional=True, extra_compile_args=FLAGS),
-        Extension("loader._speedups", sources=["loader/_speedups.c"], optional=True, extra_compile_args=FLAGS),
+        Extension(
+            f"{package}._speedups",
+            sources=[f"{package}/_speedups.c"],
+            depends=SHARED,
+            optional=True,
+            extra_compile_args=FLAGS,
+        )
+        for package in ("gatekeeper", "loader")
     ]
 )

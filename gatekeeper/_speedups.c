@@ -23,6 +23,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_formats.h" /* digits, province codes, China Standard Time: shared with loader/_speedups.c */
+
 static PyObject *Item, *Claim, *ItemDecision, *ClaimDecision, *PractitionerRecord, *StatusPeriod; /* msgspec structs */
 static PyObject *ALLOW, *OK, *CLAIM_ALLOW; /* Verdict, Reason, ClaimVerdict members */
 static PyObject *EMPTY, *ZERO;
@@ -79,9 +81,6 @@ typedef struct {
     long long max_items, max_id_length, max_code_length, max_text_length, max_amount_fen, earliest_time, end_of_time;
 } Bounds;
 #define BOUNDS 7
-/* codes.PROVINCE_CODES, handed over by configure(): two characters each */
-static char provinces[64][2];
-static int province_count;
 /* records.py */
 #define STATUS_WITHDRAWN 0
 #define STATUS_REGISTERED 1
@@ -168,50 +167,15 @@ static int ascii(Span s) {
     return 1;
 }
 
-static int digits(const uint8_t *p, int count) {
-    for (int i = 0; i < count; i++)
-        if (p[i] < '0' || p[i] > '9') return 0;
-    return 1;
-}
-
-static int province(const uint8_t *p) {
-    for (int i = 0; i < province_count; i++)
-        if (p[0] == provinces[i][0] && p[1] == provinces[i][1]) return 1;
-    return 0;
-}
-
 /* codes.is_institution_code: H or P, a province, 9 digits. */
 static int institution_code(Span s) {
     return s.size == 12 && (s.data[0] == 'H' || s.data[0] == 'P') && province(s.data + 1) && digits(s.data + 3, 9);
 }
 
-static int two(const uint8_t *p) { return (p[0] - '0') * 10 + (p[1] - '0'); }
-
-static int64_t days_from_civil(int64_t year, int month, int day) {
-    year -= month <= 2;
-    int64_t era = (year >= 0 ? year : year - 399) / 400;
-    int64_t year_of_era = year - era * 400;
-    int64_t day_of_year = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;
-    int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    return era * 146097 + day_of_era - 719468;
-}
-
 /* validation.service_time: "yyyy-MM-dd HH:mm:ss" China Standard Time from ``earliest`` to
  * before ``end`` (epoch seconds), as epoch seconds; 0 when it is anything else. */
 static int service_time(Span s, const Bounds *bounds, int64_t *moment) {
-    const uint8_t *p = s.data;
-    if (s.size != 19 || p[4] != '-' || p[7] != '-' || p[10] != ' ' || p[13] != ':' || p[16] != ':') return 0;
-    if (!digits(p, 4) || !digits(p + 5, 2) || !digits(p + 8, 2) || !digits(p + 11, 2) || !digits(p + 14, 2) ||
-        !digits(p + 17, 2))
-        return 0;
-    int year = two(p) * 100 + two(p + 2), month = two(p + 5), day = two(p + 8);
-    int hour = two(p + 11), minute = two(p + 14), second = two(p + 17);
-    static const int month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (year < 1 || month < 1 || month > 12 || hour > 23 || minute > 59 || second > 59) return 0;
-    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    if (day < 1 || day > month_days[month - 1] + (month == 2 && leap)) return 0;
-    *moment = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second - 8 * 3600;
-    return bounds->earliest_time <= *moment && *moment < bounds->end_of_time;
+    return cst_time(s.data, s.size, moment) && bounds->earliest_time <= *moment && *moment < bounds->end_of_time;
 }
 
 /* --- parse_claim ------------------------------------------------------------------------ */
@@ -723,24 +687,7 @@ static PyObject *configure(PyObject *module, PyObject *const *args, Py_ssize_t n
                         "Verdict.ALLOW, Reason.OK, ClaimVerdict.ALLOW, PROVINCE_CODES)");
         return NULL;
     }
-    PyObject *codes = args[9];
-    Py_ssize_t count = PyTuple_Check(codes) ? PyTuple_GET_SIZE(codes) : -1;
-    if (count < 0 || count > (Py_ssize_t)(sizeof provinces / sizeof *provinces)) {
-        PyErr_SetString(PyExc_TypeError, "configure: PROVINCE_CODES must be a tuple of at most 64 codes");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t size;
-        const char *code = PyUnicode_Check(PyTuple_GET_ITEM(codes, i))
-                               ? PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(codes, i), &size)
-                               : NULL;
-        if (code == NULL || size != 2) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "configure: a province code is two characters");
-            return NULL;
-        }
-        memcpy(provinces[i], code, 2);
-    }
-    province_count = (int)count;
+    if (set_provinces(args[9]) < 0) return NULL;
     PyObject **slots[9] = {&Item,         &Claim,        &ItemDecision, &ClaimDecision, &PractitionerRecord,
                            &StatusPeriod, &ALLOW,        &OK,           &CLAIM_ALLOW};
     for (int i = 0; i < 9; i++) Py_XSETREF(*slots[i], Py_NewRef(args[i]));

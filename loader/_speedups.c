@@ -26,10 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../gatekeeper/_formats.h" /* digits, province codes, China Standard Time: shared with gatekeeper/_speedups.c */
+
 /* --- parse_rows ------------------------------------------------------------------------ */
 
-static char provinces[64][2]; /* configure(): gatekeeper.core.codes.PROVINCE_CODES */
-static int province_count;
 static Py_ssize_t max_chg_id_length, max_chg_rea_length, max_seq_digits;
 static uint32_t crc_table[256];
 
@@ -120,55 +120,20 @@ typedef struct {
     Py_ssize_t size;
 } Text;
 
-static int is_digits(Text t, Py_ssize_t from, Py_ssize_t count) {
-    for (Py_ssize_t i = from; i < from + count; i++)
-        if (t.data[i] < '0' || t.data[i] > '9') return 0;
-    return 1;
-}
-
 static int is_upper(unsigned char c) { return c >= 'A' && c <= 'Z'; }
 
 /* [A-Z]{1,2}, a province code, 10 digits (loader.rows._PRACTITIONER_CODE) */
 static int is_practitioner_code(Text t) {
     Py_ssize_t letters = t.size - 12;
     if (letters < 1 || letters > 2 || !is_upper(t.data[0]) || (letters == 2 && !is_upper(t.data[1]))) return 0;
-    if (!is_digits(t, letters, 12)) return 0;
-    for (int i = 0; i < province_count; i++)
-        if (t.data[letters] == provinces[i][0] && t.data[letters + 1] == provinces[i][1]) return 1;
-    return 0;
+    return province(t.data + letters) && digits(t.data + letters, 12);
 }
 
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d) { /* days since 1970-01-01 */
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-static int number(Text t, Py_ssize_t from, Py_ssize_t count) {
-    int value = 0;
-    for (Py_ssize_t i = from; i < from + count; i++) value = value * 10 + (t.data[i] - '0');
-    return value;
-}
-
-/* "yyyy-MM-dd HH:mm:ss" China Standard Time as epoch seconds (core.cst.parse_cst), when it is
- * a real time after the epoch (rows._registry_time); 0 otherwise. */
+/* A registry time (rows._registry_time): a real China Standard Time after the epoch, as
+ * epoch seconds; 0 otherwise (epoch 0 means "open-ended" in a record). */
 static int64_t registry_time(Text t) {
-    static const char shape[] = "0000-00-00 00:00:00";
-    if (t.size != 19) return 0;
-    for (int i = 0; i < 19; i++) {
-        if (shape[i] == '0' ? (t.data[i] < '0' || t.data[i] > '9') : t.data[i] != (unsigned char)shape[i]) return 0;
-    }
-    int year = number(t, 0, 4), month = number(t, 5, 2), day = number(t, 8, 2);
-    int hour = number(t, 11, 2), minute = number(t, 14, 2), second = number(t, 17, 2);
-    static const int month_days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-    if (year < 1 || month < 1 || month > 12 || day < 1 || day > month_days[month - 1] + (month == 2 && leap)) return 0;
-    if (hour > 23 || minute > 59 || second > 59) return 0;
-    int64_t moment = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second - 8 * 3600;
-    return moment > 0 ? moment : 0;
+    int64_t moment;
+    return cst_time(t.data, t.size, &moment) && moment > 0 ? moment : 0;
 }
 
 /* [^\x1f]{0,max_chg_rea_length} of well-formed UTF-8 */
@@ -219,7 +184,7 @@ static int take_row(Parsed *p, Text *f, uint64_t line, uint64_t bucket_count) {
         if (chg_id.data[i] < '!' || chg_id.data[i] > '~') return 0;
     if (f[STATUS].size != 1 || f[STATUS].data[0] < '1' || f[STATUS].data[0] > '3') return 0;
     if (f[VALI_FLAG].size != 1 || (f[VALI_FLAG].data[0] != '0' && f[VALI_FLAG].data[0] != '1')) return 0;
-    if (seq_text.size < 1 || seq_text.size > max_seq_digits || !is_digits(seq_text, 0, seq_text.size)) return 0;
+    if (seq_text.size < 1 || seq_text.size > max_seq_digits || !digits(seq_text.data, seq_text.size)) return 0;
     if (!is_reason(chg_rea)) return 0;
     int64_t begins = registry_time(f[BEGNTIME]), ends = 0, ban_ends = 0;
     if (!begins) return 0;
@@ -439,26 +404,11 @@ static PyObject *configure(PyObject *module, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "configure(province_codes, max_chg_id_length, max_chg_rea_length, max_seq_digits)");
         return NULL;
     }
-    Py_ssize_t count = PyTuple_GET_SIZE(args[0]);
-    if (count < 1 || count > 64) {
-        PyErr_SetString(PyExc_ValueError, "configure: between 1 and 64 province codes");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t length;
-        PyObject *code = PyTuple_GET_ITEM(args[0], i);
-        const char *text = PyUnicode_Check(code) ? PyUnicode_AsUTF8AndSize(code, &length) : NULL;
-        if (text == NULL || length != 2) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "configure: a province code is two characters");
-            return NULL;
-        }
-        memcpy(provinces[i], text, 2);
-    }
+    if (set_provinces(args[0]) < 0) return NULL;
     max_chg_id_length = PyLong_AsSsize_t(args[1]);
     max_chg_rea_length = PyLong_AsSsize_t(args[2]);
     max_seq_digits = PyLong_AsSsize_t(args[3]);
     if (PyErr_Occurred()) return NULL;
-    province_count = (int)count;
     Py_RETURN_NONE;
 }
 
