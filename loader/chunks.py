@@ -148,32 +148,19 @@ def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target)
     if _speedups is None:
         return parse_chunk_in_python(text, first_line, header, target)
     parser = RowParser(header)
-    into = tuple(bytearray() for _ in range(11))  # as _speedups.parse_rows appends, ParsedChunk's order
-    packed, row_ends, lines, code_crcs, chg_crcs, buckets, chg_buckets, records, record_ends, entries, index_ends = into
+    into = {name: bytearray() for name in _PARSE_ROWS_APPENDS}
     whole = ParsedChunk()
     at, line = 0, first_line
     while True:
         taken, stop, line, end = _speedups.parse_rows(
-            text, at, line, parser.columns, parser.width, target.buckets, into
+            text, at, line, parser.columns, parser.width, target.buckets, tuple(into.values())
         )
         whole.count += taken
         if stop == len(text):
             break
         piece = text[stop:end]
         read = parse_chunk_in_python(piece, line, header, target)
-        for data, ends, more, offsets in (
-            (packed, row_ends, read.packed_rows, read.row_offsets),
-            (records, record_ends, read.record_fields, read.record_offsets),
-            (entries, index_ends, read.index_fields, read.index_offsets),
-        ):
-            ends += array("Q", [len(data) + offset for offset in offsets[1:]]).tobytes()
-            data += more
-        for appended, read_array in zip(
-            (lines, code_crcs, chg_crcs, buckets, chg_buckets),
-            (read.lines, read.code_crcs, read.chg_crcs, read.buckets, read.chg_buckets),
-            strict=True,
-        ):
-            appended += read_array.tobytes()
+        _append_packed(into, read)
         whole.count += read.count
         whole.bad += read.bad
         whole.notes += read.notes
@@ -182,19 +169,43 @@ def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target)
             whole.unreadable = read.unreadable
             break
         at, line = end, line + piece.count(b"\n")
-    whole.packed_rows, whole.record_fields, whole.index_fields = bytes(packed), bytes(records), bytes(entries)
-    for numbers, data in (
-        (whole.row_offsets, row_ends),
-        (whole.lines, lines),
-        (whole.code_crcs, code_crcs),
-        (whole.chg_crcs, chg_crcs),
-        (whole.buckets, buckets),
-        (whole.chg_buckets, chg_buckets),
-        (whole.record_offsets, record_ends),
-        (whole.index_offsets, index_ends),
-    ):
-        numbers.frombytes(data)
+    for name, data in into.items():
+        numbers = getattr(whole, name)
+        if isinstance(numbers, array):
+            numbers.frombytes(data)
+        else:
+            setattr(whole, name, bytes(data))
     return whole
+
+
+# What _speedups.parse_rows appends to, in its order: ParsedChunk's byte strings and arrays,
+# each offsets array without its leading 0 (the end of each row's bytes in the whole).
+_PARSE_ROWS_APPENDS = (
+    "packed_rows",
+    "row_offsets",
+    "lines",
+    "code_crcs",
+    "chg_crcs",
+    "buckets",
+    "chg_buckets",
+    "record_fields",
+    "record_offsets",
+    "index_fields",
+    "index_offsets",
+)
+_OFFSETS_INTO = {"row_offsets": "packed_rows", "record_offsets": "record_fields", "index_offsets": "index_fields"}
+
+
+def _append_packed(into: dict[str, bytearray], read: ParsedChunk) -> None:
+    """Append what the Python read to what parse_rows appends to, as parse_rows would."""
+    for name, appended in into.items():
+        value = getattr(read, name)
+        if name in _OFFSETS_INTO:  # shifted past the bytes already there (appended below)
+            appended += array("Q", [len(into[_OFFSETS_INTO[name]]) + end for end in value[1:]]).tobytes()
+        elif isinstance(value, array):
+            appended += value.tobytes()
+    for data in _OFFSETS_INTO.values():
+        into[data] += getattr(read, data)
 
 
 def parse_chunk_in_python(text: bytes, first_line: int, header: list[str], target: Target) -> ParsedChunk:
