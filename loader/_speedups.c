@@ -1,10 +1,11 @@
 /* The snapshot loader's per-row work in C: parsing a snapshot's CSV rows in the parsing
  * workers, and the bookkeeping for every row in the loader's own process.
  *
- *   parse_rows(text, start, line, columns, width, buckets)
+ *   parse_rows(text, start, line, columns, width, buckets, into)
  *                                     loader/chunks.py parse_chunk's rows, from ``start``
  *                                     until the first record it does not take as the
- *                                     Python's fast path would (RowParser.encode)
+ *                                     Python's fast path would (RowParser.encode),
+ *                                     appended to ``into``
  *   split_first(codes, chg_ids, mask, code_crcs, chg_crcs)
  *                                     FirstRows.split: which rows are the first of their
  *                                     code and of their chg_id (Bloom filters over CRC-32s)
@@ -623,8 +624,9 @@ static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(province_codes, max_chg_id_length, max_chg_rea_length, max_seq_digits): the row rules' bounds."},
     {"parse_rows", (PyCFunction)(void (*)(void))parse_rows, METH_FASTCALL,
-     "parse_rows(text, start, line, columns, width, buckets): the rows from start as parse_chunk packs them, "
-     "up to the first record the Python must read; with where that is, its line, and where the Python stops."},
+     "parse_rows(text, start, line, columns, width, buckets, into): append to into's 11 bytearrays the rows "
+     "from start as parse_chunk packs them, up to the first record the Python must read; returns how many, "
+     "where that record starts, its line, and where the Python's reading ends."},
     {"split_first", (PyCFunction)(void (*)(void))split_first, METH_FASTCALL,
      "split_first(codes, chg_ids, mask, code_crcs, chg_crcs): the positions of the rows first of their "
      "code and chg_id, and of the others; every row marked seen."},
