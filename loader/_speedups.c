@@ -1,7 +1,7 @@
 /* The snapshot loader's per-row work in C: parsing a snapshot's CSV rows in the parsing
  * workers, and the bookkeeping for every row in the loader's own process.
  *
- *   parse_rows(text, start, line, columns, width, buckets, into)
+ *   parse_rows(text, start, line, columns, width, buckets, pieces, into)
  *                                     loader/chunks.py parse_chunk's rows, from ``start``
  *                                     until the first record it does not take as the
  *                                     Python's fast path would (RowParser.encode),
@@ -166,17 +166,17 @@ enum { CODE, TYPE, CHG_ID, STATUS, BEGNTIME, ENDTIME, BAN_ENDTIME, CHG_REA, VALI
  * byte strings and arrays, each offset the end of a row's bytes in the whole (``base`` is
  * what the three byte strings held before). */
 enum { PACKED, ROW_ENDS, LINES, CODE_CRCS, CHG_CRCS, BUCKETS, CHG_BUCKETS, RECORD_FIELDS, RECORD_ENDS,
-       INDEX_FIELDS, INDEX_ENDS, OUTPUTS };
+       INDEX_ENTRIES, INDEX_ENDS, OUTPUTS };
 
 typedef struct {
     Out out[OUTPUTS];
     uint64_t packed_base, record_base, index_base;
-    Out record, entry, scratch;
+    Out record, scratch;
 } Parsed;
 
 /* One record's fields in FIELDS order, validated and written out; 0 when the Python's fast
  * path would not take them (the Python then reads the record), -1 on an error. */
-static int take_row(Parsed *p, Text *f, uint64_t line, uint64_t bucket_count) {
+static int take_row(Parsed *p, Text *f, uint64_t line, uint64_t bucket_count, uint64_t piece_count) {
     Text code = f[CODE], chg_id = f[CHG_ID], chg_rea = f[CHG_REA], seq_text = f[SEQ];
     if (!is_practitioner_code(code)) return 0;
     if (f[TYPE].size != 1 || f[TYPE].data[0] < '1' || f[TYPE].data[0] > '4') return 0;
@@ -198,7 +198,7 @@ static int take_row(Parsed *p, Text *f, uint64_t line, uint64_t bucket_count) {
     int kept_reason = status != 1 && chg_rea.size > 0;
     uint32_t code_crc = crc32_of(code.data, code.size), chg_crc = crc32_of(chg_id.data, chg_id.size);
 
-    /* The record: [prac_psn_type, [[status, begntime, chg_key, seq, endtime, ban_endtime,
+    /* The record: [prac_psn_type, [[status, begntime, chg_id, seq, endtime, ban_endtime,
      * chg_rea]]], trailing defaults left out (records.period_array). */
     Out *o = p->out, *r = &p->record;
     r->size = 0;
@@ -207,32 +207,31 @@ static int take_row(Parsed *p, Text *f, uint64_t line, uint64_t bucket_count) {
     unsigned char period_head = (unsigned char)(0x90 | period_length);
     if (put(r, head, 3) < 0 || put(r, &period_head, 1) < 0) return -1;
     if (put_int(r, f[VALI_FLAG].data[0] == '1' ? (uint64_t)status : 0) < 0 || put_int(r, (uint64_t)begins) < 0 ||
-        put_int(r, chg_crc) < 0 || put_int(r, seq) < 0)
+        put_sized(r, chg_id.data, chg_id.size, 0) < 0 || put_int(r, seq) < 0)
         return -1;
     if (period_length >= 5 && put_int(r, (uint64_t)ends) < 0) return -1;
     if (period_length >= 6 && put_int(r, (uint64_t)ban_ends) < 0) return -1;
     if (period_length == 7 && put_sized(r, chg_rea.data, chg_rea.size, 0) < 0) return -1;
 
-    /* The EncodedRow (code, chg_id, record, seq), and the index entry [code, bucket, seq]. */
+    /* The EncodedRow (code, chg_id, record, seq), and the chg_id index entry: the chg_id's
+     * tag and the bucket (keys.index_entry, keys.tag_of_crc). */
     uint64_t bucket = code_crc % bucket_count;
-    unsigned char four = 0x94, three = 0x93;
+    uint32_t tag = (uint32_t)(chg_crc * 0x9E3779B1u) >> 16;
+    unsigned char four = 0x94;
+    unsigned char entry[5] = {(unsigned char)(tag >> 8), (unsigned char)tag, (unsigned char)(bucket >> 16),
+                              (unsigned char)(bucket >> 8), (unsigned char)bucket};
     if (put(&o[PACKED], &four, 1) < 0 || put_sized(&o[PACKED], code.data, code.size, 0) < 0 ||
         put_sized(&o[PACKED], chg_id.data, chg_id.size, 0) < 0 || put_sized(&o[PACKED], r->data, r->size, 1) < 0 ||
         put_int(&o[PACKED], seq) < 0 || put_u64(&o[ROW_ENDS], p->packed_base + (uint64_t)o[PACKED].size) < 0)
         return -1;
-    Out *e = &p->entry;
-    e->size = 0;
-    if (put(e, &three, 1) < 0 || put_sized(e, code.data, code.size, 0) < 0 || put_int(e, bucket) < 0 ||
-        put_int(e, seq) < 0)
-        return -1;
     if (put_u64(&o[LINES], line) < 0 || put_u32(&o[CODE_CRCS], code_crc) < 0 || put_u32(&o[CHG_CRCS], chg_crc) < 0 ||
-        put_u32(&o[BUCKETS], (uint32_t)bucket) < 0 || put_u32(&o[CHG_BUCKETS], (uint32_t)(chg_crc % bucket_count)) < 0)
+        put_u32(&o[BUCKETS], (uint32_t)bucket) < 0 || put_u32(&o[CHG_BUCKETS], (uint32_t)(chg_crc % piece_count)) < 0)
         return -1;
     if (put_resp(&o[RECORD_FIELDS], code.data, code.size) < 0 || put_resp(&o[RECORD_FIELDS], r->data, r->size) < 0 ||
         put_u64(&o[RECORD_ENDS], p->record_base + (uint64_t)o[RECORD_FIELDS].size) < 0)
         return -1;
-    if (put_resp(&o[INDEX_FIELDS], chg_id.data, chg_id.size) < 0 || put_resp(&o[INDEX_FIELDS], e->data, e->size) < 0 ||
-        put_u64(&o[INDEX_ENDS], p->index_base + (uint64_t)o[INDEX_FIELDS].size) < 0)
+    if (put(&o[INDEX_ENTRIES], entry, sizeof entry) < 0 ||
+        put_u64(&o[INDEX_ENDS], p->index_base + (uint64_t)o[INDEX_ENTRIES].size) < 0)
         return -1;
     return 1;
 }
@@ -318,11 +317,11 @@ static int read_record(const unsigned char *data, Py_ssize_t size, Py_ssize_t *a
 }
 
 static PyObject *parse_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "parse_rows(text, start, line, columns, width, buckets, into)");
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "parse_rows(text, start, line, columns, width, buckets, pieces, into)");
         return NULL;
     }
-    PyObject *into = args[6];
+    PyObject *into = args[7];
     if (!PyBytes_Check(args[0]) || !PyTuple_Check(args[3]) || PyTuple_GET_SIZE(args[3]) != USED ||
         !PyTuple_Check(into) || PyTuple_GET_SIZE(into) != OUTPUTS) {
         PyErr_SetString(PyExc_TypeError, "parse_rows: text is bytes, columns 10 positions, into 11 bytearrays");
@@ -338,11 +337,13 @@ static PyObject *parse_rows(PyObject *module, PyObject *const *args, Py_ssize_t 
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     Py_ssize_t at = PyLong_AsSsize_t(args[1]), width = PyLong_AsSsize_t(args[4]);
     uint64_t line = PyLong_AsUnsignedLongLong(args[2]), bucket_count = PyLong_AsUnsignedLongLong(args[5]);
+    uint64_t piece_count = PyLong_AsUnsignedLongLong(args[6]);
     Py_ssize_t columns[USED];
     for (int i = 0; i < USED; i++) columns[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(args[3], i));
     if (PyErr_Occurred()) return NULL;
-    if (at < 0 || at > size || width < USED || bucket_count < 1 || bucket_count > UINT32_MAX || province_count == 0) {
-        PyErr_SetString(PyExc_ValueError, "parse_rows: start, width or buckets out of range, or not configured");
+    if (at < 0 || at > size || width < USED || bucket_count < 1 || bucket_count >= 1 << 24 || piece_count < 1 ||
+        piece_count > bucket_count || province_count == 0) {
+        PyErr_SetString(PyExc_ValueError, "parse_rows: start, width, buckets or pieces out of range, or not configured");
         return NULL;
     }
     for (int i = 0; i < USED; i++) {
@@ -354,7 +355,7 @@ static PyObject *parse_rows(PyObject *module, PyObject *const *args, Py_ssize_t 
     Parsed p = {0};
     p.packed_base = (uint64_t)PyByteArray_GET_SIZE(PyTuple_GET_ITEM(into, PACKED));
     p.record_base = (uint64_t)PyByteArray_GET_SIZE(PyTuple_GET_ITEM(into, RECORD_FIELDS));
-    p.index_base = (uint64_t)PyByteArray_GET_SIZE(PyTuple_GET_ITEM(into, INDEX_FIELDS));
+    p.index_base = (uint64_t)PyByteArray_GET_SIZE(PyTuple_GET_ITEM(into, INDEX_ENTRIES));
     PyObject *result = NULL;
     Text *spans = PyMem_Malloc((size_t)width * sizeof *spans);
     if (spans == NULL) return PyErr_NoMemory();
@@ -370,7 +371,7 @@ static PyObject *parse_rows(PyObject *module, PyObject *const *args, Py_ssize_t 
         if (kind == RECORD) {
             Text fields[USED];
             for (int i = 0; i < USED; i++) fields[i] = spans[columns[i]];
-            int taken = take_row(&p, fields, line, bucket_count);
+            int taken = take_row(&p, fields, line, bucket_count, piece_count);
             if (taken < 0) goto release;
             kind = taken ? RECORD : DECLINED;
         }
@@ -395,7 +396,6 @@ release:
     PyMem_Free(spans);
     for (int i = 0; i < OUTPUTS; i++) PyMem_Free(p.out[i].data);
     PyMem_Free(p.record.data);
-    PyMem_Free(p.entry.data);
     PyMem_Free(p.scratch.data);
     return result;
 }
@@ -624,7 +624,7 @@ static PyMethodDef methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(province_codes, max_chg_id_length, max_chg_rea_length, max_seq_digits): the row rules' bounds."},
     {"parse_rows", (PyCFunction)(void (*)(void))parse_rows, METH_FASTCALL,
-     "parse_rows(text, start, line, columns, width, buckets, into): append to into's 11 bytearrays the rows "
+     "parse_rows(text, start, line, columns, width, buckets, pieces, into): append to into's 11 bytearrays the rows "
      "from start as parse_chunk packs them, up to the first record the Python must read; returns how many, "
      "where that record starts, its line, and where the Python's reading ends."},
     {"split_first", (PyCFunction)(void (*)(void))split_first, METH_FASTCALL,

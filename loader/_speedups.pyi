@@ -11,6 +11,7 @@ def parse_rows(
     columns: tuple[int, ...],
     width: int,
     buckets: int,
+    pieces: int,
     into: tuple[bytearray, ...],
 ) -> tuple[int, int, int, int]: ...
 def split_first(

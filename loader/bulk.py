@@ -2,8 +2,8 @@
 
 Most snapshot rows are the only row of their code and of their chg_id: merging them is
 writing them. Such a row is written as it is, gathered with the others of its bucket into
-one plain HSET (and its index entry into one HSET of its chg_id index hash), which costs
-Redis a fifth of a gk_insert row. Every other row goes through gk_insert afterwards, in the
+one plain HSET (and its index entry with the others of its piece of the chg_id index into
+one SET), which costs Redis a fifth of a gk_insert row. Every other row goes through gk_insert afterwards, in the
 file's order. That gives what merging every row in the file's order gives: a row written
 early touches a code and a chg_id that no earlier row named, so it commutes with every
 row before it (docs/cache-layout.md, "Snapshot load").
@@ -125,8 +125,8 @@ class FirstRows:
 
 
 class BulkBuffer:
-    """First rows gathered by bucket, as the fields of one HSET per bucket and one per chg_id
-    index hash, all written at the end by :meth:`commands`.
+    """First rows gathered by bucket, as the fields of one HSET per bucket and the entries of
+    one SET per piece of the chg_id index, all written at the end by :meth:`commands`.
 
     A national snapshot's first rows do not fit in memory, and written as they come each
     HSET would carry one field: they are spilled to a temporary file in PARTITIONS ranges
@@ -136,22 +136,19 @@ class BulkBuffer:
     def __init__(self, target: Target) -> None:
         self._target = target
         self._width = -(-target.buckets // PARTITIONS)  # buckets per partition
+        self._index_width = -(-keys.index_pieces(target.buckets) // PARTITIONS)  # index pieces per partition
         # Per partition, records then chg_id index entries, as gather packs them.
         self._pending = [bytearray() for _ in range(2 * PARTITIONS)]
         self._spilled: list[list[tuple[int, int]]] = [[] for _ in range(2 * PARTITIONS)]  # (offset, size)
         self._file = tempfile.TemporaryFile(prefix="gk-snapshot-bulk-")  # noqa: SIM115  # closed by close()
         self.rows = 0  # rows gathered
 
-    @property
-    def fields(self) -> int:
-        """Hash fields gathered, index entries included."""
-        return 2 * self.rows
-
     def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
         """Gather the rows of ``parsed`` at ``positions``."""
         pending, width = self._pending, self._width
         gather(positions, parsed.buckets, width, parsed.record_fields, parsed.record_offsets, pending, 0)
-        gather(positions, parsed.chg_buckets, width, parsed.index_fields, parsed.index_offsets, pending, PARTITIONS)
+        entries, ends = parsed.index_entries, parsed.index_offsets
+        gather(positions, parsed.chg_buckets, self._index_width, entries, ends, pending, PARTITIONS)
         for part, gathered in enumerate(pending):
             if len(gathered) >= SPILL_BYTES:
                 self._spill(part)
@@ -163,13 +160,21 @@ class BulkBuffer:
         self._pending[part] = bytearray()
 
     def commands(self) -> Iterator[bytes]:
-        """One packed HSET per bucket and per chg_id index hash gathered, then empty."""
+        """One packed HSET per bucket and one SET NX per chg_id index piece gathered, then empty."""
         generation = self._target.generation
-        for part in range(2 * PARTITIONS):
-            key_of = keys.bucket_key if part < PARTITIONS else keys.chg_index_key
+        for part in range(PARTITIONS):
             for number, count, fields in grouped(self._gathered(part)):
-                key = key_of(generation, number).encode()
+                key = keys.bucket_key(generation, number).encode()
                 yield b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n%b" % (2 + 2 * count, len(key), key, fields)
+        for part in range(PARTITIONS, 2 * PARTITIONS):
+            for number, _, entries in grouped(self._gathered(part)):
+                key = keys.chg_index_key(generation, number).encode()
+                yield b"*4\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nNX\r\n" % (
+                    len(key),
+                    key,
+                    len(entries),
+                    entries,
+                )
         self.rows = 0
         self._file.truncate(0)
 

@@ -182,7 +182,7 @@ class GenerationWriter:
         return Target(self.generation, self.buckets)
 
     def _keys(self, code: str, chg_id: str) -> tuple[str, str]:
-        """The bucket of ``code`` and the chg_id index hash of ``chg_id`` in this generation."""
+        """The bucket of ``code`` and the chg_id index piece of ``chg_id`` in this generation."""
         return (
             keys.bucket_key(self.generation, keys.bucket_of(code, self.buckets)),
             keys.chg_index_key(self.generation, keys.chg_bucket_of(chg_id, self.buckets)),
@@ -197,8 +197,9 @@ class GenerationWriter:
         pipe.execute()
 
     def write_bulk(self, commands: Iterable[bytes]) -> int:
-        """Send packed HSETs of first rows (loader/bulk.py), pipelined; returns how many
-        fields they added. Only before :meth:`end_bulk`: nothing else writes here then."""
+        """Send packed HSETs and SET NXs of first rows (loader/bulk.py), pipelined; returns how
+        many fields the HSETs added. Only before :meth:`end_bulk`: nothing else writes here
+        then, so a SET NX that finds its key there is a bug (RuntimeError)."""
         assert self._lease_value.phase == BULK, "bulk writes end with end_bulk"
         if self._connection is None:
             self._connection = self._redis.connection_pool.get_connection()
@@ -210,10 +211,10 @@ class GenerationWriter:
             for group in _groups(commands, BULK_PIPELINE):
                 connection.send_packed_command(group, check_health=False)  # type: ignore[no-untyped-call]
                 for _ in range(unanswered):
-                    added += int(connection.read_response())
+                    added += _bulk_reply(connection.read_response())
                 unanswered = len(group)
             for _ in range(unanswered):
-                added += int(connection.read_response())
+                added += _bulk_reply(connection.read_response())
         except BaseException:
             # A refused HSET (Redis out of memory) leaves the answers after it unread: a
             # command sent on this connection again would read one of them as its own.
@@ -298,7 +299,7 @@ class GenerationWriter:
         self, pipe: Any, changes: list[changelog.LoggedChange], queued: list[list[changelog.LoggedChange]]
     ) -> None:
         bucket_keys = [key for c in changes for key in self._keys(c.code, c.chg_id)]
-        arguments = [value for c in changes for value in (c.code, c.chg_id, c.record, c.seq)]
+        arguments = [value for c in changes for value in (c.code, c.chg_id, c.record, c.seq, keys.chg_tag_of(c.chg_id))]
         pipe.fcall("gk_merge", len(bucket_keys), *bucket_keys, self.watermark_seq, *arguments)
         queued.append(changes)
 
@@ -356,6 +357,15 @@ class GenerationWriter:
         self._release_connection()
         self._lease.release()
         drop_generation(self._redis, self.generation)
+
+
+def _bulk_reply(reply: Any) -> int:
+    """Fields an HSET added, or 0 for a SET NX that wrote its index piece."""
+    if isinstance(reply, int):
+        return reply
+    if reply is None:
+        raise RuntimeError("a bulk SET NX found its chg_id index piece there already")
+    return 0
 
 
 def _groups(commands: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
@@ -437,7 +447,7 @@ class ChangeApplier:
             bucket_keys += [key for code, chg_id, _, _ in changes for key in layout.loading_keys(code, chg_id)]
         command: list[str | bytes | int] = ["FCALL", "gk_apply", 3 + len(bucket_keys), keys.META, keys.LOADING]
         command += [keys.CHANGES, *bucket_keys, layout.name, CHANGE_LOG_LENGTH]
-        command += [value for change in changes for value in change]
+        command += [value for change in changes for value in (*change, keys.chg_tag_of(change[1]))]
         return command
 
     def apply(self, changes: Iterable[EncodedRow], stats: ApplyStats) -> list[tuple[int, str]]:
@@ -523,7 +533,7 @@ class _Layout:
         return f"{self.current_generation}/{self.loading_generation or 0}"
 
     def current_keys(self, code: str, chg_id: str) -> tuple[str, str]:
-        """The current generation's bucket of ``code`` and chg_id index hash of ``chg_id``."""
+        """The current generation's bucket of ``code`` and chg_id index piece of ``chg_id``."""
         return (
             keys.bucket_key(self.current_generation, keys.bucket_of(code, self.buckets)),
             keys.chg_index_key(self.current_generation, keys.chg_bucket_of(chg_id, self.buckets)),

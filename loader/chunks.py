@@ -33,7 +33,6 @@ READ_BYTES = 1 << 16  # per read: what a broken gzip stream gave before it broke
 _rows_encoder = msgspec.msgpack.Encoder()
 _rows_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, bytes, int]])
 _row_decoder = msgspec.msgpack.Decoder(tuple[str, str, bytes, int])
-_entry_encoder = msgspec.msgpack.Encoder()
 _FIELD = b"$%d\r\n%b\r\n$%d\r\n%b\r\n"  # a hash field and its value as RESP bulk strings
 
 
@@ -71,7 +70,8 @@ class ParsedChunk:
     It travels from a parsing process to the loader's own, so the per-row data is packed: a
     few arrays and byte strings pickle as buffers, where lists pickle (and unpickle) an object
     per row (1.6 µs a row, against a few hundredths). Row ``i``'s RESP-encoded fields are
-    ``record_fields[record_offsets[i]:record_offsets[i + 1]]`` (``index_`` alike), and its
+    ``record_fields[record_offsets[i]:record_offsets[i + 1]]``, its chg_id index entry
+    ``index_entries[index_offsets[i]:index_offsets[i + 1]]``, and its
     EncodedRow, MessagePack, ``packed_rows[row_offsets[i]:row_offsets[i + 1]]``: the loader
     decodes only the rows that are merged rather than bulk-written (:meth:`rows_at`)."""
 
@@ -81,10 +81,10 @@ class ParsedChunk:
     code_crcs: array[int] = field(default_factory=lambda: array("I"))  # CRC-32 of each row's code (for FirstRows)
     chg_crcs: array[int] = field(default_factory=lambda: array("I"))  # CRC-32 of each row's chg_id (for FirstRows)
     buckets: array[int] = field(default_factory=lambda: array("I"))  # of each row's code
-    chg_buckets: array[int] = field(default_factory=lambda: array("I"))  # chg_id index hash of each row's chg_id
+    chg_buckets: array[int] = field(default_factory=lambda: array("I"))  # chg_id index piece of each row's chg_id
     record_fields: bytes = b""  # code and record of each row, RESP-encoded
     record_offsets: array[int] = field(default_factory=_offsets)
-    index_fields: bytes = b""  # chg_id and index entry of each row, RESP-encoded
+    index_entries: bytes = b""  # each row's chg_id index entry (keys.index_entry)
     index_offsets: array[int] = field(default_factory=_offsets)
     count: int = 0  # data rows read, good and bad
     bad: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
@@ -139,7 +139,7 @@ def split_lines(stream: io.BufferedIOBase, block_bytes: int | None = None) -> It
 def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target) -> ParsedChunk:
     """Parse the CSV records of one chunk (starting at ``first_line`` of the file); bad rows
     are reported with their line. Each good row comes with the fields a bulk HSET of its
-    bucket and of its chg_id index hash would write for it.
+    bucket would write for it, and its entry in its piece of the chg_id index.
 
     The C parser (``_speedups.parse_rows``) reads the rows it reads exactly as
     :func:`parse_chunk_in_python` does and stops at any other record: that record (or, where
@@ -148,12 +148,13 @@ def parse_chunk(text: bytes, first_line: int, header: list[str], target: Target)
     if _speedups is None:
         return parse_chunk_in_python(text, first_line, header, target)
     parser = RowParser(header)
+    pieces = keys.index_pieces(target.buckets)
     into = {name: bytearray() for name in _PARSE_ROWS_APPENDS}
     whole = ParsedChunk()
     at, line = 0, first_line
     while True:
         taken, stop, line, end = _speedups.parse_rows(
-            text, at, line, parser.columns, parser.width, target.buckets, tuple(into.values())
+            text, at, line, parser.columns, parser.width, target.buckets, pieces, tuple(into.values())
         )
         whole.count += taken
         if stop == len(text):
@@ -190,10 +191,10 @@ _PARSE_ROWS_APPENDS = (
     "chg_buckets",
     "record_fields",
     "record_offsets",
-    "index_fields",
+    "index_entries",
     "index_offsets",
 )
-_OFFSETS_INTO = {"row_offsets": "packed_rows", "record_offsets": "record_fields", "index_offsets": "index_fields"}
+_OFFSETS_INTO = {"row_offsets": "packed_rows", "record_offsets": "record_fields", "index_offsets": "index_entries"}
 
 
 def _append_packed(into: dict[str, bytearray], read: ParsedChunk) -> None:
@@ -216,10 +217,11 @@ def parse_chunk_in_python(text: bytes, first_line: int, header: list[str], targe
     reader = csv.reader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""))
     notes: list[str] = []
     buckets, crc32, resp_field = target.buckets, zlib.crc32, _FIELD
+    pieces = keys.index_pieces(buckets)
     rows: list[bytes] = []
     encode_row = _rows_encoder.encode
     record_fields: list[bytes] = []
-    index_fields: list[bytes] = []
+    index_entries: list[bytes] = []
     end_of_previous = 0
     try:
         for values in reader:
@@ -237,26 +239,25 @@ def parse_chunk_in_python(text: bytes, first_line: int, header: list[str], targe
                 parsed.truncated += 1
                 parsed.notes.extend((line, note) for note in notes)
                 notes.clear()
-            code, chg_id, record, seq = row
+            code, chg_id, record, _ = row
             code_bytes, chg_id_bytes = code.encode(), chg_id.encode()
-            # keys.bucket_of and keys.chg_bucket_of, from the CRCs computed once (a test
-            # checks they agree).
+            # keys.bucket_of, chg_bucket_of and chg_tag_of, from the CRCs computed once (a
+            # test checks they agree).
             code_crc, chg_crc = crc32(code_bytes), crc32(chg_id_bytes)
             bucket = code_crc % buckets
-            entry = _entry_encoder.encode((code, bucket, seq))
             rows.append(encode_row(row))
             parsed.lines.append(line)
             parsed.code_crcs.append(code_crc)
             parsed.chg_crcs.append(chg_crc)
             parsed.buckets.append(bucket)
-            parsed.chg_buckets.append(chg_crc % buckets)
+            parsed.chg_buckets.append(chg_crc % pieces)
             record_fields.append(resp_field % (len(code_bytes), code_bytes, len(record), record))
-            index_fields.append(resp_field % (len(chg_id_bytes), chg_id_bytes, len(entry), entry))
+            index_entries.append(keys.index_entry(keys.tag_of_crc(chg_crc), bucket))
     except csv.Error as error:
         parsed.unreadable = f"unreadable: {error}"
     parsed.packed_rows, parsed.row_offsets = _joined(rows)
     parsed.record_fields, parsed.record_offsets = _joined(record_fields)
-    parsed.index_fields, parsed.index_offsets = _joined(index_fields)
+    parsed.index_entries, parsed.index_offsets = _joined(index_entries)
     return parsed
 
 
@@ -268,16 +269,15 @@ def _joined(pieces: list[bytes]) -> tuple[bytes, array[int]]:
 
 
 def pack_batch(rows: list[EncodedRow], lines: list[int], target: Target) -> Batch:
-    """One gk_insert call for ``rows``: each row's bucket and chg_id index hash, then its
-    code, chg_id, record, seq and index entry (the one gk_insert writes for a new chg_id)."""
+    """One gk_insert call for ``rows``: each row's bucket and chg_id index piece, then its
+    code, chg_id, record, seq and chg_id tag."""
     generation, buckets = target.generation, target.buckets
     bucket_keys: list[str] = []
     arguments: list[str | bytes | int] = []
     for code, chg_id, record, seq in rows:
-        bucket = keys.bucket_of(code, buckets)
-        bucket_keys.append(keys.bucket_key(generation, bucket))
+        bucket_keys.append(keys.bucket_key(generation, keys.bucket_of(code, buckets)))
         bucket_keys.append(keys.chg_index_key(generation, keys.chg_bucket_of(chg_id, buckets)))
-        arguments += (code, chg_id, record, seq, _entry_encoder.encode((code, bucket, seq)))
+        arguments += (code, chg_id, record, seq, keys.chg_tag_of(chg_id))
     # hiredis types its argument as a one-element tuple; it packs any number of values.
     command = hiredis.pack_command(("FCALL", "gk_insert", len(bucket_keys), *bucket_keys, *arguments))  # type: ignore[arg-type]
     return Batch(command, _rows_encoder.encode(rows), lines)

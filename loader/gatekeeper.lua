@@ -3,10 +3,10 @@
 Redis Functions of the eligibility cache. The loader is their only caller.
 
 A record is MessagePack {prac_psn_type, {period, ...}}; a period is
-{status, begntime, chg_key, seq[, endtime, ban_endtime, chg_rea]} (gatekeeper/records.py).
+{status, begntime, chg_id, seq[, endtime, ban_endtime, chg_rea]} (gatekeeper/records.py).
 Merging follows REGISTRY_FORMAT.md: a chg_id is the identity of a period, whatever code
-it names; a version replaces the period only when its seq is higher than the one the
-generation's chg_id index holds, so duplicates and reordered deliveries are harmless.
+it names; a version replaces the period only when its seq is higher than the one held,
+so duplicates and reordered deliveries are harmless.
 ]]
 
 local STATUS_REGISTERED, STATUS_TERMINATED = 1, 3
@@ -17,6 +17,8 @@ local STATUS_REGISTERED, STATUS_TERMINATED = 1, 3
 -- the rest again. Both mirror loader/cache.py.
 local MAX_PERIODS = 100
 local CALL_BUDGET_BYTES = 262144
+-- {gk}:meta chg_index of a generation written by these functions (keys.CHG_INDEX_LAYOUT).
+local CHG_INDEX_LAYOUT = '2'
 
 -- A status-1 period starting before a termination's ban ends (REGISTRY_FORMAT.md).
 -- Registration starts sorted once, then a binary search per ban: O(n log n) in the periods,
@@ -50,33 +52,73 @@ local function reregistered_during_ban(periods)
   return 0
 end
 
-local KEY_SPACE = 4294967296  -- chg_key is 32 bits
+-- The chg_id index of a generation (docs/cache-layout.md): strings {gk}:g<generation>:c<n>,
+-- each a run of 5-byte entries, a chg_id's 2-byte tag (the loader computes it) and the
+-- bucket number of the code whose record holds its period (3 bytes, big-endian). Records
+-- hold their chg_ids whole, so an entry only says where to look: the record there says
+-- whose period it is. Several chg_ids of a piece may share a tag.
+local ENTRY_BYTES = 5
 
--- The chg_id index of a generation: hashes chg_id -> MessagePack {code, bucket number of
--- the code, seq[, chg_key]} (docs/cache-layout.md), the chg_key only when it is not the
--- chg_id's CRC (5 bytes saved a row). It makes a chg_id the identity of a period whatever
--- code names it, and lets a chg_id whose CRC collides with another of the same
--- practitioner take the next free key instead of replacing that period.
-local function index_entry(code, bucket, seq, chg_key, crc_key)
-  local number = tonumber(string.match(bucket, ':b(%d+)$'))
-  if chg_key == crc_key then
-    return cmsgpack.pack({code, number, seq})
-  end
-  return cmsgpack.pack({code, number, seq, chg_key})
+local function bucket_number(bucket)
+  return tonumber(string.match(bucket, ':b(%d+)$'))
 end
 
--- Remove the period with `chg_key` from the record of `code` in `bucket` (the chg_id moved
--- to another code); a code left with no period is removed. Returns the bytes of the record
--- it read, for the caller's budget.
-local function take_period(bucket, code, chg_key)
-  local current = redis.call('HGET', bucket, code)
-  if not current then
-    return 0
+local function bucket_bytes(number)
+  return string.char(math.floor(number / 65536) % 256, math.floor(number / 256) % 256, number % 256)
+end
+
+-- The key of bucket `number` of the generation of bucket key `bucket`.
+local function sibling(bucket, number)
+  return string.match(bucket, '^(.*:b)%d+$') .. number
+end
+
+local function find_period(periods, chg_id)
+  for i, period in ipairs(periods) do
+    if period[3] == chg_id then
+      return i
+    end
   end
-  local record = cmsgpack.unpack(current)
+  return nil
+end
+
+-- The record holding `chg_id`'s period, by the index piece `value`: each entry with `tag`
+-- names a bucket, whose records are searched for the chg_id (`skip`, the code the caller
+-- already looked in, aside). Returns the code, its decoded record, the bucket's key, where
+-- the entry starts in `value` (1-based) and the bytes of records read; nil if none holds it.
+local function locate(value, tag, chg_id, bucket, skip)
+  local spent, from = 0, 1
+  while true do
+    local at = string.find(value, tag, from, true)
+    if not at then
+      return nil, nil, nil, nil, spent
+    end
+    if (at - 1) % ENTRY_BYTES == 0 then
+      local high, middle, low = string.byte(value, at + 2, at + 4)
+      local key = sibling(bucket, high * 65536 + middle * 256 + low)
+      local fields = redis.call('HGETALL', key)
+      for i = 1, #fields, 2 do
+        local held = fields[i + 1]
+        spent = spent + #held
+        if fields[i] ~= skip and string.find(held, chg_id, 1, true) then
+          local record = cmsgpack.unpack(held)
+          if find_period(record[2], chg_id) then
+            return fields[i], record, key, at, spent
+          end
+        end
+      end
+      from = at + ENTRY_BYTES
+    else
+      from = at + 1  -- the tag's bytes straddle two fields of entries: not an entry
+    end
+  end
+end
+
+-- Remove the period of `chg_id` from `record` (decoded) of `code` in `bucket`: the chg_id
+-- moved to another code. A code left with no period is removed.
+local function take_period(bucket, code, record, chg_id)
   local kept = {}
   for _, existing in ipairs(record[2]) do
-    if existing[3] ~= chg_key then
+    if existing[3] ~= chg_id then
       kept[#kept + 1] = existing
     end
   end
@@ -86,109 +128,82 @@ local function take_period(bucket, code, chg_key)
     record[2] = kept
     redis.call('HSET', bucket, code, cmsgpack.pack(record))
   end
-  return #current
 end
 
 -- Merge the single period of `incoming` (an encoded one-period record of `chg_id`, with
 -- sequence number `seq`) into the record of `code` in hash `bucket`, with `index` the
--- generation's chg_id index hash for `chg_id`. Periods with seq <= watermark are already
--- in the snapshot the bucket belongs to. The index decides: a chg_id already there with a
--- seq at least as high is stale, whatever code it names; a newer version replaces its
--- period, and takes it from the code that had it if the code differs.
+-- generation's chg_id index piece of `chg_id` and `tag` its tag there. Periods with
+-- seq <= watermark are already in the snapshot the bucket belongs to. A chg_id's period
+-- is found in the code's own record, else where the index says: one there with a seq at
+-- least as high is stale, whatever code it names; a newer version replaces it, and takes
+-- it from the code that had it if the code differs.
 -- Returns changed (0 stale, 1 new code, 2 merged, 3 refused: a new period for a code that
 -- already has MAX_PERIODS), the integrity flag, the code the period was taken from (false
--- if none), and the bytes of records and index entries it read or wrote (the caller's
--- budget). A refused version changes nothing: the cap is checked before the period is
--- taken from its old code or the index is updated. The common snapshot row (a chg_id and
--- a code both new) costs two HSETNX and no decoding or encoding at all when the caller
--- passes `entry`, the index entry {code, bucket number, seq} it would get.
-local function merge(bucket, index, code, chg_id, incoming, seq, watermark, entry)
+-- if none), and the bytes of records it read or wrote (the caller's budget). A refused
+-- version changes nothing: the cap is checked before the period is taken from its old
+-- code or the index is updated. Only a chg_id the code's record does not hold reads the
+-- index piece: one string, copied and searched, not decoded (a sixteenth of its bytes
+-- counts).
+local function merge(bucket, index, tag, code, chg_id, incoming, seq, watermark)
   if seq <= watermark then
     return 0, 0, false, 0
   end
   local spent = #incoming
-  local new_chg_id = redis.call('HSETNX', index, chg_id, entry or index_entry(code, bucket, seq, 0, 0)) == 1
-  if new_chg_id and redis.call('HSETNX', bucket, code, incoming) == 1 then
-    return 1, 0, false, spent
-  end
-  local update = cmsgpack.unpack(incoming)
-  local period = update[2][1]
-  local crc_key = period[3]
-  local known_key, moved = nil, nil
-  if not new_chg_id then
-    local entry = redis.call('HGET', index, chg_id)
-    spent = spent + #entry
-    local known = cmsgpack.unpack(entry)
-    if known[3] >= seq then
+  local current = redis.call('HGET', bucket, code)
+  local record, position = nil, nil
+  if current then
+    spent = spent + #current
+    record = cmsgpack.unpack(current)
+    position = find_period(record[2], chg_id)
+    if position and record[2][position][4] >= seq then
       return 0, 0, false, spent
     end
-    if known[1] == code then
-      known_key = known[4] or crc_key
-    else
-      moved = {bucket = string.match(bucket, '^(.*:b)%d+$') .. known[2], code = known[1], key = known[4] or crc_key}
-    end
   end
-  -- (A new chg_id's HSETNX of the code above already failed: the code has a record.)
-  if known_key == nil and not new_chg_id and redis.call('HSETNX', bucket, code, incoming) == 1 then
-    -- The code's first period: nothing to cap.
+  local moved = nil
+  if not position then
+    local value = redis.call('GET', index) or ''
+    local held_code, held_record, held_bucket, entry_at, cost = locate(value, tag, chg_id, bucket, code)
+    spent = spent + cost + math.floor(#value / 16)
+    if held_code then
+      if held_record[2][find_period(held_record[2], chg_id)][4] >= seq then
+        return 0, 0, false, spent
+      end
+      moved = held_code
+    end
+    if record and #record[2] >= MAX_PERIODS then
+      return 3, 0, false, spent
+    end
+    local here = bucket_bytes(bucket_number(bucket))
     if moved then
-      spent = spent + take_period(moved.bucket, moved.code, moved.key)
-      redis.call('HSET', index, chg_id, index_entry(code, bucket, seq, crc_key, crc_key))
-    end
-    return 1, 0, moved and moved.code or false, spent
-  end
-  local current = redis.call('HGET', bucket, code)
-  local record = current and cmsgpack.unpack(current) or {update[1], {}}
-  spent = spent + (current and #current or 0)
-  local periods = record[2]
-  local newest, chg_key = 0, known_key
-  if chg_key == nil then
-    -- A chg_id new to this code: its CRC, or the next key no other period of the code has.
-    local taken = {}
-    for _, existing in ipairs(periods) do
-      taken[existing[3]] = true
-    end
-    chg_key = crc_key
-    while taken[chg_key] do
-      chg_key = (chg_key + 1) % KEY_SPACE
+      take_period(held_bucket, held_code, held_record, chg_id)
+      redis.call('SETRANGE', index, entry_at + 1, here)  -- the entry's bucket, in place
+    else
+      -- SET of the whole piece, not APPEND: Redis would keep room for as much again.
+      redis.call('SET', index, value .. tag .. here)
     end
   end
-  period[3] = chg_key
-  local replaced = false
+  if not record then
+    redis.call('HSET', bucket, code, incoming)
+    return 1, 0, moved or false, spent
+  end
+  local update = cmsgpack.unpack(incoming)
+  local period, periods, newest = update[2][1], record[2], 0
   for i, existing in ipairs(periods) do
-    if existing[3] == chg_key then
-      periods[i] = period
-      replaced = true
-    elseif existing[4] > newest then
+    if i ~= position and existing[4] > newest then
       newest = existing[4]
     end
   end
-  if not replaced then
-    if #periods >= MAX_PERIODS then
-      if new_chg_id then
-        redis.call('HDEL', index, chg_id)  -- undo: the chg_id stays unknown to this generation
-      end
-      return 3, 0, false, spent
-    end
-    periods[#periods + 1] = period
-  end
+  periods[position or #periods + 1] = period
   if period[4] > newest then
     record[1] = update[1]  -- the practitioner type of the newest period, whatever the delivery order
   end
-  if moved then
-    spent = spent + take_period(moved.bucket, moved.code, moved.key)
-  end
   redis.call('HSET', bucket, code, cmsgpack.pack(record))
-  if not (new_chg_id and chg_key == crc_key) then
-    -- (A new chg_id with its CRC as key has the entry its HSETNX above wrote.)
-    redis.call('HSET', index, chg_id, index_entry(code, bucket, seq, chg_key, crc_key))
-  end
-  return current and 2 or 1, reregistered_during_ban(periods), moved and moved.code or false, spent
+  return 2, reregistered_during_ban(periods), moved or false, spent
 end
 
--- KEYS: the bucket and the chg_id index hash of each row. ARGV: code, chg_id, encoded
--- one-period record, seq and index entry {code, bucket number, seq} of each row. The snapshot loader's bulk write into a
--- generation being loaded (standalone Redis: the keys span slots). Returns {new codes,
+-- KEYS: the bucket and the chg_id index piece of each row. ARGV: code, chg_id, encoded
+-- one-period record, seq and chg_id tag of each row. The snapshot loader's merge of the rows
+-- it did not bulk-write into a generation being loaded. Returns {new codes,
 -- merged, stale, codes with integrity findings, rows handled (the first ones; the caller
 -- sends the rest again), indexes of rows refused}.
 local function gk_insert(keys, args)
@@ -200,7 +215,7 @@ local function gk_insert(keys, args)
     end
     local j = 5 * i - 4
     local changed, finding, _, cost =
-      merge(keys[2 * i - 1], keys[2 * i], args[j], args[j + 1], args[j + 2], tonumber(args[j + 3]), -1, args[j + 4])
+      merge(keys[2 * i - 1], keys[2 * i], args[j + 4], args[j], args[j + 1], args[j + 2], tonumber(args[j + 3]), -1)
     spent = spent + cost
     if changed == 0 then
       stale = stale + 1
@@ -218,8 +233,8 @@ local function gk_insert(keys, args)
   return {inserted, merged, stale, findings, rows, refused}
 end
 
--- KEYS: the bucket and the chg_id index hash of each change. ARGV: watermark, then code,
--- chg_id, encoded one-period record and seq of each change. The snapshot loader replays
+-- KEYS: the bucket and the chg_id index piece of each change. ARGV: watermark, then code,
+-- chg_id, encoded one-period record, seq and chg_id tag of each change. The snapshot loader replays
 -- logged changes into the new generation with it. Returns {how many changed something,
 -- changes handled (the first ones; the caller sends the rest again)}.
 local function gk_merge(keys, args)
@@ -229,9 +244,9 @@ local function gk_merge(keys, args)
     if spent >= CALL_BUDGET_BYTES then
       return {changed, i - 1}
     end
-    local j = 4 * i - 2
+    local j = 5 * i - 3
     local result, _, _, cost =
-      merge(keys[2 * i - 1], keys[2 * i], args[j], args[j + 1], args[j + 2], tonumber(args[j + 3]), watermark)
+      merge(keys[2 * i - 1], keys[2 * i], args[j + 4], args[j], args[j + 1], args[j + 2], tonumber(args[j + 3]), watermark)
     spent = spent + cost
     if result == 1 or result == 2 then
       changed = changed + 1
@@ -254,9 +269,10 @@ local function loading_generation(value)
 end
 
 -- KEYS: {gk}:meta, {gk}:loading, {gk}:changes, then the current generation's bucket and chg_id
--- index hash of each change, then (when a snapshot is loading) the loading generation's.
+-- index piece of each change, then (when a snapshot is loading) the loading generation's.
 -- ARGV: layout ("<current>/<loading or 0>" the caller computed keys for), the stream's
--- maximum length, then code, chg_id, encoded one-period record and seq of each change.
+-- maximum length, then code, chg_id, encoded one-period record, seq and chg_id tag of each
+-- change.
 -- Applies the changes to every live generation atomically, logs them to {gk}:changes (the
 -- change notification, and what a snapshot load replays) and advances applied_seq.
 -- Returns {changed, stale, codes with integrity findings, changes handled (the first ones;
@@ -267,8 +283,8 @@ local function gk_apply(keys, args)
   if not current[1] then
     return redis.error_reply('NOSNAPSHOT no registry snapshot is loaded')
   end
-  if not current[5] then
-    return redis.error_reply('NOSNAPSHOT the loaded snapshot predates the chg_id index: load a snapshot again')
+  if current[5] ~= CHG_INDEX_LAYOUT then
+    return redis.error_reply('NOSNAPSHOT the loaded snapshot predates this chg_id index: load a snapshot again')
   end
   local loading = loading_generation(redis.call('GET', loading_key))
   local bulk = loading and loading.bulk
@@ -280,7 +296,7 @@ local function gk_apply(keys, args)
     return {-1, layout}
   end
   local max_length = args[2]
-  local count = (#args - 2) / 4
+  local count = (#args - 2) / 5
   local watermark = tonumber(current[2]) or 0
   local applied_seq = tonumber(current[3]) or 0
   local change_seq = tonumber(current[4]) or 0
@@ -291,15 +307,16 @@ local function gk_apply(keys, args)
       break
     end
     handled = i
-    local code, chg_id, incoming, seq_text = args[4 * i - 1], args[4 * i], args[4 * i + 1], args[4 * i + 2]
+    local j = 5 * i - 2
+    local code, chg_id, incoming, seq_text, tag = args[j], args[j + 1], args[j + 2], args[j + 3], args[j + 4]
     local seq = tonumber(seq_text)
     local result, finding, moved_from, cost =
-      merge(keys[2 + 2 * i], keys[3 + 2 * i], code, chg_id, incoming, seq, watermark)
+      merge(keys[2 + 2 * i], keys[3 + 2 * i], tag, code, chg_id, incoming, seq, watermark)
     spent = spent + cost
     if loading then
       local base = 3 + 2 * count
       local loading_result, loading_finding, loading_moved_from, loading_cost =
-        merge(keys[base + 2 * i - 1], keys[base + 2 * i], code, chg_id, incoming, seq, loading.watermark)
+        merge(keys[base + 2 * i - 1], keys[base + 2 * i], tag, code, chg_id, incoming, seq, loading.watermark)
       spent = spent + loading_cost
       -- Changed in either generation counts as applied; refused only if neither took it.
       if result == 0 or (result == 3 and loading_result ~= 0) then
@@ -374,7 +391,7 @@ local function gk_switch(keys, args)
     'generation', args[2], 'buckets', args[3], 'snapshot_id', args[4],
     'watermark_seq', args[5], 'applied_seq', string.format('%d', applied_seq),
     'change_seq', string.format('%d', change_seq),
-    'record_count', args[6], 'switched_at', args[7], 'chg_index', '1')
+    'record_count', args[6], 'switched_at', args[7], 'chg_index', CHG_INDEX_LAYOUT)
   redis.call('DEL', loading_key)
   redis.call('XADD', log, 'MAXLEN', '~', args[8], '*', 'switch', args[2])
   return previous[1] or false

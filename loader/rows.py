@@ -17,7 +17,6 @@ from gatekeeper.core.records import (
     OPEN_ENDED,
     Status,
     StatusPeriod,
-    chg_key_of,
     one_period_record,
     period_array,
 )
@@ -53,7 +52,7 @@ class RowError(ValueError):
 
 
 # (prac_psn_code, chg_id, encoded one-period record, seq): what the loader's Redis Functions
-# take. The chg_id travels whole: it, not its 32-bit chg_key, is the period's identity.
+# take. The chg_id travels whole, in the record too: it is the period's identity.
 EncodedRow = tuple[str, str, bytes, int]
 
 
@@ -161,7 +160,7 @@ def _parse(
     period = StatusPeriod(
         status=status if vali_flag == "1" else WITHDRAWN,
         begntime=begntime,
-        chg_key=chg_key_of(chg_id),
+        chg_id=chg_id,
         seq=int(seq_text),
         endtime=endtime,
         ban_endtime=_time("ban_endtime", ban_endtime_text, required=False),
@@ -245,7 +244,7 @@ def _encode_well_formed(fields: Sequence[str]) -> EncodedRow | None:
     period = period_array(
         int(status) if vali == "1" else WITHDRAWN,
         begins,
-        chg_key_of(chg_id),
+        chg_id,
         seq,
         ends,
         ban_ends,

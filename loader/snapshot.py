@@ -320,8 +320,8 @@ def _write_rows(
 
 
 def _write_bulk(writer: GenerationWriter, bulk: BulkBuffer) -> None:
-    """Write what ``bulk`` gathered; each of its fields must be new to the generation."""
-    fields = bulk.fields
+    """Write what ``bulk`` gathered; each of its records must be new to the generation."""
+    fields = bulk.rows
     added = writer.write_bulk(bulk.commands())
     if added != fields:  # a first row is first: a field already there is a bug, not data
         raise RuntimeError(f"bulk HSETs added {added} fields of {fields}: some were there already")

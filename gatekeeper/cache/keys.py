@@ -8,10 +8,11 @@ Layout (see docs/cache-layout.md):
 - ``{gk}:g<generation>:b<bucket>`` (hash): practitioner code -> encoded record, for the
   codes whose :func:`bucket_of` is ``bucket``; plus the field :data:`BUCKET_SENTINEL`,
   present in every bucket of a complete generation.
-- ``{gk}:g<generation>:c<bucket>`` (hash): the generation's chg_id index, chg_id -> where its
-  period lives, for the chg_ids whose :func:`chg_bucket_of` is ``bucket``. Only the
-  loader's Redis Functions read it; they find an indexed code's bucket key by replacing
-  the number after ``:b`` in a bucket key of the same generation.
+- ``{gk}:g<generation>:c<n>`` (string): one piece of the generation's chg_id index, which
+  bucket holds the period of each chg_id whose :func:`chg_bucket_of` is ``n``, as
+  :data:`INDEX_ENTRY_BYTES`-byte entries (:func:`index_entry`). Only the loader reads and
+  writes it (its Redis Functions find a bucket's key by replacing the number after ``:b``
+  in a bucket key of the same generation).
 
 Every key carries the hash tag ``{gk}``, so in a Redis Cluster they all live in one slot
 (docs/cache-layout.md, "Redis Cluster"): each loader Function call touches one slot, a
@@ -44,7 +45,14 @@ BUCKET_SENTINEL = "~"
 
 # Target practitioners per bucket: small enough for listpack encoding, large enough that
 # the per-key overhead (~90 bytes) costs about one byte per practitioner.
-PRACTITIONERS_PER_BUCKET = 48
+PRACTITIONERS_PER_BUCKET = 64
+# Buckets per piece of the chg_id index: about 400 entries, 2 KB, a piece (its ~100 bytes
+# of key overhead a quarter of a byte an entry; one merge copies and searches one piece).
+BUCKETS_PER_INDEX_PIECE = 8
+# An index entry: the chg_id's tag (2 bytes, chg_tag_of), then the bucket number of the
+# code holding its period (3 bytes, big-endian): so at most 2**24 buckets.
+INDEX_ENTRY_BYTES = 5
+MAX_BUCKETS = 1 << 24
 
 
 class MetaField:
@@ -58,7 +66,12 @@ class MetaField:
     CHANGE_SEQ = "change_seq"  # the highest seq ever applied from the change feed
     RECORD_COUNT = "record_count"
     SWITCHED_AT = "switched_at"
-    CHG_INDEX = "chg_index"  # "1" once the generation has a chg_id index (gk_apply refuses one without)
+    # The layout of the generation's records and chg_id index: CHG_INDEX_LAYOUT once records
+    # hold their chg_ids whole and the index says where each lives (gk_apply refuses others).
+    CHG_INDEX = "chg_index"
+
+
+CHG_INDEX_LAYOUT = "2"  # "1" was the index of chg_id -> [code, bucket, seq] hashes
 
 
 def bucket_key(generation: int, bucket: int) -> str:
@@ -66,9 +79,9 @@ def bucket_key(generation: int, bucket: int) -> str:
     return f"{PREFIX}:g{generation}:b{bucket}"
 
 
-def chg_index_key(generation: int, bucket: int) -> str:
-    """The hash indexing one bucket of one generation's chg_ids (dropped with the generation)."""
-    return f"{PREFIX}:g{generation}:c{bucket}"
+def chg_index_key(generation: int, piece: int) -> str:
+    """One piece of a generation's chg_id index (dropped with the generation)."""
+    return f"{PREFIX}:g{generation}:c{piece}"
 
 
 def generation_pattern(generation: int) -> str:
@@ -81,11 +94,34 @@ def bucket_of(code: str, buckets: int) -> int:
     return zlib.crc32(code.encode("utf-8")) % buckets
 
 
+def index_pieces(buckets: int) -> int:
+    """How many pieces the chg_id index of a generation of ``buckets`` buckets has."""
+    return -(-buckets // BUCKETS_PER_INDEX_PIECE)
+
+
 def chg_bucket_of(chg_id: str, buckets: int) -> int:
-    """Which chg_id index hash a registry chg_id is in."""
-    return zlib.crc32(chg_id.encode("utf-8")) % buckets
+    """Which piece of the chg_id index (of a generation of ``buckets``) a chg_id is in."""
+    return zlib.crc32(chg_id.encode("utf-8")) % index_pieces(buckets)
+
+
+def chg_tag_of(chg_id: str) -> bytes:
+    """The 2 bytes that stand for a chg_id in its piece of the index. Other chg_ids of the
+    piece may share them: an entry says where to look, the record there says whose it is."""
+    return tag_of_crc(zlib.crc32(chg_id.encode("utf-8")))
+
+
+def tag_of_crc(crc: int) -> bytes:
+    """:func:`chg_tag_of` from the chg_id's CRC-32: the top 16 bits of the CRC times the
+    golden ratio, which its piece (the CRC modulo the piece count) does not predict."""
+    return (((crc * 0x9E3779B1) & 0xFFFFFFFF) >> 16).to_bytes(2, "big")
+
+
+def index_entry(tag: bytes, bucket: int) -> bytes:
+    """An entry of the chg_id index: a chg_id's tag and the bucket of the code holding it."""
+    return tag + bucket.to_bytes(3, "big")
 
 
 def bucket_count_for(practitioners: int) -> int:
-    """How many buckets a generation of ``practitioners`` codes gets."""
-    return max(1, -(-practitioners // PRACTITIONERS_PER_BUCKET))
+    """How many buckets a generation of ``practitioners`` codes gets (at most MAX_BUCKETS - 1,
+    about 800 million practitioners: the index entries number buckets in 3 bytes)."""
+    return min(MAX_BUCKETS - 1, max(1, -(-practitioners // PRACTITIONERS_PER_BUCKET)))

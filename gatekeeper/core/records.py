@@ -2,7 +2,7 @@
 
 A practitioner's record holds all of their status periods. It is stored as the value
 of a hash field in Redis, encoded as MessagePack arrays (``array_like``) with trailing
-defaults left out, so that a plain registration costs about 20 bytes. Every value is a
+defaults left out, so that a plain registration costs about 30 bytes (its chg_id whole). Every value is a
 non-nil integer or string: the loader's Redis Function (Lua ``cmsgpack``) decodes and
 re-encodes records when it merges changes, and Lua tables cannot carry nil holes or
 integers above 2**53.
@@ -11,7 +11,6 @@ integers above 2**53.
 from __future__ import annotations
 
 import enum
-import zlib
 
 import msgspec
 
@@ -36,7 +35,10 @@ class StatusPeriod(msgspec.Struct, array_like=True, frozen=True, gc=False):
     # The order is the storage order: fields that are usually at their default come last.
     status: int
     begntime: int
-    chg_key: int  # chg_key_of(chg_id): 32 bits, so a period costs 5 bytes, not the whole id
+    # The registry's id of this period, whole: its identity (a later version with the same
+    # chg_id replaces it). An int in a cache loaded before it was kept here (the chg_id's
+    # CRC-32): still read, so a service can be upgraded before its cache is reloaded.
+    chg_id: str | int
     seq: int  # the registry's change sequence number for this period
     endtime: int = OPEN_ENDED
     ban_endtime: int = OPEN_ENDED
@@ -63,7 +65,7 @@ Period = tuple[int, int, int, int] | tuple[int, int, int, int, int, int, str]
 def period_array(
     status: int,
     begntime: int,
-    chg_key: int,
+    chg_id: str | int,
     seq: int,
     endtime: int = OPEN_ENDED,
     ban_endtime: int = OPEN_ENDED,
@@ -75,12 +77,12 @@ def period_array(
     shorter arrays; leaving them out here saves 3 bytes a registration (45 MB nationally).
     """
     if chg_rea:
-        return (status, begntime, chg_key, seq, endtime, ban_endtime, chg_rea)
+        return (status, begntime, chg_id, seq, endtime, ban_endtime, chg_rea)
     if ban_endtime:
-        return (status, begntime, chg_key, seq, endtime, ban_endtime)
+        return (status, begntime, chg_id, seq, endtime, ban_endtime)
     if endtime:
-        return (status, begntime, chg_key, seq, endtime)
-    return (status, begntime, chg_key, seq)
+        return (status, begntime, chg_id, seq, endtime)
+    return (status, begntime, chg_id, seq)
 
 
 def encode_record(record: PractitionerRecord) -> bytes:
@@ -101,20 +103,15 @@ def one_period_record(prac_psn_type: int, period: tuple[object, ...]) -> bytes:
     return _encoder.encode((prac_psn_type, (period,)))
 
 
-def chg_key_of(chg_id: str) -> int:
-    """A 32-bit key for a registry ``chg_id``, unique enough within one practitioner."""
-    return zlib.crc32(chg_id.encode("utf-8"))
-
-
 def merge_period(periods: tuple[StatusPeriod, ...], incoming: StatusPeriod) -> tuple[StatusPeriod, ...] | None:
-    """``periods`` with ``incoming`` replacing the period of the same ``chg_key``.
+    """``periods`` with ``incoming`` replacing the period of the same ``chg_id``.
 
     None when a period with that key already has a ``seq`` at least as high: a change
     never overwrites a newer one, so duplicates and reordered deliveries are harmless.
     The loader's Redis Function implements the same rule in Lua.
     """
     for index, period in enumerate(periods):
-        if period.chg_key == incoming.chg_key:
+        if period.chg_id == incoming.chg_id:
             if period.seq >= incoming.seq:
                 return None
             return (*periods[:index], incoming, *periods[index + 1 :])

@@ -14,7 +14,7 @@ import redis
 from gatekeeper.cache.store import RedisEligibilityStore
 from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.eligibility import Lookup
-from gatekeeper.core.records import PractitionerRecord, StatusPeriod, chg_key_of, merge_period
+from gatekeeper.core.records import PractitionerRecord, StatusPeriod, merge_period
 from loader.rows import FIELDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,7 +141,7 @@ def _status_period(record: Mapping[str, str]) -> StatusPeriod:
     return StatusPeriod(
         status=int(status) if record["vali_flag"].strip() == "1" else 0,
         begntime=moment("begntime"),
-        chg_key=chg_key_of(record["chg_id"].strip()),
+        chg_id=record["chg_id"].strip(),
         seq=int(record["seq"]),
         endtime=moment("endtime"),
         ban_endtime=moment("ban_endtime"),
@@ -150,8 +150,8 @@ def _status_period(record: Mapping[str, str]) -> StatusPeriod:
 
 
 def normalised(record: PractitionerRecord) -> PractitionerRecord:
-    """The record with its periods in chg_key order: the order they arrived in carries no meaning."""
-    return PractitionerRecord(record.prac_psn_type, tuple(sorted(record.periods, key=lambda p: p.chg_key)))
+    """The record with its periods in chg_id order: the order they arrived in carries no meaning."""
+    return PractitionerRecord(record.prac_psn_type, tuple(sorted(record.periods, key=lambda p: str(p.chg_id))))
 
 
 def expected_records(

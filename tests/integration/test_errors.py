@@ -19,7 +19,7 @@ class BrokenOnceStore(MemoryEligibilityStore):
     """Raises an unexpected error on the first lookup only."""
 
     def __init__(self) -> None:
-        registered = PractitionerRecord(1, (StatusPeriod(status=1, begntime=0, chg_key=1, seq=1),))
+        registered = PractitionerRecord(1, (StatusPeriod(status=1, begntime=0, chg_id="c1", seq=1),))
         super().__init__({"D110105000001": registered})
         self.failed = False
 

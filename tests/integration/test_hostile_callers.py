@@ -25,7 +25,7 @@ from tests.integration.test_hardening import refused
 from tests.memory_store import MemoryEligibilityStore
 
 DOCTOR = "D110105000001"
-REGISTERED = PractitionerRecord(1, (StatusPeriod(status=1, begntime=0, chg_key=1, seq=1),))
+REGISTERED = PractitionerRecord(1, (StatusPeriod(status=1, begntime=0, chg_id="c1", seq=1),))
 CHECK_CLAIM = "/gatekeeper.v1.Gatekeeper/CheckClaim"
 WAIT_SECONDS = 10.0
 

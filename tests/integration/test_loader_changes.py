@@ -11,7 +11,7 @@ import redis
 
 from gatekeeper.cache import keys
 from gatekeeper.core.cst import parse_cst
-from gatekeeper.core.records import Status, chg_key_of
+from gatekeeper.core.records import Status
 from gatekeeper.core.rules import Reason, standing_at
 from loader.cache import NoSnapshot, read_state
 from loader.changes import ApplyResult, apply_change_files
@@ -166,7 +166,7 @@ def test_a_change_not_newer_than_what_is_applied_for_its_chg_id_is_skipped(
     late = apply(redis_client, [write_changes(tmp_path / "late.jsonl", [suspension, withdrawal])], report)
     assert (late.stats.applied, late.stats.stale) == (0, 2)
     record = lookup(redis_server.url, [A1]).records[A1]
-    (withdrawn,) = [p for p in record.periods if p.chg_key == chg_key_of("s-101")]
+    (withdrawn,) = [p for p in record.periods if p.chg_id == "s-101"]
     assert (withdrawn.status, withdrawn.seq) == (Status.WITHDRAWN, 20)
     assert standing_at(record, parse_cst(MAY)).reason == Reason.OK
     assert read_state(redis_client).applied_seq == 20

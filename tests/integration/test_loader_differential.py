@@ -34,7 +34,8 @@ from tests.integration.registry import lookup, period, write_changes, write_snap
 from tests.servers import RedisServer
 
 CODES = ("D110105000101", "D110105000102", "D110105000103")
-# Two of them collide in chg_key_of (tests/integration/test_registry_meaning.py).
+# Two of them have one CRC-32, so one tag in one piece of the chg_id index
+# (tests/integration/test_registry_meaning.py).
 CHG_IDS = ("x-1", "x-2", "x-3", "CHG202609685295", "CHG202612060020")
 DAY = 86_400
 BASE = parse_cst("2026-01-01 00:00:00")

@@ -18,7 +18,6 @@ import redis
 import loader.cache
 from gatekeeper.cache import keys
 from gatekeeper.core.cst import parse_cst
-from gatekeeper.core.records import chg_key_of
 from gatekeeper.core.rules import Reason, standing_at
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from loader.cache import ApplyStats, ChangeApplier, LoaderBusy, read_lease, read_state
@@ -174,7 +173,7 @@ def test_every_malformed_input_is_quarantined_and_the_good_rows_load(
     records = lookup(url, [f"D11010500000{n}" for n in range(2, 6)]).records
     trimmed = records["D110105000002"]
     assert standing_at(trimmed, parse_cst(MAY)).reason == Reason.SUSPENDED
-    assert trimmed.periods[0].chg_key == chg_key_of("c-sus")  # the chg_id was trimmed
+    assert trimmed.periods[0].chg_id == "c-sus"  # the chg_id was trimmed
     assert trimmed.periods[0].chg_rea.strip() == "暂停1个月"
     quoted = standing_at(records["D110105000003"], parse_cst(MAY))
     assert quoted.reason == Reason.SUSPENDED
@@ -251,7 +250,7 @@ def test_a_withdrawal_later_in_the_snapshot_beats_the_same_period_earlier(
         load_snapshot(redis_client, write_snapshot(tmp_path, order))
         record = lookup(redis_server.url, [code]).records[code]
         assert standing_at(record, parse_cst(MAY)).reason == Reason.OK
-        withdrawn = [p for p in record.periods if p.chg_key == chg_key_of("w")]
+        withdrawn = [p for p in record.periods if p.chg_id == "w"]
         assert [(p.status, p.seq) for p in withdrawn] == [(0, 3)]
 
 
@@ -569,7 +568,7 @@ def test_changes_applied_before_and_during_a_load_survive_the_switch(
     stored = stored_records(redis_server.url, codes)
     assert stored == expected
     for old in (old_before, old_during):  # at or below the watermark: ignored by B
-        assert chg_key_of(old["chg_id"]) not in {p.chg_key for p in stored[old["prac_psn_code"]].periods}
+        assert old["chg_id"] not in {p.chg_id for p in stored[old["prac_psn_code"]].periods}
     assert lookup(redis_server.url, codes).registry_version == f"B@{registry.last_change_seq}"
     assert {int(g) for g in redis_client.smembers(keys.GENERATIONS)} == {result.generation}
 

@@ -81,7 +81,7 @@ def test_a_stored_record_with_a_huge_reason_never_blows_up_a_response(
 ) -> None:
     load(redis_client, write_snapshot(tmp_path, [REGISTERED]))
     huge = StatusPeriod(
-        status=2, begntime=1_700_000_000, chg_key=7, seq=2, endtime=2_000_000_000, chg_rea="违" * 100_000
+        status=2, begntime=1_700_000_000, chg_id="c7", seq=2, endtime=2_000_000_000, chg_rea="违" * 100_000
     )
     store_directly(redis_client, PractitionerRecord(1, (huge,)))
     # Started after the record was written behind the loader's back (no change notification
@@ -198,7 +198,9 @@ def index_entries(client: redis.Redis) -> int:
     """How many chg_ids the current generation's chg_id index holds."""
     state = read_state(client)
     assert state.generation is not None
-    return sum(int(client.hlen(keys.chg_index_key(state.generation, n))) for n in range(state.buckets))
+    pieces = range(keys.index_pieces(state.buckets))
+    held = sum(int(client.strlen(keys.chg_index_key(state.generation, n))) for n in pieces)
+    return held // keys.INDEX_ENTRY_BYTES
 
 
 def test_a_change_moving_a_period_to_a_full_practitioner_is_refused_and_moves_nothing(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gatekeeper.core.cst import parse_cst
-from gatekeeper.core.records import OPEN_ENDED, PractitionerRecord, Status, StatusPeriod, chg_key_of
+from gatekeeper.core.records import OPEN_ENDED, PractitionerRecord, Status, StatusPeriod
 from gatekeeper.core.rules import Claim, Item
 
 INSTITUTION = "H41130200746"
@@ -28,7 +28,7 @@ def period(
     return StatusPeriod(
         status=int(status),
         begntime=at(begntime),
-        chg_key=chg_key_of(chg_id),
+        chg_id=chg_id,
         seq=seq,
         endtime=at(endtime) if endtime else OPEN_ENDED,
         ban_endtime=at(ban_endtime) if ban_endtime else OPEN_ENDED,

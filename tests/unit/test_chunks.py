@@ -62,16 +62,17 @@ def test_first_rows_are_the_first_of_their_code_and_of_their_chg_id() -> None:
     assert FirstRows(expected_rows=5).split(parsed)[0] == [0, 1, 4]
 
 
-def test_a_bulk_buffer_sends_one_hset_per_bucket_and_per_index_hash() -> None:
+def test_a_bulk_buffer_sends_one_hset_per_bucket_and_one_set_per_index_piece() -> None:
     parsed = parse_chunk(FIRST + QUOTED, 2, HEADER, Target(generation=7, buckets=1))
     bulk = BulkBuffer(Target(generation=7, buckets=1))
     bulk.add(parsed, [0, 1])
-    assert bulk.fields == 4
+    assert bulk.rows == 2
     records, index = bulk.commands()
-    bucket, index_hash = keys.bucket_key(7, 0).encode(), keys.chg_index_key(7, 0).encode()
+    bucket, piece = keys.bucket_key(7, 0).encode(), keys.chg_index_key(7, 0).encode()
     assert records.startswith(b"*6\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$13\r\nD110105000001\r\n" % (len(bucket), bucket))
-    assert index.startswith(b"*6\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n$2\r\nc1\r\n" % (len(index_hash), index_hash))
-    assert (bulk.fields, list(bulk.commands())) == (0, [])  # emptied
+    entries = keys.index_entry(keys.chg_tag_of("c1"), 0) + keys.index_entry(keys.chg_tag_of("c2"), 0)
+    assert index == b"*4\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$10\r\n%s\r\n$2\r\nNX\r\n" % (len(piece), piece, entries)
+    assert (bulk.rows, list(bulk.commands())) == (0, [])  # emptied
 
 
 def test_a_parsed_chunk_crosses_to_the_loaders_process_whole() -> None:

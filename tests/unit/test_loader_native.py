@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gatekeeper.cache import keys
 from loader import bulk
 from loader.chunks import ParsedChunk, Target, parse_chunk, parse_chunk_in_python, split_lines
 from loader.generate import generate
@@ -53,7 +54,8 @@ def taken_by_c(text: bytes, header: list[str] = HEADER) -> int:
     assert _speedups is not None
     into = tuple(bytearray() for _ in range(11))
     columns = tuple(header.index(name) for name in FIELDS)
-    taken, stop, _, _ = _speedups.parse_rows(text, 0, 2, columns, len(header), TARGET.buckets, into)
+    pieces = keys.index_pieces(TARGET.buckets)
+    taken, stop, _, _ = _speedups.parse_rows(text, 0, 2, columns, len(header), TARGET.buckets, pieces, into)
     return int(taken) if stop == len(text) else -1
 
 

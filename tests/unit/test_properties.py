@@ -49,18 +49,18 @@ moments = st.one_of(
     st.builds(lambda anchor, offset: anchor + offset, st.sampled_from(ANCHORS), st.integers(-1, 1)),
     st.integers(LOW, HIGH),
 )
-CHG_KEYS = st.integers(0, 5)  # few keys, so that changes to the same period collide
+CHG_IDS = st.sampled_from([f"c-{n}" for n in range(6)])  # few ids, so that changes to the same period collide
 
 
 @st.composite
-def periods(draw: st.DrawFn, chg_keys: st.SearchStrategy[int] = CHG_KEYS) -> StatusPeriod:
+def periods(draw: st.DrawFn, chg_ids: st.SearchStrategy[str] = CHG_IDS) -> StatusPeriod:
     begntime = draw(moments)
     open_ended = draw(st.booleans())
     endtime = OPEN_ENDED if open_ended else begntime + draw(st.integers(1, 400 * 86_400))
     return StatusPeriod(
         status=int(draw(st.sampled_from(Status))),
         begntime=begntime,
-        chg_key=draw(chg_keys),
+        chg_id=draw(chg_ids),
         seq=draw(st.integers(0, 2**53 - 1)),
         endtime=endtime,
         ban_endtime=draw(st.sampled_from((OPEN_ENDED, begntime + 365 * 86_400))),
@@ -70,7 +70,7 @@ def periods(draw: st.DrawFn, chg_keys: st.SearchStrategy[int] = CHG_KEYS) -> Sta
 
 # Most practitioners hold a registration from before any service time, so that the random
 # windows on top of it decide; some hold only random windows.
-BASE_REGISTRATION = StatusPeriod(status=int(Status.REGISTERED), begntime=LOW - 86_400, chg_key=99, seq=0)
+BASE_REGISTRATION = StatusPeriod(status=int(Status.REGISTERED), begntime=LOW - 86_400, chg_id="base", seq=0)
 records = st.builds(
     lambda base, extra, prac_psn_type: PractitionerRecord(prac_psn_type, (*base, *extra)),
     st.sampled_from(((BASE_REGISTRATION,), (BASE_REGISTRATION,), ())),
@@ -244,7 +244,8 @@ def test_monitor_mode_never_blocks_and_keeps_the_reasons_of_enforce_mode(
 # --- merge_period ---------------------------------------------------------------------------
 
 # The registry numbers changes with one strictly increasing counter: one seq, one change.
-change_sets = st.lists(periods(chg_keys=st.integers(0, 3)), max_size=8, unique_by=lambda p: p.seq)
+FOUR_IDS = st.sampled_from(["c-0", "c-1", "c-2", "c-3"])
+change_sets = st.lists(periods(chg_ids=FOUR_IDS), max_size=8, unique_by=lambda p: p.seq)
 
 
 def apply_all(changes: list[StatusPeriod]) -> tuple[StatusPeriod, ...]:
@@ -266,11 +267,11 @@ def test_merge_period_result_does_not_depend_on_delivery_order(
     in_order = apply_all(changes)
 
     assert set(apply_all(reordered)) == set(in_order)
-    latest: dict[int, StatusPeriod] = {}
+    latest: dict[str | int, StatusPeriod] = {}
     for change in changes:
-        if change.chg_key not in latest or change.seq > latest[change.chg_key].seq:
-            latest[change.chg_key] = change
-    assert sorted(in_order, key=lambda p: p.chg_key) == sorted(latest.values(), key=lambda p: p.chg_key)
+        if change.chg_id not in latest or change.seq > latest[change.chg_id].seq:
+            latest[change.chg_id] = change
+    assert sorted(in_order, key=lambda p: str(p.chg_id)) == sorted(latest.values(), key=lambda p: str(p.chg_id))
 
 
 @EXAMPLES
@@ -283,13 +284,13 @@ def test_merge_period_reapplying_a_delivered_change_is_a_no_op(changes: list[Sta
 
 
 @EXAMPLES
-@given(change_sets, periods(chg_keys=st.integers(0, 3)))
+@given(change_sets, periods(chg_ids=FOUR_IDS))
 def test_merge_period_keeps_one_period_per_change_id(changes: list[StatusPeriod], incoming: StatusPeriod) -> None:
     merged = merge_period(apply_all(changes), incoming)
 
     if merged is not None:
         assert incoming in merged
-        assert len({p.chg_key for p in merged}) == len(merged)
+        assert len({p.chg_id for p in merged}) == len(merged)
 
 
 @settings(max_examples=100, deadline=None)  # the words are one lookup per reason: fewer examples suffice

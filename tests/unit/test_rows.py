@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
-
 import msgspec
 import pytest
 from builders import at
@@ -15,7 +13,6 @@ from gatekeeper.core.records import (
     PractitionerRecord,
     Status,
     StatusPeriod,
-    chg_key_of,
     decode_record,
     encode_record,
 )
@@ -53,7 +50,7 @@ def test_suspension_row() -> None:
         period=StatusPeriod(
             status=Status.SUSPENDED,
             begntime=at("2026-10-01 00:00:00"),
-            chg_key=chg_key_of("C0003"),
+            chg_id="C0003",
             seq=20,
             endtime=at("2027-01-01 00:00:00"),
             ban_endtime=OPEN_ENDED,
@@ -85,7 +82,7 @@ def test_vali_flag_0_gives_status_withdrawn(status: str) -> None:
     parsed = parse_row(row(status=status, vali_flag="0"))
 
     assert parsed.period.status == Status.WITHDRAWN
-    assert parsed.period.chg_key == chg_key_of("C0003")
+    assert parsed.period.chg_id == "C0003"
     assert parsed.period.seq == 20
 
 
@@ -321,13 +318,13 @@ def registration_only(seq: int = 1) -> PractitionerRecord:
             # A default endtime before a non-default ban_endtime must keep its place in the array.
             PractitionerRecord(
                 prac_psn_type=1,
-                periods=(StatusPeriod(3, at("2026-06-01 00:00:00"), 7, 21, ban_endtime=at("2029-06-01 00:00:00")),),
+                periods=(StatusPeriod(3, at("2026-06-01 00:00:00"), "c-7", 21, ban_endtime=at("2029-06-01 00:00:00")),),
             ),
             id="open_end_before_ban_endtime",
         ),
         pytest.param(
-            PractitionerRecord(prac_psn_type=1, periods=(StatusPeriod(1, at("1950-01-01 00:00:00"), 2**32 - 1, 0),)),
-            id="before_epoch_and_largest_chg_key",
+            PractitionerRecord(prac_psn_type=1, periods=(StatusPeriod(1, at("1950-01-01 00:00:00"), "~" * 128, 0),)),
+            id="before_epoch_and_longest_chg_id",
         ),
     ],
 )
@@ -335,16 +332,16 @@ def test_record_round_trip(practitioner: PractitionerRecord) -> None:
     assert decode_record(encode_record(practitioner)) == practitioner
 
 
-def test_registration_only_record_is_at_most_24_bytes() -> None:
-    # A seq of a national registry (hundreds of millions of changes), the largest chg_key, a present-day begntime.
+def test_registration_only_record_is_its_chg_id_and_at_most_16_bytes() -> None:
+    # A seq of a national registry (hundreds of millions of changes), a present-day begntime.
     practitioner = registration_only(seq=2**32 - 1)
     assert practitioner.periods[0].chg_rea == ""
 
-    assert len(encode_record(practitioner)) <= 24
+    assert len(encode_record(practitioner)) <= 16 + len("C0003")
 
 
-def test_registration_only_record_at_the_largest_seq_is_at_most_24_bytes() -> None:
-    assert len(encode_record(registration_only(seq=MAX_SEQ))) <= 24
+def test_registration_only_record_at_the_largest_seq_is_its_chg_id_and_at_most_20_bytes() -> None:
+    assert len(encode_record(registration_only(seq=MAX_SEQ))) <= 20 + len("C0003")
 
 
 def test_record_is_a_plain_array_in_field_order() -> None:
@@ -355,7 +352,7 @@ def test_record_is_a_plain_array_in_field_order() -> None:
     decoded = msgspec.msgpack.decode(encode_record(practitioner))
 
     assert decoded[0] == 1
-    assert decoded[1][0][:4] == [int(Status.REGISTERED), period.begntime, period.chg_key, 30]
+    assert decoded[1][0][:4] == [int(Status.REGISTERED), period.begntime, "C0003", 30]
 
 
 def test_record_leaves_trailing_defaults_out() -> None:
@@ -364,29 +361,26 @@ def test_record_leaves_trailing_defaults_out() -> None:
 
     assert msgspec.msgpack.decode(encode_record(practitioner)) == [
         1,
-        [[int(Status.REGISTERED), period.begntime, period.chg_key, 30]],
+        [[int(Status.REGISTERED), period.begntime, period.chg_id, 30]],
     ]
 
 
 def test_shorter_arrays_decode_with_defaults() -> None:
     # What the Lua merge or a leaner encoder writes must still be readable.
     begntime = at("2026-10-01 00:00:00")
-    lean = msgspec.msgpack.encode([1, [[1, begntime, 7, 30], [2, begntime, 8, 31, begntime + 86_400]]])
+    lean = msgspec.msgpack.encode([1, [[1, begntime, "c-7", 30], [2, begntime, "c-8", 31, begntime + 86_400]]])
 
     assert decode_record(lean) == PractitionerRecord(
         prac_psn_type=1,
-        periods=(StatusPeriod(1, begntime, 7, 30), StatusPeriod(2, begntime, 8, 31, endtime=begntime + 86_400)),
+        periods=(StatusPeriod(1, begntime, "c-7", 30), StatusPeriod(2, begntime, "c-8", 31, endtime=begntime + 86_400)),
     )
 
 
-CRC_C0003 = 1839701840
+def test_a_record_from_a_cache_loaded_before_chg_ids_were_kept_still_decodes() -> None:
+    # Its periods held the chg_id's CRC-32: a service upgraded first reads it until a snapshot is loaded.
+    old = msgspec.msgpack.encode([1, [[2, 1_767_196_800, 1839701840, 30, 1_777_000_000]]])
 
-
-def test_chg_key_is_a_stable_32_bit_crc_of_the_utf8_chg_id() -> None:
-    # Stable across processes and versions (unlike hash()): records written yesterday must still match.
-    assert chg_key_of("C0003") == zlib.crc32(b"C0003") == CRC_C0003
-    assert chg_key_of("变更-0001") == zlib.crc32("变更-0001".encode())
-    assert chg_key_of("C0003") != chg_key_of("C0004")
+    assert decode_record(old).periods[0] == StatusPeriod(2, 1_767_196_800, 1839701840, 30, endtime=1_777_000_000)
 
 
 int64 = st.integers(-(2**53) + 1, 2**53 - 1)
@@ -394,7 +388,7 @@ lua_periods = st.builds(
     StatusPeriod,
     status=st.sampled_from([int(s) for s in Status]),
     begntime=int64,
-    chg_key=st.integers(0, 2**32 - 1),
+    chg_id=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=128),
     seq=st.integers(0, MAX_SEQ),
     endtime=int64,
     ban_endtime=int64,

@@ -6,7 +6,7 @@ import pytest
 from builders import at, claim, item, record, registered, suspended, terminated, withdrawn
 
 from gatekeeper.core.policy import Mode, RegionPolicy
-from gatekeeper.core.records import PractitionerRecord, StatusPeriod, chg_key_of, merge_period
+from gatekeeper.core.records import PractitionerRecord, StatusPeriod, merge_period
 from gatekeeper.core.rules import (
     ClaimVerdict,
     Reason,
@@ -570,7 +570,7 @@ def test_rule9_window_explains_the_blocking_practitioner_not_the_first_one() -> 
     decision = decide_item(line, REGISTRY, ENFORCE)
 
     assert decision.window is not None
-    assert decision.window.chg_key == chg_key_of("C0005")
+    assert decision.window.chg_id == "C0005"
     assert decision.window.chg_rea == "终止"
 
 
