@@ -8,7 +8,9 @@
  *                                     appended to ``into``
  *   split_first(codes, chg_ids, mask, code_crcs, chg_crcs)
  *                                     FirstRows.split: which rows are the first of their
- *                                     code and of their chg_id (Bloom filters over CRC-32s)
+ *                                     code and of their chg_id, which are not, and which of
+ *                                     those are the first of their chg_id (Bloom filters
+ *                                     over CRC-32s)
  *   gather(positions, buckets, width, fields, offsets, pending, base)
  *                                     BulkBuffer.add: each row's RESP fields appended to the
  *                                     byte string of its range of buckets, behind its
@@ -435,7 +437,7 @@ static PyObject *split_first(PyObject *module, PyObject *const *args, Py_ssize_t
         return NULL;
     }
     Py_buffer codes, chg_ids, code_crcs, chg_crcs;
-    PyObject *first = NULL, *others = NULL, *result = NULL;
+    PyObject *first = NULL, *others = NULL, *new_chg_ids = NULL, *result = NULL;
     uint64_t mask = PyLong_AsUnsignedLongLong(args[2]);
     if (mask == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     if (unsigned_buffer(args[0], &codes, "B", "codes", 1) < 0) return NULL;
@@ -452,32 +454,35 @@ static PyObject *split_first(PyObject *module, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_ValueError, "split_first: the mask is not 2**k - 1 (k <= 32) within both filters");
         goto release;
     }
-    if ((first = PyList_New(0)) == NULL || (others = PyList_New(0)) == NULL) goto release;
+    if ((first = PyList_New(0)) == NULL || (others = PyList_New(0)) == NULL || (new_chg_ids = PyList_New(0)) == NULL)
+        goto release;
     uint8_t *code_bits = codes.buf, *chg_bits = chg_ids.buf;
     const uint32_t *code_crc = code_crcs.buf, *chg_crc = chg_crcs.buf;
     int shift = 32;
     for (uint64_t rest = mask; rest; rest >>= 1) shift--;
     for (Py_ssize_t i = 0; i < rows; i++) {
-        int seen = 0;
+        int seen[2];
         for (int filter = 0; filter < 2; filter++) {
             uint8_t *bits = filter ? chg_bits : code_bits;
             uint32_t crc = filter ? chg_crc[i] : code_crc[i];
             uint64_t one = crc & mask, two = (uint32_t)(crc * 0x9E3779B1u) >> shift; /* bulk.second_bit */
-            seen |= (bits[one >> 3] >> (one & 7) & 1) && (bits[two >> 3] >> (two & 7) & 1);
+            seen[filter] = (bits[one >> 3] >> (one & 7) & 1) && (bits[two >> 3] >> (two & 7) & 1);
             bits[one >> 3] |= (uint8_t)(1u << (one & 7));
             bits[two >> 3] |= (uint8_t)(1u << (two & 7));
         }
         PyObject *position = PyLong_FromSsize_t(i);
-        if (position == NULL || PyList_Append(seen ? others : first, position) < 0) {
+        if (position == NULL || PyList_Append(seen[0] || seen[1] ? others : first, position) < 0 ||
+            ((seen[0] && !seen[1]) && PyList_Append(new_chg_ids, position) < 0)) {
             Py_XDECREF(position);
             goto release;
         }
         Py_DECREF(position);
     }
-    result = PyTuple_Pack(2, first, others);
+    result = PyTuple_Pack(3, first, others, new_chg_ids);
 release:
     Py_XDECREF(first);
     Py_XDECREF(others);
+    Py_XDECREF(new_chg_ids);
     PyBuffer_Release(&chg_crcs);
 release_code_crcs:
     PyBuffer_Release(&code_crcs);
@@ -629,7 +634,7 @@ static PyMethodDef methods[] = {
      "where that record starts, its line, and where the Python's reading ends."},
     {"split_first", (PyCFunction)(void (*)(void))split_first, METH_FASTCALL,
      "split_first(codes, chg_ids, mask, code_crcs, chg_crcs): the positions of the rows first of their "
-     "code and chg_id, and of the others; every row marked seen."},
+     "code and chg_id, of the others, and of those others first of their chg_id; every row marked seen."},
     {"gather", (PyCFunction)(void (*)(void))gather, METH_FASTCALL,
      "gather(positions, buckets, width, fields, offsets, pending, base): append each row's fields, behind "
      "its bucket and length, to pending[base + bucket // width]."},

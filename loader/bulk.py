@@ -43,21 +43,28 @@ def second_bit(crc: int, mask: int) -> int:
 
 def python_split_first(
     codes: bytearray, chg_ids: bytearray, mask: int, code_crcs: array[int], chg_crcs: array[int]
-) -> tuple[list[int], list[int]]:
-    """The positions of the rows whose code or chg_id has a bit still clear in its filter
-    (``crc & mask`` and :func:`second_bit`), then of the others, each in order; every row's
-    bits are set."""
+) -> tuple[list[int], list[int], list[int]]:
+    """The positions of the rows whose code and chg_id each have a bit still clear in their
+    filter (``crc & mask`` and :func:`second_bit`), of the others, and of those others whose
+    chg_id has a bit still clear, each in order; every row's bits are set."""
     first: list[int] = []
     others: list[int] = []
+    new_chg_ids: list[int] = []
     for position, (code_crc, chg_crc) in enumerate(zip(code_crcs, chg_crcs, strict=True)):
-        seen = False  # the code's bits, or the chg_id's, all set before this row
+        seen = []  # the code's bits, then the chg_id's, all set before this row
         for bits, crc in ((codes, code_crc), (chg_ids, chg_crc)):
             one, two = crc & mask, second_bit(crc, mask)
-            seen |= bool(bits[one >> 3] & 1 << (one & 7)) and bool(bits[two >> 3] & 1 << (two & 7))
+            seen.append(bool(bits[one >> 3] & 1 << (one & 7)) and bool(bits[two >> 3] & 1 << (two & 7)))
             bits[one >> 3] |= 1 << (one & 7)
             bits[two >> 3] |= 1 << (two & 7)
-        (others if seen else first).append(position)
-    return first, others
+        code_seen, chg_id_seen = seen
+        if code_seen or chg_id_seen:
+            others.append(position)
+            if not chg_id_seen:
+                new_chg_ids.append(position)
+        else:
+            first.append(position)
+    return first, others, new_chg_ids
 
 
 def python_gather(
@@ -118,9 +125,11 @@ class FirstRows:
         self._codes = bytearray(bits >> 3)
         self._chg_ids = bytearray(bits >> 3)
 
-    def split(self, parsed: ParsedChunk) -> tuple[list[int], list[int]]:
-        """The positions of ``parsed``'s rows that are first (bulk-written) and of the others
-        (merged by gk_insert), each in the file's order; all are marked seen."""
+    def split(self, parsed: ParsedChunk) -> tuple[list[int], list[int], list[int]]:
+        """The positions of ``parsed``'s rows that are first (bulk-written), of the others
+        (merged by gk_insert), and of those others whose chg_id is certainly the first of
+        its chg_id (its index entry bulk-written), each in the file's order; all are marked
+        seen."""
         return split_first(self._codes, self._chg_ids, self._mask, parsed.code_crcs, parsed.chg_crcs)
 
 
@@ -143,12 +152,14 @@ class BulkBuffer:
         self._file = tempfile.TemporaryFile(prefix="gk-snapshot-bulk-")  # noqa: SIM115  # closed by close()
         self.rows = 0  # rows gathered
 
-    def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
-        """Gather the rows of ``parsed`` at ``positions``."""
+    def add(self, parsed: ParsedChunk, positions: list[int], new_chg_ids: list[int]) -> None:
+        """Gather the rows of ``parsed`` at ``positions``, and the index entries of those at
+        ``new_chg_ids`` (rows first of their chg_id but not of their code, merged later)."""
         pending, width = self._pending, self._width
         gather(positions, parsed.buckets, width, parsed.record_fields, parsed.record_offsets, pending, 0)
         entries, ends = parsed.index_entries, parsed.index_offsets
-        gather(positions, parsed.chg_buckets, self._index_width, entries, ends, pending, PARTITIONS)
+        indexed = positions + new_chg_ids if new_chg_ids else positions
+        gather(indexed, parsed.chg_buckets, self._index_width, entries, ends, pending, PARTITIONS)
         for part, gathered in enumerate(pending):
             if len(gathered) >= SPILL_BYTES:
                 self._spill(part)
@@ -203,22 +214,25 @@ class SlowRows:
         self._batch_rows = batch_rows
         self._rows: list[EncodedRow] = []
         self._lines: list[int] = []
+        self._indexed: list[bool] = []
         self._file = tempfile.TemporaryFile(prefix="gk-snapshot-")  # noqa: SIM115  # closed by close()
         self.count = 0
 
-    def add(self, parsed: ParsedChunk, positions: list[int]) -> None:
-        """Keep the rows of ``parsed`` at ``positions``."""
-        lines = parsed.lines
+    def add(self, parsed: ParsedChunk, positions: list[int], new_chg_ids: list[int]) -> None:
+        """Keep the rows of ``parsed`` at ``positions``; those also at ``new_chg_ids`` have
+        their index entries bulk-written (BulkBuffer.add)."""
+        lines, indexed = parsed.lines, set(new_chg_ids)
         for position, row in zip(positions, parsed.rows_at(positions), strict=True):
             self._rows.append(row)
             self._lines.append(lines[position])
+            self._indexed.append(position in indexed)
             if len(self._rows) == self._batch_rows:
                 self._spill()
         self.count += len(positions)
 
     def _spill(self) -> None:
-        pickle.dump(pack_batch(self._rows, self._lines, self._target), self._file)
-        self._rows, self._lines = [], []
+        pickle.dump(pack_batch(self._rows, self._lines, self._target, self._indexed), self._file)
+        self._rows, self._lines, self._indexed = [], [], []
 
     def batches(self) -> Iterator[Batch]:
         """Every call kept, in order; then the file is gone."""

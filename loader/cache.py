@@ -262,7 +262,7 @@ class GenerationWriter:
                 for index in refused:  # from 1, in this call's rows
                     stats.refused.append((batch.lines[index - 1], rows[index - 1][0]))
                 if handled < len(rows):
-                    rest = pack_batch(rows[handled:], batch.lines[handled:], self.target)
+                    rest = pack_batch(rows[handled:], batch.lines[handled:], self.target, batch.indexed[handled:])
                     self._connection.send_packed_command([rest.command], check_health=False)  # type: ignore[no-untyped-call]
                     self._in_flight = rest
 

@@ -52,6 +52,7 @@ class Batch:
     command: bytes
     packed_rows: bytes
     lines: list[int]
+    indexed: list[bool]  # of each row: its chg_id is new and its index entry bulk-written
 
     def rows(self) -> list[EncodedRow]:
         """The rows of the call, in order."""
@@ -268,16 +269,17 @@ def _joined(pieces: list[bytes]) -> tuple[bytes, array[int]]:
     return b"".join(pieces), offsets
 
 
-def pack_batch(rows: list[EncodedRow], lines: list[int], target: Target) -> Batch:
+def pack_batch(rows: list[EncodedRow], lines: list[int], target: Target, indexed: list[bool]) -> Batch:
     """One gk_insert call for ``rows``: each row's bucket and chg_id index piece, then its
-    code, chg_id, record, seq and chg_id tag."""
+    code, chg_id, record, seq, chg_id tag and whether it is ``indexed`` (its chg_id is new
+    to the generation and its index entry already written: gk_insert skips the index)."""
     generation, buckets = target.generation, target.buckets
     bucket_keys: list[str] = []
     arguments: list[str | bytes | int] = []
-    for code, chg_id, record, seq in rows:
+    for (code, chg_id, record, seq), known in zip(rows, indexed, strict=True):
         bucket_keys.append(keys.bucket_key(generation, keys.bucket_of(code, buckets)))
         bucket_keys.append(keys.chg_index_key(generation, keys.chg_bucket_of(chg_id, buckets)))
-        arguments += (code, chg_id, record, seq, keys.chg_tag_of(chg_id))
+        arguments += (code, chg_id, record, seq, keys.chg_tag_of(chg_id), 1 if known else 0)
     # hiredis types its argument as a one-element tuple; it packs any number of values.
     command = hiredis.pack_command(("FCALL", "gk_insert", len(bucket_keys), *bucket_keys, *arguments))  # type: ignore[arg-type]
-    return Batch(command, _rows_encoder.encode(rows), lines)
+    return Batch(command, _rows_encoder.encode(rows), lines, indexed)

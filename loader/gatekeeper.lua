@@ -113,6 +113,24 @@ local function locate(value, tag, chg_id, bucket, skip)
   end
 end
 
+-- Remove one entry equal to `entry` from the index piece `index`: the loader wrote it for a
+-- row that was then refused.
+local function drop_entry(index, entry)
+  local value = redis.call('GET', index) or ''
+  local from = 1
+  while true do
+    local at = string.find(value, entry, from, true)
+    if not at then
+      return
+    end
+    if (at - 1) % ENTRY_BYTES == 0 then
+      redis.call('SET', index, string.sub(value, 1, at - 1) .. string.sub(value, at + ENTRY_BYTES))
+      return
+    end
+    from = at + 1
+  end
+end
+
 -- Remove the period of `chg_id` from `record` (decoded) of `code` in `bucket`: the chg_id
 -- moved to another code. A code left with no period is removed.
 local function take_period(bucket, code, record, chg_id)
@@ -132,7 +150,9 @@ end
 
 -- Merge the single period of `incoming` (an encoded one-period record of `chg_id`, with
 -- sequence number `seq`) into the record of `code` in hash `bucket`, with `index` the
--- generation's chg_id index piece of `chg_id` and `tag` its tag there. Periods with
+-- generation's chg_id index piece of `chg_id` and `tag` its tag there. `indexed`: the chg_id
+-- is new to the generation and the loader wrote its entry already (a snapshot row first of
+-- its chg_id, docs/cache-layout.md "Snapshot load"), so the index is not searched. Periods with
 -- seq <= watermark are already in the snapshot the bucket belongs to. A chg_id's period
 -- is found in the code's own record, else where the index says: one there with a seq at
 -- least as high is stale, whatever code it names; a newer version replaces it, and takes
@@ -144,7 +164,7 @@ end
 -- code or the index is updated. Only a chg_id the code's record does not hold reads the
 -- index piece: one string, copied and searched, not decoded (a sixteenth of its bytes
 -- counts).
-local function merge(bucket, index, tag, code, chg_id, incoming, seq, watermark)
+local function merge(bucket, index, tag, code, chg_id, incoming, seq, watermark, indexed)
   if seq <= watermark then
     return 0, 0, false, 0
   end
@@ -161,25 +181,31 @@ local function merge(bucket, index, tag, code, chg_id, incoming, seq, watermark)
   end
   local moved = nil
   if not position then
-    local value = redis.call('GET', index) or ''
-    local held_code, held_record, held_bucket, entry_at, cost = locate(value, tag, chg_id, bucket, code)
-    spent = spent + cost + math.floor(#value / 16)
-    if held_code then
-      if held_record[2][find_period(held_record[2], chg_id)][4] >= seq then
-        return 0, 0, false, spent
+    local value, held_code, held_record, held_bucket, entry_at = '', nil, nil, nil, nil
+    if not indexed then
+      local cost
+      value = redis.call('GET', index) or ''
+      held_code, held_record, held_bucket, entry_at, cost = locate(value, tag, chg_id, bucket, code)
+      spent = spent + cost + math.floor(#value / 16)
+      if held_code then
+        if held_record[2][find_period(held_record[2], chg_id)][4] >= seq then
+          return 0, 0, false, spent
+        end
+        moved = held_code
       end
-      moved = held_code
     end
     if record and #record[2] >= MAX_PERIODS then
+      if indexed then
+        drop_entry(index, tag .. bucket_bytes(bucket_number(bucket)))
+      end
       return 3, 0, false, spent
     end
-    local here = bucket_bytes(bucket_number(bucket))
     if moved then
       take_period(held_bucket, held_code, held_record, chg_id)
-      redis.call('SETRANGE', index, entry_at + 1, here)  -- the entry's bucket, in place
-    else
+      redis.call('SETRANGE', index, entry_at + 1, bucket_bytes(bucket_number(bucket)))  -- in place
+    elseif not indexed then
       -- SET of the whole piece, not APPEND: Redis would keep room for as much again.
-      redis.call('SET', index, value .. tag .. here)
+      redis.call('SET', index, value .. tag .. bucket_bytes(bucket_number(bucket)))
     end
   end
   if not record then
@@ -202,8 +228,9 @@ local function merge(bucket, index, tag, code, chg_id, incoming, seq, watermark)
 end
 
 -- KEYS: the bucket and the chg_id index piece of each row. ARGV: code, chg_id, encoded
--- one-period record, seq and chg_id tag of each row. The snapshot loader's merge of the rows
--- it did not bulk-write into a generation being loaded. Returns {new codes,
+-- one-period record, seq, chg_id tag and whether its index entry is written ('1', merge's
+-- `indexed`, or '0') of each row. The snapshot loader's merge of the rows it did not
+-- bulk-write into a generation being loaded, before any change is written there. Returns {new codes,
 -- merged, stale, codes with integrity findings, rows handled (the first ones; the caller
 -- sends the rest again), indexes of rows refused}.
 local function gk_insert(keys, args)
@@ -213,9 +240,9 @@ local function gk_insert(keys, args)
     if spent >= CALL_BUDGET_BYTES then
       return {inserted, merged, stale, findings, i - 1, refused}
     end
-    local j = 5 * i - 4
-    local changed, finding, _, cost =
-      merge(keys[2 * i - 1], keys[2 * i], args[j + 4], args[j], args[j + 1], args[j + 2], tonumber(args[j + 3]), -1)
+    local j = 6 * i - 5
+    local changed, finding, _, cost = merge(keys[2 * i - 1], keys[2 * i], args[j + 4], args[j], args[j + 1],
+      args[j + 2], tonumber(args[j + 3]), -1, args[j + 5] == '1')
     spent = spent + cost
     if changed == 0 then
       stale = stale + 1

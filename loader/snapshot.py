@@ -280,9 +280,9 @@ def _write_rows(
             truncated += parsed.truncated
             for line, reason in (*parsed.bad, *parsed.notes):
                 quarantine.add(str(path), line, reason)
-            firsts, others = first_rows.split(parsed)
-            bulk.add(parsed, firsts)
-            slow.add(parsed, others)
+            firsts, others, new_chg_ids = first_rows.split(parsed)
+            bulk.add(parsed, firsts, new_chg_ids)
+            slow.add(parsed, others, new_chg_ids)
             stats.practitioners += len(firsts)
             progress.advance(len(firsts))
             if parsed.unreadable:
@@ -290,13 +290,15 @@ def _write_rows(
                 break
         bulk_started = progress.elapsed
         _write_bulk(writer, bulk)
-        writer.end_bulk()
         merge_started, merge_rows = progress.elapsed, slow.count
         for batch in slow.batches():
             writer.send(batch, stats)
             progress.advance(len(batch.lines))
             bad += _report_refused(stats, path, quarantine)
         writer.flush(stats)
+        # Only now may changes be written here: a merge row whose index entry was bulk-written
+        # relies on its chg_id being new to the generation (docs/cache-layout.md).
+        writer.end_bulk()
         merge_ended = progress.elapsed
         bad += _report_refused(stats, path, quarantine)
         if unreadable:

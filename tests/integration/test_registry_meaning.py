@@ -63,18 +63,21 @@ def apply(client: redis.Redis, directory: Path, name: str, changes: Iterable[Map
 
 
 class ApplyingProgress(Progress):
-    """Applies ``changes`` once, after the first batch of the snapshot is written: changes
-    that reach the generation being loaded before its own rows for those codes do."""
+    """Applies ``changes`` once, when the load reports progress for the ``at``-th time (the
+    first: its first piece read; then after each merge call sent): changes that reach the
+    generation being loaded before its own rows for those codes do."""
 
-    def __init__(self, client: redis.Redis, changes: list[dict[str, str]]) -> None:
+    def __init__(self, client: redis.Redis, changes: list[dict[str, str]], at: int = 1) -> None:
         super().__init__("snapshot")
         self._client = client
         self._changes = changes
+        self._at = at
         self.applied = ApplyStats()
 
     def advance(self, count: int) -> None:
         super().advance(count)
-        if self._changes:
+        self._at -= 1
+        if self._changes and self._at == 0:
             assert self._client.exists(keys.LOADING) == 1
             ChangeApplier(self._client).apply([encode_change(c) for c in self._changes], self.applied)
             self._changes = []
@@ -133,6 +136,25 @@ def test_a_move_applied_while_a_snapshot_loads_wins_over_the_snapshot_row(
     result = load_snapshot(redis_client, path, progress=progress)
     assert progress.applied.applied == 1
     assert (result.practitioners, read_state(redis_client).snapshot_id) == (2, "second")
+    assert standings(redis_server.url, MAY) == {A: Reason.OK, B: Reason.SUSPENDED}
+
+
+def test_a_move_applied_while_a_snapshots_rows_are_merged_reaches_a_row_whose_chg_id_was_new(
+    redis_client: redis.Redis, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = snapshot(tmp_path / "first", [registered(A, 1), registered(B, 2)], snapshot_id="first", watermark_seq=2)
+    load_snapshot(redis_client, first)
+    monkeypatch.setattr("loader.snapshot.BATCH_ROWS", 1)
+    # s-9 is new to the snapshot where its row comes, but A is not: the row is merged after
+    # the bulk writes, with its index entry bulk-written. The feed moves s-9 to B between the
+    # first merge call and that row's.
+    rows = [registered(A, 1), registered(B, 2), period(B, "r-B2", 1, "2021-01-01 00:00:00", seq=3)]
+    rows.append(suspension(A, "s-9", JAN, SEP, seq=5))
+    progress = ApplyingProgress(redis_server.client(), [suspension(B, "s-9", JAN, SEP, seq=10)], at=2)
+    second = snapshot(tmp_path / "second", rows, snapshot_id="second", watermark_seq=5)
+    result = load_snapshot(redis_client, second, progress=progress)
+    assert progress.applied.applied == 1
+    assert result.problems == []
     assert standings(redis_server.url, MAY) == {A: Reason.OK, B: Reason.SUSPENDED}
 
 

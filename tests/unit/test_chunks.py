@@ -49,7 +49,7 @@ def test_first_rows_are_the_first_of_their_code_and_of_their_chg_id() -> None:
     rows = [
         ("D110105000001", "c1"),
         ("D110105000002", "c2"),
-        ("D110105000001", "c3"),  # a second period of a code: merged
+        ("D110105000001", "c3"),  # a second period of a code: merged, its chg_id new
         ("D110105000003", "c2"),  # a chg_id moved to another code: merged
         ("D110105000004", "c4"),
     ]
@@ -57,15 +57,16 @@ def test_first_rows_are_the_first_of_their_code_and_of_their_chg_id() -> None:
         code_crcs=array("I", [zlib.crc32(code.encode()) for code, _ in rows]),
         chg_crcs=array("I", [zlib.crc32(chg_id.encode()) for _, chg_id in rows]),
     )
-    assert FirstRows(expected_rows=5).split(parsed) == ([0, 1, 4], [2, 3])
-    # Marked seen: in a later chunk the same rows are all merged.
-    assert FirstRows(expected_rows=5).split(parsed)[0] == [0, 1, 4]
+    first_rows = FirstRows(expected_rows=5)
+    assert first_rows.split(parsed) == ([0, 1, 4], [2, 3], [2])
+    # Marked seen: in a later chunk the same rows are all merged, none with a new chg_id.
+    assert first_rows.split(parsed) == ([], [0, 1, 2, 3, 4], [])
 
 
 def test_a_bulk_buffer_sends_one_hset_per_bucket_and_one_set_per_index_piece() -> None:
     parsed = parse_chunk(FIRST + QUOTED, 2, HEADER, Target(generation=7, buckets=1))
     bulk = BulkBuffer(Target(generation=7, buckets=1))
-    bulk.add(parsed, [0, 1])
+    bulk.add(parsed, [0, 1], [])
     assert bulk.rows == 2
     records, index = bulk.commands()
     bucket, piece = keys.bucket_key(7, 0).encode(), keys.chg_index_key(7, 0).encode()

@@ -281,6 +281,6 @@ def test_a_value_sets_two_bits_and_is_seen_only_when_both_are_set() -> None:
     assert one != two
     codes, chg_ids = bytearray(mask + 1 >> 3), bytearray(mask + 1 >> 3)
     codes[one >> 3] |= 1 << (one & 7)  # another value set one of its bits: not seen yet
-    assert bulk.python_split_first(codes, chg_ids, mask, array("I", [crc]), array("I", [5])) == ([0], [])
+    assert bulk.python_split_first(codes, chg_ids, mask, array("I", [crc]), array("I", [5])) == ([0], [], [])
     assert codes[two >> 3] & 1 << (two & 7)  # now both are
-    assert bulk.python_split_first(codes, chg_ids, mask, array("I", [crc]), array("I", [6])) == ([], [0])
+    assert bulk.python_split_first(codes, chg_ids, mask, array("I", [crc]), array("I", [6])) == ([], [0], [0])
