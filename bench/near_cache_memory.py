@@ -33,12 +33,13 @@ def resident_bytes() -> int:
 
 
 def encoded_records() -> tuple[bytes, bytes]:
-    registered = PractitionerRecord(1, (StatusPeriod(1, 1577808000, 3921563123, 1),))
+    # 13-character chg_ids, as the generated registries have: each decoded record holds its own.
+    registered = PractitionerRecord(1, (StatusPeriod(1, 1577808000, "CHG2020000001", 1),))
     suspended = PractitionerRecord(
         1,
         (
-            StatusPeriod(1, 1577808000, 3921563123, 1),
-            StatusPeriod(2, 1790000000, 1234567890, 7, 1795000000, 0, "违规记分达到9分，暂停医保支付资格"),
+            StatusPeriod(1, 1577808000, "CHG2020000001", 1),
+            StatusPeriod(2, 1790000000, "CHG2026000007", 7, 1795000000, 0, "违规记分达到9分，暂停医保支付资格"),
         ),
     )
     return encode_record(registered), encode_record(suspended)
