@@ -161,27 +161,32 @@ class Server:
         return self.log
 
 
-def start_server(name: str, command: list[str], env: dict[str, str], ready: str, count: int) -> Server:
-    """Start a server and wait until ``count`` log lines contain ``ready``."""
+def start_server(
+    name: str, command: list[str], env: dict[str, str], ready: str, count: int, timeout: float = 180.0
+) -> Server:
+    """Start a server and wait until ``count`` log lines contain ``ready``; a server that
+    exits first, or is not ready within ``timeout`` seconds (it is then stopped), fails the run."""
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     server = Server(name, process)
-    assert process.stderr is not None
-    seen = 0
-    for line in process.stderr:
-        server.log.append(line)
-        if ready in line:
-            seen += 1
-            if seen == count:
-                break
-    else:
-        raise RuntimeError(f"{name} did not start:\n{''.join(server.log)}")
+    started = threading.Event()
 
-    def drain() -> None:
+    def drain() -> None:  # the whole log, for as long as the server writes it
         assert process.stderr is not None
+        seen = 0
         for line in process.stderr:
             server.log.append(line)
+            if ready in line:
+                seen += 1
+                if seen == count:
+                    started.set()
+        started.set()  # the server exited: the check below tells which
 
     threading.Thread(target=drain, daemon=True).start()
+    if not started.wait(timeout) or process.poll() is not None:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+        raise RuntimeError(f"{name} did not start within {timeout:.0f} s:\n{''.join(server.log)}")
     return server
 
 
