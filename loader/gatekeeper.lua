@@ -81,53 +81,50 @@ local function find_period(periods, chg_id)
   return nil
 end
 
+-- Where the first entry at or after `from` of the index piece `value` starts with `bytes`
+-- (1-based), or nil: a match that straddles two entries' fields is not one.
+local function find_entry(value, bytes, from)
+  while true do
+    local at = string.find(value, bytes, from, true)
+    if not at or (at - 1) % ENTRY_BYTES == 0 then
+      return at
+    end
+    from = at + 1
+  end
+end
+
 -- The record holding `chg_id`'s period, by the index piece `value`: each entry with `tag`
 -- names a bucket, whose records are searched for the chg_id (`skip`, the code the caller
 -- already looked in, aside). Returns the code, its decoded record, the bucket's key, where
 -- the entry starts in `value` (1-based) and the bytes of records read; nil if none holds it.
 local function locate(value, tag, chg_id, bucket, skip)
-  local spent, from = 0, 1
-  while true do
-    local at = string.find(value, tag, from, true)
-    if not at then
-      return nil, nil, nil, nil, spent
-    end
-    if (at - 1) % ENTRY_BYTES == 0 then
-      local high, middle, low = string.byte(value, at + 2, at + 4)
-      local key = sibling(bucket, high * 65536 + middle * 256 + low)
-      local fields = redis.call('HGETALL', key)
-      for i = 1, #fields, 2 do
-        local held = fields[i + 1]
-        spent = spent + #held
-        if fields[i] ~= skip and string.find(held, chg_id, 1, true) then
-          local record = cmsgpack.unpack(held)
-          if find_period(record[2], chg_id) then
-            return fields[i], record, key, at, spent
-          end
+  local spent, at = 0, find_entry(value, tag, 1)
+  while at do
+    local high, middle, low = string.byte(value, at + 2, at + 4)
+    local key = sibling(bucket, high * 65536 + middle * 256 + low)
+    local fields = redis.call('HGETALL', key)
+    for i = 1, #fields, 2 do
+      local held = fields[i + 1]
+      spent = spent + #held
+      if fields[i] ~= skip and string.find(held, chg_id, 1, true) then
+        local record = cmsgpack.unpack(held)
+        if find_period(record[2], chg_id) then
+          return fields[i], record, key, at, spent
         end
       end
-      from = at + ENTRY_BYTES
-    else
-      from = at + 1  -- the tag's bytes straddle two fields of entries: not an entry
     end
+    at = find_entry(value, tag, at + ENTRY_BYTES)
   end
+  return nil, nil, nil, nil, spent
 end
 
 -- Remove one entry equal to `entry` from the index piece `index`: the loader wrote it for a
 -- row that was then refused.
 local function drop_entry(index, entry)
   local value = redis.call('GET', index) or ''
-  local from = 1
-  while true do
-    local at = string.find(value, entry, from, true)
-    if not at then
-      return
-    end
-    if (at - 1) % ENTRY_BYTES == 0 then
-      redis.call('SET', index, string.sub(value, 1, at - 1) .. string.sub(value, at + ENTRY_BYTES))
-      return
-    end
-    from = at + 1
+  local at = find_entry(value, entry, 1)
+  if at then
+    redis.call('SET', index, string.sub(value, 1, at - 1) .. string.sub(value, at + ENTRY_BYTES))
   end
 end
 
@@ -200,12 +197,15 @@ local function merge(bucket, index, tag, code, chg_id, incoming, seq, watermark,
       end
       return 3, 0, false, spent
     end
-    if moved then
-      take_period(held_bucket, held_code, held_record, chg_id)
-      redis.call('SETRANGE', index, entry_at + 1, bucket_bytes(bucket_number(bucket)))  -- in place
-    elseif not indexed then
-      -- SET of the whole piece, not APPEND: Redis would keep room for as much again.
-      redis.call('SET', index, value .. tag .. bucket_bytes(bucket_number(bucket)))
+    if not indexed then
+      local here = bucket_bytes(bucket_number(bucket))  -- this code's bucket, as an entry holds it
+      if moved then
+        take_period(held_bucket, held_code, held_record, chg_id)
+        redis.call('SETRANGE', index, entry_at + 1, here)  -- in place
+      else
+        -- SET of the whole piece, not APPEND: Redis would keep room for as much again.
+        redis.call('SET', index, value .. tag .. here)
+      end
     end
   end
   if not record then

@@ -59,8 +59,6 @@ class PractitionerRecord(msgspec.Struct, array_like=True, frozen=True, gc=False)
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(PractitionerRecord)
 
-Period = tuple[int, int, int, int] | tuple[int, int, int, int, int, int, str]
-
 
 def period_array(
     status: int,
