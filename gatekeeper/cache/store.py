@@ -34,7 +34,7 @@ from gatekeeper.ops.tasks import stop_task
 
 log = logging.getLogger(__name__)
 SENTINEL = keys.BUCKET_SENTINEL.encode()
-# Warming reads this many buckets (about 48 practitioners each) per round trip.
+# Warming reads this many buckets (about 64 practitioners each) per round trip.
 WARM_BUCKETS_PER_READ = 64
 WARM_POLL_SECONDS = 1.0  # how often the warmer looks for a new snapshot to warm from
 WARM_ATTEMPTS = 3  # reads of one range of buckets that invalidations may overtake before the warmer waits
@@ -43,6 +43,10 @@ WARM_ATTEMPTS = 3  # reads of one range of buckets that invalidations may overta
 # again; more than this many switches in a row (snapshots load minutes apart) means
 # something is wrong.
 MAX_READ_ATTEMPTS = 10
+# What CLIENT LIST calls the connections lookups read on (with replica reads: those that read
+# the replicas, and those that read the masters for a minimum registry version).
+LOOKUP_CLIENT_NAME = "gatekeeper-lookups"
+FRESH_LOOKUP_CLIENT_NAME = "gatekeeper-lookups-fresh"
 
 
 def _loaded(meta: Meta) -> Meta:
@@ -87,9 +91,10 @@ class RedisEligibilityStore:
         With ``replica_reads`` (a cluster URL) lookups read the replicas, except those that
         ask for a minimum registry version."""
         if not replica_reads:
-            return cls(redis_client(url, timeout_seconds), degraded)
-        replicas = redis_client(url, timeout_seconds, replica_reads=True)
-        return cls(replicas, degraded, fresh_client=redis_client(url, timeout_seconds))
+            return cls(redis_client(url, timeout_seconds, client_name=LOOKUP_CLIENT_NAME), degraded)
+        replicas = redis_client(url, timeout_seconds, replica_reads=True, client_name=LOOKUP_CLIENT_NAME)
+        fresh = redis_client(url, timeout_seconds, client_name=FRESH_LOOKUP_CLIENT_NAME)
+        return cls(replicas, degraded, fresh_client=fresh)
 
     def start(self) -> None:
         pass  # nothing runs in the background
