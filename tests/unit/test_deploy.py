@@ -311,6 +311,10 @@ def test_the_capacity_model_is_worked_from_the_serving_benchmarks_latest_figures
     per_claim = per_call - 10 * per_item + 15.3 * per_item
     pods = math.ceil(10_000 * per_claim / 1e6 * 1.2 / 0.5 / 2)
     assert f"→ {pods} pods" in doc
+    # The national minimum, 6 pods of 2 cores, takes the ×10 burst before the autoscaler reacts.
+    burst = round(100 * 10_000 * per_claim / 1e6 / 12)
+    assert f"= **{burst} %** of their CPU" in doc
+    assert f"the ×10 burst lands at {burst} % CPU" in doc
 
 
 def test_the_redis_sizing_is_worked_from_the_national_loader_benchmark() -> None:
