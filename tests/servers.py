@@ -154,6 +154,7 @@ class RedisCluster:
 
     nodes: list[RedisServer]
     directory: Path
+    node_args: Sequence[str] = ()  # each node's extra redis-server options, a restart's too
 
     @property
     def url(self) -> str:
@@ -266,7 +267,7 @@ class RedisCluster:
         cluster (a master that was failed over comes back as its replacement's replica)."""
         args = [str(arg) for arg in node.process.args]  # type: ignore[union-attr]
         bus_port = int(args[args.index("--cluster-port") + 1])
-        restarted = start_cluster_node(node.directory, node.port, bus_port)
+        restarted = start_cluster_node(node.directory, node.port, bus_port, self.node_args)
         self.nodes[self.nodes.index(node)] = restarted
         return restarted
 
@@ -276,7 +277,9 @@ class RedisCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_cluster_node(directory: Path, port: int | None = None, bus_port: int | None = None) -> RedisServer:
+def start_cluster_node(
+    directory: Path, port: int | None = None, bus_port: int | None = None, extra_args: Sequence[str] = ()
+) -> RedisServer:
     """One cluster-enabled redis-server (its nodes.conf in ``directory``, which a restart reuses)."""
     directory.mkdir(parents=True, exist_ok=True)
     options = ["--cluster-enabled", "yes", "--cluster-config-file", str(directory / "nodes.conf")]
@@ -284,16 +287,17 @@ def start_cluster_node(directory: Path, port: int | None = None, bus_port: int |
     options += ["--cluster-port", str(bus_port or free_port())]
     # Fail over within a second of a master going silent; tests wait on that.
     options += ["--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0"]
-    return start_redis(directory, port, options)
+    return start_redis(directory, port, [*options, *extra_args])
 
 
-def start_cluster(directory: Path) -> RedisCluster:
-    """Six nodes on free loopback ports, made a cluster by ``redis-cli --cluster create``."""
+def start_cluster(directory: Path, extra_args: Sequence[str] = ()) -> RedisCluster:
+    """Six nodes on free loopback ports, made a cluster by ``redis-cli --cluster create``;
+    ``extra_args`` go to every node (persistence, for one)."""
     nodes: list[RedisServer] = []
     try:
         for number in range(6):
-            nodes.append(start_cluster_node(directory / f"node-{number}"))
-        cluster = RedisCluster(nodes, directory)
+            nodes.append(start_cluster_node(directory / f"node-{number}", extra_args=extra_args))
+        cluster = RedisCluster(nodes, directory, extra_args)
         addresses = [f"127.0.0.1:{node.port}" for node in nodes]
         subprocess.run(
             [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],

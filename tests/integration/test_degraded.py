@@ -1,4 +1,7 @@
-"""Degraded mode with a real Redis stopped, restarted and hung mid-traffic: no RPC fails, nothing goes unrecorded."""
+"""Degraded mode with a real Redis stopped, restarted and hung mid-traffic: no RPC fails,
+nothing goes unrecorded. Each case runs on a Redis of its own and on a six-node Redis Cluster
+of its own, whose cache's master and replica go down together (one of them alone is a
+failover: test_failover.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis
 
+from gatekeeper.cache import keys
 from gatekeeper.core.policy import parse_policy
 from gatekeeper.v1 import gatekeeper_pb2 as pb
 from gatekeeper.v1 import gatekeeper_pb2_grpc as pb_grpc
@@ -20,7 +25,7 @@ from tests.integration.conftest import StartGatekeeper
 from tests.integration.registry import load, period, write_snapshot
 from tests.integration.test_audit import audited, wait_until
 from tests.integration.test_observability import scrape, value
-from tests.servers import RedisServer, start_redis
+from tests.servers import RedisCluster, RedisServer, start_cluster, start_redis
 
 REGISTERED = "D110105000001"
 SUSPENDED = "D110105000002"  # suspended [2026-11-01, 2027-02-01)
@@ -54,20 +59,62 @@ def claim(claim_id: str, cold: str, fixmedins_code: str = "H41130200746") -> pb.
     return pb.CheckClaimRequest(claim_id=claim_id, fixmedins_code=fixmedins_code, items=items)
 
 
-@pytest.fixture
-def redis_dir(tmp_path: Path) -> Path:
+@dataclass
+class Cache:
+    """The Redis a test's gatekeeper reads, to be stopped, restarted and hung: one server, or
+    in a cluster the master holding the cache and its replica, together."""
+
+    url: str
+    holders: list[RedisServer]
+    directory: Path
+    cluster: RedisCluster | None = None
+
+    def client(self) -> redis.Redis:
+        return self.holders[0].client() if self.cluster is None else self.cluster.client()
+
+    def stop(self) -> None:
+        for server in reversed(self.holders):  # a cluster's replica first: no failover to it
+            server.stop()
+
+    def restart(self) -> None:
+        """Start what was stopped again, on its ports and files: the data survives (PERSISTENT)."""
+        if self.cluster is None:
+            self.holders = [start_redis(self.directory, self.holders[0].port, extra_args=PERSISTENT)]
+            return
+        self.holders = [self.cluster.restart(server) for server in self.holders]  # the master first
+        self.cluster.wait_healthy()
+
+    def hang(self) -> None:
+        """Connections are accepted, nothing is answered."""
+        for server in self.holders:
+            os.kill(server.process.pid, signal.SIGSTOP)
+
+    def answer_again(self) -> None:
+        for server in self.holders:
+            os.kill(server.process.pid, signal.SIGCONT)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cache]:
+    """A Redis, or a Redis Cluster, of this test's own (the session's are shared), loaded with the registry."""
     directory = tmp_path / "redis"
     directory.mkdir()
-    return directory
-
-
-@pytest.fixture
-def own_redis(redis_dir: Path, tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own (the session's is shared), loaded with the registry."""
-    server = start_redis(redis_dir, extra_args=PERSISTENT)
-    load(server.client(), registry(tmp_path))
-    yield server
-    server.stop()
+    if request.param == "single":
+        server = start_redis(directory, extra_args=PERSISTENT)
+        own = Cache(server.url, [server], directory)
+    else:
+        cluster = start_cluster(directory, extra_args=PERSISTENT)
+        master = cluster.master_of(keys.META)
+        own = Cache(cluster.url, [master, cluster.replica_of(master)], directory, cluster)
+    load(own.client(), registry(tmp_path))
+    if own.cluster is not None:
+        with redis.Redis(port=own.holders[0].port) as master_client:
+            master_client.wait(1, 5_000)  # the replica holds the registry too before anything fails
+    yield own
+    if own.cluster is not None:
+        own.cluster.stop()
+    else:
+        own.holders[0].stop()
 
 
 @dataclass
@@ -93,11 +140,11 @@ class Traffic:
 
 
 def test_redis_stopped_and_restarted_mid_traffic(
-    start_gatekeeper: StartGatekeeper, own_redis: RedisServer, redis_dir: Path, tmp_path: Path, database_url: str
+    start_gatekeeper: StartGatekeeper, cache: Cache, tmp_path: Path, database_url: str
 ) -> None:
     spool_dir = tmp_path / "spool"
     gatekeeper = start_gatekeeper(
-        redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, audit_spool_dir=spool_dir, **COLD_START
+        redis_url=cache.url, redis_timeout_seconds=REDIS_TIMEOUT, audit_spool_dir=spool_dir, **COLD_START
     )
     warm = gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)  # REGISTERED and SUSPENDED now held
     assert [i.reason for i in warm.items] == [pb.REASON_OK, pb.REASON_SUSPENDED, pb.REASON_OK]
@@ -105,10 +152,9 @@ def test_redis_stopped_and_restarted_mid_traffic(
     traffic = Traffic(gatekeeper.stub)
     sender = threading.Thread(target=traffic.run, daemon=True)
     sender.start()
-    restarted: RedisServer | None = None
     try:
         wait_until(lambda: len(traffic.answers) >= 20, "traffic flows")
-        own_redis.stop()
+        cache.stop()
         wait_until(lambda: len(traffic.degraded()) >= 20, "claims are decided in degraded mode")
         outage = {a.decision_id for a in traffic.degraded()[:20]}
         wait_until(
@@ -116,7 +162,7 @@ def test_redis_stopped_and_restarted_mid_traffic(
             "decisions made during the outage are recorded (the record does not need Redis)",
         )
 
-        restarted = start_redis(redis_dir, own_redis.port, extra_args=PERSISTENT)
+        cache.restart()
         recovered = len(traffic.answers)
         wait_until(
             lambda: any(a.items[2].reason == pb.REASON_OK for a in traffic.answers[recovered:]),
@@ -137,23 +183,19 @@ def test_redis_stopped_and_restarted_mid_traffic(
         assert (suspended.verdict, suspended.reason) == (pb.VERDICT_BLOCK, pb.REASON_SUSPENDED)  # still barred
         assert answer.registry_version == "outage@500"
 
-    assert restarted is not None
-    try:
-        every = [warm, *traffic.answers]
-        wanted = {a.decision_id for a in every}
-        wait_until(
-            lambda: wanted <= {r.decision_id for r in audited(database_url)},
-            "every decision is in the record",
-            seconds=30,
-        )
-        stored = audited(database_url)
-        assert Counter(r.decision_id for r in stored) == Counter(wanted)  # each exactly once, nothing else
-        by_id = {r.decision_id: r for r in stored}
-        for answer in degraded:
-            cold = by_id[answer.decision_id].items[2]
-            assert (cold.reason, cold.verdict, cold.enforced) == ("UNVERIFIED", "ALLOW", False)
-    finally:
-        restarted.stop()
+    every = [warm, *traffic.answers]
+    wanted = {a.decision_id for a in every}
+    wait_until(
+        lambda: wanted <= {r.decision_id for r in audited(database_url)},
+        "every decision is in the record",
+        seconds=30,
+    )
+    stored = audited(database_url)
+    assert Counter(r.decision_id for r in stored) == Counter(wanted)  # each exactly once, nothing else
+    by_id = {r.decision_id: r for r in stored}
+    for answer in degraded:
+        cold = by_id[answer.decision_id].items[2]
+        assert (cold.reason, cold.verdict, cold.enforced) == ("UNVERIFIED", "ALLOW", False)
 
 
 # Region 41 blocks what it cannot check; region 11 settles up to 2 unverified items a
@@ -161,14 +203,10 @@ def test_redis_stopped_and_restarted_mid_traffic(
 POLICY = parse_policy({"regions": {"41": {"unverified": "block"}, "11": {"stand_in_per_minute": 2}}})
 
 
-def test_the_region_policy_decides_what_cannot_be_checked(
-    start_gatekeeper: StartGatekeeper, own_redis: RedisServer
-) -> None:
-    gatekeeper = start_gatekeeper(
-        redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, policy=POLICY, **COLD_START
-    )
+def test_the_region_policy_decides_what_cannot_be_checked(start_gatekeeper: StartGatekeeper, cache: Cache) -> None:
+    gatekeeper = start_gatekeeper(redis_url=cache.url, redis_timeout_seconds=REDIS_TIMEOUT, policy=POLICY, **COLD_START)
     gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)
-    own_redis.stop()
+    cache.stop()
 
     blocking = gatekeeper.stub.CheckClaim(claim("b", COLD[1], fixmedins_code="H41130200746"), timeout=5)
     assert (blocking.items[2].verdict, blocking.items[2].reason) == (pb.VERDICT_BLOCK, pb.REASON_UNVERIFIED)
@@ -191,16 +229,16 @@ def test_the_region_policy_decides_what_cannot_be_checked(
 
 
 def test_a_hung_redis_holds_a_claim_no_longer_than_the_redis_timeout(
-    start_gatekeeper: StartGatekeeper, own_redis: RedisServer
+    start_gatekeeper: StartGatekeeper, cache: Cache
 ) -> None:
-    gatekeeper = start_gatekeeper(redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, **COLD_START)
+    gatekeeper = start_gatekeeper(redis_url=cache.url, redis_timeout_seconds=REDIS_TIMEOUT, **COLD_START)
     gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)
-    os.kill(own_redis.process.pid, signal.SIGSTOP)  # hung: connections are accepted, nothing is answered
+    cache.hang()
     try:
         # A deadline a few Redis timeouts long: a client retrying a hung Redis would miss it.
         hung = [gatekeeper.stub.CheckClaim(claim(f"h{n}", COLD[n + 1]), timeout=4 * REDIS_TIMEOUT) for n in range(3)]
     finally:
-        os.kill(own_redis.process.pid, signal.SIGCONT)
+        cache.answer_again()
     assert [a.items[2].reason for a in hung] == [pb.REASON_UNVERIFIED] * 3
     assert [a.items[1].reason for a in hung] == [pb.REASON_SUSPENDED] * 3
 
@@ -218,13 +256,11 @@ def test_a_hung_redis_holds_a_claim_no_longer_than_the_redis_timeout(
     ],
 )
 def test_degraded_mode_without_held_records_or_turned_off(
-    start_gatekeeper: StartGatekeeper, own_redis: RedisServer, settings: dict[str, float], expected: str
+    start_gatekeeper: StartGatekeeper, cache: Cache, settings: dict[str, float], expected: str
 ) -> None:
-    gatekeeper = start_gatekeeper(
-        redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, **COLD_START, **settings
-    )
+    gatekeeper = start_gatekeeper(redis_url=cache.url, redis_timeout_seconds=REDIS_TIMEOUT, **COLD_START, **settings)
     gatekeeper.stub.CheckClaim(claim("warm", COLD[0]), timeout=5)
-    own_redis.stop()
+    cache.stop()
     if expected == "unavailable":
         with pytest.raises(grpc.RpcError) as raised:
             gatekeeper.stub.CheckClaim(claim("down", COLD[0]), timeout=5)
@@ -236,11 +272,10 @@ def test_degraded_mode_without_held_records_or_turned_off(
 
 
 def test_a_warmed_near_cache_decides_every_practitioner_of_the_snapshot_through_an_outage(
-    start_gatekeeper: StartGatekeeper, own_redis: RedisServer
+    start_gatekeeper: StartGatekeeper, cache: Cache
 ) -> None:
-    load(own_redis.client(), registry(own_redis.directory))
     gatekeeper = start_gatekeeper(
-        redis_url=own_redis.url, redis_timeout_seconds=REDIS_TIMEOUT, metrics_listen="127.0.0.1:0"
+        redis_url=cache.url, redis_timeout_seconds=REDIS_TIMEOUT, metrics_listen="127.0.0.1:0"
     )
     port = gatekeeper.metrics_port
     assert port is not None
@@ -256,7 +291,7 @@ def test_a_warmed_near_cache_decides_every_practitioner_of_the_snapshot_through_
         return misses() == before
 
     wait_until(warmed, "the near cache is warmed from the snapshot")
-    own_redis.stop()
+    cache.stop()
     answers = [gatekeeper.stub.CheckClaim(claim(f"o{n}", code), timeout=5) for n, code in enumerate(COLD[-20:])]
     assert [[i.reason for i in a.items] for a in answers] == [[pb.REASON_OK, pb.REASON_SUSPENDED, pb.REASON_OK]] * 20
     assert all(a.items[2].enforced for a in answers)  # checked against the record held, not stood in for
