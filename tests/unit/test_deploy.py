@@ -22,6 +22,8 @@ OVERLAYS = REPO / "deploy" / "kubernetes"  # province/, nation/: each applies th
 DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
 SERVING_RESULTS = REPO / "bench" / "results" / "serving.json"
 NATIONAL_LOAD_RESULTS = REPO / "bench" / "results" / "loader-15000000-gz.json"
+CLUSTER_RESULTS = REPO / "bench" / "results" / "cluster.json"
+CACHE_LAYOUT_DOC = REPO / "docs" / "cache-layout.md"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 
 # Read by something other than Settings: the image's own (Dockerfile), gRPC's C library, the
@@ -331,3 +333,16 @@ def test_the_near_cache_hit_ratio_in_the_sizing_is_the_serving_benchmarks() -> N
     serving = json.loads(SERVING_RESULTS.read_text(encoding="utf-8"))
     ratio = serving["realistic_mix"]["near_cache_hit_ratio"]
     assert f"answered {100 * ratio:.2f} % of codes" in DEPLOYMENT_DOC.read_text(encoding="utf-8")
+
+
+def test_the_one_slots_cost_is_worked_from_the_cluster_benchmarks_latest_figures() -> None:
+    cluster = json.loads(CLUSTER_RESULTS.read_text(encoding="utf-8"))
+    doc = CACHE_LAYOUT_DOC.read_text(encoding="utf-8")
+    cold = next(row for row in cluster["rows"] if row["read_path"] == "cluster")["redis_cpu_us_per_lookup"]
+    assert f"at most {cold} µs of CPU" in doc
+    # 10,000 cold lookups a second, in cores of the one node.
+    assert f"that is {10_000 * cold / 1e6:.2f} of its" in doc
+    stream = cluster["change_stream"]
+    assert f"{stream['master_cpu_us_per_follower_per_s']} µs of CPU a second per worker" in doc
+    lag = cluster["replication_lag"]
+    assert f"measured {lag['p50_us']:.0f} µs at p50 and {lag['p99_us']:.0f} µs at" in doc
