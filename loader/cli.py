@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -25,6 +25,7 @@ from gatekeeper.urls import url_shown
 from loader.cache import LeaseLost, LegacyChangeLog, LoaderBusy, NoSnapshot, read_lease, read_state
 from loader.changes import apply_change_files
 from loader.feed_client import DEFAULT_MAX_PAGE_BYTES, DEFAULT_TIMEOUT_SECONDS, FeedError
+from loader.follow import DEFAULT_LEASE_SECONDS as DEFAULT_FOLLOW_LEASE_SECONDS
 from loader.follow import FollowOptions, follow
 from loader.quarantine import Quarantine
 from loader.snapshot import DEFAULT_MAX_BAD_SHARE, DEFAULT_MAX_SHRINK, SnapshotOptions, SnapshotRefused, load_snapshot
@@ -132,8 +133,14 @@ def _follow(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     quarantine = Quarantine(Path(args.quarantine), append=True)
+    if args.lease <= 0:
+        raise CommandFailed(f"--lease must be more than 0 seconds, not {args.lease:g}", exit_code=2)
     options = FollowOptions(
-        limit=args.limit, poll_seconds=args.poll, timeout_seconds=args.timeout, max_page_bytes=args.max_page_bytes
+        limit=args.limit,
+        poll_seconds=args.poll,
+        timeout_seconds=args.timeout,
+        max_page_bytes=args.max_page_bytes,
+        lease_seconds=args.lease,
     )
     try:
         stats = follow(_client(args), args.url, stop, quarantine, options)
@@ -170,6 +177,7 @@ def _status(args: argparse.Namespace) -> int:
     state = read_state(client)
     lease = read_lease(client)
     cursor = client.get(keys.FOLLOW_CURSOR)
+    following = cast(bytes | None, client.get(keys.FOLLOWING))
     memory = client.info("memory")
     status = {
         "redis_url": url_shown(args.redis.value),
@@ -182,6 +190,7 @@ def _status(args: argparse.Namespace) -> int:
         "record_count": state.record_count,
         "age_seconds": round(time.time() - state.switched_at, 1) if state.generation else None,
         "follow_after": int(cursor) if cursor else None,
+        "follow_lease": following.decode(errors="replace") if following else None,
         "loading": lease.description if lease is not None else None,
         "change_log_length": client.xlen(keys.CHANGES),
         "used_memory": memory["used_memory"],
@@ -222,6 +231,7 @@ def format_status(where: Address, status: dict[str, Any]) -> str:
         ("redis", where.shown),
         *loaded,
         ("follow", "not started" if follow_after is None else f"applied the feed up to seq {follow_after}"),
+        ("follow lease", status["follow_lease"] or "not held (no follow running)"),
         ("change log", f"{status['change_log_length']:,} entries"),
         ("loading", status["loading"] or "no load in progress"),
         ("memory", status["used_memory_human"]),
@@ -351,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-page-bytes", type=int, default=DEFAULT_MAX_PAGE_BYTES, help="a larger answer is refused"
     )
     follow_command.add_argument("--quarantine", default="follow.quarantine.jsonl", help="appended to, never truncated")
+    follow_command.add_argument(
+        "--lease",
+        type=float,
+        default=DEFAULT_FOLLOW_LEASE_SECONDS,
+        help="seconds after its last renewal that a follow which stopped renewing the follow lease is taken "
+        "over by a standby (one follow applies changes at a time)",
+    )
 
     command("status", "what is loaded, and in which Redis; exit 1 when nothing is", _status)
 

@@ -38,6 +38,9 @@ LOADING = f"{PREFIX}:loading"
 # follow, and the log a snapshot load replays (see docs/cache-layout.md).
 CHANGES = f"{PREFIX}:changes"
 FOLLOW_CURSOR = f"{PREFIX}:follow:after"  # the last feed seq `follow` applied
+# "<host> <pid> <token>" of the `follow` applying changes, with a lease (PX): one at a time,
+# any other waits as its standby.
+FOLLOWING = f"{PREFIX}:following"
 
 # A field present in every bucket of a complete generation: a reader that gets nil for
 # it knows the generation is gone (switched and dropped mid-read) and reads again.

@@ -195,6 +195,12 @@ def test_an_audit_period_that_ends_before_it_starts_is_a_usage_error(env_without
     assert one_line(result) == "gatekeeper audit counts: --until must be after --since"
 
 
+def test_a_follow_lease_of_no_time_is_a_usage_error(env_without_redis: dict[str, str], tmp_path: Path) -> None:
+    result = run(LOADER, "follow", "http://127.0.0.1:9", "--lease", "0", env=env_without_redis, cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result) == "gatekeeper-loader follow: --lease must be more than 0 seconds, not 0"
+
+
 # The gatekeeper unreachable ------------------------------------------------------------------
 
 CLIENT_COMMANDS = {

@@ -12,11 +12,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
+from gatekeeper.cache import keys
 from gatekeeper.core.cst import parse_cst
 from gatekeeper.core.rules import Reason, standing_at
 from loader.cache import NoSnapshot, read_state
@@ -169,6 +171,7 @@ def test_the_follow_command_stops_cleanly_on_sigterm(
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "the follow command never caught up"
             threading.Event().wait(0.02)
+        holding = status(env, tmp_path)["follow_lease"]
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=WAIT_SECONDS)
     finally:
@@ -178,3 +181,60 @@ def test_the_follow_command_stops_cleanly_on_sigterm(
     assert process.returncode == 0, stderr
     assert f"stopped after seq {registry.last_change_seq}: applied 300 changes" in stdout
     assert "Traceback" not in stderr
+    # `status` names the follow holding the lease (host, pid, token); a stopped one let it go.
+    assert holding is not None and holding.split()[1] == str(process.pid)
+    assert status(env, tmp_path)["follow_lease"] is None
+
+
+def status(env: dict[str, str], cwd: Path) -> dict[str, object]:
+    shown = subprocess.run([str(CLI), "status", "--json"], env=env, cwd=cwd, capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    return dict(json.loads(shown.stdout))
+
+
+def test_a_second_follow_stands_by_while_the_first_holds_the_lease_then_takes_over(
+    loaded: redis.Redis,
+    redis_server: RedisServer,
+    registry: GeneratedRegistry,
+    feed: ChangeFeedServer,
+    feed_dir: Path,
+    tmp_path: Path,
+) -> None:
+    last = registry.last_change_seq
+    quick = replace(FAST, lease_seconds=2.0)
+    first = start_follower(redis_server.port, feed.url, tmp_path / "q1.jsonl", quick)
+    first.wait_for_cursor(loaded, last)
+    second = start_follower(redis_server.port, feed.url, tmp_path / "q2.jsonl", quick)
+    subject = next(row for row in snapshot_rows(registry.snapshot) if row["status"] == "1")["prac_psn_code"]
+    published = [
+        period(subject, f"lease-{n}", 2, "2026-12-01 00:00:00", "2027-02-01 00:00:00", seq=last + n) for n in (1, 2)
+    ]
+    write_changes(feed_dir / f"changes-{last + 1}-{last + 1}.jsonl", published[:1])
+    first.wait_for_cursor(loaded, last + 1)
+    time.sleep(1.5 * quick.lease_seconds)  # long enough for the lease to lapse, were it not renewed
+    holding = first.stop()  # releases the lease
+    write_changes(feed_dir / f"changes-{last + 2}-{last + 2}.jsonl", published[1:])
+    second.wait_for_cursor(loaded, last + 2)
+    took_over = second.stop()
+
+    changes = read_changes(registry.change_files)
+    assert (holding.applied.applied, holding.standby_waits) == (len(changes) + 1, 0)
+    # The standby applied nothing while the first held the lease (the change published then
+    # would count as applied or stale); then it resumed from the stored cursor: only the
+    # last change, nothing twice.
+    assert took_over.standby_waits > 0
+    assert (took_over.applied.applied, took_over.applied.stale) == (1, 0)
+    assert loaded.get(keys.FOLLOWING) is None  # released on stop
+
+
+def test_a_follow_whose_holder_died_takes_the_lease_when_it_lapses(
+    loaded: redis.Redis, redis_server: RedisServer, registry: GeneratedRegistry, feed: ChangeFeedServer, tmp_path: Path
+) -> None:
+    loaded.set(keys.FOLLOWING, "gone-host 4242 0123456789abcdef", px=1_500)  # a killed loader's, never renewed
+    started = time.monotonic()
+    follower = start_follower(redis_server.port, feed.url, tmp_path / "q.jsonl", replace(FAST, lease_seconds=1.0))
+    follower.wait_for_cursor(loaded, registry.last_change_seq)
+    waited = time.monotonic() - started
+    stats = follower.stop()
+    assert waited >= 1.0  # not before the dead holder's lease lapsed
+    assert stats.standby_waits > 0 and stats.applied.applied == len(read_changes(registry.change_files))
