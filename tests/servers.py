@@ -1,4 +1,5 @@
-"""Real servers for tests (and benchmarks): a private redis-server and a private PostgreSQL on free loopback ports."""
+"""Real servers for tests (and benchmarks): a private redis-server (or Redis Cluster, over TLS if
+asked) and a private PostgreSQL on free loopback ports."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import redis
 from redis.crc import key_slot
@@ -21,6 +24,7 @@ from redis.crc import key_slot
 from gatekeeper.cache import keys
 from gatekeeper.cache.client import sync_client
 from loader.cache import LISTPACK_SETTINGS
+from tests.certs import CertificateAuthority, Issued
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -32,20 +36,73 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """Mutual TLS for redis-server, as Redis defaults to it (``tls-auth-clients yes``): a
+    private CA, the server certificate every node shows (for 127.0.0.1 and localhost), and
+    the one client certificate that clients, replicas and cluster peers all present."""
+
+    ca_path: Path
+    server: Issued
+    client: Issued
+
+    def server_args(self) -> list[str]:
+        """redis-server options; its peers' certificates are checked too (the default)."""
+        return [
+            *("--tls-cert-file", str(self.server.cert_path), "--tls-key-file", str(self.server.key_path)),
+            # A node dialling a peer or its master is a TLS client: it needs a clientAuth certificate.
+            *("--tls-client-cert-file", str(self.client.cert_path)),
+            *("--tls-client-key-file", str(self.client.key_path)),
+            *("--tls-ca-cert-file", str(self.ca_path), "--tls-auth-clients", "yes"),
+        ]
+
+    def cli_args(self) -> list[str]:
+        """redis-cli options."""
+        client = self.client
+        return ["--tls", "--cacert", str(self.ca_path), "--cert", str(client.cert_path), "--key", str(client.key_path)]
+
+    def client_options(self) -> dict[str, Any]:
+        """redis-py connection options."""
+        return {"ssl": True, **self.url_options()}
+
+    def url_options(self) -> dict[str, str]:
+        """The same, as query parameters of a ``rediss://`` URL (redis-py passes them on)."""
+        return {
+            "ssl_ca_certs": str(self.ca_path),
+            "ssl_certfile": str(self.client.cert_path),
+            "ssl_keyfile": str(self.client.key_path),
+        }
+
+    def url_query(self) -> str:
+        """:meth:`url_options` as a URL's query string."""
+        return urlencode(self.url_options(), quote_via=quote, safe="/")
+
+
+def make_tls(directory: Path) -> RedisTls:
+    """A CA of its own in ``directory`` and the certificates it issues for a TLS Redis."""
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = CertificateAuthority(directory, "redis-ca")
+    return RedisTls(authority.cert_path, authority.issue("redis", server=True), authority.issue("redis-client"))
+
+
 @dataclass
 class RedisServer:
-    """A redis-server process of our own on 127.0.0.1."""
+    """A redis-server process of our own on 127.0.0.1 (on a TLS port only, with ``tls``)."""
 
     process: subprocess.Popen[str]
     port: int
     directory: Path
+    tls: RedisTls | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?{self.tls.url_query()}"
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+    def client(self, **options: Any) -> redis.Redis:
+        tls = {} if self.tls is None else self.tls.client_options()
+        return redis.Redis(port=self.port, **tls, **options)
 
     def flushall(self) -> None:
         with self.client() as client:
@@ -62,11 +119,14 @@ class RedisServer:
             self.process.wait(timeout=10)
 
 
-def start_redis(directory: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> RedisServer:
+def start_redis(
+    directory: Path, port: int | None = None, extra_args: Sequence[str] = (), *, tls: RedisTls | None = None
+) -> RedisServer:
     """Start redis-server (no persistence unless ``extra_args`` turn it on, listpack limits
-    raised) and wait until it is ready."""
+    raised) and wait until it is ready. With ``tls``, ``port`` is its TLS port and it has no other."""
     port = port or free_port()
-    args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    listen = ["--port", str(port)] if tls is None else ["--port", "0", "--tls-port", str(port), *tls.server_args()]
+    args = [REDIS_SERVER, *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     args += ["--dir", str(directory), "--loglevel", "notice"]
     for name, value in LISTPACK_SETTINGS.items():
         args += [f"--{name}", value]
@@ -81,7 +141,7 @@ def start_redis(directory: Path, port: int | None = None, extra_args: Sequence[s
     else:
         raise RuntimeError("redis-server did not start:\n" + "".join(seen))
     threading.Thread(target=process.stdout.read, daemon=True).start()  # keep draining its log
-    return RedisServer(process, port, directory)
+    return RedisServer(process, port, directory, tls)
 
 
 def postgres_bindir() -> Path | None:
@@ -150,15 +210,19 @@ MANUAL_FAILOVER_SECONDS = 6.0  # Redis gives a manual failover 5 s (CLUSTER_MF_T
 
 @dataclass
 class RedisCluster:
-    """Six redis-server processes of our own in one Redis Cluster: three masters, each with a replica."""
+    """Six redis-server processes of our own in one Redis Cluster: three masters, each with a
+    replica; with ``tls``, clients, replication and the cluster bus all over TLS."""
 
     nodes: list[RedisServer]
     directory: Path
     node_args: Sequence[str] = ()  # each node's extra redis-server options, a restart's too
+    tls: RedisTls | None = None
 
     @property
     def url(self) -> str:
         """The gatekeeper's URL for the cluster: any node will do."""
+        if self.tls is not None:
+            return f"rediss+cluster://127.0.0.1:{self.nodes[0].port}?{self.tls.url_query()}"
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
     @property
@@ -172,7 +236,8 @@ class RedisCluster:
 
     def flushall(self) -> None:
         """Empty every master (replicas follow)."""
-        with redis.RedisCluster(host="127.0.0.1", port=self.running()[0].port) as client:
+        tls = {} if self.tls is None else self.tls.client_options()
+        with redis.RedisCluster(host="127.0.0.1", port=self.running()[0].port, **tls) as client:
             client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
 
     def running(self) -> list[RedisServer]:
@@ -182,7 +247,7 @@ class RedisCluster:
         """The node serving ``key``'s slot as master, as the nodes themselves say."""
         slot = key_slot(key.encode())
         for node in self.running():
-            with redis.Redis(port=node.port, socket_timeout=1) as client:
+            with node.client(socket_timeout=1) as client:
                 for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS", NEVER_DECODE=True):
                     if start <= slot <= end:
                         return next(n for n in self.nodes if n.port == int(master[1]))
@@ -190,7 +255,7 @@ class RedisCluster:
 
     def replica_of(self, master: RedisServer) -> RedisServer:
         """The node replicating ``master``, as the master says."""
-        with redis.Redis(port=master.port, socket_timeout=1) as client:
+        with master.client(socket_timeout=1) as client:
             replica = client.info("replication")["slave0"]
         return next(n for n in self.nodes if n.port == int(replica["port"]))
 
@@ -201,7 +266,7 @@ class RedisCluster:
         while True:
             with contextlib.suppress(redis.RedisError, RuntimeError, StopIteration):
                 master = self.master_of(key)
-                with redis.Redis(port=master.port, socket_timeout=1) as client:
+                with master.client(socket_timeout=1) as client:
                     if master.process.poll() is None and client.cluster("info")["cluster_state"] == "ok":
                         return master
             if time.monotonic() > deadline:
@@ -215,7 +280,7 @@ class RedisCluster:
         says nothing: so the request is made again until the node serves the slot."""
         deadline = time.monotonic() + timeout
         while True:
-            with redis.Redis(port=replica.port, socket_timeout=1) as client:
+            with replica.client(socket_timeout=1) as client:
                 client.execute_command("CLUSTER", "FAILOVER")
             attempt_ends = min(deadline, time.monotonic() + MANUAL_FAILOVER_SECONDS)
             while time.monotonic() < attempt_ends:
@@ -242,7 +307,7 @@ class RedisCluster:
         masters = 0
         for node in self.running():
             try:
-                with redis.Redis(port=node.port, socket_timeout=1) as client:
+                with node.client(socket_timeout=1) as client:
                     info = client.cluster("info")
                     replication = client.info("replication")
                     slots = client.execute_command("CLUSTER", "SLOTS")
@@ -267,7 +332,7 @@ class RedisCluster:
         cluster (a master that was failed over comes back as its replacement's replica)."""
         args = [str(arg) for arg in node.process.args]  # type: ignore[union-attr]
         bus_port = int(args[args.index("--cluster-port") + 1])
-        restarted = start_cluster_node(node.directory, node.port, bus_port, self.node_args)
+        restarted = start_cluster_node(node.directory, node.port, bus_port, self.node_args, tls=self.tls)
         self.nodes[self.nodes.index(node)] = restarted
         return restarted
 
@@ -278,7 +343,12 @@ class RedisCluster:
 
 
 def start_cluster_node(
-    directory: Path, port: int | None = None, bus_port: int | None = None, extra_args: Sequence[str] = ()
+    directory: Path,
+    port: int | None = None,
+    bus_port: int | None = None,
+    extra_args: Sequence[str] = (),
+    *,
+    tls: RedisTls | None = None,
 ) -> RedisServer:
     """One cluster-enabled redis-server (its nodes.conf in ``directory``, which a restart reuses)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -287,20 +357,24 @@ def start_cluster_node(
     options += ["--cluster-port", str(bus_port or free_port())]
     # Fail over within a second of a master going silent; tests wait on that.
     options += ["--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0"]
-    return start_redis(directory, port, [*options, *extra_args])
+    if tls is not None:  # the cluster bus and replication over TLS too
+        options += ["--tls-cluster", "yes", "--tls-replication", "yes"]
+    return start_redis(directory, port, [*options, *extra_args], tls=tls)
 
 
-def start_cluster(directory: Path, extra_args: Sequence[str] = ()) -> RedisCluster:
+def start_cluster(directory: Path, extra_args: Sequence[str] = (), *, tls: RedisTls | None = None) -> RedisCluster:
     """Six nodes on free loopback ports, made a cluster by ``redis-cli --cluster create``;
-    ``extra_args`` go to every node (persistence, for one)."""
+    ``extra_args`` go to every node (persistence, for one); with ``tls`` (:func:`make_tls`),
+    every node listens on a TLS port only."""
     nodes: list[RedisServer] = []
     try:
         for number in range(6):
-            nodes.append(start_cluster_node(directory / f"node-{number}", extra_args=extra_args))
-        cluster = RedisCluster(nodes, directory, extra_args)
+            nodes.append(start_cluster_node(directory / f"node-{number}", extra_args=extra_args, tls=tls))
+        cluster = RedisCluster(nodes, directory, extra_args, tls)
         addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        cli_tls = [] if tls is None else tls.cli_args()
         subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            [REDIS_CLI, *cli_tls, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=60,
