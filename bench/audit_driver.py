@@ -28,13 +28,12 @@ from typing import Any
 import asyncpg
 import psycopg
 
-from bench.harness import cpu_seconds, publish, run_header
-from gatekeeper.audit.database import migrate, partition_statements
+from bench.harness import cpu_seconds, publish, run_header, start_decision_record
+from gatekeeper.audit.database import partition_statements
 from gatekeeper.audit.records import Batch, Entry
 from gatekeeper.audit.writer import PostgresRecordStore, cst_day
 from gatekeeper.core.policy import RegionPolicy
 from gatekeeper.core.rules import Claim, Item, decide_claim
-from tests.servers import start_postgres
 
 DECISIONS, ITEMS = 500, 10
 DECISION_COLUMNS = (
@@ -166,13 +165,9 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=40, help="batches per driver per round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    server = start_postgres()
+    server, url = start_decision_record()
     try:
-        with psycopg.connect(server.url(), autocommit=True) as connection:
-            connection.execute("CREATE DATABASE driver")
-        url = server.url("driver")
         with psycopg.connect(url, autocommit=True) as connection:
-            migrate(connection)
             day = cst_day(time.time())
             for statement in partition_statements(day):
                 connection.execute(statement)

@@ -24,13 +24,12 @@ from datetime import timedelta
 
 import psycopg
 
-from bench.harness import cpu_seconds, publish, run_header
-from gatekeeper.audit.database import migrate, partition_statements
+from bench.harness import cpu_seconds, publish, run_header, start_decision_record
+from gatekeeper.audit.database import partition_statements
 from gatekeeper.audit.records import Batch, Entry, encode
 from gatekeeper.audit.writer import _NAMES, _WRITE_ENTRIES, cst_day
 from gatekeeper.core.policy import RegionPolicy
 from gatekeeper.core.rules import Claim, Item, decide_claim
-from tests.servers import start_postgres
 
 DECISIONS, ITEMS = 500, 10
 PRACTITIONERS = ("D410102000002", "D410102000003", "D410102000004")
@@ -116,13 +115,9 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=30, help="batches per shape per round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    server = start_postgres()
+    server, url = start_decision_record()
     try:
-        with psycopg.connect(server.url(), autocommit=True) as connection:
-            connection.execute("CREATE DATABASE shape")
-        url = server.url("shape")
         with psycopg.connect(url, autocommit=True) as connection:
-            migrate(connection)
             day = cst_day(time.time())
             for statement in partition_statements(day):
                 connection.execute(statement)
